@@ -1,0 +1,437 @@
+//! Building the default guest into the cache: locate the pieces, decide
+//! whether the cached guest is still good, and if not build a new one
+//! beside it and swap it in.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::apt::Apt;
+use crate::cache;
+use crate::elf::{self, GuestFile};
+use crate::error::{Error, IoContext, Result};
+use crate::keys::GuestSecrets;
+use crate::kernel;
+use crate::manifest::{self, Credentials, FileRecord, HostKey, Manifest, QemuHints, Sources};
+use crate::modules::ModuleTree;
+use crate::rootfs::{self, RootfsSpec};
+use crate::sources::{self, HostPaths, Located, UserPaths};
+
+/// The name of the default guest.
+pub const DEFAULT_GUEST: &str = "default";
+
+/// The line the default guest prints when sshd listens.
+pub const READY_MARKER: &str = "virtest-guest-ready";
+
+/// The kernel command line of the default guest.
+pub const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+/// Modules the default guest loads (their dependencies come along).
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_rng",
+    "button",
+    "evdev",
+];
+
+/// How to bootstrap.
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    /// The cache directory.
+    pub home: PathBuf,
+    /// Paths the user gave.
+    pub user: UserPaths,
+    /// Where to look on the host; `None` skips the host.
+    pub host: Option<HostPaths>,
+    /// How to fetch packages; `None` fetches nothing.
+    pub apt: Option<Apt>,
+    /// Rebuild even if the cached guest is good.
+    pub force: bool,
+}
+
+impl BootstrapOptions {
+    /// Defaults for `home`: host files, then apt.
+    pub fn new(home: PathBuf) -> BootstrapOptions {
+        BootstrapOptions {
+            apt: Some(Apt::system(home.join("packages"))),
+            home,
+            user: UserPaths::default(),
+            host: Some(HostPaths::default()),
+            force: false,
+        }
+    }
+}
+
+/// What bootstrap did.
+#[derive(Debug)]
+pub struct Bootstrapped {
+    /// The guest, as now cached.
+    pub manifest: Manifest,
+    /// `None` when the cache was already good; else why it was built.
+    pub rebuilt: Option<String>,
+    /// Time spent in each step.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+/// Makes sure the default guest is built and good, building it if not.
+pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
+    let mut steps = Steps::new();
+    cache::ensure_writable(&opts.home)?;
+    let guests = opts.home.join("guests");
+    cache::ensure_writable(&guests)?;
+    if let Some(apt) = &opts.apt {
+        cache::ensure_writable(&apt.download_dir)?;
+    }
+    let lock_path = guests.join(format!("{DEFAULT_GUEST}.lock"));
+    let lock = fs::File::create(&lock_path).io_context("creating", &lock_path)?;
+    lock.lock().io_context("locking", &lock_path)?;
+
+    let secrets = GuestSecrets::load_or_create(&opts.home.join("keys"))?;
+    let deb_arch = deb_arch()?;
+    let empty_host = HostPaths {
+        boot_dir: PathBuf::new(),
+        modules_root: PathBuf::new(),
+        busybox: Vec::new(),
+        dropbear: Vec::new(),
+        lib_dirs: Vec::new(),
+    };
+    let host = opts.host.as_ref().unwrap_or(&empty_host);
+    let apt = opts.apt.as_ref();
+    let kernel_src = sources::kernel(&opts.user, host, apt, deb_arch)?;
+    let busybox_src = sources::binary(opts.user.busybox.as_deref(), &host.busybox, sources::accept_static, apt, "busybox-static")
+        .map_err(|tried| Error::MissingComponent {
+            what: "static busybox",
+            flag: "--busybox PATH",
+            package: "busybox-static",
+            tried,
+        })?;
+    let dropbear_src = sources::binary(opts.user.dropbear.as_deref(), &host.dropbear, sources::accept_elf, apt, "dropbear-bin")
+        .map_err(|tried| Error::MissingComponent {
+            what: "dropbear",
+            flag: "--dropbear PATH",
+            package: "dropbear-bin",
+            tried,
+        })?;
+    steps.done("locate");
+
+    let inputs = inputs_fingerprint(&[&kernel_src, &busybox_src, &dropbear_src], &secrets);
+    let guest_dir = cache::guest_dir(&opts.home, DEFAULT_GUEST);
+    let reason = if opts.force {
+        "a rebuild was asked for".to_string()
+    } else {
+        match Manifest::load(&guest_dir).and_then(|m| m.verify().map(|()| m)) {
+            Ok(m) if m.inputs == inputs => {
+                steps.done("verify");
+                return Ok(Bootstrapped {
+                    manifest: m,
+                    rebuilt: None,
+                    steps: steps.0,
+                });
+            }
+            Ok(_) => "its sources changed".to_string(),
+            Err(_) if !guest_dir.exists() => "there is none yet".to_string(),
+            Err(e) => format!("the cached guest is not good: {e}"),
+        }
+    };
+    tracing::info!(%reason, "building the default guest");
+
+    let work = WorkDir::create(&opts.home.join("tmp"))?;
+    let build = WorkDir::create(&guests)?;
+    let kernel = materialize(&kernel_src, apt, work.path(), "kernel")?;
+    let busybox = materialize(&busybox_src, apt, work.path(), "busybox")?;
+    let dropbear = materialize(&dropbear_src, apt, work.path(), "dropbear")?;
+    steps.done("fetch");
+
+    let (kernel_image, modules_dir, release) = kernel_files(&kernel)?;
+    fs::copy(&kernel_image, build.path().join("vmlinuz")).io_context("copying", &kernel_image)?;
+    let boot_kernel = match kernel::extract_vmlinux(&kernel_image)? {
+        Some(vmlinux) => {
+            fs::write(build.path().join("vmlinux"), vmlinux).io_context("writing", build.path().join("vmlinux"))?;
+            "vmlinux"
+        }
+        None => {
+            tracing::warn!(kernel = %kernel_image.display(), "kernel has no PVH entry; booting the bzImage");
+            "vmlinuz"
+        }
+    };
+    steps.done("kernel");
+
+    let modules = match &modules_dir {
+        Some(dir) => ModuleTree::open(dir)?.load_order(MODULES)?,
+        None => Vec::new(),
+    };
+    let dropbear_bin = binary_in(&dropbear, "usr/sbin/dropbear");
+    let libraries = dropbear_libraries(&dropbear_bin, &dropbear, host, apt, work.path())?;
+    steps.done("resolve");
+
+    fs::copy(&secrets.client_key_path, build.path().join("id_ed25519")).io_context("copying", &secrets.client_key_path)?;
+    fs::set_permissions(build.path().join("id_ed25519"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .io_context("securing", build.path().join("id_ed25519"))?;
+    let authorized_key = GuestSecrets::public_line(&secrets.client_key);
+    rootfs::write_initramfs(
+        &RootfsSpec {
+            busybox: &binary_in(&busybox, "bin/busybox"),
+            dropbear: &dropbear_bin,
+            libraries: &libraries,
+            modules: &modules,
+            host_key: &secrets.dropbear_host_key(),
+            authorized_key: &authorized_key,
+            password_hash: &secrets.password_hash(),
+            ready_marker: READY_MARKER,
+        },
+        &build.path().join("initramfs.cpio.gz"),
+    )?;
+    steps.done("initramfs");
+
+    let mut files = Vec::new();
+    for name in [boot_kernel, "vmlinuz", "initramfs.cpio.gz", "id_ed25519"] {
+        if !files.iter().any(|f: &FileRecord| f.path == Path::new(name)) {
+            files.push(FileRecord::of(build.path(), name)?);
+        }
+    }
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        name: DEFAULT_GUEST.into(),
+        arch: std::env::consts::ARCH.into(),
+        kernel: boot_kernel.into(),
+        kernel_image: "vmlinuz".into(),
+        kernel_release: release,
+        initrd: "initramfs.cpio.gz".into(),
+        cmdline: CMDLINE.into(),
+        ready_marker: READY_MARKER.into(),
+        credentials: Credentials {
+            user: "root".into(),
+            password: secrets.password.clone(),
+            private_key: "id_ed25519".into(),
+            public_key: authorized_key,
+        },
+        host_key: HostKey {
+            public: GuestSecrets::public_line(&secrets.host_key),
+            fingerprint: GuestSecrets::fingerprint(&secrets.host_key),
+        },
+        ssh_port: 22,
+        qemu: QemuHints {
+            machine: "q35".into(),
+            memory_mib: 256,
+            console: "ttyS0".into(),
+            net_device: "virtio-net-pci".into(),
+            devices: vec!["virtio-rng-pci".into()],
+        },
+        content_hash: manifest::content_hash(&files),
+        files,
+        sources: Sources {
+            kernel: kernel_src.origin(),
+            busybox: busybox_src.origin(),
+            dropbear: dropbear_src.origin(),
+        },
+        inputs,
+        dir: guest_dir.clone(),
+    };
+    manifest.save(build.path())?;
+    build.replace(&guest_dir)?;
+    steps.done("install");
+    drop(lock);
+    Ok(Bootstrapped {
+        manifest: Manifest::load(&guest_dir)?,
+        rebuilt: Some(reason),
+        steps: steps.0,
+    })
+}
+
+/// Debian's name for this machine's architecture. The default guest's
+/// scripts and kernel handling are x86-specific for now.
+fn deb_arch() -> Result<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => Ok("amd64"),
+        other => Err(Error::KernelImage {
+            path: PathBuf::new(),
+            reason: format!("the default guest is built for x86_64 only, not {other}"),
+        }),
+    }
+}
+
+/// A hash of every input: the recipe, each component's identity, and the
+/// guest's secrets.
+fn inputs_fingerprint(located: &[&Located], secrets: &GuestSecrets) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(rootfs::recipe_fingerprint());
+    hasher.update(CMDLINE);
+    hasher.update(MODULES.join(","));
+    for l in located {
+        hasher.update(l.origin().identity());
+        hasher.update("\0");
+    }
+    hasher.update(GuestSecrets::public_line(&secrets.host_key));
+    hasher.update(GuestSecrets::public_line(&secrets.client_key));
+    hasher.update(secrets.password_hash());
+    manifest::hex(&hasher.finalize())
+}
+
+/// A located component with its files on disk.
+enum Materialized {
+    /// Given files (user or host).
+    Files { path: PathBuf, modules: Option<PathBuf> },
+    /// An unpacked package tree.
+    Unpacked { root: PathBuf, package: crate::apt::Package },
+}
+
+fn materialize(located: &Located, apt: Option<&Apt>, work: &Path, name: &str) -> Result<Materialized> {
+    match located {
+        Located::Files { path, modules, .. } => Ok(Materialized::Files {
+            path: path.clone(),
+            modules: modules.clone(),
+        }),
+        Located::Package(package) => {
+            let apt = apt.expect("a package is located only when apt is enabled");
+            let deb = apt.fetch(package)?;
+            let root = work.join(name);
+            apt.unpack(&deb, &root)?;
+            Ok(Materialized::Unpacked {
+                root,
+                package: package.clone(),
+            })
+        }
+    }
+}
+
+/// The main file of a materialized binary component.
+fn binary_in(m: &Materialized, path_in_package: &str) -> PathBuf {
+    match m {
+        Materialized::Files { path, .. } => path.clone(),
+        Materialized::Unpacked { root, .. } => root.join(path_in_package),
+    }
+}
+
+/// The kernel image, its modules directory and release.
+fn kernel_files(m: &Materialized) -> Result<(PathBuf, Option<PathBuf>, Option<String>)> {
+    match m {
+        Materialized::Files { path, modules } => {
+            let release = modules.as_ref().and_then(|d| Some(d.file_name()?.to_string_lossy().into_owned()));
+            Ok((path.clone(), modules.clone(), release))
+        }
+        Materialized::Unpacked { root, package } => {
+            let boot = root.join("boot");
+            let image = fs::read_dir(&boot)
+                .io_context("listing", &boot)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+                .ok_or_else(|| Error::KernelImage {
+                    path: boot.clone(),
+                    reason: format!("package {} has no boot/vmlinuz-*", package.name),
+                })?;
+            let release = image.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_string();
+            let modules = root.join("lib/modules").join(&release);
+            Ok((image, modules.is_dir().then_some(modules), Some(release)))
+        }
+    }
+}
+
+/// Dropbear's interpreter and libraries: from the host, then from the
+/// unpacked packages of its dependencies that the host lacks, one level
+/// of dependencies at a time.
+fn dropbear_libraries(
+    binary: &Path,
+    dropbear: &Materialized,
+    host: &HostPaths,
+    apt: Option<&Apt>,
+    work: &Path,
+) -> Result<Vec<GuestFile>> {
+    let mut search: Vec<PathBuf> = host.lib_dirs.clone();
+    let mut frontier = match dropbear {
+        Materialized::Unpacked { root, package } => {
+            search.extend(lib_dirs(root));
+            package.depends.clone()
+        }
+        Materialized::Files { .. } => Vec::new(),
+    };
+    let mut fetched: Vec<String> = Vec::new();
+    loop {
+        match elf::closure(binary, &search) {
+            Err(Error::LibraryMissing { .. }) if apt.is_some() && !frontier.is_empty() => {
+                let apt = apt.expect("checked");
+                let mut next = Vec::new();
+                for name in std::mem::take(&mut frontier) {
+                    if fetched.contains(&name) || apt.is_installed(&name) {
+                        continue;
+                    }
+                    let package = apt.candidate(&name)?;
+                    let root = work.join(format!("dep-{name}"));
+                    apt.unpack(&apt.fetch(&package)?, &root)?;
+                    search.extend(lib_dirs(&root));
+                    next.extend(package.depends.clone());
+                    fetched.push(name);
+                }
+                frontier = next;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn lib_dirs(root: &Path) -> Vec<PathBuf> {
+    let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
+    [format!("lib/{triple}"), format!("usr/lib/{triple}"), "lib".into(), "usr/lib".into()]
+        .iter()
+        .map(|d| root.join(d))
+        .collect()
+}
+
+/// Records how long each step took.
+struct Steps(Vec<(&'static str, Duration)>, Instant);
+
+impl Steps {
+    fn new() -> Steps {
+        Steps(Vec::new(), Instant::now())
+    }
+
+    fn done(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.0.push((step, now - self.1));
+        self.1 = now;
+    }
+}
+
+/// A directory removed on drop unless it was moved into place.
+struct WorkDir(Option<PathBuf>);
+
+impl WorkDir {
+    fn create(parent: &Path) -> Result<WorkDir> {
+        fs::create_dir_all(parent).io_context("creating", parent)?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = parent.join(format!(".build-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).io_context("creating", &path)?;
+        Ok(WorkDir(Some(path)))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("work dir present until replaced")
+    }
+
+    /// Moves this directory to `dest`, replacing what was there.
+    fn replace(mut self, dest: &Path) -> Result<()> {
+        let path = self.0.take().expect("work dir present until replaced");
+        let old = dest.with_extension(format!("old-{}", std::process::id()));
+        if dest.exists() {
+            fs::rename(dest, &old).io_context("moving aside", dest)?;
+        }
+        fs::rename(&path, dest).io_context("installing", dest)?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! virtest: write virtualization tests against QEMU in Rust, and run them.
+//!
+//! This crate re-exports the layers; see each for its part.
+
+pub use virtest_guest as guest;
+pub use virtest_qemu_cmdline as qemu_cmdline;
