@@ -13,8 +13,8 @@ use crate::apt::Apt;
 use crate::cache;
 use crate::elf::{self, GuestFile};
 use crate::error::{Error, IoContext, Result};
-use crate::keys::GuestSecrets;
 use crate::kernel;
+use crate::keys::GuestSecrets;
 use crate::manifest::{self, Credentials, FileRecord, HostKey, Manifest, QemuHints, Sources};
 use crate::modules::ModuleTree;
 use crate::rootfs::{self, RootfsSpec};
@@ -104,20 +104,32 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     let host = opts.host.as_ref().unwrap_or(&empty_host);
     let apt = opts.apt.as_ref();
     let kernel_src = sources::kernel(&opts.user, host, apt, deb_arch)?;
-    let busybox_src = sources::binary(opts.user.busybox.as_deref(), &host.busybox, sources::accept_static, apt, "busybox-static")
-        .map_err(|tried| Error::MissingComponent {
-            what: "static busybox",
-            flag: "--busybox PATH",
-            package: "busybox-static",
-            tried,
-        })?;
-    let dropbear_src = sources::binary(opts.user.dropbear.as_deref(), &host.dropbear, sources::accept_elf, apt, "dropbear-bin")
-        .map_err(|tried| Error::MissingComponent {
-            what: "dropbear",
-            flag: "--dropbear PATH",
-            package: "dropbear-bin",
-            tried,
-        })?;
+    let busybox_src = sources::binary(
+        opts.user.busybox.as_deref(),
+        &host.busybox,
+        sources::accept_static,
+        apt,
+        "busybox-static",
+    )
+    .map_err(|tried| Error::MissingComponent {
+        what: "static busybox",
+        flag: "--busybox PATH",
+        package: "busybox-static",
+        tried,
+    })?;
+    let dropbear_src = sources::binary(
+        opts.user.dropbear.as_deref(),
+        &host.dropbear,
+        sources::accept_elf,
+        apt,
+        "dropbear-bin",
+    )
+    .map_err(|tried| Error::MissingComponent {
+        what: "dropbear",
+        flag: "--dropbear PATH",
+        package: "dropbear-bin",
+        tried,
+    })?;
     steps.done("locate");
 
     let inputs = inputs_fingerprint(&[&kernel_src, &busybox_src, &dropbear_src], &secrets);
@@ -152,7 +164,8 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     fs::copy(&kernel_image, build.path().join("vmlinuz")).io_context("copying", &kernel_image)?;
     let boot_kernel = match kernel::extract_vmlinux(&kernel_image)? {
         Some(vmlinux) => {
-            fs::write(build.path().join("vmlinux"), vmlinux).io_context("writing", build.path().join("vmlinux"))?;
+            fs::write(build.path().join("vmlinux"), vmlinux)
+                .io_context("writing", build.path().join("vmlinux"))?;
             "vmlinux"
         }
         None => {
@@ -170,9 +183,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     let libraries = dropbear_libraries(&dropbear_bin, &dropbear, host, apt, work.path())?;
     steps.done("resolve");
 
-    fs::copy(&secrets.client_key_path, build.path().join("id_ed25519")).io_context("copying", &secrets.client_key_path)?;
-    fs::set_permissions(build.path().join("id_ed25519"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .io_context("securing", build.path().join("id_ed25519"))?;
+    fs::copy(&secrets.client_key_path, build.path().join("id_ed25519"))
+        .io_context("copying", &secrets.client_key_path)?;
+    fs::set_permissions(
+        build.path().join("id_ed25519"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .io_context("securing", build.path().join("id_ed25519"))?;
     let authorized_key = GuestSecrets::public_line(&secrets.client_key);
     rootfs::write_initramfs(
         &RootfsSpec {
@@ -276,12 +293,23 @@ fn inputs_fingerprint(located: &[&Located], secrets: &GuestSecrets) -> String {
 /// A located component with its files on disk.
 enum Materialized {
     /// Given files (user or host).
-    Files { path: PathBuf, modules: Option<PathBuf> },
+    Files {
+        path: PathBuf,
+        modules: Option<PathBuf>,
+    },
     /// An unpacked package tree.
-    Unpacked { root: PathBuf, package: crate::apt::Package },
+    Unpacked {
+        root: PathBuf,
+        package: crate::apt::Package,
+    },
 }
 
-fn materialize(located: &Located, apt: Option<&Apt>, work: &Path, name: &str) -> Result<Materialized> {
+fn materialize(
+    located: &Located,
+    apt: Option<&Apt>,
+    work: &Path,
+    name: &str,
+) -> Result<Materialized> {
     match located {
         Located::Files { path, modules, .. } => Ok(Materialized::Files {
             path: path.clone(),
@@ -291,13 +319,25 @@ fn materialize(located: &Located, apt: Option<&Apt>, work: &Path, name: &str) ->
             let apt = apt.expect("a package is located only when apt is enabled");
             let deb = apt.fetch(package)?;
             let root = work.join(name);
-            apt.unpack(&deb, &root)?;
+            if name == "kernel" {
+                apt.unpack_matching(&deb, &root, is_kernel_file)?;
+            } else {
+                apt.unpack(&deb, &root)?;
+            }
             Ok(Materialized::Unpacked {
                 root,
                 package: package.clone(),
             })
         }
     }
+}
+
+/// The files of a kernel package the guest can use: the image, modules,
+/// and the list of built-in modules.
+fn is_kernel_file(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    (path.starts_with("boot") && name.starts_with("vmlinuz-"))
+        || (path.starts_with("lib/modules") && (name.ends_with(".ko") || name == "modules.builtin"))
 }
 
 /// The main file of a materialized binary component.
@@ -312,7 +352,9 @@ fn binary_in(m: &Materialized, path_in_package: &str) -> PathBuf {
 fn kernel_files(m: &Materialized) -> Result<(PathBuf, Option<PathBuf>, Option<String>)> {
     match m {
         Materialized::Files { path, modules } => {
-            let release = modules.as_ref().and_then(|d| Some(d.file_name()?.to_string_lossy().into_owned()));
+            let release = modules
+                .as_ref()
+                .and_then(|d| Some(d.file_name()?.to_string_lossy().into_owned()));
             Ok((path.clone(), modules.clone(), release))
         }
         Materialized::Unpacked { root, package } => {
@@ -320,12 +362,16 @@ fn kernel_files(m: &Materialized) -> Result<(PathBuf, Option<PathBuf>, Option<St
             let image = fs::read_dir(&boot)
                 .io_context("listing", &boot)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
                 .ok_or_else(|| Error::KernelImage {
                     path: boot.clone(),
                     reason: format!("package {} has no boot/vmlinuz-*", package.name),
                 })?;
-            let release = image.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_string();
+            let release =
+                image.file_name().unwrap().to_string_lossy()["vmlinuz-".len()..].to_string();
             let modules = root.join("lib/modules").join(&release);
             Ok((image, modules.is_dir().then_some(modules), Some(release)))
         }
@@ -376,10 +422,15 @@ fn dropbear_libraries(
 
 fn lib_dirs(root: &Path) -> Vec<PathBuf> {
     let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
-    [format!("lib/{triple}"), format!("usr/lib/{triple}"), "lib".into(), "usr/lib".into()]
-        .iter()
-        .map(|d| root.join(d))
-        .collect()
+    [
+        format!("lib/{triple}"),
+        format!("usr/lib/{triple}"),
+        "lib".into(),
+        "usr/lib".into(),
+    ]
+    .iter()
+    .map(|d| root.join(d))
+    .collect()
 }
 
 /// Records how long each step took.

@@ -8,7 +8,11 @@ use crate::error::{Error, Result};
 
 /// The cache directory chosen from the environment.
 pub fn default_home() -> Result<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("VIRTEST_HOME")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("virtest")))
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("virtest")))

@@ -136,7 +136,9 @@ mod tests {
             };
             let (mode, size, name_len) = (field(1) as u32, field(6), field(11));
             let name_end = 110 + name_len;
-            let name = std::str::from_utf8(&bytes[110..name_end - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&bytes[110..name_end - 1])
+                .unwrap()
+                .to_string();
             let data_start = name_end.next_multiple_of(4);
             let data = bytes[data_start..data_start + size].to_vec();
             let next = (data_start + size).next_multiple_of(4);

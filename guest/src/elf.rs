@@ -40,18 +40,26 @@ fn needs_of(data: &[u8]) -> Result<Needs, String> {
     let mut needs = Needs::default();
     for segment in file.elf_program_headers() {
         if segment.p_type(endian) == elf::PT_INTERP {
-            let raw = segment.data(endian, data).map_err(|()| "bad PT_INTERP segment")?;
+            let raw = segment
+                .data(endian, data)
+                .map_err(|()| "bad PT_INTERP segment")?;
             let path = raw.split(|&b| b == 0).next().unwrap_or_default();
             needs.interpreter = Some(String::from_utf8_lossy(path).into_owned());
         }
     }
     let sections = file.elf_section_table();
-    if let Some((entries, strings_index)) = sections.dynamic(endian, data).map_err(|e| e.to_string())? {
-        let strings = sections.strings(endian, data, strings_index).map_err(|e| e.to_string())?;
+    if let Some((entries, strings_index)) =
+        sections.dynamic(endian, data).map_err(|e| e.to_string())?
+    {
+        let strings = sections
+            .strings(endian, data, strings_index)
+            .map_err(|e| e.to_string())?;
         for entry in entries {
             if entry.tag32(endian) == Some(elf::DT_NEEDED) {
                 let name = entry.string(endian, strings).map_err(|e| e.to_string())?;
-                needs.libraries.push(String::from_utf8_lossy(name).into_owned());
+                needs
+                    .libraries
+                    .push(String::from_utf8_lossy(name).into_owned());
             }
         }
     }
@@ -74,29 +82,35 @@ pub fn closure(binary: &Path, search: &[PathBuf]) -> Result<Vec<GuestFile>> {
     let mut files: Vec<GuestFile> = Vec::new();
     let mut queue = vec![(binary.to_path_buf(), needs(binary)?)];
     while let Some((from, needs)) = queue.pop() {
-        if let Some(interp) = needs.interpreter {
-            if !files.iter().any(|f| f.guest_path == interp) {
-                let name = Path::new(&interp).file_name().map(PathBuf::from).unwrap_or_default();
-                let host_path = find(&name, Path::new(&interp), search).ok_or_else(|| Error::LibraryMissing {
+        if let Some(interp) = needs.interpreter
+            && !files.iter().any(|f| f.guest_path == interp)
+        {
+            let name = Path::new(&interp)
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            let host_path =
+                find(&name, Path::new(&interp), search).ok_or_else(|| Error::LibraryMissing {
                     soname: interp.clone(),
                     binary: from.clone(),
                     searched: describe(search),
                 })?;
-                files.push(GuestFile {
-                    guest_path: interp,
-                    host_path,
-                });
-            }
+            files.push(GuestFile {
+                guest_path: interp,
+                host_path,
+            });
         }
         for soname in needs.libraries {
             let guest_path = format!("/lib/{soname}");
             if files.iter().any(|f| f.guest_path == guest_path) {
                 continue;
             }
-            let host_path = find(Path::new(&soname), Path::new(""), search).ok_or_else(|| Error::LibraryMissing {
-                soname: soname.clone(),
-                binary: from.clone(),
-                searched: describe(search),
+            let host_path = find(Path::new(&soname), Path::new(""), search).ok_or_else(|| {
+                Error::LibraryMissing {
+                    soname: soname.clone(),
+                    binary: from.clone(),
+                    searched: describe(search),
+                }
             })?;
             queue.push((host_path.clone(), self::needs(&host_path)?));
             files.push(GuestFile {
@@ -115,7 +129,12 @@ fn find(name: &Path, exact: &Path, search: &[PathBuf]) -> Option<PathBuf> {
         .iter()
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .or_else(|| exact.is_absolute().then(|| exact.to_path_buf()).filter(|p| p.is_file()))
+        .or_else(|| {
+            exact
+                .is_absolute()
+                .then(|| exact.to_path_buf())
+                .filter(|p| p.is_file())
+        })
 }
 
 fn describe(search: &[PathBuf]) -> Vec<String> {
@@ -130,25 +149,47 @@ mod tests {
     fn the_test_binary_itself_has_an_interpreter_and_libc() {
         let exe = std::env::current_exe().unwrap();
         let needs = needs(&exe).unwrap();
-        assert!(needs.interpreter.as_deref().unwrap().contains("ld-linux"), "{needs:?}");
-        assert!(needs.libraries.iter().any(|l| l.starts_with("libc.so")), "{needs:?}");
+        assert!(
+            needs.interpreter.as_deref().unwrap().contains("ld-linux"),
+            "{needs:?}"
+        );
+        assert!(
+            needs.libraries.iter().any(|l| l.starts_with("libc.so")),
+            "{needs:?}"
+        );
         assert!(!needs.is_static());
     }
 
     #[test]
     fn closure_resolves_libc_from_the_host() {
         let exe = std::env::current_exe().unwrap();
-        let dirs = [PathBuf::from("/lib/x86_64-linux-gnu"), PathBuf::from("/usr/lib/x86_64-linux-gnu")];
+        let dirs = [
+            PathBuf::from("/lib/x86_64-linux-gnu"),
+            PathBuf::from("/usr/lib/x86_64-linux-gnu"),
+        ];
         let files = closure(&exe, &dirs).unwrap();
-        assert!(files.iter().any(|f| f.guest_path.starts_with("/lib/libc.so")), "{files:?}");
-        assert!(files.iter().any(|f| f.guest_path.contains("ld-linux")), "{files:?}");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.guest_path.starts_with("/lib/libc.so")),
+            "{files:?}"
+        );
+        assert!(
+            files.iter().any(|f| f.guest_path.contains("ld-linux")),
+            "{files:?}"
+        );
     }
 
     #[test]
     fn a_missing_library_names_it_and_the_places_searched() {
         let exe = std::env::current_exe().unwrap();
-        let err = closure(&exe, &[PathBuf::from("/nonexistent")]).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent") && err.contains("not found"), "{err}");
+        let err = closure(&exe, &[PathBuf::from("/nonexistent")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent") && err.contains("not found"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The cache directory cannot be created or written.
-    #[error(
-        "cache directory `{path}` cannot be written; set VIRTEST_HOME to a writable directory"
-    )]
+    #[error("cache directory `{path}` cannot be written; set VIRTEST_HOME to a writable directory")]
     CacheNotWritable {
         /// The directory.
         path: PathBuf,

@@ -36,7 +36,11 @@ pub struct Payload<'a> {
 /// later, which records the payload's offset and length).
 pub fn payload(image: &[u8]) -> Result<Payload<'_>, String> {
     let u8_at = |off: usize| image.get(off).copied();
-    let u16_at = |off: usize| image.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |off: usize| {
+        image
+            .get(off..off + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |off: usize| {
         image
             .get(off..off + 4)
@@ -63,7 +67,12 @@ pub fn payload(image: &[u8]) -> Result<Payload<'_>, String> {
     let all = image
         .get(start..start + len)
         .filter(|p| p.len() > 4)
-        .ok_or_else(|| format!("payload at {start}+{len} lies outside the {}-byte image", image.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "payload at {start}+{len} lies outside the {}-byte image",
+                image.len()
+            )
+        })?;
     let (data, size) = all.split_at(all.len() - 4);
     let compression = if data.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
@@ -119,7 +128,8 @@ pub fn has_pvh_entry(vmlinux: &[u8]) -> Result<bool, String> {
         .map_err(|e| format!("extracted payload is not an ELF kernel: {e}"))?;
     let endian = file.endian();
     for segment in file.elf_program_headers() {
-        let notes = segment.notes(endian, vmlinux)
+        let notes = segment
+            .notes(endian, vmlinux)
             .map_err(|e| format!("bad ELF note segment: {e}"))?;
         let Some(mut notes) = notes else { continue };
         while let Some(note) = notes.next().map_err(|e| format!("bad ELF note: {e}"))? {
@@ -181,7 +191,9 @@ mod tests {
     fn xz_payload_is_found_and_decompressed() {
         let original = b"kernel text ".repeat(1000);
         let mut xz = Vec::new();
-        liblzma::read::XzEncoder::new(&original[..], 6).read_to_end(&mut xz).unwrap();
+        liblzma::read::XzEncoder::new(&original[..], 6)
+            .read_to_end(&mut xz)
+            .unwrap();
         let image = fake_bzimage(&xz, original.len() as u32);
         let p = payload(&image).unwrap();
         assert_eq!(p.compression, Compression::Xz);

@@ -82,17 +82,20 @@ fn key(path: &Path, comment: &str) -> Result<PrivateKey> {
         path: path.to_path_buf(),
         source,
     };
-    if let Ok(key) = PrivateKey::read_openssh_file(path) {
-        if key.algorithm() == Algorithm::Ed25519 {
-            return Ok(key);
-        }
+    if let Ok(key) = PrivateKey::read_openssh_file(path)
+        && key.algorithm() == Algorithm::Ed25519
+    {
+        return Ok(key);
     }
     let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(key_error)?;
     key.set_comment(comment);
     let text = key.to_openssh(LineEnding::LF).map_err(key_error)?;
     write_private(path, text.as_bytes())?;
-    fs::write(path.with_extension("pub"), format!("{}\n", GuestSecrets::public_line(&key)))
-        .io_context("writing", path.with_extension("pub"))?;
+    fs::write(
+        path.with_extension("pub"),
+        format!("{}\n", GuestSecrets::public_line(&key)),
+    )
+    .io_context("writing", path.with_extension("pub"))?;
     Ok(key)
 }
 
@@ -112,7 +115,10 @@ fn random_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut bytes = [0u8; 20];
     OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// `$6$rounds=N$salt$hash`, with a salt derived from the password so the
@@ -120,8 +126,13 @@ fn random_password() -> String {
 fn crypt_sha512(password: &str) -> String {
     const SALT_CHARS: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let digest = Sha256::digest(format!("virtest-salt:{password}"));
-    let salt: String = digest.iter().take(16).map(|b| SALT_CHARS[*b as usize % 64] as char).collect();
-    let params = sha_crypt::Sha512Params::new(CRYPT_ROUNDS).expect("rounds within sha-crypt's range");
+    let salt: String = digest
+        .iter()
+        .take(16)
+        .map(|b| SALT_CHARS[*b as usize % 64] as char)
+        .collect();
+    let params =
+        sha_crypt::Sha512Params::new(CRYPT_ROUNDS).expect("rounds within sha-crypt's range");
     let hash = sha_crypt::sha512_crypt_b64(password.as_bytes(), salt.as_bytes(), &params)
         .expect("sha512-crypt of a valid salt");
     format!("$6$rounds={CRYPT_ROUNDS}${salt}${hash}")
@@ -151,10 +162,19 @@ mod tests {
         let first = GuestSecrets::load_or_create(dir.path()).unwrap();
         let again = GuestSecrets::load_or_create(dir.path()).unwrap();
         assert_eq!(first.password, again.password);
-        assert_eq!(GuestSecrets::public_line(&first.host_key), GuestSecrets::public_line(&again.host_key));
-        assert_ne!(GuestSecrets::public_line(&first.host_key), GuestSecrets::public_line(&first.client_key));
+        assert_eq!(
+            GuestSecrets::public_line(&first.host_key),
+            GuestSecrets::public_line(&again.host_key)
+        );
+        assert_ne!(
+            GuestSecrets::public_line(&first.host_key),
+            GuestSecrets::public_line(&first.client_key)
+        );
         for name in ["id_ed25519", "ssh_host_ed25519_key", "password"] {
-            let mode = fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         let dir_mode = fs::metadata(dir.path()).unwrap().permissions().mode();
@@ -171,7 +191,10 @@ mod tests {
             "svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"
         );
         let line = crypt_sha512("pw");
-        assert!(line.starts_with("$6$rounds=1000$") && line.split('$').count() == 5, "{line}");
+        assert!(
+            line.starts_with("$6$rounds=1000$") && line.split('$').count() == 5,
+            "{line}"
+        );
         assert_eq!(line, crypt_sha512("pw"));
     }
 
@@ -182,7 +205,13 @@ mod tests {
         let bytes = secrets.dropbear_host_key();
         assert_eq!(bytes.len(), 4 + 11 + 4 + 64);
         assert_eq!(&bytes[4..15], b"ssh-ed25519");
-        let public = secrets.host_key.public_key().key_data().ed25519().unwrap().0;
+        let public = secrets
+            .host_key
+            .public_key()
+            .key_data()
+            .ed25519()
+            .unwrap()
+            .0;
         assert_eq!(&bytes[19 + 32..], &public);
     }
 }

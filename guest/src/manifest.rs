@@ -154,17 +154,25 @@ impl Manifest {
             path: path.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot be read ({e})")))?;
-        let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| bad(format!("does not parse ({e})")))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot be read ({e})")))?;
+        let mut manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| bad(format!("does not parse ({e})")))?;
         if manifest.format != FORMAT {
             return Err(bad(format!("format {} is not {FORMAT}", manifest.format)));
         }
         manifest.dir = dir.to_path_buf();
         for record in &manifest.files {
             let file = dir.join(&record.path);
-            let size = std::fs::metadata(&file).map(|m| m.len()).map_err(|e| bad(format!("`{}` is missing ({e})", record.path.display())))?;
+            let size = std::fs::metadata(&file)
+                .map(|m| m.len())
+                .map_err(|e| bad(format!("`{}` is missing ({e})", record.path.display())))?;
             if size != record.size {
-                return Err(bad(format!("`{}` is {size} bytes, recorded as {}", record.path.display(), record.size)));
+                return Err(bad(format!(
+                    "`{}` is {size} bytes, recorded as {}",
+                    record.path.display(),
+                    record.size
+                )));
             }
         }
         Ok(manifest)
@@ -177,7 +185,10 @@ impl Manifest {
             if sha256 != record.sha256 {
                 return Err(Error::Manifest {
                     path: self.dir.join(MANIFEST_FILE),
-                    reason: format!("`{}` does not match its recorded SHA-256", record.path.display()),
+                    reason: format!(
+                        "`{}` does not match its recorded SHA-256",
+                        record.path.display()
+                    ),
                 });
             }
         }

@@ -44,7 +44,10 @@ impl ModuleTree {
                 let path = entry.io_context("listing", &d)?.path();
                 if path.is_dir() {
                     stack.push(path);
-                } else if let Some(stem) = path.file_name().and_then(|n| n.to_str()?.strip_suffix(".ko")) {
+                } else if let Some(stem) = path
+                    .file_name()
+                    .and_then(|n| n.to_str()?.strip_suffix(".ko"))
+                {
                     files.insert(normalize(stem), path);
                 }
             }
@@ -52,7 +55,13 @@ impl ModuleTree {
         let builtin = std::fs::read_to_string(dir.join("modules.builtin"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| Path::new(l).file_name()?.to_str()?.strip_suffix(".ko").map(normalize))
+            .filter_map(|l| {
+                Path::new(l)
+                    .file_name()?
+                    .to_str()?
+                    .strip_suffix(".ko")
+                    .map(normalize)
+            })
             .collect();
         Ok(ModuleTree {
             dir: dir.to_path_buf(),
@@ -121,7 +130,12 @@ fn depends(path: &Path) -> Result<Vec<String>> {
 fn modinfo_depends(info: &[u8]) -> Vec<String> {
     info.split(|&b| b == 0)
         .filter_map(|rec| rec.strip_prefix(b"depends="))
-        .flat_map(|deps| String::from_utf8_lossy(deps).split(',').map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|deps| {
+            String::from_utf8_lossy(deps)
+                .split(',')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|d| !d.is_empty())
         .collect()
 }
@@ -133,7 +147,10 @@ mod tests {
     #[test]
     fn modinfo_depends_reads_the_list() {
         let info = b"license=GPL\0depends=virtio_ring,virtio,net_failover\0name=virtio_net\0";
-        assert_eq!(modinfo_depends(info), ["virtio_ring", "virtio", "net_failover"]);
+        assert_eq!(
+            modinfo_depends(info),
+            ["virtio_ring", "virtio", "net_failover"]
+        );
         assert!(modinfo_depends(b"depends=\0name=button\0").is_empty());
         assert!(modinfo_depends(b"").is_empty());
     }

@@ -42,7 +42,10 @@ pub struct RootfsSpec<'a> {
 /// A fingerprint of the recipe itself (scripts and layout), so a change
 /// to them rebuilds cached guests.
 pub fn recipe_fingerprint() -> String {
-    format!("{INITTAB}{RC_S}{RC_K}{SHUTDOWN}{POWER_BUTTON}{}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "{INITTAB}{RC_S}{RC_K}{SHUTDOWN}{POWER_BUTTON}{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Writes the gzip'd cpio initramfs to `out` and returns its size.
@@ -54,15 +57,35 @@ pub fn write_initramfs(spec: &RootfsSpec<'_>, out: &Path) -> Result<u64> {
     let gz = cpio.finish().io_context("writing", out)?;
     let mut buffered = gz.finish().io_context("writing", out)?;
     buffered.flush().io_context("writing", out)?;
-    let file = buffered.into_inner().map_err(|e| e.into_error()).io_context("writing", out)?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .io_context("writing", out)?;
     file.sync_all().io_context("writing", out)?;
     Ok(file.metadata().io_context("reading", out)?.len())
 }
 
 fn add_tree<W: Write>(cpio: &mut CpioWriter<W>, spec: &RootfsSpec<'_>) -> std::io::Result<()> {
     for dir in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "etc/init.d", "etc/dropbear", "etc/acpi",
-        "etc/acpi/PWRF", "proc", "sys", "dev", "run", "var", "var/log", "lib", "lib64", "lib/modules",
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "etc/init.d",
+        "etc/dropbear",
+        "etc/acpi",
+        "etc/acpi/PWRF",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "var",
+        "var/log",
+        "lib",
+        "lib64",
+        "lib/modules",
     ] {
         cpio.dir(dir, 0o755)?;
     }
@@ -82,26 +105,50 @@ fn add_tree<W: Write>(cpio: &mut CpioWriter<W>, spec: &RootfsSpec<'_>) -> std::i
     }
     let mut module_list = String::new();
     for module in spec.modules {
-        cpio.file(&format!("lib/modules/{}.ko", module.name), 0o644, &std::fs::read(&module.path)?)?;
+        cpio.file(
+            &format!("lib/modules/{}.ko", module.name),
+            0o644,
+            &std::fs::read(&module.path)?,
+        )?;
         module_list.push_str(&module.name);
         module_list.push('\n');
     }
 
     cpio.file("etc/modules", 0o644, module_list.as_bytes())?;
     cpio.file("etc/inittab", 0o644, INITTAB.as_bytes())?;
-    cpio.file("etc/init.d/rcS", 0o755, RC_S.replace("@READY_MARKER@", spec.ready_marker).as_bytes())?;
+    cpio.file(
+        "etc/init.d/rcS",
+        0o755,
+        RC_S.replace("@READY_MARKER@", spec.ready_marker).as_bytes(),
+    )?;
     cpio.file("etc/init.d/rcK", 0o755, RC_K.as_bytes())?;
     cpio.file("sbin/shutdown", 0o755, SHUTDOWN.as_bytes())?;
     cpio.file("etc/acpi/PWRF/00000080", 0o755, POWER_BUTTON.as_bytes())?;
     cpio.file("etc/hostname", 0o644, b"virtest\n")?;
-    cpio.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n127.0.1.1 virtest\n")?;
+    cpio.file(
+        "etc/hosts",
+        0o644,
+        b"127.0.0.1 localhost\n127.0.1.1 virtest\n",
+    )?;
     cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     cpio.file("etc/group", 0o644, b"root:x:0:\ntty:x:5:\n")?;
     cpio.file("etc/shells", 0o644, b"/bin/sh\n")?;
-    cpio.file("etc/profile", 0o644, b"export PATH=/sbin:/bin:/usr/sbin:/usr/bin\n")?;
+    cpio.file(
+        "etc/profile",
+        0o644,
+        b"export PATH=/sbin:/bin:/usr/sbin:/usr/bin\n",
+    )?;
     let shadow = format!("root:{}:19000:0:99999:7:::\n", spec.password_hash);
     cpio.file("etc/shadow", 0o600, shadow.as_bytes())?;
-    cpio.file("etc/dropbear/dropbear_ed25519_host_key", 0o600, spec.host_key)?;
-    cpio.file("root/.ssh/authorized_keys", 0o600, format!("{}\n", spec.authorized_key).as_bytes())?;
+    cpio.file(
+        "etc/dropbear/dropbear_ed25519_host_key",
+        0o600,
+        spec.host_key,
+    )?;
+    cpio.file(
+        "root/.ssh/authorized_keys",
+        0o600,
+        format!("{}\n", spec.authorized_key).as_bytes(),
+    )?;
     Ok(())
 }

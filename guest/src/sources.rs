@@ -42,8 +42,16 @@ impl Origin {
         match self {
             Origin::User { path } | Origin::Host { path } => {
                 let meta = std::fs::metadata(path).ok();
-                let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                format!("{}:{}:{:?}", path.display(), meta.map_or(0, |m| m.len()), mtime)
+                let mtime = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                format!(
+                    "{}:{}:{:?}",
+                    path.display(),
+                    meta.map_or(0, |m| m.len()),
+                    mtime
+                )
             }
             Origin::Package { name, version } => format!("{name}={version}"),
         }
@@ -134,7 +142,12 @@ impl Default for HostPaths {
 
 /// Locates the kernel: user path, newest host kernel with modules, then
 /// the `linux-image-<arch>` package.
-pub fn kernel(user: &UserPaths, host: &HostPaths, apt: Option<&Apt>, deb_arch: &str) -> Result<Located> {
+pub fn kernel(
+    user: &UserPaths,
+    host: &HostPaths,
+    apt: Option<&Apt>,
+    deb_arch: &str,
+) -> Result<Located> {
     let mut tried = Vec::new();
     if let Some(path) = &user.kernel {
         if path.is_file() {
@@ -172,7 +185,11 @@ pub fn kernel(user: &UserPaths, host: &HostPaths, apt: Option<&Apt>, deb_arch: &
         .candidate(&meta)
         .and_then(|meta_pkg| {
             // The meta package depends on the versioned image package.
-            match meta_pkg.depends.iter().find(|d| d.starts_with("linux-image-")) {
+            match meta_pkg
+                .depends
+                .iter()
+                .find(|d| d.starts_with("linux-image-"))
+            {
                 Some(image) => apt.candidate(image),
                 None => Ok(meta_pkg),
             }
@@ -189,7 +206,10 @@ fn host_kernels(host: &HostPaths) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&host.boot_dir)? {
         let path = entry?.path();
-        let Some(version) = path.file_name().and_then(|n| n.to_str()?.strip_prefix("vmlinuz-")) else {
+        let Some(version) = path
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_prefix("vmlinuz-"))
+        else {
             continue;
         };
         let modules = host.modules_root.join(version);
@@ -229,7 +249,9 @@ pub fn binary(
                 return Ok(Located::Files {
                     path: path.to_path_buf(),
                     modules: None,
-                    origin: Origin::User { path: path.to_path_buf() },
+                    origin: Origin::User {
+                        path: path.to_path_buf(),
+                    },
                 });
             }
             Err(why) => tried.push(format!("{}: {why}", path.display())),
@@ -309,7 +331,10 @@ mod tests {
             ..HostPaths::default()
         };
         let found = host_kernels(&host).unwrap();
-        assert_eq!(found, [(boot.join("vmlinuz-6.1.0-9"), mods.join("6.1.0-9"))]);
+        assert_eq!(
+            found,
+            [(boot.join("vmlinuz-6.1.0-9"), mods.join("6.1.0-9"))]
+        );
     }
 
     #[test]

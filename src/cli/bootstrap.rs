@@ -59,15 +59,34 @@ pub fn run(args: Args) -> CliResult {
     match &done.rebuilt {
         None => println!("guest `{}` is current: {}", m.name, m.dir.display()),
         Some(reason) => {
-            println!("built guest `{}` because {reason}: {}", m.name, m.dir.display());
+            println!(
+                "built guest `{}` because {reason}: {}",
+                m.name,
+                m.dir.display()
+            );
             for (step, took) in &done.steps {
                 println!("  {step:<10} {:>7.2} s", took.as_secs_f64());
             }
         }
     }
-    let initrd = m.files.iter().find(|f| f.path == m.initrd).map_or(0, |f| f.size);
-    println!("  kernel     {} ({})", m.kernel_path().display(), m.kernel_release.as_deref().unwrap_or("?"));
-    println!("  initramfs  {} ({:.1} MiB)", m.initrd_path().display(), initrd as f64 / (1 << 20) as f64);
-    println!("  manifest   {}", m.dir.join(virtest_guest::manifest::MANIFEST_FILE).display());
+    let initrd = m
+        .files
+        .iter()
+        .find(|f| f.path == m.initrd)
+        .map_or(0, |f| f.size);
+    println!(
+        "  kernel     {} ({})",
+        m.kernel_path().display(),
+        m.kernel_release.as_deref().unwrap_or("?")
+    );
+    println!(
+        "  initramfs  {} ({:.1} MiB)",
+        m.initrd_path().display(),
+        initrd as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  manifest   {}",
+        m.dir.join(virtest_guest::manifest::MANIFEST_FILE).display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,139 @@
-//! `virtest doctor`: what this machine has, and what to install.
+//! `virtest doctor`: what this machine has for running tests, and the
+//! command that fixes each missing piece.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use virtest_guest::{Manifest, bootstrap, cache};
+use virtest_qemu_cmdline::accel::{self, Accel, HostKvm};
+use virtest_qemu_cmdline::binary::{self, BinaryKind};
 
 use super::CliResult;
 
 /// Flags of `virtest doctor`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Cache directory (default: $VIRTEST_HOME, else the XDG cache dir).
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Ok(std::process::ExitCode::SUCCESS)
+pub fn run(args: Args) -> CliResult {
+    let mut fixes: Vec<String> = Vec::new();
+
+    println!("QEMU");
+    let mut has_kvm = false;
+    for kind in [BinaryKind::System, BinaryKind::Img] {
+        let name = kind.path_names()[0].clone();
+        match binary::find(kind, None) {
+            Ok(path) => {
+                let described = if kind == BinaryKind::Img {
+                    binary::probe_version(&path).map(|(v, _)| format!("{v}"))
+                } else {
+                    binary::probe(&path).map(|p| {
+                        has_kvm = p.has_accel("kvm");
+                        format!(
+                            "{} (accelerators: {})",
+                            p.version,
+                            p.accelerators.join(", ")
+                        )
+                    })
+                };
+                match described {
+                    Ok(text) => println!("  ok       {name:<20} {} {text}", path.display()),
+                    Err(e) => {
+                        println!("  broken   {name:<20} {e}");
+                        fixes.push(format!("apt-get install --reinstall {}", package(kind)));
+                    }
+                }
+            }
+            Err(e) => {
+                println!("  missing  {name:<20} {e}");
+                fixes.push(install_qemu_command());
+            }
+        }
+    }
+
+    println!("Accelerator");
+    let host = HostKvm::detect();
+    let decision = accel::choose(Accel::Auto, &host, has_kvm)?;
+    println!(
+        "  auto chooses {}: {}",
+        decision.accel.as_str(),
+        decision.reason
+    );
+
+    println!("Guest bootstrap tools");
+    for (tool, pkg) in [
+        ("apt-get", "apt"),
+        ("apt-cache", "apt"),
+        ("dpkg-deb", "dpkg"),
+        ("dpkg-query", "dpkg"),
+    ] {
+        match which(tool) {
+            Some(path) => println!("  ok       {tool:<20} {}", path.display()),
+            None => {
+                println!("  missing  {tool:<20} (needed only to fetch guest packages)");
+                fixes.push(format!("apt-get install {pkg}"));
+            }
+        }
+    }
+
+    let home = match args.home {
+        Some(h) => h,
+        None => cache::default_home()?,
+    };
+    println!("Guest cache {}", home.display());
+    let dir = cache::guest_dir(&home, bootstrap::DEFAULT_GUEST);
+    match Manifest::load(&dir) {
+        Ok(m) => {
+            let initrd = m
+                .files
+                .iter()
+                .find(|f| f.path == m.initrd)
+                .map_or(0, |f| f.size);
+            println!(
+                "  ok       {:<20} kernel {}, initramfs {:.1} MiB, content {}",
+                m.name,
+                m.kernel_release.as_deref().unwrap_or("?"),
+                initrd as f64 / (1 << 20) as f64,
+                &m.content_hash[..12]
+            );
+        }
+        Err(e) => {
+            println!("  missing  {:<20} {e}", bootstrap::DEFAULT_GUEST);
+            fixes.push("virtest bootstrap".into());
+        }
+    }
+
+    fixes.dedup();
+    if fixes.is_empty() {
+        println!("\nEverything virtest needs is here.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\nTo fix, run:");
+        for fix in &fixes {
+            println!("  {fix}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn package(kind: BinaryKind) -> &'static str {
+    match kind {
+        BinaryKind::Img => "qemu-utils",
+        BinaryKind::System | BinaryKind::Destination => "qemu-system-x86",
+    }
+}
+
+/// Debian's QEMU and qemu-utils must come from the same release; installing
+/// them together keeps apt from holding one back.
+fn install_qemu_command() -> String {
+    "apt-get update && apt-get install -y qemu-system-x86 qemu-utils".into()
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }

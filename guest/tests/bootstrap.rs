@@ -1,0 +1,146 @@
+//! Bootstrap against the real apt and packages: no-op when current,
+//! rebuilt when the cache is damaged, clear errors on bad input.
+//!
+//! Each test that builds uses its own cache directory but shares the
+//! downloaded packages, so only the first run on a machine downloads.
+
+use std::path::{Path, PathBuf};
+
+use virtest_guest::apt::Apt;
+use virtest_guest::bootstrap::{BootstrapOptions, bootstrap};
+use virtest_guest::{Error, Manifest, cache};
+
+/// Options for a fresh cache in `home` that reuses the shared packages.
+fn options(home: &Path) -> BootstrapOptions {
+    let shared = cache::default_home().expect("a cache dir").join("packages");
+    let mut opts = BootstrapOptions::new(home.to_path_buf());
+    opts.apt = Some(Apt::system(shared));
+    opts
+}
+
+#[test]
+fn second_bootstrap_is_a_no_op_and_damage_is_rebuilt() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = options(home.path());
+    let first = bootstrap(&opts).unwrap();
+    assert!(
+        first.rebuilt.as_deref().unwrap().contains("none yet"),
+        "{:?}",
+        first.rebuilt
+    );
+    let m = &first.manifest;
+    assert!(m.kernel_path().is_file() && m.initrd_path().is_file());
+    assert_eq!(
+        m.kernel,
+        PathBuf::from("vmlinux"),
+        "a PVH vmlinux is extracted"
+    );
+    let initrd = m.files.iter().find(|f| f.path == m.initrd).unwrap().size;
+    assert!(initrd < 8 << 20, "initramfs is {initrd} bytes");
+    assert_eq!(
+        std::fs::read(m.private_key_path()).unwrap(),
+        std::fs::read(home.path().join("keys/id_ed25519")).unwrap()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(m.private_key_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let again = bootstrap(&opts).unwrap();
+    assert_eq!(again.rebuilt, None, "nothing changed, nothing rebuilt");
+    assert_eq!(again.manifest.content_hash, m.content_hash);
+
+    // A truncated initramfs is seen by the cheap load check and rebuilt.
+    let initrd_path = m.initrd_path();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&initrd_path)
+        .unwrap();
+    file.set_len(1000).unwrap();
+    let err = Manifest::load(&m.dir).unwrap_err().to_string();
+    assert!(err.contains("initramfs.cpio.gz` is 1000 bytes"), "{err}");
+    let rebuilt = bootstrap(&opts).unwrap();
+    assert!(
+        rebuilt.rebuilt.as_deref().unwrap().contains("1000 bytes"),
+        "{:?}",
+        rebuilt.rebuilt
+    );
+    assert_eq!(
+        rebuilt.manifest.content_hash, m.content_hash,
+        "same inputs, same guest"
+    );
+
+    // A same-size corruption is seen by the hash check and rebuilt.
+    let mut bytes = std::fs::read(&initrd_path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&initrd_path, &bytes).unwrap();
+    let fixed = bootstrap(&opts).unwrap();
+    assert!(
+        fixed.rebuilt.as_deref().unwrap().contains("SHA-256"),
+        "{:?}",
+        fixed.rebuilt
+    );
+    fixed.manifest.verify().unwrap();
+}
+
+#[test]
+fn no_kernel_anywhere_lists_the_three_ways() {
+    let home = tempfile::tempdir().unwrap();
+    let mut opts = options(home.path());
+    opts.host = None;
+    opts.apt = None;
+    let err = bootstrap(&opts).unwrap_err();
+    assert!(matches!(err, Error::NoKernel { .. }), "{err}");
+    let msg = err.to_string();
+    for way in [
+        "--kernel PATH --modules DIR",
+        "apt-get install linux-image-amd64",
+        "apt-get update",
+    ] {
+        assert!(msg.contains(way), "{way} missing from: {msg}");
+    }
+}
+
+#[test]
+fn missing_apt_names_the_package_to_install() {
+    let home = tempfile::tempdir().unwrap();
+    let mut opts = options(home.path());
+    opts.host = None;
+    let apt = opts.apt.as_mut().unwrap();
+    apt.apt_get = "/nonexistent/apt-get".into();
+    apt.apt_cache = "/nonexistent/apt-cache".into();
+    let msg = bootstrap(&opts).unwrap_err().to_string();
+    assert!(
+        msg.contains("is not installed; install Debian package `apt`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_kernel_path_that_does_not_exist_is_reported() {
+    let home = tempfile::tempdir().unwrap();
+    let mut opts = options(home.path());
+    opts.host = None;
+    opts.apt = None;
+    opts.user.kernel = Some("/nonexistent/vmlinuz".into());
+    let msg = bootstrap(&opts).unwrap_err().to_string();
+    assert!(
+        msg.contains("--kernel /nonexistent/vmlinuz: no such file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_unwritable_cache_dir_is_an_error_that_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let err = bootstrap(&options(&file.join("cache"))).unwrap_err();
+    assert!(matches!(err, Error::CacheNotWritable { .. }), "{err}");
+    assert!(err.to_string().contains("set VIRTEST_HOME"), "{err}");
+}

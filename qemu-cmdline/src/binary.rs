@@ -1,0 +1,407 @@
+//! Finding QEMU binaries and probing what they are: version, accelerators
+//! and machine types. Probes run each binary once per process.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::{Error, Result};
+
+/// The kinds of QEMU binary virtest uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryKind {
+    /// The system emulator that runs guests (`qemu-system-<arch>`).
+    System,
+    /// The system emulator for a migration's destination.
+    Destination,
+    /// The image tool (`qemu-img`).
+    Img,
+}
+
+impl BinaryKind {
+    /// The environment variable that names this binary.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            BinaryKind::System => "QEMU",
+            BinaryKind::Destination => "QEMU_DST",
+            BinaryKind::Img => "QEMU_IMG",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            BinaryKind::System | BinaryKind::Destination => "QEMU system emulator",
+            BinaryKind::Img => "qemu-img",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            BinaryKind::System | BinaryKind::Destination => "qemu-system-x86 qemu-utils",
+            BinaryKind::Img => "qemu-utils",
+        }
+    }
+
+    /// Names looked for on `PATH`, best first.
+    pub fn path_names(self) -> Vec<String> {
+        match self {
+            BinaryKind::System | BinaryKind::Destination => {
+                vec![
+                    format!("qemu-system-{}", std::env::consts::ARCH),
+                    "qemu-kvm".into(),
+                ]
+            }
+            BinaryKind::Img => vec!["qemu-img".into()],
+        }
+    }
+}
+
+/// Finds a QEMU binary: `explicit` if given, then the kind's environment
+/// variable (`QEMU`, `QEMU_DST` falling back to `QEMU`, `QEMU_IMG`), then
+/// the usual names on `PATH` and `/usr/libexec/qemu-kvm`.
+///
+/// ```no_run
+/// use virtest_qemu_cmdline::binary::{find, BinaryKind};
+/// let qemu = find(BinaryKind::System, None)?;
+/// println!("{}", qemu.display());
+/// # Ok::<(), virtest_qemu_cmdline::Error>(())
+/// ```
+pub fn find(kind: BinaryKind, explicit: Option<&Path>) -> Result<PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let path_var = env("PATH").unwrap_or_default();
+    find_in(kind, explicit, &|name| env(name), &path_var)
+}
+
+/// [`find`] with the environment given, for tests.
+pub fn find_in(
+    kind: BinaryKind,
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    path_var: &std::ffi::OsStr,
+) -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    let candidate = |tried: &mut Vec<String>, path: PathBuf, how: String| {
+        if is_executable(&path) {
+            Some(path)
+        } else {
+            tried.push(format!("{how} {}", path.display()));
+            None
+        }
+    };
+    if let Some(path) = explicit
+        && let Some(found) = candidate(&mut tried, path.to_path_buf(), "the given path".into())
+    {
+        return Ok(found);
+    }
+    let mut vars = vec![kind.env_var()];
+    if kind == BinaryKind::Destination {
+        vars.push(BinaryKind::System.env_var());
+    }
+    for var in vars {
+        if let Some(value) = env(var) {
+            let value = PathBuf::from(value);
+            // A bare name in the variable is looked up on PATH.
+            let resolved = if value.components().count() == 1 {
+                std::env::split_paths(path_var)
+                    .map(|d| d.join(&value))
+                    .find(|p| is_executable(p))
+                    .unwrap_or(value)
+            } else {
+                value
+            };
+            if let Some(found) = candidate(&mut tried, resolved, format!("${var}")) {
+                return Ok(found);
+            }
+        }
+    }
+    for name in kind.path_names() {
+        if let Some(found) = std::env::split_paths(path_var)
+            .map(|d| d.join(&name))
+            .find(|p| is_executable(p))
+        {
+            return Ok(found);
+        }
+        tried.push(format!("{name} on PATH"));
+    }
+    if kind != BinaryKind::Img
+        && let Some(found) = candidate(&mut tried, "/usr/libexec/qemu-kvm".into(), String::new())
+    {
+        return Ok(found);
+    }
+    Err(Error::BinaryNotFound {
+        what: kind.describe(),
+        tried: tried.into_iter().map(|t| t.trim().to_string()).collect(),
+        package: kind.package(),
+        var: kind.env_var(),
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A QEMU version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Micro.
+    pub micro: u32,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+/// Reads the version from `-version` output, as QEMU 2.x through 10.x
+/// print it (`QEMU emulator version 7.2.22 (Debian ...)`,
+/// `qemu-img version 10.0.2`).
+///
+/// ```
+/// use virtest_qemu_cmdline::binary::parse_version;
+/// let v = parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)").unwrap();
+/// assert_eq!((v.major, v.minor, v.micro), (10, 0, 2));
+/// ```
+pub fn parse_version(output: &str) -> Option<Version> {
+    let first = output.lines().next()?;
+    if !first.to_ascii_lowercase().contains("qemu") {
+        return None;
+    }
+    let rest = &first[first.find("version ")? + "version ".len()..];
+    let number = rest
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?;
+    let mut parts = number.split('.').map(|p| p.parse::<u32>());
+    Some(Version {
+        major: parts.next()?.ok()?,
+        minor: parts.next().unwrap_or(Ok(0)).ok()?,
+        micro: parts.next().unwrap_or(Ok(0)).ok()?,
+    })
+}
+
+/// What a QEMU system emulator is and can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The binary.
+    pub path: PathBuf,
+    /// Its version.
+    pub version: Version,
+    /// The first line of `-version`.
+    pub version_line: String,
+    /// Accelerators it was built with (`tcg`, `kvm`).
+    pub accelerators: Vec<String>,
+    /// Machine types it offers (`pc`, `q35`, `pc-q35-7.2`).
+    pub machines: Vec<String>,
+}
+
+impl Probe {
+    /// Whether the binary was built with `accel`.
+    pub fn has_accel(&self, accel: &str) -> bool {
+        self.accelerators.iter().any(|a| a == accel)
+    }
+}
+
+/// Probes a system emulator (once per binary and modification time).
+pub fn probe(path: &Path) -> Result<Arc<Probe>> {
+    type Cache = Mutex<HashMap<(PathBuf, Option<SystemTime>), Arc<Probe>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let key = (path.to_path_buf(), mtime);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().expect("probe cache lock").get(&key) {
+        return Ok(p.clone());
+    }
+    let (version, version_line) = probe_version(path)?;
+    let accelerators = run(path, "-accel", "help")?
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let machines = run(path, "-machine", "help")?
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let probe = Arc::new(Probe {
+        path: path.to_path_buf(),
+        version,
+        version_line,
+        accelerators,
+        machines,
+    });
+    cache
+        .lock()
+        .expect("probe cache lock")
+        .insert(key, probe.clone());
+    Ok(probe)
+}
+
+/// The version of any QEMU binary (system emulator or `qemu-img`).
+pub fn probe_version(path: &Path) -> Result<(Version, String)> {
+    let flag = if path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-img"))
+    {
+        "--version"
+    } else {
+        "-version"
+    };
+    let output = run(path, flag, "")?;
+    let version = parse_version(&output).ok_or_else(|| Error::NotQemu {
+        path: path.to_path_buf(),
+        flag,
+        output: output.chars().take(200).collect(),
+    })?;
+    Ok((
+        version,
+        output.lines().next().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Runs `path flag [arg]` with a deadline and returns its stdout.
+fn run(path: &Path, flag: &'static str, arg: &str) -> Result<String> {
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let fail = |reason: String| Error::Probe {
+        path: path.to_path_buf(),
+        flag,
+        reason,
+    };
+    let mut cmd = Command::new(path);
+    cmd.arg(flag);
+    if !arg.is_empty() {
+        cmd.arg(arg);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.by_ref().take(1 << 20).read_to_end(&mut out);
+        out
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("no answer within {} s", DEADLINE.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    if !status.success() && parse_version(&out).is_none() {
+        return Err(Error::NotQemu {
+            path: path.to_path_buf(),
+            flag,
+            output: format!("{} ({status})", out.chars().take(200).collect::<String>()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn versions_of_every_format_parse() {
+        let cases = [
+            (
+                "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)",
+                (7, 2, 22),
+            ),
+            (
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)",
+                (10, 0, 2),
+            ),
+            (
+                "QEMU emulator version 8.2.0 (v8.2.0)\nCopyright (c) 2003-2023",
+                (8, 2, 0),
+            ),
+            ("qemu-img version 9.1.50 (v9.1.0-1234-gabc)", (9, 1, 50)),
+            ("QEMU PC emulator version 2.5.0", (2, 5, 0)),
+        ];
+        for (text, (major, minor, micro)) in cases {
+            assert_eq!(
+                parse_version(text),
+                Some(Version {
+                    major,
+                    minor,
+                    micro
+                }),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_version("bash version 5.2"), None);
+        assert_eq!(parse_version(""), None);
+    }
+
+    #[test]
+    fn not_found_names_every_place_and_the_package() {
+        let no_env = |_: &str| None;
+        let err = find_in(
+            BinaryKind::System,
+            Some(Path::new("/nope/qemu")),
+            &no_env,
+            &OsString::from("/nonexistent"),
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "/nope/qemu",
+            "qemu-system-x86_64 on PATH",
+            "qemu-kvm on PATH",
+            "apt-get install qemu-system-x86",
+            "QEMU",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn the_env_var_wins_over_path_and_dst_falls_back_to_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("my-qemu");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = |name: &str| (name == "QEMU").then(|| fake.clone().into_os_string());
+        let path = OsString::from("/nonexistent");
+        assert_eq!(
+            find_in(BinaryKind::System, None, &env, &path).unwrap(),
+            fake
+        );
+        assert_eq!(
+            find_in(BinaryKind::Destination, None, &env, &path).unwrap(),
+            fake
+        );
+        assert!(find_in(BinaryKind::Img, None, &env, &path).is_err());
+    }
+
+    #[test]
+    fn a_binary_that_is_not_qemu_is_refused() {
+        let err = probe(Path::new("/bin/true")).unwrap_err();
+        assert!(matches!(err, Error::NotQemu { .. }), "{err}");
+        let err = probe(Path::new("/bin/echo")).unwrap_err().to_string();
+        assert!(err.contains("does not look like QEMU"), "{err}");
+    }
+}

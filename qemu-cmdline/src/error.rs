@@ -1,0 +1,52 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// What can go wrong finding, probing or describing QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No binary was found in any place looked at.
+    #[error("{what} not found; tried {}; install it with `apt-get install {package}` or set {var}", tried.join(", "))]
+    BinaryNotFound {
+        /// What was looked for ("QEMU system emulator").
+        what: &'static str,
+        /// The places tried, in order.
+        tried: Vec<String>,
+        /// The Debian package that provides it.
+        package: &'static str,
+        /// The environment variable that names it.
+        var: &'static str,
+    },
+    /// A binary ran but does not look like QEMU.
+    #[error("`{path}` does not look like QEMU: `{flag}` printed {output:?}")]
+    NotQemu {
+        /// The binary.
+        path: PathBuf,
+        /// The flag it was run with.
+        flag: &'static str,
+        /// What it printed (start).
+        output: String,
+    },
+    /// A binary could not be run, or did not finish in time.
+    #[error("running `{path} {flag}` failed: {reason}")]
+    Probe {
+        /// The binary.
+        path: PathBuf,
+        /// The flag it was run with.
+        flag: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// KVM was asked for where it cannot run guests.
+    #[error("accelerator kvm was asked for, but {reason}; use accel=tcg or accel=auto")]
+    KvmUnavailable {
+        /// Why not.
+        reason: String,
+    },
+    /// An accelerator name that is not one of auto, kvm, tcg.
+    #[error("unknown accelerator `{0}`; valid: auto, kvm, tcg")]
+    UnknownAccel(String),
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
