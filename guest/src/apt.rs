@@ -162,14 +162,12 @@ impl Apt {
         .map(drop)
     }
 
-    /// Unpacks only the regular files of a `.deb` whose path (`boot/...`,
-    /// no leading `./`) `keep` accepts, streaming the archive once. For the
-    /// kernel package this skips writing most of its 400 MB.
-    pub fn unpack_matching(
+    /// Streams the regular files of a `.deb` to `visit`, each with its
+    /// path (`boot/...`, no leading `./`), reading the archive once.
+    pub fn stream_files(
         &self,
         deb: &Path,
-        dest: &Path,
-        keep: impl Fn(&Path) -> bool,
+        mut visit: impl FnMut(&Path, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         let mut cmd = Command::new(&self.dpkg_deb);
         cmd.arg("--fsys-tarfile")
@@ -188,15 +186,15 @@ impl Apt {
             },
         })?;
         let stdout = child.stdout.take().expect("piped");
-        let extracted = extract_matching(
+        let streamed = for_each_file(
             std::io::BufReader::with_capacity(1 << 20, stdout),
-            dest,
-            &keep,
+            deb,
+            &mut visit,
         );
         let output = child
             .wait_with_output()
             .io_context("running", &self.dpkg_deb)?;
-        if !output.status.success() {
+        if !output.status.success() && streamed.is_ok() {
             return Err(Error::CommandFailed {
                 command: format!(
                     "{} --fsys-tarfile {}",
@@ -207,40 +205,46 @@ impl Apt {
                 stderr: tail(&String::from_utf8_lossy(&output.stderr), 800),
             });
         }
-        extracted
+        streamed
     }
 }
 
-/// Writes the regular files of a tar stream that `keep` accepts under
-/// `dest`, refusing paths that would leave it.
-fn extract_matching(stream: impl Read, dest: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<()> {
+/// Calls `visit` for each regular file of a tar stream, with its path
+/// made relative (no `./`, no `..`).
+fn for_each_file(
+    stream: impl Read,
+    deb: &Path,
+    visit: &mut dyn FnMut(&Path, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
     let mut archive = tar::Archive::new(stream);
-    for entry in archive
-        .entries()
-        .io_context("reading package archive", dest)?
-    {
-        let mut entry = entry.io_context("reading package archive", dest)?;
+    for entry in archive.entries().io_context("reading package", deb)? {
+        let mut entry = entry.io_context("reading package", deb)?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
         let path = entry
             .path()
-            .io_context("reading package archive", dest)?
+            .io_context("reading package", deb)?
             .into_owned();
         let relative: PathBuf = path
             .components()
             .filter(|c| matches!(c, Component::Normal(_)))
             .collect();
-        if relative.as_os_str().is_empty() || !keep(&relative) {
-            continue;
+        if !relative.as_os_str().is_empty() {
+            visit(&relative, &mut entry)?;
         }
-        let target = dest.join(&relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).io_context("creating", parent)?;
-        }
-        let mut file = std::fs::File::create(&target).io_context("writing", &target)?;
-        std::io::copy(&mut entry, &mut file).io_context("writing", &target)?;
     }
+    Ok(())
+}
+
+/// Writes `reader` to `root/relative`, creating directories.
+pub fn write_under(root: &Path, relative: &Path, reader: &mut dyn Read) -> Result<()> {
+    let target = root.join(relative);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).io_context("creating", parent)?;
+    }
+    let mut file = std::fs::File::create(&target).io_context("writing", &target)?;
+    std::io::copy(reader, &mut file).io_context("writing", &target)?;
     Ok(())
 }
 
@@ -335,12 +339,11 @@ mod tests {
     }
 
     #[test]
-    fn extraction_keeps_only_matching_files_inside_dest() {
+    fn streaming_visits_regular_files_with_relative_paths() {
         let mut builder = tar::Builder::new(Vec::new());
         for (path, data) in [
             ("./boot/vmlinuz-6", "k"),
             ("./lib/modules/6/kernel/a.ko", "m"),
-            ("./usr/share/doc/x", "d"),
         ] {
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
@@ -352,14 +355,23 @@ mod tests {
         }
         let bytes = builder.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
-        let keep = |p: &Path| p.starts_with("boot") || p.extension().is_some_and(|e| e == "ko");
-        extract_matching(&bytes[..], dest.path(), &keep).unwrap();
+        let mut seen = Vec::new();
+        for_each_file(&bytes[..], Path::new("x.deb"), &mut |path, reader| {
+            seen.push(path.to_path_buf());
+            write_under(dest.path(), path, reader)
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                PathBuf::from("boot/vmlinuz-6"),
+                PathBuf::from("lib/modules/6/kernel/a.ko")
+            ]
+        );
         assert_eq!(
             std::fs::read_to_string(dest.path().join("boot/vmlinuz-6")).unwrap(),
             "k"
         );
-        assert!(dest.path().join("lib/modules/6/kernel/a.ko").is_file());
-        assert!(!dest.path().join("usr").exists());
     }
 
     #[test]
