@@ -201,6 +201,19 @@ mod tests {
     }
 
     #[test]
+    fn zstd_payload_is_found_and_decompressed() {
+        let original = b"zstd kernel ".repeat(1000);
+        let zst = ruzstd::encoding::compress_to_vec(
+            &original[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let image = fake_bzimage(&zst, original.len() as u32);
+        let p = payload(&image).unwrap();
+        assert_eq!(p.compression, Compression::Zstd);
+        assert_eq!(decompress(&p).unwrap(), original);
+    }
+
+    #[test]
     fn wrong_recorded_length_is_an_error() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(b"abc").unwrap();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use virtest_guest::apt::Apt;
 use virtest_guest::bootstrap::{BootstrapOptions, bootstrap};
+use virtest_guest::sources::Origin;
 use virtest_guest::{Error, Manifest, cache};
 
 /// Options for a fresh cache in `home` that reuses the shared packages.
@@ -86,6 +87,41 @@ fn second_bootstrap_is_a_no_op_and_damage_is_rebuilt() {
         fixed.rebuilt
     );
     fixed.manifest.verify().unwrap();
+}
+
+#[test]
+fn a_path_the_user_gives_comes_before_host_and_packages() {
+    let home = tempfile::tempdir().unwrap();
+    let mut opts = options(home.path());
+    // A static busybox of our own: the package's, unpacked elsewhere.
+    let apt = opts.apt.clone().unwrap();
+    let package = apt.candidate("busybox-static").unwrap();
+    let unpacked = home.path().join("mine");
+    apt.unpack(&apt.fetch(&package).unwrap(), &unpacked)
+        .unwrap();
+    let busybox = unpacked.join("bin/busybox");
+    opts.user.busybox = Some(busybox.clone());
+    let done = bootstrap(&opts).unwrap();
+    assert_eq!(
+        done.manifest.sources.busybox,
+        Origin::User { path: busybox }
+    );
+    assert!(matches!(
+        done.manifest.sources.kernel,
+        Origin::Package { .. } | Origin::Host { .. }
+    ));
+
+    // A dynamically linked "busybox" is refused, and the error says why.
+    opts.user.busybox = Some(std::env::current_exe().unwrap());
+    opts.apt = None;
+    opts.host = None;
+    opts.user.kernel = Some(done.manifest.dir.join("vmlinuz"));
+    let msg = bootstrap(&opts).unwrap_err().to_string();
+    assert!(
+        msg.contains("dynamically linked; a static busybox is needed"),
+        "{msg}"
+    );
+    assert!(msg.contains("`busybox-static`"), "{msg}");
 }
 
 #[test]
