@@ -56,11 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         guest_uptimes.push(Duration::from_secs_f64(uptime));
     }
 
-    let initrd = manifest
-        .files
-        .iter()
-        .find(|f| f.path == manifest.initrd)
-        .map_or(0, |f| f.size);
+    let initrd = manifest.initrd_size();
     println!("default guest, {runs} runs, medians:");
     println!(
         "  bootstrap, packages fetched   {:>6.2} s   (target < 10 s)",

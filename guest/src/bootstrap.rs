@@ -177,7 +177,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
 
     let modules = match &modules_dir {
         Some(dir) => ModuleTree::open(dir)?.load_order(MODULES)?,
-        None => Vec::new(),
+        None => {
+            tracing::warn!(
+                kernel = %kernel_image.display(),
+                "no modules directory given: assuming virtio, virtio-net and the rest are built in"
+            );
+            Vec::new()
+        }
     };
     let dropbear_bin = binary_in(&dropbear, "usr/sbin/dropbear");
     let libraries = dropbear_libraries(&dropbear_bin, &dropbear, host, apt, work.path())?;
@@ -266,10 +272,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
 fn deb_arch() -> Result<&'static str> {
     match std::env::consts::ARCH {
         "x86_64" => Ok("amd64"),
-        other => Err(Error::KernelImage {
-            path: PathBuf::new(),
-            reason: format!("the default guest is built for x86_64 only, not {other}"),
-        }),
+        other => Err(Error::UnsupportedArch(other)),
     }
 }
 

@@ -211,6 +211,14 @@ impl Manifest {
         self.dir.join(&self.initrd)
     }
 
+    /// The recorded size of the initramfs, in bytes.
+    pub fn initrd_size(&self) -> u64 {
+        self.files
+            .iter()
+            .find(|f| f.path == self.initrd)
+            .map_or(0, |f| f.size)
+    }
+
     /// The client private key, as an absolute path.
     pub fn private_key_path(&self) -> PathBuf {
         self.dir.join(&self.credentials.private_key)

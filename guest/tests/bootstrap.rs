@@ -36,7 +36,7 @@ fn second_bootstrap_is_a_no_op_and_damage_is_rebuilt() {
         PathBuf::from("vmlinux"),
         "a PVH vmlinux is extracted"
     );
-    let initrd = m.files.iter().find(|f| f.path == m.initrd).unwrap().size;
+    let initrd = m.initrd_size();
     assert!(initrd < 8 << 20, "initramfs is {initrd} bytes");
     assert_eq!(
         std::fs::read(m.private_key_path()).unwrap(),

@@ -69,11 +69,7 @@ pub fn run(args: Args) -> CliResult {
             }
         }
     }
-    let initrd = m
-        .files
-        .iter()
-        .find(|f| f.path == m.initrd)
-        .map_or(0, |f| f.size);
+    let initrd = m.initrd_size();
     println!(
         "  kernel     {} ({})",
         m.kernel_path().display(),

@@ -87,11 +87,7 @@ pub fn run(args: Args) -> CliResult {
     let dir = cache::guest_dir(&home, bootstrap::DEFAULT_GUEST);
     match Manifest::load(&dir) {
         Ok(m) => {
-            let initrd = m
-                .files
-                .iter()
-                .find(|f| f.path == m.initrd)
-                .map_or(0, |f| f.size);
+            let initrd = m.initrd_size();
             println!(
                 "  ok       {:<20} kernel {}, initramfs {:.1} MiB, content {}",
                 m.name,
