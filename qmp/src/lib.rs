@@ -1,5 +1,9 @@
-//! The QMP wire protocol: connect to a QEMU monitor, negotiate, send
-//! commands and receive events.
+//! The QMP wire protocol, usable by any Rust tool that drives QEMU.
 //!
-//! Not built yet: this crate only reserves its place in the workspace
-//! (see issue "virtest-qmp").
+//! Built so far: [`codec`], the pure message codec (bytes in, messages
+//! out, no I/O), lenient with events and fields newer than us. Not built
+//! yet: the connection (greeting, negotiation, commands routed by id,
+//! event subscribers, transcript) of issue "virtest-qmp".
+#![deny(missing_docs)]
+
+pub mod codec;
