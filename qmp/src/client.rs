@@ -1,0 +1,538 @@
+//! The QMP client: one connection, many tasks.
+//!
+//! A reader task owns the read half: it routes each reply to the command
+//! that sent its id and appends each event to the event log. Commands
+//! take the write half in turn. When the stream ends, every pending
+//! command gets [`Error::Disconnected`] and waits on events end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::codec::{self, Message};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventCursor, EventLog, Subscription};
+use crate::transcript::{Direction, Transcript};
+
+/// The default deadline for a command's reply.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the server said about itself when we connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    /// QEMU's version as (major, minor, micro).
+    pub version: (u64, u64, u64),
+    /// The package string (`Debian 1:7.2+dfsg-7`), possibly empty.
+    pub package: String,
+    /// Capabilities offered (`oob`).
+    pub capabilities: Vec<String>,
+}
+
+/// How to connect.
+pub struct Options {
+    /// Where to write the transcript, if anywhere.
+    pub transcript: Option<Box<dyn std::io::Write + Send>>,
+    /// The deadline for each command's reply.
+    pub command_timeout: Duration,
+    /// Enable out-of-band execution when the server offers it.
+    pub oob: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            transcript: None,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            oob: false,
+        }
+    }
+}
+
+/// A reply waiting to be delivered: the command's name and where to send it.
+type Waiter = (String, oneshot::Sender<Result<Value>>);
+
+/// What the reader and the command senders share.
+struct Shared {
+    /// Pending commands by id; ordered, so an id-less error reaches the oldest.
+    pending: Mutex<Pending>,
+    events: Arc<EventLog>,
+    transcript: Option<Transcript>,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiters: BTreeMap<u64, Waiter>,
+    /// Set once the connection ended, with why.
+    closed: Option<String>,
+}
+
+/// A QMP connection; clone it to use it from many tasks.
+///
+/// Dropping the last clone stops the reader task and closes the socket.
+#[derive(Clone)]
+pub struct Qmp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    greeting: Greeting,
+    command_timeout: Duration,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl std::fmt::Debug for Qmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmp")
+            .field("greeting", &self.inner.greeting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Qmp {
+    /// Connects to a unix socket, waiting up to `deadline` for it to
+    /// appear and accept, then reads the greeting and negotiates.
+    pub async fn connect_unix(path: &Path, deadline: Duration, options: Options) -> Result<Qmp> {
+        let start = Instant::now();
+        let stream = retry_until(start + deadline, path.display().to_string(), || {
+            tokio::net::UnixStream::connect(path)
+        })
+        .await?;
+        Qmp::handshake(stream, deadline.saturating_sub(start.elapsed()), options).await
+    }
+
+    /// Connects over TCP, waiting up to `deadline` for the port to accept.
+    pub async fn connect_tcp(
+        addr: std::net::SocketAddr,
+        deadline: Duration,
+        options: Options,
+    ) -> Result<Qmp> {
+        let start = Instant::now();
+        let stream = retry_until(start + deadline, addr.to_string(), || {
+            tokio::net::TcpStream::connect(addr)
+        })
+        .await?;
+        stream.set_nodelay(true).ok();
+        Qmp::handshake(stream, deadline.saturating_sub(start.elapsed()), options).await
+    }
+
+    /// Runs the protocol over any stream: reads the greeting (within
+    /// `deadline`), starts the reader, and sends `qmp_capabilities`.
+    pub async fn handshake<S>(stream: S, deadline: Duration, options: Options) -> Result<Qmp>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut read, write) = tokio::io::split(stream);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            events: Arc::new(EventLog::new()),
+            transcript: options.transcript.map(Transcript::new),
+        });
+        let mut buf = Vec::with_capacity(64 << 10);
+        let greeting = tokio::time::timeout(deadline, read_greeting(&mut read, &mut buf, &shared))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "the QMP greeting".into(),
+                after: deadline,
+            })??;
+        let reader = tokio::spawn(read_loop(read, buf, shared.clone()));
+        let qmp = Qmp {
+            inner: Arc::new(Inner {
+                writer: tokio::sync::Mutex::new(Box::new(write)),
+                shared,
+                next_id: AtomicU64::new(1),
+                command_timeout: options.command_timeout,
+                greeting,
+                reader,
+            }),
+        };
+        let enable: Vec<&str> =
+            if options.oob && qmp.inner.greeting.capabilities.iter().any(|c| c == "oob") {
+                vec!["oob"]
+            } else {
+                vec![]
+            };
+        let args = if enable.is_empty() {
+            Value::Null
+        } else {
+            json!({ "enable": enable })
+        };
+        qmp.execute_raw("qmp_capabilities", args)
+            .await
+            .map_err(|e| Error::Negotiation(Box::new(e)))?;
+        Ok(qmp)
+    }
+
+    /// What the server said when we connected.
+    pub fn greeting(&self) -> &Greeting {
+        &self.inner.greeting
+    }
+
+    /// Runs a command from `qapi`'s generated definitions and returns its
+    /// typed reply.
+    ///
+    /// ```no_run
+    /// # async fn f(qmp: virtest_qmp::Qmp) -> virtest_qmp::Result<()> {
+    /// let status = qmp.execute(qapi::qmp::query_status {}).await?;
+    /// println!("running: {}", status.running);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
+        let args = serde_json::to_value(&command)
+            .map_err(|e| Error::Protocol(format!("`{}` does not serialize: {e}", C::NAME)))?;
+        let args = if args.as_object().is_some_and(|o| o.is_empty()) {
+            Value::Null
+        } else {
+            args
+        };
+        let value = self.execute_raw(C::NAME, args).await?;
+        serde_json::from_value(value).map_err(|e| {
+            Error::Protocol(format!(
+                "the reply to `{}` does not fit its schema type: {e}",
+                C::NAME
+            ))
+        })
+    }
+
+    /// Runs any command by name, with JSON arguments (`null` for none).
+    pub async fn execute_raw(&self, name: &str, args: Value) -> Result<Value> {
+        self.execute_raw_within(name, args, self.inner.command_timeout)
+            .await
+    }
+
+    /// [`Qmp::execute_raw`] with its own deadline.
+    pub async fn execute_raw_within(
+        &self,
+        name: &str,
+        args: Value,
+        deadline: Duration,
+    ) -> Result<Value> {
+        let shared = &self.inner.shared;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = shared.pending.lock().expect("pending lock");
+            if let Some(reason) = &pending.closed {
+                return Err(Error::Disconnected {
+                    reason: reason.clone(),
+                });
+            }
+            pending.waiters.insert(id, (name.to_string(), tx));
+        }
+        let line = codec::encode_command(name, &args, &json!(id));
+        let written = {
+            let mut writer = self.inner.writer.lock().await;
+            if let Some(t) = &shared.transcript {
+                t.line(Direction::Out, &line);
+            }
+            match writer.write_all(&line).await {
+                Ok(()) => writer.flush().await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = written {
+            shared
+                .pending
+                .lock()
+                .expect("pending lock")
+                .waiters
+                .remove(&id);
+            return Err(Error::Disconnected {
+                reason: format!("sending `{name}` failed: {e}"),
+            });
+        }
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::Disconnected {
+                reason: "the reader stopped".into(),
+            }),
+            Err(_) => {
+                shared
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .waiters
+                    .remove(&id);
+                Err(Error::Timeout {
+                    what: format!("QMP command `{name}`"),
+                    after: deadline,
+                })
+            }
+        }
+    }
+
+    /// Runs a human monitor command (`info status`) and returns its text.
+    pub async fn hmp(&self, command_line: &str) -> Result<String> {
+        self.execute(qapi::qmp::human_monitor_command {
+            command_line: command_line.into(),
+            cpu_index: None,
+        })
+        .await
+    }
+
+    /// Asks QEMU to quit. The socket closing before the reply arrives
+    /// counts as success.
+    pub async fn quit(&self) -> Result<()> {
+        match self.execute_raw("quit", Value::Null).await {
+            Ok(_) | Err(Error::Disconnected { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A point in the event stream. Take it before triggering an event,
+    /// then [`Qmp::wait_event`] from it: the event cannot be missed.
+    pub fn event_cursor(&self) -> EventCursor {
+        self.inner.shared.events.cursor()
+    }
+
+    /// Waits for an event named `name` whose data holds `filter` (`null`
+    /// for any), among those that arrived after `since`, until `deadline`.
+    ///
+    /// ```no_run
+    /// # async fn f(qmp: virtest_qmp::Qmp) -> virtest_qmp::Result<()> {
+    /// use std::time::Duration;
+    /// let since = qmp.event_cursor();
+    /// qmp.execute(qapi::qmp::stop {}).await?;
+    /// qmp.wait_event(since, "STOP", &serde_json::Value::Null, Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_event(
+        &self,
+        since: EventCursor,
+        name: &str,
+        filter: &Value,
+        deadline: Duration,
+    ) -> Result<Event> {
+        let pick = |e: &Event| e.matches(name, filter);
+        let (event, _) = self
+            .inner
+            .shared
+            .events
+            .wait(since, &format!("event {name}"), &pick, Some(deadline))
+            .await?;
+        Ok(event)
+    }
+
+    /// A subscriber that sees every event from now on, in order.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            log: self.inner.shared.events.clone(),
+            cursor: self.event_cursor(),
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner
+            .shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .closed
+            .is_some()
+    }
+}
+
+/// Connects with short backoff until `until`, keeping the last error.
+async fn retry_until<T, F, Fut>(until: Instant, addr: String, mut connect: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match connect().await {
+            Ok(stream) => return Ok(stream),
+            Err(source) if Instant::now() + backoff >= until => {
+                return Err(Error::Connect { addr, source });
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Reads until the first message, which must be the greeting.
+async fn read_greeting<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut Vec<u8>,
+    shared: &Shared,
+) -> Result<Greeting> {
+    loop {
+        match codec::decode(buf) {
+            Ok(Some((message, used))) => {
+                if let Some(t) = &shared.transcript {
+                    t.line(Direction::In, &buf[..used]);
+                }
+                buf.drain(..used);
+                return match message {
+                    Message::Greeting {
+                        version,
+                        capabilities,
+                    } => Ok(Greeting {
+                        version: (
+                            version["qemu"]["major"].as_u64().unwrap_or(0),
+                            version["qemu"]["minor"].as_u64().unwrap_or(0),
+                            version["qemu"]["micro"].as_u64().unwrap_or(0),
+                        ),
+                        package: version["package"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                        capabilities,
+                    }),
+                    other => Err(Error::Greeting(format!(
+                        "the first message is not a greeting: {other:?}"
+                    ))),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Error::Greeting(e.to_string())),
+        }
+        let n = read_more(read, buf)
+            .await
+            .map_err(|e| Error::Greeting(format!("reading it failed: {e}")))?;
+        if n == 0 {
+            return Err(Error::Greeting(
+                "the connection closed before any greeting".into(),
+            ));
+        }
+    }
+}
+
+async fn read_more<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    buf.reserve(64 << 10);
+    read.read_buf(buf).await
+}
+
+/// The reader task: decodes messages until the stream ends.
+async fn read_loop<R: AsyncRead + Unpin>(mut read: R, mut buf: Vec<u8>, shared: Arc<Shared>) {
+    let reason = loop {
+        // Decode every whole message already buffered.
+        let mut consumed = 0;
+        let failure = loop {
+            match codec::decode(&buf[consumed..]) {
+                Ok(Some((message, used))) => {
+                    if let Some(t) = &shared.transcript {
+                        t.line(Direction::In, &buf[consumed..consumed + used]);
+                    }
+                    consumed += used;
+                    dispatch(&shared, message);
+                }
+                Ok(None) => break None,
+                Err(codec::DecodeError::TooLong) => {
+                    break Some(codec::DecodeError::TooLong.to_string());
+                }
+                Err(e) => {
+                    // A bad line is skipped; the stream stays usable.
+                    let end = buf[consumed..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(buf.len(), |n| consumed + n + 1);
+                    if let Some(t) = &shared.transcript {
+                        t.line(Direction::In, &buf[consumed..end]);
+                    }
+                    tracing::warn!(error = %e, "skipping a line that is not QMP");
+                    consumed = end;
+                }
+            }
+        };
+        buf.drain(..consumed);
+        if let Some(reason) = failure {
+            break reason;
+        }
+        match read_more(&mut read, &mut buf).await {
+            Ok(0) if buf.is_empty() => break "the server closed the connection".to_string(),
+            Ok(0) => {
+                break format!(
+                    "the server closed the connection in the middle of a message ({} bytes)",
+                    buf.len()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => break format!("reading failed: {e}"),
+        }
+    };
+    tracing::debug!(%reason, "QMP reader stopped");
+    let waiters = {
+        let mut pending = shared.pending.lock().expect("pending lock");
+        pending.closed = Some(reason.clone());
+        std::mem::take(&mut pending.waiters)
+    };
+    for (_, (_, tx)) in waiters {
+        let _ = tx.send(Err(Error::Disconnected {
+            reason: reason.clone(),
+        }));
+    }
+    shared.events.close();
+}
+
+/// Routes one message: replies to their command, events to the log.
+fn dispatch(shared: &Shared, message: Message) {
+    match message {
+        Message::Return { id, value } => {
+            if let Some((_, tx)) = take_waiter(shared, id.as_ref()) {
+                let _ = tx.send(Ok(value));
+            }
+        }
+        Message::Error { id, class, desc } => {
+            if let Some((command, tx)) = take_waiter(shared, id.as_ref()) {
+                let error = match id {
+                    Some(_) => Error::Command {
+                        command,
+                        class,
+                        desc,
+                    },
+                    None => Error::Protocol(format!(
+                        "QEMU could not read command `{command}`: {class}: {desc}"
+                    )),
+                };
+                let _ = tx.send(Err(error));
+            }
+        }
+        Message::Event {
+            name,
+            data,
+            timestamp,
+        } => {
+            shared.events.push(name, data, timestamp);
+        }
+        Message::Greeting { .. } => tracing::warn!("a second QMP greeting; ignored"),
+    }
+}
+
+/// The command a reply answers: the one with its id, or, for a reply
+/// without an id, the oldest pending (QEMU answers in order, and leaves
+/// out the id only when it could not read the command).
+fn take_waiter(shared: &Shared, id: Option<&Value>) -> Option<Waiter> {
+    let mut pending = shared.pending.lock().expect("pending lock");
+    let waiter = match id {
+        Some(id) => id.as_u64().and_then(|n| pending.waiters.remove(&n)),
+        None => pending.waiters.pop_first().map(|(_, w)| w),
+    };
+    if waiter.is_none() {
+        tracing::warn!(id = ?id, "a QMP reply no command is waiting for; dropped");
+    }
+    waiter
+}

@@ -1,0 +1,209 @@
+//! The client against a real QEMU (`-machine none`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use virtest_qmp::{Error, Options, Qmp};
+
+const SECS_5: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn greeting_version_and_query_status() {
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let greeting = qmp.greeting();
+    assert!(greeting.version.0 >= 7, "{greeting:?}");
+    assert!(
+        greeting.capabilities.iter().any(|c| c == "oob"),
+        "{greeting:?}"
+    );
+    let status = qmp.execute(qapi::qmp::query_status {}).await.unwrap();
+    assert!(status.running);
+    let raw = qmp.execute_raw("query-status", Value::Null).await.unwrap();
+    assert_eq!(raw["running"], json!(true));
+    assert_eq!(raw["status"], json!("running"));
+}
+
+#[tokio::test]
+async fn stop_and_cont_events_reach_two_subscribers() {
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let mut first = qmp.subscribe();
+    let mut second = qmp.subscribe();
+    let since = qmp.event_cursor();
+    qmp.execute(qapi::qmp::stop {}).await.unwrap();
+    qmp.execute(qapi::qmp::cont {}).await.unwrap();
+    // Waited for only now, after both happened: neither is missed.
+    let stop = qmp
+        .wait_event(since, "STOP", &Value::Null, SECS_5)
+        .await
+        .unwrap();
+    let resume = qmp
+        .wait_event(since, "RESUME", &Value::Null, SECS_5)
+        .await
+        .unwrap();
+    assert!(stop.seq < resume.seq);
+    assert!(matches!(stop.typed(), Some(qapi::qmp::Event::STOP { .. })));
+    for sub in [&mut first, &mut second] {
+        assert_eq!(sub.next_within(SECS_5).await.unwrap().name, "STOP");
+        assert_eq!(sub.next_within(SECS_5).await.unwrap().name, "RESUME");
+    }
+    assert!(
+        qmp.execute(qapi::qmp::query_status {})
+            .await
+            .unwrap()
+            .running
+    );
+}
+
+#[tokio::test]
+async fn eight_tasks_with_500_commands_each_get_their_own_replies() {
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let qmp = qmp.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..500 {
+                if i % 2 == 0 {
+                    // The error names the path this task sent: a reply
+                    // routed to the wrong command would show it.
+                    let path = format!("/virtest-task-{task}-command-{i}");
+                    let err = qmp
+                        .execute_raw("qom-list", json!({ "path": path }))
+                        .await
+                        .unwrap_err();
+                    assert!(err.to_string().contains(&format!("'{path}'")), "{err}");
+                } else {
+                    let status = qmp.execute_raw("query-status", Value::Null).await.unwrap();
+                    assert_eq!(status["status"], json!("running"));
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn typed_and_raw_commands_agree_and_hmp_works() {
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let typed = qmp.execute(qapi::qmp::query_name {}).await.unwrap();
+    let raw = qmp.execute_raw("query-name", Value::Null).await.unwrap();
+    assert_eq!(
+        typed.name,
+        raw.get("name").and_then(Value::as_str).map(str::to_string)
+    );
+    let info = qmp.hmp("info status").await.unwrap();
+    assert!(info.contains("VM status: running"), "{info}");
+}
+
+#[tokio::test]
+async fn a_command_error_carries_qemus_class_and_description() {
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let err = qmp
+        .execute_raw("no-such-command", Value::Null)
+        .await
+        .unwrap_err();
+    let Error::Command {
+        command,
+        class,
+        desc,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (command.as_str(), class.as_str()),
+        ("no-such-command", "CommandNotFound")
+    );
+    assert!(desc.contains("no-such-command"), "{desc}");
+    // The connection is still good.
+    qmp.execute(qapi::qmp::query_status {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn quit_succeeds_and_then_commands_say_disconnected() {
+    let mut qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let mut events = qmp.subscribe();
+    qmp.quit().await.unwrap();
+    assert!(qemu.wait_exit(SECS_5).success());
+    // SHUTDOWN arrives, then the subscription ends.
+    assert_eq!(events.next_within(SECS_5).await.unwrap().name, "SHUTDOWN");
+    assert!(matches!(
+        events.next_within(SECS_5).await,
+        Err(Error::Disconnected { .. })
+    ));
+    let err = qmp
+        .execute_raw("query-status", Value::Null)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Disconnected { .. }), "{err}");
+    assert!(qmp.is_closed());
+}
+
+#[tokio::test]
+async fn the_transcript_has_every_line_both_ways() {
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let qemu = common::Qemu::start();
+    let log = Shared::default();
+    let options = Options {
+        transcript: Some(Box::new(log.clone())),
+        ..Options::default()
+    };
+    let qmp = Qmp::connect_unix(&qemu.socket, SECS_5, options)
+        .await
+        .unwrap();
+    qmp.execute(qapi::qmp::query_status {}).await.unwrap();
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[0].contains(" <- {\"QMP\""), "{text}");
+    assert!(
+        lines[1].contains(" -> {\"execute\":\"qmp_capabilities\""),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains(" -> {\"execute\":\"query-status\""),
+        "{text}"
+    );
+    assert!(
+        lines[4].contains(" <- {\"return\": {\"status\": \"running\""),
+        "{text}"
+    );
+    let stamp: f64 = lines[0].split(' ').next().unwrap().parse().unwrap();
+    assert!(stamp > 1.7e9, "{stamp}");
+}
+
+#[tokio::test]
+async fn a_socket_that_never_appears_is_a_connect_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let err = Qmp::connect_unix(
+        &dir.path().join("none.sock"),
+        Duration::from_millis(300),
+        Options::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("none.sock"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
