@@ -66,6 +66,17 @@ struct Shared {
     transcript: Option<Transcript>,
 }
 
+impl Shared {
+    /// Stops waiting for the reply to `id` (the command gave up on it).
+    fn forget(&self, id: u64) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .waiters
+            .remove(&id);
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     waiters: BTreeMap<u64, Waiter>,
@@ -246,12 +257,7 @@ impl Qmp {
             }
         };
         if let Err(e) = written {
-            shared
-                .pending
-                .lock()
-                .expect("pending lock")
-                .waiters
-                .remove(&id);
+            shared.forget(id);
             return Err(Error::Disconnected {
                 reason: format!("sending `{name}` failed: {e}"),
             });
@@ -262,12 +268,7 @@ impl Qmp {
                 reason: "the reader stopped".into(),
             }),
             Err(_) => {
-                shared
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .waiters
-                    .remove(&id);
+                shared.forget(id);
                 Err(Error::Timeout {
                     what: format!("QMP command `{name}`"),
                     after: deadline,
