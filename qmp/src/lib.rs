@@ -16,19 +16,35 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! Connect, run a command, wait for the event it causes (this runs a real
+//! QEMU in the doctest):
+//!
+//! ```
 //! use std::time::Duration;
 //! use virtest_qmp::{Options, Qmp};
 //!
-//! # async fn f() -> virtest_qmp::Result<()> {
-//! // QEMU started with `-qmp unix:/tmp/qmp.sock,server=on,wait=off`.
-//! let qmp = Qmp::connect_unix("/tmp/qmp.sock".as_ref(), Duration::from_secs(5), Options::default()).await?;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let socket = dir.path().join("qmp.sock");
+//! # let mut qemu = std::process::Command::new(std::env::var_os("QEMU").unwrap_or("qemu-system-x86_64".into()))
+//! #     .args(["-machine", "none", "-nodefaults", "-display", "none", "-qmp"])
+//! #     .arg(format!("unix:{},server=on,wait=off", socket.display()))
+//! #     .spawn()
+//! #     .unwrap();
+//! // QEMU was started with `-qmp unix:<socket>,server=on,wait=off`.
+//! let qmp = Qmp::connect_unix(&socket, Duration::from_secs(5), Options::default()).await?;
+//! println!("QEMU {:?}", qmp.greeting().version);
+//!
 //! let since = qmp.event_cursor();
 //! qmp.execute(qapi::qmp::stop {}).await?;
 //! let stop = qmp.wait_event(since, "STOP", &serde_json::Value::Null, Duration::from_secs(5)).await?;
 //! assert!(!qmp.execute(qapi::qmp::query_status {}).await?.running);
 //! println!("stopped at {:?}", stop.timestamp);
-//! # Ok(()) }
+//!
+//! qmp.quit().await?;
+//! # qemu.wait().unwrap();
+//! # Ok::<(), virtest_qmp::Error>(())
+//! # }).unwrap();
 //! ```
 #![deny(missing_docs)]
 
