@@ -43,6 +43,14 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// A command line that QEMU would refuse, found before running it.
+    #[error("invalid QEMU option `{option}`: {reason}")]
+    Invalid {
+        /// The option at fault, as it would be rendered.
+        option: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An accelerator name that is not one of auto, kvm, tcg.
     #[error("unknown accelerator `{0}`; valid: auto, kvm, tcg")]
     UnknownAccel(String),
