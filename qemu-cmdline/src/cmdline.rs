@@ -57,27 +57,25 @@ impl QemuCmdline {
     /// Sets a single-valued property option, replacing an earlier one in
     /// place, or appending it.
     pub fn set_props(&mut self, option: PropsOption, props: Props) -> &mut QemuCmdline {
-        match self
-            .args
-            .iter_mut()
-            .find(|a| matches!(a, Arg::Props(o, _) if *o == option))
-        {
-            Some(slot) => *slot = Arg::Props(option, props),
-            None => self.args.push(Arg::Props(option, props)),
-        }
-        self
+        self.replace_or_push(
+            Arg::Props(option, props),
+            |a| matches!(a, Arg::Props(o, _) if *o == option),
+        )
     }
 
     /// Sets a single-valued plain option, replacing or appending it.
     pub fn set_value(&mut self, option: ValueOption, value: impl Into<String>) -> &mut QemuCmdline {
-        let value = value.into();
-        match self
-            .args
-            .iter_mut()
-            .find(|a| matches!(a, Arg::Value(o, _) if *o == option))
-        {
-            Some(slot) => *slot = Arg::Value(option, value),
-            None => self.args.push(Arg::Value(option, value)),
+        self.replace_or_push(
+            Arg::Value(option, value.into()),
+            |a| matches!(a, Arg::Value(o, _) if *o == option),
+        )
+    }
+
+    /// Replaces the first option `same` picks with `arg`, or appends it.
+    fn replace_or_push(&mut self, arg: Arg, same: impl Fn(&Arg) -> bool) -> &mut QemuCmdline {
+        match self.args.iter_mut().find(|a| same(a)) {
+            Some(slot) => *slot = arg,
+            None => self.args.push(arg),
         }
         self
     }
