@@ -6,13 +6,15 @@
 //! cargo run --release --example guest_bench [RUNS]
 //! ```
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use virtest::guest::apt::Apt;
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
 use virtest::guest::{Manifest, cache};
+use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
+use virtest::vm::GuestLaunch;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs: usize = std::env::args()
@@ -82,34 +84,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let console = dir.path().join("console.log");
-    let qemu = binary::find(BinaryKind::System, None)?;
+    let launch = GuestLaunch {
+        manifest: m,
+        qemu: binary::find(BinaryKind::System, None)?,
+        accel: Chosen::Tcg,
+        memory_mib: None,
+        ssh_host_port: std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port(),
+        console_log: console.clone(),
+        qmp_socket: None,
+        allow_reboot: false,
+    };
+    let mut command = launch.cmdline().to_command();
     let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args([
-            "-machine",
-            &m.qemu.machine,
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-        ])
-        .args(["-m", &m.qemu.memory_mib.to_string(), "-no-reboot"])
-        .arg("-kernel")
-        .arg(m.kernel_path())
-        .arg("-initrd")
-        .arg(m.initrd_path())
-        .args(["-append", &m.cmdline])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            &format!("{},netdev=n0", m.qemu.net_device),
-        ])
-        .args(m.qemu.devices.iter().flat_map(|d| ["-device", d.as_str()]))
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

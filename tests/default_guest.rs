@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
 use virtest::guest::{Manifest, cache};
+use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
+use virtest::vm::GuestLaunch;
 
 /// The default guest, bootstrapped once per test binary (a no-op when the
 /// cache is current).
@@ -46,47 +48,20 @@ impl Qemu {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         let port = free_port();
-        let qemu = binary::find(BinaryKind::System, None).unwrap();
-        let mut cmd = Command::new(qemu);
-        cmd.args([
-            "-machine",
-            &manifest.qemu.machine,
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args([
-            "-display",
-            "none",
-            "-m",
-            &manifest.qemu.memory_mib.to_string(),
-        ])
-        .arg("-kernel")
-        .arg(manifest.kernel_path())
-        .arg("-initrd")
-        .arg(manifest.initrd_path())
-        .args(["-append", &manifest.cmdline])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .args([
-            "-netdev",
-            &format!(
-                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{}",
-                manifest.ssh_port
-            ),
-        ])
-        .args([
-            "-device",
-            &format!("{},netdev=n0", manifest.qemu.net_device),
-        ]);
-        for device in &manifest.qemu.devices {
-            cmd.args(["-device", device]);
-        }
-        if !reboot_allowed {
-            cmd.arg("-no-reboot");
-        }
-        let child = cmd
+        let launch = GuestLaunch {
+            manifest,
+            qemu: binary::find(BinaryKind::System, None).unwrap(),
+            accel: Chosen::Tcg,
+            memory_mib: None,
+            ssh_host_port: port,
+            console_log: console.clone(),
+            qmp_socket: None,
+            allow_reboot: reboot_allowed,
+        };
+        let cmdline = launch.cmdline();
+        cmdline.validate().unwrap();
+        let child = cmdline
+            .to_command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

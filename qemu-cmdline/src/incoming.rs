@@ -8,6 +8,11 @@
 //! files, TCP ports of chardevs and `-qmp`/`-serial`, the host ports of
 //! `hostfwd` rules, and `-pidfile`. Each passes through the caller's
 //! remap; everything else is copied as is; `-incoming` is set.
+//!
+//! Not remapped: the endpoints of `socket`, `stream` and `tap` netdevs
+//! (`listen=`, `addr.path=`, `ifname=`), and options kept verbatim. Moving
+//! those to a second process needs coordination only the caller can do
+//! (a tap device is held by the source until it exits).
 
 use std::path::PathBuf;
 

@@ -2,10 +2,29 @@
 //! merged with what the framework adds. Where both set the same thing,
 //! the template wins, and the merge says so in the debug log.
 
+use std::path::{Path, PathBuf};
+
 use crate::args::Arg;
-use crate::cmdline::QemuCmdline;
+use crate::cmdline::{ParseWarning, QemuCmdline};
+use crate::error::{Error, Result};
 
 impl QemuCmdline {
+    /// Reads a template file: a command line written as a shell would
+    /// (quotes, backslash-newlines, `#` comments), with or without the
+    /// binary first. Options it does not model are kept and warned about.
+    pub fn load_template(
+        path: &Path,
+        default_binary: impl Into<PathBuf>,
+    ) -> Result<(QemuCmdline, Vec<ParseWarning>)> {
+        let bad = |reason: String| Error::Template {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+        QemuCmdline::parse_text(&text, default_binary).map_err(bad)
+    }
+
     /// Merges `ours` (what the framework would run) into `template`. The
     /// template's options come first; ours follow unless the template
     /// already sets them: the same single-valued option (`-machine`,
@@ -60,6 +79,28 @@ fn same_setting(a: &Arg, b: &Arg) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_file_loads_and_a_bad_one_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("template.sh");
+        std::fs::write(&path, "# my template\n-m 512 \\\n  -vnc :1\n").unwrap();
+        let (cmd, warnings) = QemuCmdline::load_template(&path, "qemu").unwrap();
+        assert_eq!(cmd.display(), "qemu -m 512 -vnc :1");
+        assert_eq!(warnings[0].option, "-vnc :1");
+        std::fs::write(&path, "-append 'open").unwrap();
+        let err = QemuCmdline::load_template(&path, "qemu")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("template.sh") && err.contains("not closed"),
+            "{err}"
+        );
+        let err = QemuCmdline::load_template(&dir.path().join("none"), "qemu")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be read"), "{err}");
+    }
 
     #[test]
     fn the_template_wins_by_id_and_by_single_option_and_keeps_the_rest() {

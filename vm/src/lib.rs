@@ -1,5 +1,10 @@
 //! One VM's whole life: spawn and reap QEMU, QMP, console capture,
 //! `login_remote`, power states.
 //!
-//! Not built yet: this crate only reserves its place in the workspace
-//! (see issue "virtest-vm").
+//! Built so far: [`GuestLaunch`], the QEMU command line of a guest from
+//! its manifest. Not built yet: the `Vm` itself (issue "virtest-vm").
+#![deny(missing_docs)]
+
+mod launch;
+
+pub use launch::GuestLaunch;
