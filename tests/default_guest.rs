@@ -3,30 +3,18 @@
 //! the host key bootstrap recorded, accepts the recorded key and password,
 //! and powers off or reboots when asked.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
-use virtest::guest::{Manifest, cache};
+use virtest::guest::Manifest;
 use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
 use virtest::vm::GuestLaunch;
-
-/// The default guest, bootstrapped once per test binary (a no-op when the
-/// cache is current).
-fn guest() -> &'static Manifest {
-    static GUEST: OnceLock<Manifest> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let home = cache::default_home().unwrap();
-        bootstrap(&BootstrapOptions::new(home))
-            .expect("bootstrap")
-            .manifest
-    })
-}
 
 /// A QEMU process, killed and reaped on drop.
 struct Qemu {
@@ -47,7 +35,7 @@ impl Qemu {
     fn boot(manifest: &Manifest, reboot_allowed: bool) -> Qemu {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
-        let port = free_port();
+        let port = common::free_port();
         let launch = GuestLaunch {
             manifest,
             qemu: binary::find(BinaryKind::System, None).unwrap(),
@@ -78,7 +66,7 @@ impl Qemu {
     /// Waits until the console shows `count` ready lines.
     fn wait_ready(&mut self, count: usize, deadline: Duration) -> Duration {
         let start = Instant::now();
-        let marker = &guest().ready_marker;
+        let marker = &common::guest().ready_marker;
         loop {
             let text = std::fs::read_to_string(&self.console).unwrap_or_default();
             if text.matches(marker.as_str()).count() >= count {
@@ -118,7 +106,7 @@ impl Qemu {
 
     /// Runs a command in the guest with OpenSSH's client.
     fn ssh(&self, auth: Auth, command: &str) -> Output {
-        let m = guest();
+        let m = common::guest();
         let askpass = self._dir.path().join("askpass");
         let mut cmd = Command::new("ssh");
         cmd.args([
@@ -168,14 +156,6 @@ enum Auth<'a> {
     Password(&'a str),
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn stdout(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -188,7 +168,7 @@ fn stdout(out: &Output) -> String {
 
 #[test]
 fn boots_to_the_ready_line_and_serves_ssh_with_the_recorded_host_key() {
-    let m = guest();
+    let m = common::guest();
     let mut vm = Qemu::boot(m, false);
     let took = vm.wait_ready(1, Duration::from_secs(20));
     eprintln!("ready line after {took:?}");
@@ -217,7 +197,7 @@ fn boots_to_the_ready_line_and_serves_ssh_with_the_recorded_host_key() {
 
 #[test]
 fn key_and_password_logins_work_and_shutdown_powers_off() {
-    let m = guest();
+    let m = common::guest();
     let mut vm = Qemu::boot(m, false);
     vm.wait_ready(1, Duration::from_secs(20));
     let boot_id = stdout(&vm.ssh(Auth::Key, "cat /proc/sys/kernel/random/boot_id"));
@@ -253,7 +233,7 @@ fn key_and_password_logins_work_and_shutdown_powers_off() {
 
 #[test]
 fn reboot_brings_the_guest_back_with_a_new_boot_id() {
-    let m = guest();
+    let m = common::guest();
     let mut vm = Qemu::boot(m, true);
     vm.wait_ready(1, Duration::from_secs(20));
     let first = stdout(&vm.ssh(Auth::Key, "cat /proc/sys/kernel/random/boot_id"));
