@@ -207,3 +207,48 @@ async fn a_socket_that_never_appears_is_a_connect_error() {
     assert!(err.to_string().contains("none.sock"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn tcp_and_out_of_band_negotiation_work() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::var_os("QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    let mut child = std::process::Command::new(binary)
+        .args([
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+        ])
+        .arg(format!("tcp:127.0.0.1:{port},server=on,wait=off"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let options = Options {
+        oob: true,
+        ..Options::default()
+    };
+    let result = Qmp::connect_tcp(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs(10),
+        options,
+    )
+    .await;
+    let outcome = async {
+        let qmp = result?;
+        // With oob enabled, QEMU requires an id on every command: ours all have one.
+        let status = qmp.execute(qapi::qmp::query_status {}).await?;
+        assert!(status.running);
+        qmp.quit().await
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.unwrap();
+}
