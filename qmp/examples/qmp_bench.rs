@@ -3,8 +3,11 @@
 //! the process's CPU time per command. Prints medians of several runs.
 //!
 //! ```sh
-//! cargo run --release -p virtest-qmp --example qmp_bench [COMMANDS] [RUNS]
+//! cargo run --release -p virtest-qmp --example qmp_bench [COMMANDS] [RUNS] [current|multi]
 //! ```
+//!
+//! The last argument picks tokio's runtime: one thread (the default) or
+//! a worker per core.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -17,18 +20,23 @@ use virtest_qmp::{Options, Qmp};
 
 const IN_FLIGHT: usize = 8;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let commands: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(20_000);
-    let runs: usize = std::env::args()
-        .nth(2)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let arg = |n: usize| std::env::args().nth(n);
+    let commands: usize = arg(1).map(|a| a.parse()).transpose()?.unwrap_or(20_000);
+    let runs: usize = arg(2).map(|a| a.parse()).transpose()?.unwrap_or(5);
+    let runtime = match arg(3).as_deref() {
+        None | Some("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some("multi") => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        Some(other) => return Err(format!("unknown runtime `{other}`: current or multi").into()),
+    };
+    runtime.block_on(bench(commands, runs))
+}
+
+async fn bench(commands: usize, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let (raw_sock, ours_sock) = (dir.path().join("raw.sock"), dir.path().join("ours.sock"));
     let _qemu = QemuGuard::start(&raw_sock, &ours_sock)?;

@@ -1,13 +1,20 @@
 //! The QMP client: one connection, many tasks.
 //!
-//! A reader task owns the read half: it routes each reply to the command
-//! that sent its id and appends each event to the event log. Commands
-//! take the write half in turn. When the stream ends, every pending
-//! command gets [`Error::Disconnected`] and waits on events end.
+//! A reader task owns the read half: it routes each reply to its command
+//! and appends each event to the event log. Commands take the write half
+//! in turn. When the stream ends, every pending command gets
+//! [`Error::Disconnected`] and waits on events end.
+//!
+//! Routing: without out-of-band execution QEMU runs in-band commands one
+//! at a time and answers in order, so replies go to the oldest pending
+//! command and commands carry no id. That is not only simpler: QEMU's
+//! monitor reads commands one byte per system call, and an id made each
+//! command a third slower on these machines. With out-of-band enabled QEMU
+//! requires ids, and replies are routed by id.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,8 +67,10 @@ type Waiter = (String, oneshot::Sender<Result<Value>>);
 
 /// What the reader and the command senders share.
 struct Shared {
-    /// Pending commands by id; ordered, so an id-less error reaches the oldest.
+    /// Pending commands by sequence number (their id, when ids are sent).
     pending: Mutex<Pending>,
+    /// Whether commands carry ids (out-of-band mode) or replies come in order.
+    send_ids: AtomicBool,
     events: Arc<EventLog>,
     transcript: Option<Transcript>,
 }
@@ -75,11 +84,32 @@ impl Shared {
             .waiters
             .remove(&id);
     }
+
+    /// Ends the connection: every pending command gets `reason`, and
+    /// waits on events end.
+    fn close(&self, reason: String) {
+        let waiters = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if pending.closed.is_none() {
+                pending.closed = Some(reason.clone());
+            }
+            pending.outbox.clear();
+            std::mem::take(&mut pending.waiters)
+        };
+        for (_, (_, tx)) in waiters {
+            let _ = tx.send(Err(Error::Disconnected {
+                reason: reason.clone(),
+            }));
+        }
+        self.events.close();
+    }
 }
 
 #[derive(Default)]
 struct Pending {
     waiters: BTreeMap<u64, Waiter>,
+    /// Command lines queued for the next write.
+    outbox: Vec<u8>,
     /// Set once the connection ended, with why.
     closed: Option<String>,
 }
@@ -139,7 +169,14 @@ impl Qmp {
         })
         .await?;
         stream.set_nodelay(true).ok();
-        Qmp::handshake(stream, deadline.saturating_sub(start.elapsed()), options).await
+        let (read, write) = stream.into_split();
+        Qmp::start(
+            read,
+            write,
+            deadline.saturating_sub(start.elapsed()),
+            options,
+        )
+        .await
     }
 
     /// Runs the protocol over any stream: reads the greeting (within
@@ -148,9 +185,20 @@ impl Qmp {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut read, write) = tokio::io::split(stream);
+        let (read, write) = tokio::io::split(stream);
+        Qmp::start(read, write, deadline, options).await
+    }
+
+    /// [`Qmp::handshake`] over a stream already split in two (sockets
+    /// split without the lock `tokio::io::split` needs).
+    async fn start<R, W>(mut read: R, write: W, deadline: Duration, options: Options) -> Result<Qmp>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            send_ids: AtomicBool::new(false),
             events: Arc::new(EventLog::new()),
             transcript: options.transcript.map(Transcript::new),
         });
@@ -186,6 +234,11 @@ impl Qmp {
         qmp.execute_raw("qmp_capabilities", args)
             .await
             .map_err(|e| Error::Negotiation(Box::new(e)))?;
+        // Out-of-band replies may overtake others: route by id from now on.
+        qmp.inner
+            .shared
+            .send_ids
+            .store(!enable.is_empty(), Ordering::Relaxed);
         Ok(qmp)
     }
 
@@ -234,46 +287,67 @@ impl Qmp {
         deadline: Duration,
     ) -> Result<Value> {
         let shared = &self.inner.shared;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let send_ids = shared.send_ids.load(Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        {
+        let (id, others_in_flight) = {
+            // Taking a place among the pending and in the outbox under one
+            // lock keeps the wire order equal to the order replies are
+            // matched in.
             let mut pending = shared.pending.lock().expect("pending lock");
             if let Some(reason) = &pending.closed {
                 return Err(Error::Disconnected {
                     reason: reason.clone(),
                 });
             }
-            pending.waiters.insert(id, (name.to_string(), tx));
-        }
-        let line = codec::encode_command(name, &args, &json!(id));
-        let written = {
-            let mut writer = self.inner.writer.lock().await;
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let line = codec::encode_command(name, &args, send_ids.then(|| json!(id)).as_ref());
             if let Some(t) = &shared.transcript {
                 t.line(Direction::Out, &line);
             }
-            match writer.write_all(&line).await {
-                Ok(()) => writer.flush().await,
-                Err(e) => Err(e),
-            }
+            pending.outbox.extend_from_slice(&line);
+            pending.waiters.insert(id, (name.to_string(), tx));
+            (id, pending.waiters.len() > 1)
         };
-        if let Err(e) = written {
-            shared.forget(id);
-            return Err(Error::Disconnected {
-                reason: format!("sending `{name}` failed: {e}"),
-            });
+        if others_in_flight {
+            // Let the other tasks sending now queue theirs: one write for all.
+            tokio::task::yield_now().await;
         }
+        self.flush_outbox().await;
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(Error::Disconnected {
                 reason: "the reader stopped".into(),
             }),
             Err(_) => {
-                shared.forget(id);
+                // Replies in order: the late reply must still find this
+                // command's place, or it would go to the next command.
+                if send_ids {
+                    shared.forget(id);
+                }
                 Err(Error::Timeout {
                     what: format!("QMP command `{name}`"),
                     after: deadline,
                 })
             }
+        }
+    }
+
+    /// Writes whatever commands are queued, in one write. A command whose
+    /// line another task already wrote finds the outbox empty. A failed
+    /// write ends the connection: every pending command gets the error.
+    async fn flush_outbox(&self) {
+        let shared = &self.inner.shared;
+        let mut writer = self.inner.writer.lock().await;
+        let batch = std::mem::take(&mut shared.pending.lock().expect("pending lock").outbox);
+        if batch.is_empty() {
+            return;
+        }
+        let written = match writer.write_all(&batch).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            shared.close(format!("sending a command failed: {e}"));
         }
     }
 
@@ -476,38 +550,30 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, mut buf: Vec<u8>, shared: 
         }
     };
     tracing::debug!(%reason, "QMP reader stopped");
-    let waiters = {
-        let mut pending = shared.pending.lock().expect("pending lock");
-        pending.closed = Some(reason.clone());
-        std::mem::take(&mut pending.waiters)
-    };
-    for (_, (_, tx)) in waiters {
-        let _ = tx.send(Err(Error::Disconnected {
-            reason: reason.clone(),
-        }));
-    }
-    shared.events.close();
+    shared.close(reason);
 }
 
 /// Routes one message: replies to their command, events to the log.
 fn dispatch(shared: &Shared, message: Message) {
+    let ids = shared.send_ids.load(Ordering::Relaxed);
     match message {
         Message::Return { id, value } => {
-            if let Some((_, tx)) = take_waiter(shared, id.as_ref()) {
+            if let Some((_, tx)) = take_waiter(shared, id.as_ref(), ids) {
                 let _ = tx.send(Ok(value));
             }
         }
         Message::Error { id, class, desc } => {
-            if let Some((command, tx)) = take_waiter(shared, id.as_ref()) {
-                let error = match id {
-                    Some(_) => Error::Command {
+            if let Some((command, tx)) = take_waiter(shared, id.as_ref(), ids) {
+                let error = if ids && id.is_none() {
+                    Error::Protocol(format!(
+                        "QEMU could not read command `{command}`: {class}: {desc}"
+                    ))
+                } else {
+                    Error::Command {
                         command,
                         class,
                         desc,
-                    },
-                    None => Error::Protocol(format!(
-                        "QEMU could not read command `{command}`: {class}: {desc}"
-                    )),
+                    }
                 };
                 let _ = tx.send(Err(error));
             }
@@ -523,14 +589,16 @@ fn dispatch(shared: &Shared, message: Message) {
     }
 }
 
-/// The command a reply answers: the one with its id, or, for a reply
-/// without an id, the oldest pending (QEMU answers in order, and leaves
-/// out the id only when it could not read the command).
-fn take_waiter(shared: &Shared, id: Option<&Value>) -> Option<Waiter> {
+/// The command a reply answers. With ids, the one with the reply's id, or
+/// for a reply without one the oldest (QEMU leaves out the id only when it
+/// could not read the command). Without ids, the oldest; a reply that
+/// carries an id we never sent is dropped.
+fn take_waiter(shared: &Shared, id: Option<&Value>, ids: bool) -> Option<Waiter> {
     let mut pending = shared.pending.lock().expect("pending lock");
-    let waiter = match id {
-        Some(id) => id.as_u64().and_then(|n| pending.waiters.remove(&n)),
-        None => pending.waiters.pop_first().map(|(_, w)| w),
+    let waiter = match (id, ids) {
+        (Some(id), true) => id.as_u64().and_then(|n| pending.waiters.remove(&n)),
+        (None, _) => pending.waiters.pop_first().map(|(_, w)| w),
+        (Some(_), false) => None,
     };
     if waiter.is_none() {
         tracing::warn!(id = ?id, "a QMP reply no command is waiting for; dropped");

@@ -114,7 +114,8 @@ pub fn parse_line(line: &[u8]) -> Result<Message, DecodeError> {
     let Value::Object(mut object) = value else {
         return Err(DecodeError::NotQmp { line: preview() });
     };
-    let id = object.remove("id");
+    // `"id": null` is no id.
+    let id = object.remove("id").filter(|id| !id.is_null());
     if let Some(value) = object.remove("return") {
         return Ok(Message::Return { id, value });
     }
@@ -167,14 +168,17 @@ fn timestamp(value: &Value) -> Option<(i64, i64)> {
 }
 
 /// Encodes a command as one line: `{"execute": name, "arguments": args,
-/// "id": id}` and a newline. Null arguments are left out.
-pub fn encode_command(name: &str, arguments: &Value, id: &Value) -> Vec<u8> {
+/// "id": id}` and a newline. Null arguments and a missing id are left out:
+/// QEMU reads commands one byte at a time, so every byte costs.
+pub fn encode_command(name: &str, arguments: &Value, id: Option<&Value>) -> Vec<u8> {
     let mut object = Map::new();
     object.insert("execute".into(), Value::String(name.into()));
     if !arguments.is_null() {
         object.insert("arguments".into(), arguments.clone());
     }
-    object.insert("id".into(), id.clone());
+    if let Some(id) = id {
+        object.insert("id".into(), id.clone());
+    }
     let mut line = serde_json::to_vec(&Value::Object(object)).expect("JSON values serialize");
     line.push(b'\n');
     line
@@ -285,9 +289,11 @@ mod tests {
 
     #[test]
     fn commands_encode_as_one_line() {
-        let line = encode_command("query-status", &Value::Null, &json!(1));
+        let line = encode_command("query-status", &Value::Null, None);
+        assert_eq!(line, b"{\"execute\":\"query-status\"}\n");
+        let line = encode_command("query-status", &Value::Null, Some(&json!(1)));
         assert_eq!(line, b"{\"execute\":\"query-status\",\"id\":1}\n");
-        let line = encode_command("stop", &json!({"a": "b\nc"}), &json!(2));
+        let line = encode_command("stop", &json!({"a": "b\nc"}), Some(&json!(2)));
         assert_eq!(
             line.iter().filter(|&&b| b == b'\n').count(),
             1,

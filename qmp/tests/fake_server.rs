@@ -52,6 +52,17 @@ where
     C: FnOnce(Result<Qmp, Error>) -> CF,
     CF: Future<Output = ()>,
 {
+    with_server_options(Options::default(), server, client).await
+}
+
+/// [`with_server`] with the client's options.
+async fn with_server_options<S, C, SF, CF>(options: Options, server: S, client: C)
+where
+    S: FnOnce(Server) -> SF,
+    SF: Future<Output = ()> + Send + 'static,
+    C: FnOnce(Result<Qmp, Error>) -> CF,
+    CF: Future<Output = ()>,
+{
     let (ours, theirs) = tokio::io::duplex(64 << 20);
     let (read, write) = tokio::io::split(theirs);
     let server = tokio::spawn(server(Server {
@@ -59,7 +70,7 @@ where
         write,
     }));
     let run = async {
-        let qmp = Qmp::handshake(ours, Duration::from_secs(2), Options::default()).await;
+        let qmp = Qmp::handshake(ours, Duration::from_secs(2), options).await;
         client(qmp).await;
     };
     tokio::time::timeout(Duration::from_secs(10), run)
@@ -179,13 +190,80 @@ async fn a_reply_with_an_unknown_id_is_dropped() {
 }
 
 #[tokio::test]
-async fn an_error_without_id_fails_the_oldest_pending_command() {
+async fn replies_go_to_commands_in_order_and_carry_no_id() {
     with_server(
         |mut s| async move {
             s.greet().await;
             let first = s.recv().await;
             let second = s.recv().await;
+            assert_eq!((first["execute"].as_str(), first.get("id")), (Some("first"), None));
+            assert_eq!(second["execute"], "second");
+            s.send(r#"{"error": {"class": "GenericError", "desc": "first failed"}}"#).await;
+            s.send(r#"{"return": "second's"}"#).await;
+            std::future::pending::<()>().await;
+        },
+        |qmp| async move {
+            let qmp = qmp.unwrap();
+            let first = qmp.execute_raw("first", Value::Null);
+            let second = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                qmp.execute_raw("second", Value::Null).await
+            };
+            let (first, second) = tokio::join!(first, second);
+            let err = first.unwrap_err();
+            assert!(matches!(&err, Error::Command { command, desc, .. } if command == "first" && desc == "first failed"), "{err}");
+            assert_eq!(second.unwrap(), json!("second's"));
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_late_reply_to_a_timed_out_command_does_not_reach_the_next() {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let (read, write) = tokio::io::split(theirs);
+    let mut s = Server {
+        read: BufReader::new(read),
+        write,
+    };
+    let server = tokio::spawn(async move {
+        s.greet().await;
+        let _slow = s.recv().await;
+        let _next = s.recv().await;
+        s.send(r#"{"return": "for the slow one"}"#).await;
+        s.send(r#"{"return": "for the next one"}"#).await;
+        std::future::pending::<()>().await;
+    });
+    let options = Options {
+        command_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let qmp = Qmp::handshake(ours, Duration::from_secs(2), options)
+        .await
+        .unwrap();
+    let err = qmp.execute_raw("slow", Value::Null).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    let next = tokio::time::timeout(Duration::from_secs(5), qmp.execute_raw("next", Value::Null))
+        .await
+        .unwrap();
+    assert_eq!(next.unwrap(), json!("for the next one"));
+    server.abort();
+}
+
+#[tokio::test]
+async fn with_out_of_band_an_error_without_id_fails_the_oldest_pending_command() {
+    let options = Options {
+        oob: true,
+        ..Options::default()
+    };
+    with_server_options(
+        options,
+        |mut s| async move {
+            s.greet().await;
+            let first = s.recv().await;
+            let second = s.recv().await;
             assert_eq!(first["execute"], "first");
+            assert!(first.get("id").is_some(), "out-of-band mode sends ids");
             s.send(r#"{"error": {"class": "GenericError", "desc": "JSON parse error"}}"#).await;
             s.send(&json!({"return": "ok", "id": second["id"]}).to_string()).await;
             std::future::pending::<()>().await;

@@ -59,7 +59,9 @@ async fn stop_and_cont_events_reach_two_subscribers() {
     );
 }
 
-#[tokio::test]
+/// On two worker threads, where commands from different tasks race to
+/// the socket: a reply matched to the wrong command would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_tasks_with_500_commands_each_get_their_own_replies() {
     let qemu = common::Qemu::start();
     let qmp = qemu.connect().await;
