@@ -5,4 +5,5 @@
 pub use virtest_guest as guest;
 pub use virtest_qemu_cmdline as qemu_cmdline;
 pub use virtest_qmp as qmp;
+pub use virtest_remote as remote;
 pub use virtest_vm as vm;

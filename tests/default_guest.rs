@@ -7,107 +7,22 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use virtest::guest::Manifest;
-use virtest::qemu_cmdline::accel::Chosen;
+use common::Qemu;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
-use virtest::vm::GuestLaunch;
 
-/// A QEMU process, killed and reaped on drop.
-struct Qemu {
-    child: Child,
-    console: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// Runs commands in a booted guest with OpenSSH's client.
+trait OpenSsh {
+    fn ssh(&self, auth: Auth, command: &str) -> Output;
 }
 
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Qemu {
-    fn boot(manifest: &Manifest, reboot_allowed: bool) -> Qemu {
-        let dir = tempfile::tempdir().unwrap();
-        let console = dir.path().join("console.log");
-        let port = common::free_port();
-        let launch = GuestLaunch {
-            manifest,
-            qemu: binary::find(BinaryKind::System, None).unwrap(),
-            accel: Chosen::Tcg,
-            memory_mib: None,
-            ssh_host_port: port,
-            console_log: console.clone(),
-            qmp_socket: None,
-            allow_reboot: reboot_allowed,
-        };
-        let cmdline = launch.cmdline();
-        cmdline.validate().unwrap();
-        let child = cmdline
-            .to_command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Qemu {
-            child,
-            console,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Waits until the console shows `count` ready lines.
-    fn wait_ready(&mut self, count: usize, deadline: Duration) -> Duration {
-        let start = Instant::now();
-        let marker = &common::guest().ready_marker;
-        loop {
-            let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-            if text.matches(marker.as_str()).count() >= count {
-                return start.elapsed();
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                panic!("QEMU exited ({status}) before the ready line: {stderr}\nconsole:\n{text}");
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "no ready line within {deadline:?}; console:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "QEMU still running after {deadline:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
+impl OpenSsh for Qemu {
     /// Runs a command in the guest with OpenSSH's client.
     fn ssh(&self, auth: Auth, command: &str) -> Output {
         let m = common::guest();
-        let askpass = self._dir.path().join("askpass");
+        let askpass = self.dir.path().join("askpass");
         let mut cmd = Command::new("ssh");
         cmd.args([
             "-o",

@@ -1,4 +1,17 @@
-//! Sessions into a guest: SSH and the serial console behind one trait.
+//! Sessions into a guest: log in, run commands, get their results.
 //!
-//! Not built yet: this crate only reserves its place in the workspace
-//! (see issue "virtest-remote").
+//! Built so far: [`SshSession`] over async-ssh2-lite (password or key
+//! login, host key check, `run` with stdout and stderr kept apart, exit
+//! status, deadlines, `wait_for_login` that tells "not up yet" from "wrong
+//! credentials"). Not built yet: the serial-console session behind a
+//! common trait, file transfer, and a live output callback (issue
+//! "virtest-remote").
+#![deny(missing_docs)]
+
+mod error;
+mod result;
+mod ssh;
+
+pub use error::{Error, Result};
+pub use result::CmdResult;
+pub use ssh::{Auth, RunOptions, SshConfig, SshSession};

@@ -1,10 +1,19 @@
 //! Helpers shared by the end-to-end tests.
 
+#![allow(dead_code)] // each test binary uses its own part of these helpers
+
+use std::io::Read;
 use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
 use virtest::guest::{Manifest, cache};
+use virtest::qemu_cmdline::accel::Chosen;
+use virtest::qemu_cmdline::binary::{self, BinaryKind};
+use virtest::vm::GuestLaunch;
 
 /// The default guest, bootstrapped once per test binary (a no-op when the
 /// cache is current).
@@ -25,4 +34,93 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A QEMU process, killed and reaped on drop.
+pub struct Qemu {
+    pub child: Child,
+    pub console: PathBuf,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qemu {
+    pub fn boot(manifest: &Manifest, reboot_allowed: bool) -> Qemu {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        let port = free_port();
+        let launch = GuestLaunch {
+            manifest,
+            qemu: binary::find(BinaryKind::System, None).unwrap(),
+            accel: Chosen::Tcg,
+            memory_mib: None,
+            ssh_host_port: port,
+            console_log: console.clone(),
+            qmp_socket: None,
+            allow_reboot: reboot_allowed,
+        };
+        let cmdline = launch.cmdline();
+        cmdline.validate().unwrap();
+        let child = cmdline
+            .to_command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Qemu {
+            child,
+            console,
+            port,
+            dir,
+        }
+    }
+
+    /// Waits until the console shows `count` ready lines.
+    pub fn wait_ready(&mut self, count: usize, deadline: Duration) -> Duration {
+        let start = Instant::now();
+        let marker = &guest().ready_marker;
+        loop {
+            let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+            if text.matches(marker.as_str()).count() >= count {
+                return start.elapsed();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                panic!("QEMU exited ({status}) before the ready line: {stderr}\nconsole:\n{text}");
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "no ready line within {deadline:?}; console:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "QEMU still running after {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -1,0 +1,336 @@
+//! SSH sessions into a guest, on async-ssh2-lite.
+//!
+//! One session is driven by one task at a time (async-ssh2-lite can panic
+//! when a session is polled from several tasks at once, its issue #28), so
+//! commands from many tasks take turns on it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_ssh2_lite::ssh2::HashType;
+use async_ssh2_lite::{AsyncSession, TokioTcpStream};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result};
+use crate::result::CmdResult;
+
+/// How to prove who we are.
+#[derive(Clone)]
+pub enum Auth {
+    /// A password.
+    Password(String),
+    /// A private key file (OpenSSH format).
+    KeyFile(PathBuf),
+    /// A private key in memory (OpenSSH format).
+    Key(String),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Password(_) => f.write_str("Password(<redacted>)"),
+            Auth::KeyFile(path) => f.debug_tuple("KeyFile").field(path).finish(),
+            Auth::Key(_) => f.write_str("Key(<redacted>)"),
+        }
+    }
+}
+
+impl Auth {
+    fn method(&self) -> &'static str {
+        match self {
+            Auth::Password(_) => "password",
+            Auth::KeyFile(_) => "key file",
+            Auth::Key(_) => "key",
+        }
+    }
+}
+
+/// Where and how to log in.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The user.
+    pub user: String,
+    /// The credentials.
+    pub auth: Auth,
+    /// Host keys to accept, as OpenSSH public key lines (`ssh-ed25519
+    /// AAAA...`). Empty accepts any key: the default for throwaway test
+    /// guests; the key's fingerprint is recorded either way.
+    pub known_host_keys: Vec<String>,
+}
+
+/// How to run one command.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Fail when the exit status is not 0 (the default).
+    pub check: bool,
+    /// The deadline for the whole command.
+    pub timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            check: true,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A logged-in SSH session.
+pub struct SshSession {
+    session: tokio::sync::Mutex<AsyncSession<TokioTcpStream>>,
+    addr: SocketAddr,
+    user: String,
+    host_key_fingerprint: String,
+}
+
+impl fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshSession")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("host_key", &self.host_key_fingerprint)
+            .finish()
+    }
+}
+
+impl SshSession {
+    /// Connects, checks the host key, and logs in, once.
+    pub async fn connect(config: &SshConfig, deadline: Duration) -> Result<SshSession> {
+        let addr = config.addr;
+        let attempt = async {
+            let stream = TokioTcpStream::connect(addr)
+                .await
+                .map_err(|source| Error::Connect { addr, source })?;
+            let mut session = AsyncSession::new(stream, None).map_err(|e| Error::Handshake {
+                addr,
+                reason: e.to_string(),
+            })?;
+            session.handshake().await.map_err(|e| Error::Handshake {
+                addr,
+                reason: e.to_string(),
+            })?;
+            let (blob, _) = session.host_key().ok_or_else(|| Error::Handshake {
+                addr,
+                reason: "the server sent no host key".into(),
+            })?;
+            let blob = blob.to_vec();
+            let fingerprint = session
+                .host_key_hash(HashType::Sha256)
+                .map(|h| format!("SHA256:{}", base64(h)))
+                .unwrap_or_default();
+            if !config.known_host_keys.is_empty()
+                && !config
+                    .known_host_keys
+                    .iter()
+                    .any(|k| public_key_blob(k).as_deref() == Some(&blob[..]))
+            {
+                return Err(Error::HostKey {
+                    addr,
+                    got: fingerprint,
+                });
+            }
+            let refused = |e: async_ssh2_lite::Error| Error::Auth {
+                user: config.user.clone(),
+                addr,
+                method: config.auth.method(),
+                reason: e.to_string(),
+            };
+            match &config.auth {
+                Auth::Password(password) => session
+                    .userauth_password(&config.user, password)
+                    .await
+                    .map_err(refused)?,
+                Auth::KeyFile(path) => session
+                    .userauth_pubkey_file(&config.user, None, path, None)
+                    .await
+                    .map_err(refused)?,
+                Auth::Key(key) => session
+                    .userauth_pubkey_memory(&config.user, None, key, None)
+                    .await
+                    .map_err(refused)?,
+            }
+            tracing::debug!(%addr, user = %config.user, method = config.auth.method(), host_key = %fingerprint, "SSH login");
+            Ok(SshSession {
+                session: tokio::sync::Mutex::new(session),
+                addr,
+                user: config.user.clone(),
+                host_key_fingerprint: fingerprint,
+            })
+        };
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Handshake {
+                    addr,
+                    reason: format!("no answer within {deadline:?}"),
+                })
+            })
+    }
+
+    /// Retries [`SshSession::connect`] with short backoff until the guest
+    /// accepts or `deadline` passes. A refused login fails at once: the
+    /// guest is up and retrying will not change the credentials.
+    pub async fn wait_for_login(config: &SshConfig, deadline: Duration) -> Result<SshSession> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_sub(start.elapsed());
+            let error = match SshSession::connect(config, left.max(Duration::from_millis(1))).await
+            {
+                Ok(session) => return Ok(session),
+                Err(e @ (Error::Auth { .. } | Error::HostKey { .. })) => return Err(e),
+                Err(e) => e,
+            };
+            if start.elapsed() + backoff >= deadline {
+                return Err(Error::NotUp {
+                    addr: config.addr,
+                    after: deadline,
+                    last: Box::new(error),
+                });
+            }
+            tracing::trace!(error = %error, "guest not up yet");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The server's host key fingerprint (`SHA256:...`).
+    pub fn host_key_fingerprint(&self) -> &str {
+        &self.host_key_fingerprint
+    }
+
+    /// Runs a command; a non-zero exit is an [`Error::Exit`] carrying the
+    /// whole result.
+    pub async fn run(&self, command: &str) -> Result<CmdResult> {
+        self.run_with(command, &RunOptions::default()).await
+    }
+
+    /// Runs a command with options (ignore the status, a deadline).
+    pub async fn run_with(&self, command: &str, options: &RunOptions) -> Result<CmdResult> {
+        let session = self.session.lock().await;
+        let start = Instant::now();
+        let fail = |reason: String| Error::Channel {
+            command: command.to_string(),
+            reason,
+        };
+        let exec = async {
+            let mut channel = session
+                .channel_session()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            channel
+                .exec(command)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let mut stderr_stream = channel.stderr();
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            // Both streams at once: a full stderr window must not stall stdout.
+            let (out, err) = tokio::join!(
+                channel.read_to_end(&mut stdout),
+                stderr_stream.read_to_end(&mut stderr)
+            );
+            out.and(err)
+                .map_err(|e| fail(format!("reading its output: {e}")))?;
+            channel
+                .wait_close()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let exit_status = channel.exit_status().map_err(|e| fail(e.to_string()))?;
+            Ok(CmdResult {
+                command: command.to_string(),
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                exit_status,
+                duration: start.elapsed(),
+            })
+        };
+        let result = tokio::time::timeout(options.timeout, exec)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    command: command.to_string(),
+                    after: options.timeout,
+                })
+            })?;
+        tracing::debug!(
+            command,
+            exit = result.exit_status,
+            ms = result.duration.as_millis() as u64,
+            stdout_bytes = result.stdout.len(),
+            stderr_bytes = result.stderr.len(),
+            "ran"
+        );
+        if options.check && !result.success() {
+            return Err(Error::Exit(Box::new(result)));
+        }
+        Ok(result)
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 without padding, as OpenSSH prints fingerprints.
+fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The key blob of an OpenSSH public key line (`type base64 [comment]`).
+fn public_key_blob(line: &str) -> Option<Vec<u8>> {
+    let text = line.split_whitespace().nth(1)?.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes() {
+        acc = acc << 6 | B64.iter().position(|&b| b == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg");
+        assert_eq!(base64(b"fo"), "Zm8");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(public_key_blob("ssh-ed25519 Zm9vYmE= c").unwrap(), b"fooba");
+        assert_eq!(public_key_blob("ssh-ed25519 Zm9vYmFy").unwrap(), b"foobar");
+        assert_eq!(public_key_blob("nothing"), None);
+    }
+
+    #[test]
+    fn passwords_and_keys_stay_out_of_debug_output() {
+        let text = format!(
+            "{:?} {:?}",
+            Auth::Password("hunter2".into()),
+            Auth::Key("-----BEGIN".into())
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("BEGIN"),
+            "{text}"
+        );
+    }
+}

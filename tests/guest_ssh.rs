@@ -1,0 +1,197 @@
+//! virtest-remote's SSH session against the default guest's dropbear.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::Qemu;
+use virtest::remote::{Auth, Error, RunOptions, SshConfig, SshSession};
+
+fn config(port: u16, auth: Auth) -> SshConfig {
+    let m = common::guest();
+    SshConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        user: m.credentials.user.clone(),
+        auth,
+        known_host_keys: vec![m.host_key.public.clone()],
+    }
+}
+
+fn key() -> Auth {
+    Auth::KeyFile(common::guest().private_key_path())
+}
+
+#[tokio::test]
+async fn commands_run_with_exit_codes_separate_streams_big_output_and_deadlines() {
+    let mut vm = Qemu::boot(common::guest(), false);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        ssh.host_key_fingerprint(),
+        common::guest().host_key.fingerprint
+    );
+
+    let r = ssh.run("echo out; echo err >&2; exit 0").await.unwrap();
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str(), r.exit_status),
+        ("out\n", "err\n", 0)
+    );
+
+    let err = ssh
+        .run("echo partial; echo broken >&2; exit 3")
+        .await
+        .unwrap_err();
+    let Error::Exit(result) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(result.exit_status, 3);
+    assert!(
+        err.to_string().contains("exited with status 3") && err.to_string().contains("broken"),
+        "{err}"
+    );
+    let unchecked = RunOptions {
+        check: false,
+        ..RunOptions::default()
+    };
+    assert_eq!(
+        ssh.run_with("exit 7", &unchecked)
+            .await
+            .unwrap()
+            .exit_status,
+        7
+    );
+
+    // 10 MiB on stdout while stderr also has data.
+    let big = ssh
+        .run("head -c 10485760 /dev/zero | tr '\\0' x; echo done >&2")
+        .await
+        .unwrap();
+    assert_eq!(big.stdout.len(), 10 << 20);
+    assert_eq!(big.stderr, "done\n");
+
+    let start = Instant::now();
+    let slow = RunOptions {
+        timeout: Duration::from_secs(2),
+        ..RunOptions::default()
+    };
+    let err = ssh.run_with("sleep 30", &slow).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn eight_concurrent_commands_share_one_session_and_password_login_works() {
+    let mut vm = Qemu::boot(common::guest(), false);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let password = Auth::Password(common::guest().credentials.password.clone());
+    let ssh = std::sync::Arc::new(
+        SshSession::wait_for_login(&config(vm.port, password), Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let ssh = ssh.clone();
+            tokio::spawn(async move { ssh.run(&format!("echo task-{i}")).await.unwrap().stdout })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), format!("task-{i}\n"));
+    }
+
+    // A wrong password is refused at once, not retried to a timeout.
+    let start = Instant::now();
+    let wrong = config(vm.port, Auth::Password("not-the-password".into()));
+    let err = SshSession::wait_for_login(&wrong, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                method: "password",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("not-the-password"),
+        "no password in errors: {err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    // A host key we do not trust is refused.
+    let mut untrusted = config(vm.port, key());
+    untrusted.known_host_keys = vec![
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGyV3n5OaJsuPhY0T7X1Nh3wRsdvLzPlxq5ECoSj6oxn".into(),
+    ];
+    let err = SshSession::connect(&untrusted, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::HostKey { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_guest_powered_off_mid_command_is_an_error_not_a_hang() {
+    let mut vm = Qemu::boot(common::guest(), false);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let run = ssh.run("sleep 60");
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = vm.child.kill();
+        let _ = vm.child.wait();
+    };
+    let (result, ()) = tokio::join!(run, kill);
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Channel { .. }), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_and_a_server_that_is_not_ssh_are_clear_errors() {
+    let closed = common::free_port();
+    let err = SshSession::connect(&config(closed, key()), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let err = SshSession::wait_for_login(&config(closed, key()), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotUp { last, .. } if matches!(**last, Error::Connect { .. })),
+        "{err}"
+    );
+
+    // A server that answers with something other than SSH.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for stream in listener.incoming().take(1) {
+            let mut stream = stream.unwrap();
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let start = Instant::now();
+    let err = SshSession::connect(&config(port, key()), Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Handshake { .. }), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
