@@ -1,0 +1,150 @@
+//! SSH into the default guest: login time, per-command latency on an open
+//! session, and the host CPU this process uses while the guest runs
+//! `sleep 10`. Prints medians of several runs.
+//!
+//! ```sh
+//! cargo run --release --example ssh_bench [RUNS]
+//! ```
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
+use virtest::guest::cache;
+use virtest::qemu_cmdline::accel::Chosen;
+use virtest::qemu_cmdline::binary::{self, BinaryKind};
+use virtest::remote::{Auth, SshConfig, SshSession};
+use virtest::vm::GuestLaunch;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let manifest = bootstrap(&BootstrapOptions::new(cache::default_home()?))?.manifest;
+    let dir = tempfile::tempdir()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let console = dir.path().join("console.log");
+    let launch = GuestLaunch {
+        manifest: &manifest,
+        qemu: binary::find(BinaryKind::System, None)?,
+        accel: Chosen::Tcg,
+        memory_mib: None,
+        ssh_host_port: port,
+        console_log: console.clone(),
+        qmp_socket: None,
+        allow_reboot: false,
+    };
+    let mut child = launch
+        .cmdline()
+        .to_command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = measure(&manifest, port, &console, runs).await;
+    child.kill()?;
+    child.wait()?;
+    result
+}
+
+async fn measure(
+    m: &virtest::guest::Manifest,
+    port: u16,
+    console: &std::path::Path,
+    runs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    while !std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .contains(&m.ready_marker)
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err("the guest never printed its ready line".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config = |auth| SshConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        user: m.credentials.user.clone(),
+        auth,
+        known_host_keys: vec![m.host_key.public.clone()],
+    };
+    let (mut by_key, mut by_password) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        SshSession::connect(
+            &config(Auth::KeyFile(m.private_key_path())),
+            Duration::from_secs(30),
+        )
+        .await?;
+        by_key.push(t.elapsed());
+        let t = Instant::now();
+        SshSession::connect(
+            &config(Auth::Password(m.credentials.password.clone())),
+            Duration::from_secs(30),
+        )
+        .await?;
+        by_password.push(t.elapsed());
+    }
+    let ssh = SshSession::connect(
+        &config(Auth::KeyFile(m.private_key_path())),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mut latencies = Vec::new();
+    for _ in 0..runs * 10 {
+        let t = Instant::now();
+        ssh.run("true").await?;
+        latencies.push(t.elapsed());
+    }
+    let mut cpu_shares = Vec::new();
+    for _ in 0..runs.min(3) {
+        let (cpu, t) = (cpu_time(), Instant::now());
+        ssh.run("sleep 10").await?;
+        cpu_shares.push((cpu_time() - cpu).as_secs_f64() / t.elapsed().as_secs_f64() * 100.0);
+    }
+    println!("SSH to the default guest (dropbear, TCG), medians:");
+    println!(
+        "  login by key                {:>7.0} ms",
+        median(&mut by_key).as_secs_f64() * 1e3
+    );
+    println!(
+        "  login by password           {:>7.0} ms",
+        median(&mut by_password).as_secs_f64() * 1e3
+    );
+    println!(
+        "  command on an open session  {:>7.1} ms  (`true`, {} runs)",
+        median(&mut latencies).as_secs_f64() * 1e3,
+        latencies.len()
+    );
+    cpu_shares.sort_by(f64::total_cmp);
+    println!(
+        "  host CPU during `sleep 10`  {:>7.2} %   of one core (target < 2 %)",
+        cpu_shares[cpu_shares.len() / 2]
+    );
+    Ok(())
+}
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// User plus system CPU time of this process, from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}
