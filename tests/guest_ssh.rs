@@ -195,3 +195,68 @@ async fn a_closed_port_and_a_server_that_is_not_ssh_are_clear_errors() {
     assert!(matches!(err, Error::Handshake { .. }), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn files_and_trees_round_trip_with_their_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut vm = Qemu::boot(common::guest(), false);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // 1 MiB of every byte value, executable.
+    let file = local.path().join("blob");
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o751)).unwrap();
+    ssh.send_file(&file, "/tmp/blob copy").await.unwrap();
+    assert_eq!(
+        ssh.run("stat -c %a '/tmp/blob copy'").await.unwrap().stdout,
+        "751\n"
+    );
+    let back = local.path().join("back");
+    ssh.receive_file("/tmp/blob copy", &back).await.unwrap();
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    assert_eq!(mode(&back), 0o751);
+
+    // A tree with a nested directory and distinct modes.
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("script.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("script.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(tree.join("sub/deeper/secret"), "s3cret").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/deeper/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    ssh.send_tree(&tree, "/tmp/tree").await.unwrap();
+    assert_eq!(ssh.run("/tmp/tree/script.sh").await.unwrap().stdout, "hi\n");
+    let returned = local.path().join("returned");
+    ssh.receive_tree("/tmp/tree", &returned).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(returned.join("sub/deeper/secret")).unwrap(),
+        "s3cret"
+    );
+    assert_eq!(mode(&returned.join("sub/deeper/secret")), 0o600);
+    assert_eq!(mode(&returned.join("script.sh")), 0o755);
+
+    // A missing remote file is an error that names the command.
+    let err = ssh
+        .receive_file("/nonexistent", &local.path().join("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Exit(_)) && err.to_string().contains("/nonexistent"),
+        "{err}"
+    );
+}

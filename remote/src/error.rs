@@ -71,6 +71,15 @@ pub enum Error {
         /// The deadline.
         after: Duration,
     },
+    /// A local file of a transfer could not be read or written.
+    #[error("local file `{path}`")]
+    Local {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The session failed while running a command.
     #[error("running `{command}` over SSH failed: {reason}")]
     Channel {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_ssh2_lite::ssh2::HashType;
 use async_ssh2_lite::{AsyncSession, TokioTcpStream};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 use crate::result::CmdResult;
@@ -212,6 +212,32 @@ impl SshSession {
 
     /// Runs a command with options (ignore the status, a deadline).
     pub async fn run_with(&self, command: &str, options: &RunOptions) -> Result<CmdResult> {
+        let result = self
+            .exec(command, None, options)
+            .await?
+            .into_result(command);
+        tracing::debug!(
+            command,
+            exit = result.exit_status,
+            ms = result.duration.as_millis() as u64,
+            stdout_bytes = result.stdout.len(),
+            stderr_bytes = result.stderr.len(),
+            "ran"
+        );
+        if options.check && !result.success() {
+            return Err(Error::Exit(Box::new(result)));
+        }
+        Ok(result)
+    }
+
+    /// Runs a command, writing `input` to its stdin first (then end of
+    /// file), and returns its output as bytes. Status is not checked.
+    pub(crate) async fn exec(
+        &self,
+        command: &str,
+        input: Option<&[u8]>,
+        options: &RunOptions,
+    ) -> Result<RawOutput> {
         let session = self.session.lock().await;
         let start = Instant::now();
         let fail = |reason: String| Error::Channel {
@@ -227,6 +253,13 @@ impl SshSession {
                 .exec(command)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
+            if let Some(input) = input {
+                channel
+                    .write_all(input)
+                    .await
+                    .map_err(|e| fail(format!("writing its input: {e}")))?;
+            }
+            channel.send_eof().await.map_err(|e| fail(e.to_string()))?;
             let mut stderr_stream = channel.stderr();
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             // Both streams at once: a full stderr window must not stall stdout.
@@ -241,34 +274,50 @@ impl SshSession {
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             let exit_status = channel.exit_status().map_err(|e| fail(e.to_string()))?;
-            Ok(CmdResult {
-                command: command.to_string(),
-                stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            Ok(RawOutput {
+                stdout,
+                stderr,
                 exit_status,
                 duration: start.elapsed(),
             })
         };
-        let result = tokio::time::timeout(options.timeout, exec)
+        tokio::time::timeout(options.timeout, exec)
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Timeout {
                     command: command.to_string(),
                     after: options.timeout,
                 })
-            })?;
-        tracing::debug!(
-            command,
-            exit = result.exit_status,
-            ms = result.duration.as_millis() as u64,
-            stdout_bytes = result.stdout.len(),
-            stderr_bytes = result.stderr.len(),
-            "ran"
-        );
-        if options.check && !result.success() {
-            return Err(Error::Exit(Box::new(result)));
+            })
+    }
+}
+
+/// A command's output as bytes, before it becomes a [`CmdResult`].
+pub(crate) struct RawOutput {
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) exit_status: i32,
+    pub(crate) duration: Duration,
+}
+
+impl RawOutput {
+    pub(crate) fn into_result(self, command: &str) -> CmdResult {
+        CmdResult {
+            command: command.to_string(),
+            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+            exit_status: self.exit_status,
+            duration: self.duration,
         }
-        Ok(result)
+    }
+
+    /// The output, or [`Error::Exit`] when the status is not 0.
+    pub(crate) fn checked(self, command: &str) -> Result<Vec<u8>> {
+        if self.exit_status == 0 {
+            Ok(self.stdout)
+        } else {
+            Err(Error::Exit(Box::new(self.into_result(command))))
+        }
     }
 }
 
