@@ -93,6 +93,7 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
             .local_addr()?
             .port(),
         console_log: console.clone(),
+        console_socket: None,
         qmp_socket: None,
         allow_reboot: false,
     };

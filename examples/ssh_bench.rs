@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         memory_mib: None,
         ssh_host_port: port,
         console_log: console.clone(),
+        console_socket: None,
         qmp_socket: None,
         allow_reboot: false,
     };

@@ -52,6 +52,7 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         memory_mib: None,
         ssh_host_port: common::free_port(),
         console_log: dir.path().join("console.log"),
+        console_socket: None,
         qmp_socket: Some(dir.path().join("qmp.sock")),
         allow_reboot: false,
     };

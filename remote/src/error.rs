@@ -71,6 +71,14 @@ pub enum Error {
         /// The deadline.
         after: Duration,
     },
+    /// The serial console did not do what was expected.
+    #[error("serial console: {what}: {reason}")]
+    Serial {
+        /// What was being done or waited for.
+        what: String,
+        /// Why it failed, with the console's last output.
+        reason: String,
+    },
     /// A local file of a transfer could not be read or written.
     #[error("local file `{path}`")]
     Local {

@@ -53,6 +53,11 @@ impl Drop for Qemu {
 
 impl Qemu {
     pub fn boot(manifest: &Manifest, reboot_allowed: bool) -> Qemu {
+        Qemu::boot_with(manifest, reboot_allowed, false)
+    }
+
+    /// Boots with the console also served on `<dir>/console.sock`.
+    pub fn boot_with(manifest: &Manifest, reboot_allowed: bool, console_socket: bool) -> Qemu {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         let port = free_port();
@@ -63,6 +68,7 @@ impl Qemu {
             memory_mib: None,
             ssh_host_port: port,
             console_log: console.clone(),
+            console_socket: console_socket.then(|| dir.path().join("console.sock")),
             qmp_socket: None,
             allow_reboot: reboot_allowed,
         };

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use virtest_guest::Manifest;
 use virtest_qemu_cmdline::accel::Chosen;
-use virtest_qemu_cmdline::{FlagOption, HostFwd, QemuCmdline, ValueOption};
+use virtest_qemu_cmdline::{
+    Arg, FlagOption, HostFwd, Props, PropsOption, QemuCmdline, ValueOption,
+};
 
 /// How to run one guest: everything its command line is made from.
 #[derive(Debug, Clone)]
@@ -21,6 +23,9 @@ pub struct GuestLaunch<'a> {
     pub ssh_host_port: u16,
     /// Where the serial console is written.
     pub console_log: PathBuf,
+    /// Also serve the console on this unix socket (for a serial session);
+    /// it is still logged to `console_log`.
+    pub console_socket: Option<PathBuf>,
     /// A unix socket QEMU serves QMP on, if any.
     pub qmp_socket: Option<PathBuf>,
     /// Whether a guest reboot restarts it (else QEMU exits).
@@ -43,6 +48,7 @@ impl GuestLaunch<'_> {
     ///     memory_mib: None,
     ///     ssh_host_port: 40022,
     ///     console_log: "/tmp/console.log".into(),
+    ///     console_socket: None,
     ///     qmp_socket: None,
     ///     allow_reboot: false,
     /// };
@@ -57,19 +63,29 @@ impl GuestLaunch<'_> {
             .memory_mib(self.memory_mib.unwrap_or(m.qemu.memory_mib))
             .flag(FlagOption::NoDefaults)
             .flag(FlagOption::NoUserConfig);
-        cmd.push(virtest_qemu_cmdline::Arg::Props(
-            virtest_qemu_cmdline::PropsOption::Display,
-            virtest_qemu_cmdline::Props::with_head("none"),
-        ));
+        cmd.push(Arg::Props(PropsOption::Display, Props::with_head("none")));
         cmd.direct_boot(
             &m.kernel_path().to_string_lossy(),
             Some(&m.initrd_path().to_string_lossy()),
             &m.cmdline,
         );
-        cmd.set_value(
-            ValueOption::Serial,
-            format!("file:{}", self.console_log.display()),
-        );
+        match &self.console_socket {
+            None => cmd.set_value(
+                ValueOption::Serial,
+                format!("file:{}", self.console_log.display()),
+            ),
+            Some(socket) => {
+                let mut chardev = Props::with_head("socket");
+                chardev
+                    .set("id", "console")
+                    .set("path", socket.to_string_lossy())
+                    .set("server", "on")
+                    .set("wait", "off")
+                    .set("logfile", self.console_log.to_string_lossy());
+                cmd.push(Arg::Props(PropsOption::Chardev, chardev));
+                cmd.set_value(ValueOption::Serial, "chardev:console")
+            }
+        };
         cmd.user_netdev("net0", &[HostFwd::tcp(self.ssh_host_port, m.ssh_port)])
             .device(&m.qemu.net_device, &[("netdev", "net0")]);
         for device in &m.qemu.devices {

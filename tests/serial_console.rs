@@ -1,0 +1,78 @@
+//! virtest-remote's serial-console session against the default guest.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Qemu;
+use virtest::remote::{Error, SerialSession};
+
+#[tokio::test]
+async fn logs_in_on_the_console_and_runs_commands_with_their_status() {
+    let m = common::guest();
+    let mut vm = Qemu::boot_with(m, false, true);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let socket = vm.dir.path().join("console.sock");
+    let console = SerialSession::connect(
+        &socket,
+        &m.credentials.user,
+        &m.credentials.password,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let r = console.run("echo hello; echo second line").await.unwrap();
+    assert_eq!(r.stdout, "hello\nsecond line\n");
+    assert_eq!(
+        console.run("printf no-newline").await.unwrap().stdout,
+        "no-newline"
+    );
+    let err = console.run("echo failing; exit 3").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Exit(r) if r.exit_status == 3 && r.stdout == "failing\n"),
+        "{err}"
+    );
+    // The shell survives a command's exit, and commands see the guest.
+    assert_eq!(
+        console.run("cat /etc/hostname").await.unwrap().stdout,
+        "virtest\n"
+    );
+    let slow = console
+        .run_unchecked("sleep 20", Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(slow, Error::Timeout { .. }), "{slow}");
+    // A later session on the same console finds the shell already there.
+    drop(console);
+    let again = SerialSession::connect(&socket, "root", "unused", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.run("echo again").await.unwrap().stdout, "again\n");
+}
+
+#[tokio::test]
+async fn a_console_with_no_shell_is_a_clear_error_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(b"BIOS boot menu, press F12\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let start = Instant::now();
+    let err = SerialSession::connect(&socket, "root", "x", Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("a login or shell prompt") && text.contains("BIOS boot menu"),
+        "{text}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    server.abort();
+}
