@@ -38,7 +38,7 @@ async fn logs_in_on_the_console_and_runs_commands_with_their_status() {
         "virtest\n"
     );
     let slow = console
-        .run_unchecked("sleep 20", Duration::from_secs(2))
+        .run_unchecked("sleep 6", Duration::from_secs(2))
         .await
         .unwrap_err();
     assert!(matches!(slow, Error::Timeout { .. }), "{slow}");
