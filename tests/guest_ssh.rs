@@ -260,3 +260,42 @@ async fn files_and_trees_round_trip_with_their_modes() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn streaming_hands_over_lines_while_the_command_runs() {
+    use virtest::remote::OutputStream;
+    let mut vm = Qemu::boot(common::guest(), false);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut lines: Vec<(OutputStream, String, Duration)> = Vec::new();
+    let command = "for i in 1 2 3; do echo line $i; echo warn $i >&2; sleep 1; done; printf tail";
+    let result = ssh
+        .run_streaming(command, &RunOptions::default(), |stream, line| {
+            lines.push((stream, line.to_string(), start.elapsed()))
+        })
+        .await
+        .unwrap();
+    let text = |s| {
+        lines
+            .iter()
+            .filter(|l| l.0 == s)
+            .map(|l| l.1.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        text(OutputStream::Stdout),
+        ["line 1", "line 2", "line 3", "tail"]
+    );
+    assert_eq!(text(OutputStream::Stderr), ["warn 1", "warn 2", "warn 3"]);
+    assert_eq!(result.stdout, "line 1\nline 2\nline 3\ntail");
+    // The first line came while the command still had two seconds to run.
+    let first = lines.iter().find(|l| l.1 == "line 1").unwrap().2;
+    assert!(
+        first + Duration::from_millis(1500) < start.elapsed(),
+        "first line at {first:?} of {:?}",
+        start.elapsed()
+    );
+}

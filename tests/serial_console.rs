@@ -76,3 +76,33 @@ async fn a_console_with_no_shell_is_a_clear_error_in_time() {
     assert!(start.elapsed() < Duration::from_secs(5));
     server.abort();
 }
+
+#[tokio::test]
+async fn test_code_can_take_either_session() {
+    use virtest::remote::{Auth, Session, SshConfig, SshSession};
+    async fn hostname(session: &impl Session) -> String {
+        session.run("hostname").await.unwrap().stdout
+    }
+    let m = common::guest();
+    let mut vm = Qemu::boot_with(m, false, true);
+    vm.wait_ready(1, Duration::from_secs(30));
+    let serial = SerialSession::connect(
+        &vm.dir.path().join("console.sock"),
+        &m.credentials.user,
+        &m.credentials.password,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let ssh_config = SshConfig {
+        addr: ([127, 0, 0, 1], vm.port).into(),
+        user: m.credentials.user.clone(),
+        auth: Auth::KeyFile(m.private_key_path()),
+        known_host_keys: vec![m.host_key.public.clone()],
+    };
+    let ssh = SshSession::wait_for_login(&ssh_config, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(hostname(&serial).await, "virtest\n");
+    assert_eq!(hostname(&ssh).await, "virtest\n");
+}

@@ -4,18 +4,20 @@
 //! login, host key check, `run` with stdout and stderr kept apart, exit
 //! status, deadlines, `wait_for_login` that tells "not up yet" from "wrong
 //! credentials"), and file and tree transfer both ways with modes kept.
-//! [`SerialSession`] runs commands over a guest's serial console. Not built
-//! yet: a common trait over both, and a live output callback (issue
-//! "virtest-remote").
+//! [`SerialSession`] runs commands over a guest's serial console; both are
+//! a [`Session`]. `run_streaming` hands long commands' output over line by
+//! line as it arrives.
 #![deny(missing_docs)]
 
 mod error;
 mod result;
 mod serial;
+mod session;
 mod ssh;
 mod transfer;
 
 pub use error::{Error, Result};
 pub use result::CmdResult;
 pub use serial::SerialSession;
-pub use ssh::{Auth, RunOptions, SshConfig, SshSession};
+pub use session::Session;
+pub use ssh::{Auth, OutputStream, RunOptions, SshConfig, SshSession};

@@ -212,10 +212,31 @@ impl SshSession {
 
     /// Runs a command with options (ignore the status, a deadline).
     pub async fn run_with(&self, command: &str, options: &RunOptions) -> Result<CmdResult> {
-        let result = self
-            .exec(command, None, options)
-            .await?
-            .into_result(command);
+        self.finish(
+            command,
+            options,
+            self.exec(command, None, options, None).await?,
+        )
+    }
+
+    /// Runs a command and hands each line of its output, stdout and stderr
+    /// apart, to `on_line` as it arrives; for long commands whose progress
+    /// should show.
+    pub async fn run_streaming(
+        &self,
+        command: &str,
+        options: &RunOptions,
+        mut on_line: impl FnMut(OutputStream, &str) + Send,
+    ) -> Result<CmdResult> {
+        let raw = self
+            .exec(command, None, options, Some(&mut on_line))
+            .await?;
+        self.finish(command, options, raw)
+    }
+
+    /// Logs a finished command and checks its status when asked.
+    fn finish(&self, command: &str, options: &RunOptions, raw: RawOutput) -> Result<CmdResult> {
+        let result = raw.into_result(command);
         tracing::debug!(
             command,
             exit = result.exit_status,
@@ -237,6 +258,7 @@ impl SshSession {
         command: &str,
         input: Option<&[u8]>,
         options: &RunOptions,
+        on_line: Option<LineSink<'_>>,
     ) -> Result<RawOutput> {
         let session = self.session.lock().await;
         let start = Instant::now();
@@ -262,10 +284,16 @@ impl SshSession {
             channel.send_eof().await.map_err(|e| fail(e.to_string()))?;
             let mut stderr_stream = channel.stderr();
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            let on_line = std::sync::Mutex::new(on_line);
             // Both streams at once: a full stderr window must not stall stdout.
             let (out, err) = tokio::join!(
-                channel.read_to_end(&mut stdout),
-                stderr_stream.read_to_end(&mut stderr)
+                drain(&mut channel, &mut stdout, OutputStream::Stdout, &on_line),
+                drain(
+                    &mut stderr_stream,
+                    &mut stderr,
+                    OutputStream::Stderr,
+                    &on_line
+                )
             );
             out.and(err)
                 .map_err(|e| fail(format!("reading its output: {e}")))?;
@@ -289,6 +317,50 @@ impl SshSession {
                     after: options.timeout,
                 })
             })
+    }
+}
+
+/// Which stream a line of output came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Where lines go as they arrive.
+pub(crate) type LineSink<'a> = &'a mut (dyn FnMut(OutputStream, &str) + Send);
+
+/// Reads a stream to its end into `out`, handing each complete line (and a
+/// last unterminated one) to the sink as it arrives.
+async fn drain<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    out: &mut Vec<u8>,
+    which: OutputStream,
+    sink: &std::sync::Mutex<Option<LineSink<'_>>>,
+) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; 32 << 10];
+    let mut line_start = 0;
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        out.extend_from_slice(&chunk[..n]);
+        let mut sink = sink.lock().expect("line sink lock");
+        if let Some(f) = sink.as_mut() {
+            while let Some(pos) = out[line_start..].iter().position(|&b| b == b'\n') {
+                f(
+                    which,
+                    &String::from_utf8_lossy(&out[line_start..line_start + pos]),
+                );
+                line_start += pos + 1;
+            }
+            if n == 0 && line_start < out.len() {
+                f(which, &String::from_utf8_lossy(&out[line_start..]));
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
     }
 }
 

@@ -19,7 +19,7 @@ impl SshSession {
             & 0o7777;
         let remote = quote(remote);
         let command = format!("cat > {remote} && chmod {mode:o} {remote}");
-        self.exec(&command, Some(&data), &RunOptions::default())
+        self.exec(&command, Some(&data), &RunOptions::default(), None)
             .await?
             .checked(&command)
             .map(drop)
@@ -30,7 +30,7 @@ impl SshSession {
         let quoted = quote(remote);
         let stat = format!("stat -c %a {quoted}");
         let mode_text = self
-            .exec(&stat, None, &RunOptions::default())
+            .exec(&stat, None, &RunOptions::default(), None)
             .await?
             .checked(&stat)?;
         let mode =
@@ -42,7 +42,7 @@ impl SshSession {
             })?;
         let cat = format!("cat {quoted}");
         let data = self
-            .exec(&cat, None, &RunOptions::default())
+            .exec(&cat, None, &RunOptions::default(), None)
             .await?
             .checked(&cat)?;
         std::fs::write(local, data).map_err(|e| local_error(local, e))?;
@@ -61,7 +61,7 @@ impl SshSession {
         let data = archive.into_inner().map_err(|e| local_error(local, e))?;
         let remote = quote(remote);
         let command = format!("mkdir -p {remote} && tar -x -C {remote}");
-        self.exec(&command, Some(&data), &RunOptions::default())
+        self.exec(&command, Some(&data), &RunOptions::default(), None)
             .await?
             .checked(&command)
             .map(drop)
@@ -72,7 +72,7 @@ impl SshSession {
     pub async fn receive_tree(&self, remote: &str, local: &Path) -> Result<()> {
         let command = format!("tar -c -C {} .", quote(remote));
         let data = self
-            .exec(&command, None, &RunOptions::default())
+            .exec(&command, None, &RunOptions::default(), None)
             .await?
             .checked(&command)?;
         std::fs::create_dir_all(local).map_err(|e| local_error(local, e))?;
