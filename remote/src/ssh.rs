@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_ssh2_lite::ssh2::HashType;
 use async_ssh2_lite::{AsyncSession, TokioTcpStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::result::CmdResult;
@@ -83,6 +84,8 @@ impl Default for RunOptions {
 /// A logged-in SSH session.
 pub struct SshSession {
     session: tokio::sync::Mutex<AsyncSession<TokioTcpStream>>,
+    /// Every command of this session logs inside it.
+    span: tracing::Span,
     addr: SocketAddr,
     user: String,
     host_key_fingerprint: String,
@@ -157,6 +160,7 @@ impl SshSession {
             tracing::debug!(%addr, user = %config.user, method = config.auth.method(), host_key = %fingerprint, "SSH login");
             Ok(SshSession {
                 session: tokio::sync::Mutex::new(session),
+                span: tracing::info_span!("ssh", %addr, user = %config.user),
                 addr,
                 user: config.user.clone(),
                 host_key_fingerprint: fingerprint,
@@ -236,6 +240,7 @@ impl SshSession {
 
     /// Logs a finished command and checks its status when asked.
     fn finish(&self, command: &str, options: &RunOptions, raw: RawOutput) -> Result<CmdResult> {
+        let _entered = self.span.enter();
         let result = raw.into_result(command);
         tracing::debug!(
             command,
@@ -309,7 +314,7 @@ impl SshSession {
                 duration: start.elapsed(),
             })
         };
-        tokio::time::timeout(options.timeout, exec)
+        tokio::time::timeout(options.timeout, exec.instrument(self.span.clone()))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Timeout {
