@@ -33,6 +33,13 @@ fn keygen(path: &Path) {
 
 impl Sshd {
     fn start() -> Sshd {
+        Sshd::start_with(None)
+    }
+
+    /// With a password, sshd runs in a private mount namespace where root
+    /// has that password: a copy of /etc/shadow is bind-mounted over the
+    /// real one for sshd alone, and the host's accounts are untouched.
+    fn start_with(root_password: Option<&str>) -> Sshd {
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name);
         keygen(&p("host_key"));
@@ -44,9 +51,13 @@ impl Sshd {
             .unwrap()
             .port();
         let user = whoami();
+        let (passwords, root_login) = match root_password {
+            Some(_) => ("yes", "yes"),
+            None => ("no", "prohibit-password"),
+        };
         let config = format!(
             "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication {passwords}\nPermitRootLogin {root_login}\n\
              AllowUsers {user}\nLogLevel ERROR\n",
             p("host_key").display(),
             p("authorized_keys").display(),
@@ -55,9 +66,45 @@ impl Sshd {
         std::fs::write(p("sshd_config"), config).unwrap();
         // sshd needs its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").ok();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(p("sshd_config"))
+        let sshd = format!("/usr/sbin/sshd -D -e -f {}", p("sshd_config").display());
+        let mut command = match root_password {
+            None => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("exec {sshd}")]);
+                c
+            }
+            Some(password) => {
+                assert_eq!(
+                    user, "root",
+                    "the password test needs root, for a private mount namespace"
+                );
+                let hash = Command::new("openssl")
+                    .args(["passwd", "-6", password])
+                    .output()
+                    .unwrap()
+                    .stdout;
+                let hash = String::from_utf8(hash).unwrap().trim().to_string();
+                let shadow = std::fs::read_to_string("/etc/shadow").unwrap();
+                let ours: String = shadow
+                    .lines()
+                    .map(|l| match l.strip_prefix("root:") {
+                        Some(rest) => {
+                            format!("root:{hash}:{}\n", rest.split_once(':').map_or("", |r| r.1))
+                        }
+                        None => format!("{l}\n"),
+                    })
+                    .collect();
+                std::fs::write(p("shadow"), ours).unwrap();
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        "mount --bind {} /etc/shadow && exec {sshd}",
+                        p("shadow").display()
+                    ));
+                c
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -148,5 +195,51 @@ async fn a_key_the_server_does_not_know_is_refused_at_once() {
         start.elapsed() < Duration::from_secs(10),
         "took {:?}",
         start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn password_login_works_against_openssh_and_a_wrong_one_is_refused() {
+    let sshd = Sshd::start_with(Some("correct horse"));
+    let ssh = SshSession::wait_for_login(
+        &sshd.config(Auth::Password("correct horse".into())),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ssh.run("id -u").await.unwrap().stdout, "0\n");
+    let start = std::time::Instant::now();
+    let err = SshSession::wait_for_login(
+        &sshd.config(Auth::Password("battery staple".into())),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Auth {
+                method: "password",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The host's own root entry was never changed.
+    let root_line = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("root:"))
+            .unwrap()
+            .to_string()
+    };
+    let ours = root_line(std::fs::read_to_string(sshd.dir.path().join("shadow")).unwrap());
+    assert_ne!(
+        root_line(std::fs::read_to_string("/etc/shadow").unwrap()),
+        ours
     );
 }
