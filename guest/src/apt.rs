@@ -174,17 +174,9 @@ impl Apt {
             .arg(deb)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::ToolMissing {
-                program: self.dpkg_deb.display().to_string(),
-                package: "dpkg",
-            },
-            _ => Error::Io {
-                action: "running",
-                path: self.dpkg_deb.clone(),
-                source: e,
-            },
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn_error(&self.dpkg_deb.display().to_string(), "dpkg", e))?;
         let stdout = child.stdout.take().expect("piped");
         let streamed = for_each_file(
             std::io::BufReader::with_capacity(1 << 20, stdout),
@@ -284,17 +276,10 @@ fn run(cmd: &mut Command, package: &'static str, quiet_failure_is_unknown: bool)
         .collect::<Vec<_>>()
         .join(" ");
     tracing::debug!(command = %line, "running");
-    let out = cmd.env("LC_ALL", "C").output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::ToolMissing { program, package }
-        } else {
-            Error::Io {
-                action: "running",
-                path: line.clone().into(),
-                source: e,
-            }
-        }
-    })?;
+    let out = cmd
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| spawn_error(&program, package, e))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if quiet_failure_is_unknown
@@ -314,6 +299,23 @@ fn run(cmd: &mut Command, package: &'static str, quiet_failure_is_unknown: bool)
         });
     }
     Ok(out)
+}
+
+/// A program that could not be started: not installed (naming the
+/// package to install), or another I/O error.
+fn spawn_error(program: &str, package: &'static str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::ToolMissing {
+            program: program.to_string(),
+            package,
+        }
+    } else {
+        Error::Io {
+            action: "running",
+            path: program.into(),
+            source: e,
+        }
+    }
 }
 
 /// The last `max` bytes of `text`, on a character boundary.

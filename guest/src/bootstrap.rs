@@ -444,25 +444,29 @@ fn dropbear_libraries(
     };
     let mut fetched: Vec<String> = Vec::new();
     loop {
-        match elf::closure(binary, &search) {
-            Err(Error::LibraryMissing { .. }) if apt.is_some() && !frontier.is_empty() => {
-                let apt = apt.expect("checked");
-                let mut next = Vec::new();
-                for name in std::mem::take(&mut frontier) {
-                    if fetched.contains(&name) || apt.is_installed(&name) {
-                        continue;
-                    }
-                    let package = apt.candidate(&name)?;
-                    let root = work.join(format!("dep-{name}"));
-                    apt.unpack(&apt.fetch(&package)?, &root)?;
-                    search.extend(lib_dirs(&root));
-                    next.extend(package.depends.clone());
-                    fetched.push(name);
-                }
-                frontier = next;
-            }
+        let missing = match elf::closure(binary, &search) {
+            Err(e @ Error::LibraryMissing { .. }) => e,
             other => return other,
+        };
+        let Some(apt) = apt else { return Err(missing) };
+        let wanted: Vec<&str> = frontier
+            .iter()
+            .filter(|name| !fetched.contains(name) && !apt.is_installed(name))
+            .map(String::as_str)
+            .collect();
+        if wanted.is_empty() {
+            return Err(missing);
         }
+        let mut next = Vec::new();
+        // One apt-cache call for the whole level.
+        for package in apt.candidates(&wanted)? {
+            let root = work.join(format!("dep-{}", package.name));
+            apt.unpack(&apt.fetch(&package)?, &root)?;
+            search.extend(lib_dirs(&root));
+            next.extend(package.depends.iter().cloned());
+            fetched.push(package.name);
+        }
+        frontier = next;
     }
 }
 

@@ -195,19 +195,18 @@ impl Subscription {
     /// The next event; [`Error::Disconnected`] once the connection has
     /// ended and every event before that was read.
     pub async fn next(&mut self) -> Result<Event> {
-        let (event, cursor) = self
-            .log
-            .wait(self.cursor, "the next event", &|_| true, None)
-            .await?;
-        self.cursor = cursor;
-        Ok(event)
+        self.next_before(None).await
     }
 
     /// [`Subscription::next`] with a deadline.
     pub async fn next_within(&mut self, deadline: Duration) -> Result<Event> {
+        self.next_before(Some(deadline)).await
+    }
+
+    async fn next_before(&mut self, deadline: Option<Duration>) -> Result<Event> {
         let (event, cursor) = self
             .log
-            .wait(self.cursor, "the next event", &|_| true, Some(deadline))
+            .wait(self.cursor, "the next event", &|_| true, deadline)
             .await?;
         self.cursor = cursor;
         Ok(event)
