@@ -70,11 +70,6 @@ impl ModuleTree {
         })
     }
 
-    /// Whether the tree has no module files at all.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Resolves `wanted` and everything it depends on, in load order
     /// (dependencies first). Built-in modules are skipped.
     pub fn load_order(&self, wanted: &[&str]) -> Result<Vec<Module>> {

@@ -240,19 +240,6 @@ impl Arg {
         }
     }
 
-    /// The option's name (`device`), or the raw option's first word.
-    pub fn name(&self) -> String {
-        match self {
-            Arg::Props(o, _) => o.name().into(),
-            Arg::Value(o, _) => o.name().into(),
-            Arg::Flag(f) => f.name().into(),
-            Arg::Raw(args) => args
-                .first()
-                .map(|a| a.to_string_lossy().trim_start_matches('-').to_string())
-                .unwrap_or_default(),
-        }
-    }
-
     /// The option as one line, for messages (`-device virtio-net-pci,netdev=n0`).
     pub fn display(&self) -> String {
         self.to_args()

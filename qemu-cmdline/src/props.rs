@@ -64,11 +64,6 @@ impl Props {
         self.head.as_deref()
     }
 
-    /// Sets the implied first value.
-    pub fn set_head(&mut self, head: impl Into<String>) {
-        self.head = Some(head.into());
-    }
-
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries
