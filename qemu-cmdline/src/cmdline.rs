@@ -165,12 +165,10 @@ impl QemuCmdline {
     /// `-chardev socket,id=ID,path=PATH,server=on,wait=off`: a unix socket
     /// QEMU listens on.
     pub fn socket_chardev(&mut self, id: &str, path: &str) -> &mut QemuCmdline {
-        let mut p = Props::with_head("socket");
-        p.set("id", id)
-            .set("path", path)
-            .set("server", "on")
-            .set("wait", "off");
-        self.push(Arg::Props(PropsOption::Chardev, p))
+        self.push(Arg::Props(
+            PropsOption::Chardev,
+            socket_chardev_props(id, path),
+        ))
     }
 
     /// An option without a value.
@@ -253,6 +251,17 @@ impl QemuCmdline {
         let argv: Vec<OsString> = rest.iter().map(OsString::from).collect();
         Ok(QemuCmdline::parse(binary, &argv))
     }
+}
+
+/// The properties of `-chardev socket,id=ID,path=PATH,server=on,wait=off`,
+/// a unix socket QEMU listens on, for callers that add more (`logfile`).
+pub fn socket_chardev_props(id: &str, path: &str) -> Props {
+    let mut p = Props::with_head("socket");
+    p.set("id", id)
+        .set("path", path)
+        .set("server", "on")
+        .set("wait", "off");
+    p
 }
 
 /// An option's name, if the token is an option (`-device`, `--device`).

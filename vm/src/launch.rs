@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use virtest_guest::Manifest;
 use virtest_qemu_cmdline::accel::Chosen;
+use virtest_qemu_cmdline::cmdline::socket_chardev_props;
 use virtest_qemu_cmdline::{
     Arg, FlagOption, HostFwd, Props, PropsOption, QemuCmdline, ValueOption,
 };
@@ -75,13 +76,8 @@ impl GuestLaunch<'_> {
                 format!("file:{}", self.console_log.display()),
             ),
             Some(socket) => {
-                let mut chardev = Props::with_head("socket");
-                chardev
-                    .set("id", "console")
-                    .set("path", socket.to_string_lossy())
-                    .set("server", "on")
-                    .set("wait", "off")
-                    .set("logfile", self.console_log.to_string_lossy());
+                let mut chardev = socket_chardev_props("console", &socket.to_string_lossy());
+                chardev.set("logfile", self.console_log.to_string_lossy());
                 cmd.push(Arg::Props(PropsOption::Chardev, chardev));
                 cmd.set_value(ValueOption::Serial, "chardev:console")
             }
