@@ -1,7 +1,9 @@
 //! virtest-remote against OpenSSH's sshd, started by the test on
 //! 127.0.0.1 with its own configuration, host key and authorized key.
 
-use std::net::{SocketAddr, TcpListener};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,11 +47,7 @@ impl Sshd {
         keygen(&p("host_key"));
         keygen(&p("client_key"));
         std::fs::copy(p("client_key.pub"), p("authorized_keys")).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let user = whoami();
         let (passwords, root_login) = match root_password {
             Some(_) => ("yes", "yes"),
