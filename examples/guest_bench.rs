@@ -14,7 +14,7 @@ use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
 use virtest::guest::{Manifest, cache};
 use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
-use virtest::vm::GuestLaunch;
+use virtest::vm::{ConsoleOutput, GuestLaunch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs: usize = std::env::args()
@@ -92,8 +92,9 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
         ssh_host_port: std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port(),
-        console_log: console.clone(),
-        console_socket: None,
+        cpus: None,
+        console: ConsoleOutput::File(console.clone()),
+        vga: false,
         qmp_socket: None,
         allow_reboot: false,
     };

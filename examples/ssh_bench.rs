@@ -15,7 +15,7 @@ use virtest::guest::cache;
 use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
 use virtest::remote::{Auth, SshConfig, SshSession};
-use virtest::vm::GuestLaunch;
+use virtest::vm::{ConsoleOutput, GuestLaunch};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,8 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         accel: Chosen::Tcg,
         memory_mib: None,
         ssh_host_port: port,
-        console_log: console.clone(),
-        console_socket: None,
+        cpus: None,
+        console: ConsoleOutput::File(console.clone()),
+        vga: false,
         qmp_socket: None,
         allow_reboot: false,
     };

@@ -12,7 +12,7 @@ use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
 use virtest::qemu_cmdline::{Endpoint, QemuCmdline};
 use virtest::qmp::{Options, Qmp};
-use virtest::vm::GuestLaunch;
+use virtest::vm::{ConsoleOutput, GuestLaunch};
 
 struct Reaped(Child);
 
@@ -51,8 +51,9 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         accel: Chosen::Tcg,
         memory_mib: None,
         ssh_host_port: common::free_port(),
-        console_log: dir.path().join("console.log"),
-        console_socket: None,
+        cpus: None,
+        console: ConsoleOutput::File(dir.path().join("console.log")),
+        vga: false,
         qmp_socket: Some(dir.path().join("qmp.sock")),
         allow_reboot: false,
     };

@@ -6,14 +6,14 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
 use virtest::guest::{Manifest, cache};
 use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
-use virtest::vm::GuestLaunch;
+use virtest::vm::{ConsoleOutput, GuestLaunch};
 
 /// The default guest, bootstrapped once per test binary (a no-op when the
 /// cache is current).
@@ -25,6 +25,69 @@ pub fn guest() -> &'static Manifest {
             .expect("bootstrap")
             .manifest
     })
+}
+
+/// At most two guests run at once on these two-core machines: a test
+/// holds slots for the guests it runs, and the tests of a binary (which
+/// run in parallel) wait for theirs.
+pub fn guest_slots(count: u32) -> GuestSlots {
+    let mut free = SLOTS.0.lock().unwrap();
+    while *free < count {
+        free = SLOTS.1.wait(free).unwrap();
+    }
+    *free -= count;
+    GuestSlots(count)
+}
+
+static SLOTS: (Mutex<u32>, Condvar) = (Mutex::new(2), Condvar::new());
+
+/// Slots held; given back on drop.
+pub struct GuestSlots(u32);
+
+impl Drop for GuestSlots {
+    fn drop(&mut self) {
+        *SLOTS.0.lock().unwrap_or_else(|e| e.into_inner()) += self.0;
+        SLOTS.1.notify_all();
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Live processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits up to `deadline` for `done`, polling.
+pub fn eventually(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
 }
 
 /// A port free on 127.0.0.1 right now.
@@ -67,8 +130,15 @@ impl Qemu {
             accel: Chosen::Tcg,
             memory_mib: None,
             ssh_host_port: port,
-            console_log: console.clone(),
-            console_socket: console_socket.then(|| dir.path().join("console.sock")),
+            cpus: None,
+            console: match console_socket {
+                false => ConsoleOutput::File(console.clone()),
+                true => ConsoleOutput::Serve {
+                    socket: dir.path().join("console.sock"),
+                    log: console.clone(),
+                },
+            },
+            vga: false,
             qmp_socket: None,
             allow_reboot: reboot_allowed,
         };

@@ -9,6 +9,24 @@ use virtest_qemu_cmdline::{
     Arg, FlagOption, HostFwd, Props, PropsOption, QemuCmdline, ValueOption,
 };
 
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// QEMU writes it to a file.
+    File(PathBuf),
+    /// QEMU serves it on a unix socket (for a serial session) and also
+    /// writes it to `log`.
+    Serve {
+        /// The socket QEMU listens on.
+        socket: PathBuf,
+        /// The log file.
+        log: PathBuf,
+    },
+    /// QEMU connects to a unix socket the caller already listens on, so
+    /// no output is lost before the caller reads.
+    Connect(PathBuf),
+}
+
 /// How to run one guest: everything its command line is made from.
 #[derive(Debug, Clone)]
 pub struct GuestLaunch<'a> {
@@ -22,11 +40,12 @@ pub struct GuestLaunch<'a> {
     pub memory_mib: Option<u32>,
     /// The host port forwarded, on 127.0.0.1, to the guest's sshd.
     pub ssh_host_port: u16,
-    /// Where the serial console is written.
-    pub console_log: PathBuf,
-    /// Also serve the console on this unix socket (for a serial session);
-    /// it is still logged to `console_log`.
-    pub console_socket: Option<PathBuf>,
+    /// Processors (`None`: QEMU's default, one).
+    pub cpus: Option<u32>,
+    /// Where the serial console goes.
+    pub console: ConsoleOutput,
+    /// Give the guest a standard VGA card (needed for screendumps).
+    pub vga: bool,
     /// A unix socket QEMU serves QMP on, if any.
     pub qmp_socket: Option<PathBuf>,
     /// Whether a guest reboot restarts it (else QEMU exits).
@@ -41,15 +60,16 @@ impl GuestLaunch<'_> {
     /// ```no_run
     /// # fn f(manifest: &virtest_guest::Manifest) {
     /// use virtest_qemu_cmdline::accel::Chosen;
-    /// use virtest_vm::GuestLaunch;
+    /// use virtest_vm::{ConsoleOutput, GuestLaunch};
     /// let launch = GuestLaunch {
     ///     manifest,
     ///     qemu: "qemu-system-x86_64".into(),
     ///     accel: Chosen::Tcg,
     ///     memory_mib: None,
     ///     ssh_host_port: 40022,
-    ///     console_log: "/tmp/console.log".into(),
-    ///     console_socket: None,
+    ///     cpus: None,
+    ///     console: ConsoleOutput::File("/tmp/console.log".into()),
+    ///     vga: false,
     ///     qmp_socket: None,
     ///     allow_reboot: false,
     /// };
@@ -70,18 +90,32 @@ impl GuestLaunch<'_> {
             Some(&m.initrd_path().to_string_lossy()),
             &m.cmdline,
         );
-        match &self.console_socket {
-            None => cmd.set_value(
-                ValueOption::Serial,
-                format!("file:{}", self.console_log.display()),
-            ),
-            Some(socket) => {
-                let mut chardev = socket_chardev_props("console", &socket.to_string_lossy());
-                chardev.set("logfile", self.console_log.to_string_lossy());
-                cmd.push(Arg::Props(PropsOption::Chardev, chardev));
-                cmd.set_value(ValueOption::Serial, "chardev:console")
+        if let Some(cpus) = self.cpus {
+            cmd.smp(cpus);
+        }
+        match &self.console {
+            ConsoleOutput::File(log) => {
+                cmd.set_value(ValueOption::Serial, format!("file:{}", log.display()));
             }
-        };
+            ConsoleOutput::Serve { socket, log } => {
+                let mut chardev = socket_chardev_props("console", &socket.to_string_lossy());
+                chardev.set("logfile", log.to_string_lossy());
+                cmd.push(Arg::Props(PropsOption::Chardev, chardev));
+                cmd.set_value(ValueOption::Serial, "chardev:console");
+            }
+            ConsoleOutput::Connect(socket) => {
+                let mut chardev = Props::with_head("socket");
+                chardev
+                    .set("id", "console")
+                    .set("path", socket.to_string_lossy())
+                    .set("server", "off");
+                cmd.push(Arg::Props(PropsOption::Chardev, chardev));
+                cmd.set_value(ValueOption::Serial, "chardev:console");
+            }
+        }
+        if self.vga {
+            cmd.device("VGA", &[]);
+        }
         cmd.user_netdev("net0", &[HostFwd::tcp(self.ssh_host_port, m.ssh_port)])
             .device(&m.qemu.net_device, &[("netdev", "net0")]);
         for device in &m.qemu.devices {

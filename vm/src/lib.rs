@@ -1,10 +1,51 @@
 //! One VM's whole life: spawn and reap QEMU, QMP, console capture,
-//! `login_remote`, power states.
+//! `login_remote`, power states, screendumps.
 //!
-//! Built so far: [`GuestLaunch`], the QEMU command line of a guest from
-//! its manifest. Not built yet: the `Vm` itself (issue "virtest-vm").
+//! ```no_run
+//! # async fn f() -> virtest_vm::Result<()> {
+//! use virtest_vm::{Vm, VmConfig};
+//! let mut vm = Vm::new(VmConfig::default_guest()?);
+//! vm.power_on().await?;
+//! vm.login_remote().await?;
+//! vm.remote()?.run("uname -a").await?;
+//! vm.remote()?.run("shutdown -h now").await?;
+//! vm.power_off().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `vm`: [`Vm`], its states and power operations.
+//! - `config`: [`VmConfig`], what a VM is made from.
+//! - `instance`: [`Instance`], one QEMU process with its console and QMP
+//!   connected; a VM has one, two during a migration.
+//! - `process`: spawning QEMU so that it never outlives its owner.
+//! - `console`: [`Console`], the serial output, logged and searchable.
+//! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
+//! - `ports`, `dirs`: free ports, ids and private directories.
+//!
+//! # Nothing left behind
+//!
+//! QEMU runs in its own process group with a parent-death signal tied to
+//! the thread that waits for it, so it dies with the owning process even
+//! on SIGKILL; dropping an [`Instance`] (or a [`Vm`] that is on) kills the
+//! group and reaps QEMU.
 #![deny(missing_docs)]
 
+mod config;
+mod console;
+mod dirs;
+mod error;
+mod instance;
 mod launch;
+mod ports;
+mod process;
+mod vm;
 
-pub use launch::GuestLaunch;
+pub use config::{Login, VmConfig};
+pub use console::{Console, ConsoleCursor};
+pub use error::{Error, Result};
+pub use instance::{Endpoints, Instance};
+pub use launch::{ConsoleOutput, GuestLaunch};
+pub use ports::free_port;
+pub use vm::{PowerOff, Reboot, Vm, VmState};

@@ -1,0 +1,108 @@
+//! What a VM is made from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use virtest_guest::Manifest;
+use virtest_qemu_cmdline::Arg;
+use virtest_qemu_cmdline::accel::Accel;
+
+use crate::error::{Error, Result};
+
+/// How `login_remote` authenticates.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Login {
+    /// The guest's private key, from its manifest (the default).
+    #[default]
+    Key,
+    /// A password.
+    Password(String),
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Key => f.write_str("Key"),
+            Login::Password(_) => f.write_str("Password(<redacted>)"),
+        }
+    }
+}
+
+/// Everything a [`Vm`](crate::Vm) is made from. Only `guest` is needed;
+/// the rest has defaults.
+///
+/// ```no_run
+/// # fn f() -> virtest_vm::Result<()> {
+/// use virtest_vm::{Vm, VmConfig};
+/// let mut config = VmConfig::default_guest()?;
+/// config.memory_mib = Some(512);
+/// config.log_dir = Some("results/vm".into());
+/// let vm = Vm::new(config);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The guest: kernel, initrd, credentials, machine hints.
+    pub guest: Manifest,
+    /// The QEMU binary (`None`: `$QEMU`, then `qemu-system-x86_64` on PATH).
+    pub qemu: Option<PathBuf>,
+    /// The accelerator (`auto`: KVM where it can boot a guest, else TCG).
+    pub accel: Accel,
+    /// Memory in MiB (`None`: the guest's hint).
+    pub memory_mib: Option<u32>,
+    /// Processors (`None`: one).
+    pub cpus: Option<u32>,
+    /// More QEMU options, appended (devices, objects, ...).
+    pub extra_args: Vec<Arg>,
+    /// Give the guest a VGA card, which screendumps need.
+    pub vga: bool,
+    /// Where `console.log`, `qmp.log` and `qemu.log` go (`None`: the VM's
+    /// private runtime directory, removed when the VM is dropped).
+    pub log_dir: Option<PathBuf>,
+    /// The user `login_remote` logs in as (`None`: the guest's).
+    pub user: Option<String>,
+    /// How `login_remote` authenticates.
+    pub login: Login,
+    /// How long `login_remote` (and a reboot) waits for the guest.
+    pub login_timeout: Duration,
+    /// How long `power_off` waits for the guest to power itself off
+    /// after an ACPI power-button press before it asks QEMU to quit.
+    pub graceful_timeout: Duration,
+    /// How long QEMU may take to start (console and QMP connected).
+    pub start_timeout: Duration,
+}
+
+impl VmConfig {
+    /// A configuration with the defaults, for `guest`.
+    pub fn new(guest: Manifest) -> VmConfig {
+        VmConfig {
+            guest,
+            qemu: None,
+            accel: Accel::Auto,
+            memory_mib: None,
+            cpus: None,
+            extra_args: Vec::new(),
+            vga: true,
+            log_dir: None,
+            user: None,
+            login: Login::Key,
+            login_timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(20),
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The default guest that `virtest bootstrap` built into the cache.
+    pub fn default_guest() -> Result<VmConfig> {
+        let home = virtest_guest::cache::default_home().map_err(|source| Error::Guest {
+            manifest: PathBuf::from("<cache>"),
+            source,
+        })?;
+        let dir = virtest_guest::cache::guest_dir(&home, "default");
+        let guest = Manifest::load(&dir).map_err(|source| Error::Guest {
+            manifest: dir.join("manifest.json"),
+            source,
+        })?;
+        Ok(VmConfig::new(guest))
+    }
+}

@@ -1,0 +1,172 @@
+//! The serial console of a VM: every byte the guest writes, to
+//! `console.log` and to a buffer that can be searched and waited on.
+//!
+//! QEMU connects its serial chardev to a socket we listen on, so nothing
+//! the guest prints before we read is lost. One [`Console`] outlives the
+//! QEMU processes of a VM: after a migration the destination's output
+//! continues the same log and buffer.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How much console output is kept in memory (the log file keeps all).
+const KEEP_BYTES: usize = 8 << 20;
+
+/// A position in the console output: waits and searches from a cursor see
+/// only what came after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ConsoleCursor(pub u64);
+
+/// The console output of one VM; clones share it.
+#[derive(Debug, Clone)]
+pub struct Console {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    buffer: Mutex<Buffer>,
+    log: Mutex<File>,
+    /// The total number of bytes received, for waiters.
+    length: watch::Sender<u64>,
+}
+
+/// The newest output, starting at absolute offset `base`.
+#[derive(Debug, Default)]
+struct Buffer {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Console {
+    /// A console writing to `log` (appended to when it exists).
+    pub(crate) fn create(log: &Path) -> std::io::Result<Console> {
+        let file = File::options().create(true).append(true).open(log)?;
+        Ok(Console {
+            inner: Arc::new(Inner {
+                buffer: Mutex::new(Buffer::default()),
+                log: Mutex::new(file),
+                length: watch::channel(0).0,
+            }),
+        })
+    }
+
+    /// Reads `stream` (QEMU's end of the serial port) until it closes.
+    pub(crate) fn attach(&self, mut stream: UnixStream) -> JoinHandle<()> {
+        let console = self.clone();
+        tokio::spawn(async move {
+            let mut chunk = vec![0; 16 << 10];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => console.append(&chunk[..n]),
+                }
+            }
+        })
+    }
+
+    /// Records output: to the log first, then to the buffer and waiters.
+    pub(crate) fn append(&self, bytes: &[u8]) {
+        if let Err(e) = self.inner.log.lock().expect("log lock").write_all(bytes) {
+            tracing::warn!(error = %e, "writing console.log failed");
+        }
+        let total = {
+            let mut buffer = self.inner.buffer.lock().expect("console lock");
+            buffer.bytes.extend_from_slice(bytes);
+            if buffer.bytes.len() > KEEP_BYTES {
+                let drop = buffer.bytes.len() - KEEP_BYTES / 2;
+                buffer.bytes.drain(..drop);
+                buffer.base += drop as u64;
+            }
+            buffer.base + buffer.bytes.len() as u64
+        };
+        self.inner.length.send_replace(total);
+    }
+
+    /// The position after everything received so far.
+    pub fn cursor(&self) -> ConsoleCursor {
+        ConsoleCursor(*self.inner.length.borrow())
+    }
+
+    /// Everything kept since `since`, as text.
+    pub fn text_since(&self, since: ConsoleCursor) -> String {
+        let buffer = self.inner.buffer.lock().expect("console lock");
+        let start = since.0.saturating_sub(buffer.base) as usize;
+        String::from_utf8_lossy(buffer.bytes.get(start..).unwrap_or_default()).into_owned()
+    }
+
+    /// Where the first `pattern` after `since` ends, if it came.
+    pub fn find(&self, since: ConsoleCursor, pattern: &str) -> Option<ConsoleCursor> {
+        let buffer = self.inner.buffer.lock().expect("console lock");
+        let start = since.0.saturating_sub(buffer.base) as usize;
+        let haystack = buffer.bytes.get(start..)?;
+        let needle = pattern.as_bytes();
+        if needle.is_empty() {
+            return Some(since);
+        }
+        haystack
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|at| ConsoleCursor(buffer.base + (start + at + needle.len()) as u64))
+    }
+
+    /// The last `lines` lines, without carriage returns.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = self.text_since(ConsoleCursor(0)).replace('\r', "");
+        let all: Vec<&str> = text.trim_end().lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A receiver that changes whenever output arrives.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.length.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_respects_the_cursor_and_the_log_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let console = Console::create(&log).unwrap();
+        console.append(b"boot\r\nready uptime=1\r\n");
+        let first = console.find(ConsoleCursor(0), "ready").unwrap();
+        assert_eq!(first, ConsoleCursor(11));
+        assert_eq!(console.find(first, "ready"), None);
+        console.append(b"reboot\r\nready uptime=2\r\n");
+        assert!(console.find(first, "ready").unwrap() > first);
+        assert_eq!(console.tail(2), "reboot\nready uptime=2");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "boot\r\nready uptime=1\r\nreboot\r\nready uptime=2\r\n"
+        );
+    }
+
+    #[test]
+    fn old_output_leaves_memory_but_offsets_stay_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = Console::create(&dir.path().join("console.log")).unwrap();
+        let line = vec![b'x'; 1 << 20];
+        for _ in 0..12 {
+            console.append(&line);
+        }
+        console.append(b"marker");
+        let total = 12 * (1 << 20) + 6;
+        assert_eq!(console.cursor(), ConsoleCursor(total));
+        assert_eq!(
+            console.find(ConsoleCursor(0), "marker"),
+            Some(ConsoleCursor(total))
+        );
+        assert!(console.text_since(ConsoleCursor(0)).len() <= KEEP_BYTES);
+    }
+}

@@ -1,0 +1,114 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// What can go wrong in a VM's life.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The QEMU binary could not be found or probed.
+    #[error("finding QEMU")]
+    Qemu(#[source] virtest_qemu_cmdline::Error),
+    /// The guest's files are missing or do not match its manifest.
+    #[error("the guest `{manifest}` cannot be used (`virtest bootstrap` builds the default guest)")]
+    Guest {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Why.
+        #[source]
+        source: virtest_guest::Error,
+    },
+    /// A file or directory of the VM could not be made or written.
+    #[error("{what} `{path}`")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU could not be started at all.
+    #[error("starting `{binary}`")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU exited while starting, or before what was waited for.
+    #[error("QEMU exited ({status}) {during}\nQEMU said: {stderr_tail}\ncommand line: {cmdline}")]
+    Exited {
+        /// What was going on.
+        during: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of its stderr (`qemu.log`).
+        stderr_tail: String,
+        /// The command line it ran with.
+        cmdline: String,
+    },
+    /// A QMP command or connection failed.
+    #[error("QMP: {step}")]
+    Qmp {
+        /// What was being done.
+        step: String,
+        /// Why.
+        #[source]
+        source: virtest_qmp::Error,
+    },
+    /// The action needs a running VM.
+    #[error("cannot {action}: the VM is off (call power_on first)")]
+    Off {
+        /// What was asked.
+        action: &'static str,
+    },
+    /// `power_on` on a VM that is on.
+    #[error("the VM is already on (QEMU pid {pid})")]
+    AlreadyOn {
+        /// QEMU's pid.
+        pid: u32,
+    },
+    /// The action needs a remote session.
+    #[error("no remote session: call login_remote first")]
+    NoRemote,
+    /// Logging in did not succeed in time.
+    #[error("no SSH login into the guest within {after:?}\nlast console lines:\n{console_tail}")]
+    Login {
+        /// The deadline.
+        after: Duration,
+        /// The console's last lines.
+        console_tail: String,
+        /// The last attempt's error (none when the guest never printed
+        /// its ready line).
+        #[source]
+        source: Option<virtest_remote::Error>,
+    },
+    /// A remote command failed.
+    #[error("in the guest")]
+    Remote(#[from] virtest_remote::Error),
+    /// The console did not show what was waited for.
+    #[error(
+        "`{pattern}` did not appear on the console within {after:?}\nlast console lines:\n{console_tail}"
+    )]
+    ConsoleTimeout {
+        /// The text waited for.
+        pattern: String,
+        /// The deadline.
+        after: Duration,
+        /// The console's last lines.
+        console_tail: String,
+    },
+    /// A QMP command did not bring the VM to the expected state.
+    #[error("{what}")]
+    State {
+        /// What did not happen.
+        what: String,
+    },
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,280 @@
+//! One QEMU process of a VM, started until its console and QMP are
+//! connected. A VM runs one at a time, except during a migration, when
+//! the destination is a second one.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+use virtest_qemu_cmdline::QemuCmdline;
+use virtest_qmp::Qmp;
+
+use crate::console::Console;
+use crate::error::{Error, Result};
+use crate::ports::free_port;
+use crate::process::Process;
+
+/// How many ports are tried when QEMU cannot bind the forwarded one.
+const PORT_ATTEMPTS: usize = 8;
+
+/// The host-side endpoints of one QEMU process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The QMP socket QEMU listens on.
+    pub qmp_socket: PathBuf,
+    /// The socket QEMU connects its serial console to.
+    pub console_socket: PathBuf,
+    /// The host port forwarded to the guest's sshd.
+    pub ssh_port: u16,
+}
+
+/// Where an instance's files go and who reads its console.
+pub(crate) struct Files<'a> {
+    /// The directory for sockets.
+    pub sockets: &'a Path,
+    /// QEMU's stdout and stderr, appended.
+    pub qemu_log: &'a Path,
+    /// The QMP transcript, appended.
+    pub qmp_log: &'a Path,
+    /// The console every instance of the VM writes to.
+    pub console: &'a Console,
+}
+
+/// A QEMU process with its console read and QMP connected. Dropping it
+/// kills and reaps the process.
+pub struct Instance {
+    // Declared first: dropped (killed) before the reader is aborted.
+    process: Process,
+    qmp: Qmp,
+    endpoints: Endpoints,
+    cmdline: QemuCmdline,
+    console_reader: JoinHandle<()>,
+    qemu_log: PathBuf,
+    /// Where this process's output starts in `qemu.log`.
+    log_offset: u64,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("pid", &self.process.pid())
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.process.kill_and_reap();
+        self.console_reader.abort();
+    }
+}
+
+impl Instance {
+    /// Starts QEMU with the command line `build` makes for a set of fresh
+    /// endpoints (named after `generation`), and connects its console and
+    /// QMP within `deadline`. When QEMU cannot bind the forwarded port,
+    /// tries again with another.
+    pub(crate) async fn start(
+        files: &Files<'_>,
+        generation: u32,
+        deadline: Duration,
+        build: &dyn Fn(&Endpoints) -> QemuCmdline,
+    ) -> Result<Instance> {
+        let mut attempt = 1;
+        loop {
+            let endpoints = Endpoints {
+                qmp_socket: files.sockets.join(format!("qmp-{generation}.sock")),
+                console_socket: files.sockets.join(format!("console-{generation}.sock")),
+                ssh_port: free_port().map_err(|source| Error::Io {
+                    what: "finding a free port on",
+                    path: "127.0.0.1".into(),
+                    source,
+                })?,
+            };
+            match Instance::start_once(files, &endpoints, deadline, build(&endpoints)).await {
+                Err(Error::Exited { stderr_tail, .. })
+                    if attempt < PORT_ATTEMPTS && stderr_tail.contains("host forwarding rule") =>
+                {
+                    tracing::debug!(port = endpoints.ssh_port, "port taken, trying another");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(
+        files: &Files<'_>,
+        endpoints: &Endpoints,
+        deadline: Duration,
+        cmdline: QemuCmdline,
+    ) -> Result<Instance> {
+        let started = Instant::now();
+        for socket in [&endpoints.qmp_socket, &endpoints.console_socket] {
+            let _ = std::fs::remove_file(socket);
+        }
+        let listener =
+            UnixListener::bind(&endpoints.console_socket).map_err(|source| Error::Io {
+                what: "listening on",
+                path: endpoints.console_socket.clone(),
+                source,
+            })?;
+        let io_error = |what, source| Error::Io {
+            what,
+            path: files.qemu_log.to_path_buf(),
+            source,
+        };
+        let mut log = File::options()
+            .create(true)
+            .append(true)
+            .open(files.qemu_log)
+            .map_err(|e| io_error("opening", e))?;
+        writeln!(log, "virtest: starting {}", cmdline.display())
+            .map_err(|e| io_error("writing", e))?;
+        let log_offset = log
+            .seek(SeekFrom::End(0))
+            .map_err(|e| io_error("seeking", e))?;
+        let mut command = cmdline.to_command();
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| io_error("opening", e))?)
+            .stderr(log);
+        let process = Process::spawn(command, "qemu").map_err(|source| Error::Spawn {
+            binary: cmdline.binary.clone(),
+            source,
+        })?;
+        tracing::debug!(pid = process.pid(), cmdline = %cmdline.display(), "QEMU started");
+        let exited = |status, during: &str| Error::Exited {
+            during: during.to_string(),
+            status,
+            stderr_tail: log_tail(files.qemu_log, log_offset),
+            cmdline: cmdline.display(),
+        };
+        let timed_out = |what: &str| Error::State {
+            what: format!(
+                "QEMU (pid {}) did not {what} within {deadline:?}\nQEMU said: {}\ncommand line: {}",
+                process.pid(),
+                log_tail(files.qemu_log, log_offset),
+                cmdline.display()
+            ),
+        };
+        let stream = tokio::select! {
+            accepted = tokio::time::timeout(deadline, listener.accept()) => match accepted {
+                Ok(Ok((stream, _))) => stream,
+                Ok(Err(source)) => return Err(Error::Io {
+                    what: "accepting the console of QEMU on",
+                    path: endpoints.console_socket.clone(),
+                    source,
+                }),
+                Err(_) => return Err(timed_out("connect its serial console")),
+            },
+            status = process.wait() => return Err(exited(status, "while starting")),
+        };
+        let console_reader = files.console.attach(stream);
+        let transcript = File::options()
+            .create(true)
+            .append(true)
+            .open(files.qmp_log)
+            .map_err(|source| Error::Io {
+                what: "opening",
+                path: files.qmp_log.to_path_buf(),
+                source,
+            })?;
+        let options = virtest_qmp::Options {
+            transcript: Some(Box::new(transcript)),
+            ..Default::default()
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        let qmp = tokio::select! {
+            qmp = Qmp::connect_unix(&endpoints.qmp_socket, left, options) => {
+                qmp.map_err(|source| Error::Qmp { step: "connecting".into(), source })?
+            }
+            status = process.wait() => return Err(exited(status, "before QMP answered")),
+        };
+        Ok(Instance {
+            process,
+            qmp,
+            endpoints: endpoints.clone(),
+            cmdline,
+            console_reader,
+            qemu_log: files.qemu_log.to_path_buf(),
+            log_offset,
+        })
+    }
+
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Its QMP connection.
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    /// Its host-side endpoints.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// The command line it runs.
+    pub fn cmdline(&self) -> &QemuCmdline {
+        &self.cmdline
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&self) -> bool {
+        self.process.status().is_none()
+    }
+
+    /// Waits for QEMU to exit, at most `deadline`.
+    pub async fn wait_exit(&self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_within(deadline).await
+    }
+
+    /// Waits for QEMU to exit.
+    pub(crate) async fn exited(&self) -> std::process::ExitStatus {
+        self.process.wait().await
+    }
+
+    /// Sends a signal to QEMU's process group.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        self.process.signal(signal);
+    }
+
+    /// The error for QEMU having exited `during` something.
+    pub fn exit_error(&self, status: std::process::ExitStatus, during: &str) -> Error {
+        Error::Exited {
+            during: during.to_string(),
+            status,
+            stderr_tail: log_tail(&self.qemu_log, self.log_offset),
+            cmdline: self.cmdline.display(),
+        }
+    }
+
+    /// Lets the console reader take the last output of an exited QEMU.
+    pub(crate) async fn drain_console(&mut self, deadline: Duration) {
+        let _ = tokio::time::timeout(deadline, &mut self.console_reader).await;
+    }
+}
+
+/// The last lines QEMU wrote to `log` after `offset`.
+fn log_tail(log: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(log) {
+        let _ = file.seek(SeekFrom::Start(offset));
+        let _ = file.take(1 << 20).read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.is_empty() {
+        "(nothing)".into()
+    } else {
+        tail
+    }
+}

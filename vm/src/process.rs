@@ -1,0 +1,230 @@
+//! A QEMU process that cannot outlive its owner.
+//!
+//! Each process is forked by a thread of its own, which then waits for it.
+//! The child gets a process group of its own and asks the kernel for
+//! SIGKILL when that thread dies (`PR_SET_PDEATHSIG` follows the forking
+//! thread, not the process): the thread lives exactly as long as the
+//! child, so the child dies with the owner's process, however that ends.
+//!
+//! The waiting thread first waits with `WNOWAIT`, then reaps under the
+//! lock that signals are sent under: until it is marked exited, the pid is
+//! the child's (a zombie at worst), so a signal never reaches a recycled
+//! pid.
+
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// A running (or exited, not yet dropped) child in its own process group.
+/// Dropping it kills the group and reaps the child.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pid: u32,
+    shared: Arc<Shared>,
+    exited: watch::Receiver<Option<ExitStatus>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    status: Mutex<Option<ExitStatus>>,
+    reaped: Condvar,
+}
+
+impl Process {
+    /// Starts `command` in a new process group, to die with this process.
+    /// `name` names the waiting thread.
+    pub(crate) fn spawn(mut command: Command, name: &str) -> io::Result<Process> {
+        let owner = std::process::id() as libc::pid_t;
+        command.process_group(0);
+        // SAFETY: the closure runs between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The owner may have died before prctl took effect.
+                if libc::getppid() != owner {
+                    return Err(io::Error::other("the owning process is gone"));
+                }
+                Ok(())
+            });
+        }
+        let shared = Arc::new(Shared {
+            status: Mutex::new(None),
+            reaped: Condvar::new(),
+        });
+        let (exit_tx, exited) = watch::channel(None);
+        let (spawned_tx, spawned_rx) = std::sync::mpsc::sync_channel(1);
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("virtest-{name}"))
+            .spawn(move || {
+                let mut child = match command.spawn() {
+                    Ok(child) => child,
+                    Err(e) => {
+                        let _ = spawned_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = spawned_tx.send(Ok(child.id()));
+                wait_without_reaping(child.id());
+                let mut status = thread_shared.status.lock().expect("status lock");
+                let reaped = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
+                *status = Some(reaped);
+                exit_tx.send_replace(Some(reaped));
+                thread_shared.reaped.notify_all();
+            })?;
+        // Forking takes a few milliseconds; waiting here synchronously
+        // leaves no moment where a child exists without its guard.
+        let pid = spawned_rx
+            .recv()
+            .map_err(|_| io::Error::other("the spawning thread died"))??;
+        Ok(Process {
+            pid,
+            shared,
+            exited,
+        })
+    }
+
+    /// The child's pid (also its process group id).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status, once the child has exited and been reaped.
+    pub(crate) fn status(&self) -> Option<ExitStatus> {
+        *self.exited.borrow()
+    }
+
+    /// Waits for the child to exit.
+    pub(crate) async fn wait(&self) -> ExitStatus {
+        let mut exited = self.exited.clone();
+        let status = exited
+            .wait_for(Option::is_some)
+            .await
+            .map(|s| *s)
+            .ok()
+            .flatten();
+        // The sender lives until the status is set.
+        status.unwrap_or_else(|| ExitStatus::from_raw(0))
+    }
+
+    /// Waits for the child to exit, at most `deadline`.
+    pub(crate) async fn wait_within(&self, deadline: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(deadline, self.wait()).await.ok()
+    }
+
+    /// Sends `signal` to the child's process group, unless it was reaped.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        let status = self.shared.status.lock().expect("status lock");
+        if status.is_none() {
+            // SAFETY: kill has no memory-safety preconditions; the group
+            // still exists while its leader is unreaped.
+            unsafe { libc::kill(-(self.pid as libc::pid_t), signal) };
+        }
+    }
+
+    /// Kills the group and waits (blocking, at most 5 s) for the reap.
+    pub(crate) fn kill_and_reap(&self) {
+        self.signal(libc::SIGKILL);
+        let status = self.shared.status.lock().expect("status lock");
+        let _ = self
+            .shared
+            .reaped
+            .wait_timeout_while(status, Duration::from_secs(5), |s| s.is_none());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// Blocks until `pid` has exited, leaving it unreaped.
+fn wait_without_reaping(pid: u32) {
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exit_status_is_reported() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "exit 3"]);
+        let process = Process::spawn(command, "test").unwrap();
+        assert_eq!(process.wait().await.code(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn drop_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("sleep 60 & echo $! > {}; wait", pid_file.display()));
+        let process = Process::spawn(command, "test").unwrap();
+        let pid = process.pid();
+        while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let grandchild = std::fs::read_to_string(&pid_file).unwrap();
+        assert!(
+            process
+                .wait_within(Duration::from_millis(100))
+                .await
+                .is_none()
+        );
+        drop(process);
+        assert!(!alive(pid.to_string().as_str()));
+        // The orphaned grandchild is reaped by init, shortly.
+        let start = std::time::Instant::now();
+        while alive(grandchild.trim()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "grandchild survived"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether `pid` exists and is not a zombie.
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_spawn_error() {
+        let error = Process::spawn(Command::new("/nonexistent/qemu"), "test").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,618 @@
+//! [`Vm`]: one guest's whole life, from `power_on` to `power_off`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tracing::Instrument;
+use virtest_qemu_cmdline::QemuCmdline;
+use virtest_qemu_cmdline::accel::{self, Chosen, HostKvm};
+use virtest_qemu_cmdline::binary::{self, BinaryKind};
+use virtest_qmp::Qmp;
+use virtest_remote::{Auth, SshConfig, SshSession};
+
+use crate::config::{Login, VmConfig};
+use crate::console::{Console, ConsoleCursor};
+use crate::dirs;
+use crate::error::{Error, Result};
+use crate::instance::{Endpoints, Files, Instance};
+use crate::launch::{ConsoleOutput, GuestLaunch};
+
+/// What the VM is doing, as QEMU says (`query-status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmState {
+    /// No QEMU process.
+    Off,
+    /// The guest runs.
+    Running,
+    /// Stopped by `pause` (or a debugger).
+    Paused,
+    /// Waiting for an incoming migration.
+    InMigrate,
+    /// The source after a completed migration.
+    PostMigrate,
+    /// The guest shut down and QEMU was told to stay.
+    Shutdown,
+    /// Any other QEMU run state, by its QAPI name.
+    Other(String),
+}
+
+/// How a reboot is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reboot {
+    /// The guest reboots itself (`reboot` over the remote session).
+    Guest,
+    /// QEMU resets the machine (`system_reset`), like a reset button.
+    Forced,
+}
+
+/// How `power_off` ended QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerOff {
+    /// The VM was not on.
+    AlreadyOff,
+    /// QEMU had already exited (the guest shut itself down).
+    ByGuest,
+    /// The guest powered off after the ACPI power button.
+    Graceful,
+    /// QEMU quit when asked over QMP.
+    Quit,
+    /// QEMU exited on SIGTERM.
+    Terminated,
+    /// QEMU was killed with SIGKILL.
+    Killed,
+}
+
+/// A virtual machine: made from a [`VmConfig`], started by
+/// [`Vm::power_on`], stopped by [`Vm::power_off`]. Dropping a VM that is on
+/// kills and reaps its QEMU.
+///
+/// ```no_run
+/// # async fn f() -> virtest_vm::Result<()> {
+/// use virtest_vm::{Vm, VmConfig};
+/// let mut vm = Vm::new(VmConfig::default_guest()?);
+/// vm.power_on().await?;
+/// vm.login_remote().await?;
+/// let uname = vm.remote()?.run("uname -r").await?;
+/// println!("{}", uname.stdout);
+/// vm.remote()?.run("shutdown -h now").await?;
+/// vm.power_off().await?;
+/// # Ok(()) }
+/// ```
+pub struct Vm {
+    id: String,
+    config: VmConfig,
+    span: tracing::Span,
+    /// Sockets, and logs when no log directory is configured.
+    runtime_dir: PathBuf,
+    log_dir: PathBuf,
+    console: Option<Console>,
+    // Dropped before the runtime directory is removed.
+    instance: Option<Instance>,
+    remote: Option<SshSession>,
+    /// How many QEMU processes this VM has started (names their sockets).
+    generation: u32,
+    /// The console position where the current boot began.
+    boot_cursor: ConsoleCursor,
+    /// Whether the ready line of the current boot has been seen.
+    ready_seen: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id)
+            .field("instance", &self.instance)
+            .field("log_dir", &self.log_dir)
+            .finish()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.remote = None;
+        self.instance = None;
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+impl Vm {
+    /// A VM, not started.
+    pub fn new(config: VmConfig) -> Vm {
+        let id = dirs::short_id();
+        let runtime_dir = dirs::runtime_dir(&id);
+        let log_dir = config
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| runtime_dir.clone());
+        Vm {
+            span: tracing::info_span!("vm", id = %id),
+            id,
+            config,
+            runtime_dir,
+            log_dir,
+            console: None,
+            instance: None,
+            remote: None,
+            generation: 0,
+            boot_cursor: ConsoleCursor::default(),
+            ready_seen: false,
+        }
+    }
+
+    /// The VM's short id (in its tracing span and runtime directory).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Where `console.log`, `qmp.log` and `qemu.log` are.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// The private directory of the VM's sockets.
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    /// The tracing span of this VM.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Starts QEMU: private directories (mode 0700), the console read
+    /// into `console.log` and [`Vm::console`], QMP connected with its
+    /// transcript in `qmp.log`, QEMU's output in `qemu.log`, and the
+    /// guest's sshd forwarded from a free port on 127.0.0.1. Returns once
+    /// QMP answers; the guest is then booting.
+    pub async fn power_on(&mut self) -> Result<()> {
+        let span = self.span.clone();
+        self.power_on_inner().instrument(span).await
+    }
+
+    async fn power_on_inner(&mut self) -> Result<()> {
+        if let Some(instance) = &self.instance {
+            if instance.is_running() {
+                return Err(Error::AlreadyOn {
+                    pid: instance.pid(),
+                });
+            }
+        }
+        self.instance = None;
+        self.remote = None;
+        let qemu =
+            binary::find(BinaryKind::System, self.config.qemu.as_deref()).map_err(Error::Qemu)?;
+        let accel = self.choose_accel(&qemu)?;
+        for dir in [&self.runtime_dir, &self.log_dir] {
+            dirs::create_private(dir).map_err(|source| Error::Io {
+                what: "creating the VM directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let config = self.config.clone();
+        let launch = move |endpoints: &Endpoints| {
+            let mut cmdline = GuestLaunch {
+                manifest: &config.guest,
+                qemu: qemu.clone(),
+                accel,
+                memory_mib: config.memory_mib,
+                ssh_host_port: endpoints.ssh_port,
+                cpus: config.cpus,
+                console: ConsoleOutput::Connect(endpoints.console_socket.clone()),
+                vga: config.vga,
+                qmp_socket: Some(endpoints.qmp_socket.clone()),
+                allow_reboot: true,
+            }
+            .cmdline();
+            for arg in &config.extra_args {
+                cmdline.push(arg.clone());
+            }
+            cmdline
+        };
+        self.boot_cursor = self.console()?.cursor();
+        self.ready_seen = false;
+        let instance = self.start_instance_with(&launch).await?;
+        tracing::info!(
+            pid = instance.pid(),
+            ssh_port = instance.endpoints().ssh_port,
+            accel = accel.as_str(),
+            "powered on"
+        );
+        self.instance = Some(instance);
+        Ok(())
+    }
+
+    fn choose_accel(&self, qemu: &Path) -> Result<Chosen> {
+        let probe = binary::probe(qemu).map_err(Error::Qemu)?;
+        let decision = accel::choose(
+            self.config.accel,
+            &HostKvm::detect(),
+            probe.has_accel("kvm"),
+        )
+        .map_err(Error::Qemu)?;
+        tracing::debug!(accel = decision.accel.as_str(), reason = %decision.reason, "accelerator");
+        Ok(decision.accel)
+    }
+
+    /// Starts another QEMU process of this VM from the command line
+    /// `build` makes for fresh endpoints, sharing the VM's console and
+    /// logs. For the migration layer, which starts a destination this way
+    /// and hands it to [`Vm::replace_instance`].
+    pub async fn start_instance_with(
+        &mut self,
+        build: &dyn Fn(&Endpoints) -> QemuCmdline,
+    ) -> Result<Instance> {
+        let console = self.console()?.clone();
+        self.generation += 1;
+        let files = Files {
+            sockets: &self.runtime_dir,
+            qemu_log: &self.log_dir.join("qemu.log"),
+            qmp_log: &self.log_dir.join("qmp.log"),
+            console: &console,
+        };
+        Instance::start(&files, self.generation, self.config.start_timeout, build).await
+    }
+
+    /// Makes `instance` the VM's QEMU process and returns the previous
+    /// one, if any. The remote session, bound to the old forwarded port,
+    /// is dropped: call [`Vm::login_remote`] again.
+    pub fn replace_instance(&mut self, instance: Instance) -> Option<Instance> {
+        self.remote = None;
+        self.instance.replace(instance)
+    }
+
+    /// The VM's current QEMU process.
+    pub fn instance(&self) -> Result<&Instance> {
+        self.instance.as_ref().ok_or(Error::Off {
+            action: "reach QEMU",
+        })
+    }
+
+    /// The console: every byte the guest wrote to its serial port, across
+    /// power cycles and migrations.
+    pub fn console(&mut self) -> Result<&Console> {
+        if self.console.is_none() {
+            dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
+                what: "creating the VM directory",
+                path: self.log_dir.clone(),
+                source,
+            })?;
+            let path = self.log_dir.join("console.log");
+            let console = Console::create(&path).map_err(|source| Error::Io {
+                what: "opening",
+                path,
+                source,
+            })?;
+            self.console = Some(console);
+        }
+        Ok(self.console.as_ref().expect("console set above"))
+    }
+
+    /// Whether QEMU is running.
+    pub fn is_on(&self) -> bool {
+        self.instance.as_ref().is_some_and(Instance::is_running)
+    }
+
+    /// QEMU's pid, while on.
+    pub fn pid(&self) -> Option<u32> {
+        self.instance
+            .as_ref()
+            .filter(|i| i.is_running())
+            .map(Instance::pid)
+    }
+
+    /// The host port (on 127.0.0.1) forwarded to the guest's sshd.
+    pub fn ssh_port(&self) -> Option<u16> {
+        self.instance.as_ref().map(|i| i.endpoints().ssh_port)
+    }
+
+    /// The QMP connection of the running QEMU: commands and events.
+    pub fn qmp(&self) -> Result<&Qmp> {
+        match &self.instance {
+            Some(instance) if instance.is_running() => Ok(instance.qmp()),
+            _ => Err(Error::Off { action: "use QMP" }),
+        }
+    }
+
+    /// The command line QEMU runs with.
+    pub fn cmdline(&self) -> Option<&QemuCmdline> {
+        self.instance.as_ref().map(Instance::cmdline)
+    }
+
+    /// QEMU's run state.
+    pub async fn state(&self) -> Result<VmState> {
+        if !self.is_on() {
+            return Ok(VmState::Off);
+        }
+        let status = self.qmp_raw("query-status", Value::Null).await?;
+        Ok(match status["status"].as_str().unwrap_or_default() {
+            "running" => VmState::Running,
+            "paused" => VmState::Paused,
+            "inmigrate" => VmState::InMigrate,
+            "postmigrate" => VmState::PostMigrate,
+            "shutdown" => VmState::Shutdown,
+            other => VmState::Other(other.to_string()),
+        })
+    }
+
+    /// Stops the guest's processors (its clock stops too).
+    pub async fn pause(&self) -> Result<()> {
+        self.qmp_raw("stop", Value::Null).await.map(drop)
+    }
+
+    /// Starts the processors again.
+    pub async fn resume(&self) -> Result<()> {
+        self.qmp_raw("cont", Value::Null).await.map(drop)
+    }
+
+    /// Resets the machine and returns at once; the guest boots again.
+    pub async fn reset(&mut self) -> Result<()> {
+        self.remote = None;
+        let cursor = self.console()?.cursor();
+        self.qmp_raw("system_reset", Value::Null).await?;
+        self.boot_cursor = cursor;
+        self.ready_seen = false;
+        Ok(())
+    }
+
+    /// Reboots the guest and waits (the login timeout) until it is ready
+    /// again; [`Reboot::Guest`] needs a remote session. Call
+    /// [`Vm::login_remote`] afterwards.
+    pub async fn reboot(&mut self, how: Reboot) -> Result<()> {
+        let span = self.span.clone();
+        async {
+            let cursor = self.console()?.cursor();
+            let since = self.qmp()?.event_cursor();
+            match how {
+                Reboot::Forced => {
+                    self.qmp_raw("system_reset", Value::Null).await?;
+                }
+                Reboot::Guest => {
+                    let remote = self.remote.take().ok_or(Error::NoRemote)?;
+                    // The session may end before `reboot` reports back.
+                    let _ = remote.run("reboot").await;
+                }
+            }
+            self.boot_cursor = cursor;
+            self.ready_seen = false;
+            let deadline = self.config.login_timeout;
+            self.qmp()?
+                .wait_event(since, "RESET", &Value::Null, deadline)
+                .await
+                .map_err(|source| Error::Qmp {
+                    step: "waiting for the reset of the reboot".into(),
+                    source,
+                })?;
+            self.wait_ready(deadline).await?;
+            tracing::info!(?how, "rebooted");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Waits until `pattern` appears on the console in the current boot.
+    pub async fn wait_for_console(
+        &mut self,
+        pattern: &str,
+        deadline: Duration,
+    ) -> Result<ConsoleCursor> {
+        let since = self.boot_cursor;
+        self.wait_for_console_from(since, pattern, deadline).await
+    }
+
+    /// Waits until `pattern` appears on the console after `since`
+    /// (see [`Console::cursor`]); returns where it ends. Fails at once
+    /// when QEMU exits.
+    pub async fn wait_for_console_from(
+        &mut self,
+        since: ConsoleCursor,
+        pattern: &str,
+        deadline: Duration,
+    ) -> Result<ConsoleCursor> {
+        let console = self.console()?.clone();
+        let mut changes = console.changes();
+        let start = Instant::now();
+        loop {
+            if let Some(end) = console.find(since, pattern) {
+                return Ok(end);
+            }
+            let instance = self.instance.as_mut().ok_or(Error::Off {
+                action: "wait for the console",
+            })?;
+            let left = deadline.saturating_sub(start.elapsed());
+            tokio::select! {
+                _ = changes.changed() => {}
+                status = instance.exited() => {
+                    instance.drain_console(Duration::from_secs(1)).await;
+                    if let Some(end) = console.find(since, pattern) {
+                        return Ok(end);
+                    }
+                    let during = format!("while waiting for `{pattern}` on the console\nlast console lines:\n{}", console.tail(30));
+                    return Err(instance.exit_error(status, &during));
+                }
+                _ = tokio::time::sleep(left) => {
+                    return Err(Error::ConsoleTimeout {
+                        pattern: pattern.to_string(),
+                        after: deadline,
+                        console_tail: console.tail(30),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits for the guest's ready line in the current boot (once seen,
+    /// at once).
+    async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+        let marker = self.config.guest.ready_marker.clone();
+        if self.ready_seen || marker.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_console(&marker, deadline).await?;
+        self.ready_seen = true;
+        Ok(())
+    }
+
+    /// Writes a screendump of the display to `path` as PNG (needs the VGA
+    /// card, on by default).
+    pub async fn screendump(&self, path: &Path) -> Result<()> {
+        let path = std::path::absolute(path).map_err(|source| Error::Io {
+            what: "resolving",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.qmp_raw(
+            "screendump",
+            json!({"filename": path.to_string_lossy(), "format": "png"}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Logs into the guest over SSH, waiting up to the configured login
+    /// timeout (60 s by default); the session is then [`Vm::remote`].
+    pub async fn login_remote(&mut self) -> Result<&SshSession> {
+        let deadline = self.config.login_timeout;
+        self.login_remote_within(deadline).await
+    }
+
+    /// [`Vm::login_remote`] with its own deadline. On timeout the error
+    /// holds the console's last 30 lines.
+    pub async fn login_remote_within(&mut self, deadline: Duration) -> Result<&SshSession> {
+        let span = self.span.clone();
+        let start = Instant::now();
+        let port = self
+            .ssh_port()
+            .filter(|_| self.is_on())
+            .ok_or(Error::Off { action: "log in" })?;
+        self.remote = None;
+        async {
+            match self.wait_ready(deadline).await {
+                Ok(()) => {}
+                Err(Error::ConsoleTimeout { console_tail, .. }) => {
+                    return Err(Error::Login {
+                        after: deadline,
+                        console_tail,
+                        source: None,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            let config = self.ssh_config(port);
+            let left = deadline.saturating_sub(start.elapsed());
+            match SshSession::wait_for_login(&config, left).await {
+                Ok(session) => {
+                    tracing::info!(elapsed = ?start.elapsed(), port, "logged in");
+                    Ok(session)
+                }
+                Err(source) => Err(Error::Login {
+                    after: deadline,
+                    console_tail: self.console()?.tail(30),
+                    source: Some(source),
+                }),
+            }
+        }
+        .instrument(span)
+        .await
+        .map(|session| &*self.remote.insert(session))
+    }
+
+    fn ssh_config(&self, port: u16) -> SshConfig {
+        let guest = &self.config.guest;
+        SshConfig {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            user: self
+                .config
+                .user
+                .clone()
+                .unwrap_or_else(|| guest.credentials.user.clone()),
+            auth: match &self.config.login {
+                Login::Key => Auth::KeyFile(guest.private_key_path()),
+                Login::Password(password) => Auth::Password(password.clone()),
+            },
+            known_host_keys: vec![guest.host_key.public.clone()],
+        }
+    }
+
+    /// The session `login_remote` opened.
+    pub fn remote(&self) -> Result<&SshSession> {
+        self.remote.as_ref().ok_or(Error::NoRemote)
+    }
+
+    /// Ends QEMU, gently first: the ACPI power button and the configured
+    /// graceful timeout, then QMP `quit`, then SIGTERM, then SIGKILL.
+    /// Always reaps. A guest that already shut itself down is fine.
+    pub async fn power_off(&mut self) -> Result<PowerOff> {
+        let graceful = self.config.graceful_timeout;
+        self.power_off_within(graceful).await
+    }
+
+    /// [`Vm::power_off`], waiting at most `graceful` for the guest.
+    pub async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
+        let span = self.span.clone();
+        self.remote = None;
+        let Some(mut instance) = self.instance.take() else {
+            return Ok(PowerOff::AlreadyOff);
+        };
+        let how = async {
+            if !instance.is_running() {
+                return PowerOff::ByGuest;
+            }
+            let qmp = instance.qmp().clone();
+            let quick = Duration::from_secs(2);
+            let steps: [(PowerOff, Duration); 4] = [
+                (PowerOff::Graceful, graceful),
+                (PowerOff::Quit, Duration::from_secs(3)),
+                (PowerOff::Terminated, Duration::from_secs(3)),
+                (PowerOff::Killed, Duration::from_secs(5)),
+            ];
+            for (how, wait) in steps {
+                match how {
+                    PowerOff::Graceful => {
+                        let asked = qmp.execute_raw_within("system_powerdown", Value::Null, quick);
+                        if asked.await.is_err() && !instance.is_running() {
+                            return PowerOff::ByGuest;
+                        }
+                    }
+                    PowerOff::Quit => {
+                        let _ = qmp.execute_raw_within("quit", Value::Null, quick).await;
+                    }
+                    PowerOff::Terminated => instance.signal(libc::SIGTERM),
+                    PowerOff::Killed | PowerOff::AlreadyOff | PowerOff::ByGuest => {
+                        instance.signal(libc::SIGKILL)
+                    }
+                }
+                if instance.wait_exit(wait).await.is_some() {
+                    return how;
+                }
+                tracing::debug!(?how, "QEMU still running");
+            }
+            PowerOff::Killed
+        }
+        .instrument(span.clone())
+        .await;
+        instance.drain_console(Duration::from_secs(1)).await;
+        span.in_scope(|| tracing::info!(?how, "powered off"));
+        drop(instance);
+        Ok(how)
+    }
+
+    /// A raw QMP command on the running QEMU.
+    async fn qmp_raw(&self, command: &str, args: Value) -> Result<Value> {
+        self.qmp()?
+            .execute_raw(command, args)
+            .await
+            .map_err(|source| Error::Qmp {
+                step: format!("`{command}`"),
+                source,
+            })
+    }
+}
