@@ -59,7 +59,8 @@ impl BinaryKind {
     }
 }
 
-/// Finds a QEMU binary: `explicit` if given, then the kind's environment
+/// Finds a QEMU binary: `explicit` if given (an error if it is not an
+/// executable), else the kind's environment
 /// variable (`QEMU`, `QEMU_DST` falling back to `QEMU`, `QEMU_IMG`), then
 /// the usual names on `PATH` and `/usr/libexec/qemu-kvm`.
 ///
@@ -91,10 +92,16 @@ pub fn find_in(
             None
         }
     };
-    if let Some(path) = explicit
-        && let Some(found) = candidate(&mut tried, path.to_path_buf(), "the given path".into())
-    {
-        return Ok(found);
+    let not_found = |tried: Vec<String>| Error::BinaryNotFound {
+        what: kind.describe(),
+        tried: tried.into_iter().map(|t| t.trim().to_string()).collect(),
+        package: kind.package(),
+        var: kind.env_var(),
+    };
+    // A path the user gave is used or reported, never silently replaced.
+    if let Some(path) = explicit {
+        return candidate(&mut tried, path.to_path_buf(), "the given path".into())
+            .ok_or_else(|| not_found(tried));
     }
     let mut vars = vec![kind.env_var()];
     if kind == BinaryKind::Destination {
@@ -131,12 +138,7 @@ pub fn find_in(
     {
         return Ok(found);
     }
-    Err(Error::BinaryNotFound {
-        what: kind.describe(),
-        tried: tried.into_iter().map(|t| t.trim().to_string()).collect(),
-        package: kind.package(),
-        var: kind.env_var(),
-    })
+    Err(not_found(tried))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -85,7 +85,7 @@ pub enum Error {
         /// The last attempt's error (none when the guest never printed
         /// its ready line).
         #[source]
-        source: Option<virtest_remote::Error>,
+        source: Option<Box<virtest_remote::Error>>,
     },
     /// A remote command failed.
     #[error("in the guest")]

@@ -83,7 +83,7 @@ impl Instance {
         files: &Files<'_>,
         generation: u32,
         deadline: Duration,
-        build: &dyn Fn(&Endpoints) -> QemuCmdline,
+        build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
         let mut attempt = 1;
         loop {
@@ -191,9 +191,15 @@ impl Instance {
         };
         let left = deadline.saturating_sub(started.elapsed());
         let qmp = tokio::select! {
-            qmp = Qmp::connect_unix(&endpoints.qmp_socket, left, options) => {
-                qmp.map_err(|source| Error::Qmp { step: "connecting".into(), source })?
-            }
+            qmp = Qmp::connect_unix(&endpoints.qmp_socket, left, options) => match qmp {
+                Ok(qmp) => qmp,
+                // QEMU listens on QMP before it checks all its options:
+                // a rejected option closes the socket as QEMU exits.
+                Err(source) => match process.wait_within(Duration::from_secs(2)).await {
+                    Some(status) => return Err(exited(status, "while starting")),
+                    None => return Err(Error::Qmp { step: "connecting".into(), source }),
+                },
+            },
             status = process.wait() => return Err(exited(status, "before QMP answered")),
         };
         Ok(Instance {

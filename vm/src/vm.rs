@@ -177,12 +177,10 @@ impl Vm {
     }
 
     async fn power_on_inner(&mut self) -> Result<()> {
-        if let Some(instance) = &self.instance {
-            if instance.is_running() {
-                return Err(Error::AlreadyOn {
-                    pid: instance.pid(),
-                });
-            }
+        if let Some(instance) = self.instance.as_ref().filter(|i| i.is_running()) {
+            return Err(Error::AlreadyOn {
+                pid: instance.pid(),
+            });
         }
         self.instance = None;
         self.remote = None;
@@ -247,7 +245,7 @@ impl Vm {
     /// and hands it to [`Vm::replace_instance`].
     pub async fn start_instance_with(
         &mut self,
-        build: &dyn Fn(&Endpoints) -> QemuCmdline,
+        build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
         let console = self.console()?.clone();
         self.generation += 1;
@@ -516,7 +514,7 @@ impl Vm {
                 Err(source) => Err(Error::Login {
                     after: deadline,
                     console_tail: self.console()?.tail(30),
-                    source: Some(source),
+                    source: Some(Box::new(source)),
                 }),
             }
         }

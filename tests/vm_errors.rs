@@ -1,0 +1,153 @@
+//! What a user sees when a VM cannot start or its guest never comes up:
+//! clear errors, and no QEMU left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use virtest::qemu_cmdline::{Arg, Props, PropsOption};
+use virtest::vm::{Error, Vm, VmConfig};
+
+fn config() -> VmConfig {
+    VmConfig::new(common::guest().clone())
+}
+
+/// Powers on and returns the error, checking no QEMU of this VM is left.
+async fn power_on_error(config: VmConfig) -> Error {
+    let mut vm = Vm::new(config);
+    let marker = vm.runtime_dir().to_string_lossy().into_owned();
+    let error = vm.power_on().await.unwrap_err();
+    assert!(!vm.is_on());
+    assert!(common::processes_with(&marker).is_empty());
+    error
+}
+
+/// The error and its sources, one per line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!("\n{e}"));
+        source = e.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_missing_qemu_binary_is_named() {
+    let mut config = config();
+    config.qemu = Some("/nonexistent/qemu-system-x86_64".into());
+    let error = power_on_error(config).await;
+    assert!(matches!(error, Error::Qemu(_)), "{error:?}");
+    assert!(
+        chain(&error).contains("/nonexistent/qemu-system-x86_64"),
+        "{}",
+        chain(&error)
+    );
+}
+
+#[tokio::test]
+async fn an_option_qemu_rejects_comes_back_with_its_message() {
+    let _slot = common::guest_slots(1);
+    let mut config = config();
+    config.extra_args.push(Arg::Props(
+        PropsOption::Device,
+        Props::with_head("no-such-device"),
+    ));
+    let error = power_on_error(config).await;
+    let Error::Exited {
+        stderr_tail,
+        cmdline,
+        ..
+    } = &error
+    else {
+        panic!("{error:?}");
+    };
+    assert!(stderr_tail.contains("'no-such-device'"), "{stderr_tail}");
+    assert!(cmdline.contains("-device no-such-device"), "{cmdline}");
+    assert!(error.to_string().contains("while starting"));
+}
+
+#[tokio::test]
+async fn a_kernel_that_does_not_exist_is_reported() {
+    let mut config = config();
+    config.guest.kernel = "/nonexistent/vmlinux".into();
+    let error = power_on_error(config).await;
+    assert!(
+        error.to_string().contains("/nonexistent/vmlinux"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_that_never_gets_ready_times_out_with_the_console_tail() {
+    let _slot = common::guest_slots(1);
+    let mut config = config();
+    config.guest.ready_marker = "a-ready-line-this-guest-never-prints".into();
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    let error = vm
+        .login_remote_within(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    let Error::Login { console_tail, .. } = &error else {
+        panic!("{error:?}");
+    };
+    // The tail shows what the guest did print.
+    assert!(
+        console_tail.contains(&common::guest().ready_marker),
+        "{console_tail}"
+    );
+    assert!(console_tail.lines().count() <= 30);
+    assert!(error.to_string().contains("within 10s"), "{error}");
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_at_once_not_after_the_timeout() {
+    let _slot = common::guest_slots(1);
+    let mut config = config();
+    config.login = virtest::vm::Login::Password("not-the-password".into());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    let error = vm.login_remote().await.unwrap_err();
+    let text = chain(&error);
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+    vm.power_off().await.unwrap();
+}
+
+#[tokio::test]
+async fn qemu_dying_under_a_wait_ends_the_wait_with_its_status() {
+    let _slot = common::guest_slots(1);
+    let mut vm = Vm::new(config());
+    vm.power_on().await.unwrap();
+    let pid = vm.pid().unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let error = vm
+        .wait_for_console("never printed", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    let Error::Exited { status, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(status),
+        Some(9)
+    );
+    assert!(!vm.is_on());
+    assert!(vm.login_remote().await.is_err());
+}
+
+#[tokio::test]
+async fn actions_on_a_vm_that_is_off_say_so() {
+    let mut vm = Vm::new(config());
+    let error = vm.login_remote().await.unwrap_err();
+    assert!(error.to_string().contains("power_on first"), "{error}");
+    assert!(vm.pause().await.is_err());
+    assert!(matches!(vm.remote(), Err(Error::NoRemote)));
+}
