@@ -13,6 +13,7 @@
 //! requires ids, and replies are routed by id.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::codec::{self, Message};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventCursor, EventLog, Subscription};
+use crate::fdpass;
 use crate::transcript::{Direction, Transcript};
 
 /// The default deadline for a command's reply.
@@ -124,6 +126,9 @@ pub struct Qmp {
 
 struct Inner {
     writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// The socket under `writer`, when it is a unix socket (file
+    /// descriptors can be passed over it).
+    unix_socket: Option<RawFd>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     greeting: Greeting,
@@ -154,7 +159,10 @@ impl Qmp {
             tokio::net::UnixStream::connect(path)
         })
         .await?;
-        Qmp::handshake(stream, deadline.saturating_sub(start.elapsed()), options).await
+        let (read, write) = stream.into_split();
+        let socket = write.as_ref().as_raw_fd();
+        let left = deadline.saturating_sub(start.elapsed());
+        Qmp::start(read, write, Some(socket), left, options).await
     }
 
     /// Connects over TCP, waiting up to `deadline` for the port to accept.
@@ -173,6 +181,7 @@ impl Qmp {
         Qmp::start(
             read,
             write,
+            None,
             deadline.saturating_sub(start.elapsed()),
             options,
         )
@@ -186,12 +195,18 @@ impl Qmp {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read, write) = tokio::io::split(stream);
-        Qmp::start(read, write, deadline, options).await
+        Qmp::start(read, write, None, deadline, options).await
     }
 
     /// [`Qmp::handshake`] over a stream already split in two (sockets
     /// split without the lock `tokio::io::split` needs).
-    async fn start<R, W>(mut read: R, write: W, deadline: Duration, options: Options) -> Result<Qmp>
+    async fn start<R, W>(
+        mut read: R,
+        write: W,
+        unix_socket: Option<RawFd>,
+        deadline: Duration,
+        options: Options,
+    ) -> Result<Qmp>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -213,6 +228,7 @@ impl Qmp {
         let qmp = Qmp {
             inner: Arc::new(Inner {
                 writer: tokio::sync::Mutex::new(Box::new(write)),
+                unix_socket,
                 shared,
                 next_id: AtomicU64::new(1),
                 command_timeout: options.command_timeout,
@@ -313,6 +329,18 @@ impl Qmp {
             tokio::task::yield_now().await;
         }
         self.flush_outbox().await;
+        self.wait_reply(name, id, rx, send_ids, deadline).await
+    }
+
+    /// Waits for the reply to command `id`.
+    async fn wait_reply(
+        &self,
+        name: &str,
+        id: u64,
+        rx: oneshot::Receiver<Result<Value>>,
+        send_ids: bool,
+        deadline: Duration,
+    ) -> Result<Value> {
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(Error::Disconnected {
@@ -322,7 +350,7 @@ impl Qmp {
                 // Replies in order: the late reply must still find this
                 // command's place, or it would go to the next command.
                 if send_ids {
-                    shared.forget(id);
+                    self.inner.shared.forget(id);
                 }
                 Err(Error::Timeout {
                     what: format!("QMP command `{name}`"),
@@ -330,6 +358,72 @@ impl Qmp {
                 })
             }
         }
+    }
+
+    /// Runs a command with a file descriptor attached (`getfd`,
+    /// `add-fd`): QEMU takes a copy of `fd`. Only over a unix socket.
+    ///
+    /// ```no_run
+    /// # async fn f(qmp: virtest_qmp::Qmp, file: std::fs::File) -> virtest_qmp::Result<()> {
+    /// use std::os::fd::AsFd;
+    /// let args = serde_json::json!({"fdname": "migration"});
+    /// qmp.execute_with_fd("getfd", args, file.as_fd()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_with_fd(
+        &self,
+        name: &str,
+        args: Value,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value> {
+        let socket = self.inner.unix_socket.ok_or_else(|| {
+            Error::Protocol("file descriptors can only be passed over a unix socket".into())
+        })?;
+        let shared = &self.inner.shared;
+        let send_ids = shared.send_ids.load(Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        // Holding the writer keeps every other line off the socket while
+        // this one goes out with its descriptor.
+        let mut writer = self.inner.writer.lock().await;
+        let (id, line, earlier) = {
+            let mut pending = shared.pending.lock().expect("pending lock");
+            if let Some(reason) = &pending.closed {
+                return Err(Error::Disconnected {
+                    reason: reason.clone(),
+                });
+            }
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let line = codec::encode_command(name, &args, send_ids.then(|| json!(id)).as_ref());
+            if let Some(t) = &shared.transcript {
+                t.line(Direction::Out, &line);
+            }
+            pending.waiters.insert(id, (name.to_string(), tx));
+            (id, line, std::mem::take(&mut pending.outbox))
+        };
+        let sent = async {
+            if !earlier.is_empty() {
+                writer.write_all(&earlier).await?;
+                writer.flush().await?;
+            }
+            let mut at = 0;
+            while at < line.len() {
+                let with = (at == 0).then_some(fd);
+                match fdpass::send(socket, &line[at..], with) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = sent.await {
+            shared.close(format!("sending a command failed: {e}"));
+        }
+        drop(writer);
+        let deadline = self.inner.command_timeout;
+        self.wait_reply(name, id, rx, send_ids, deadline).await
     }
 
     /// Writes whatever commands are queued, in one write. A command whose

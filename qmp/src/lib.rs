@@ -52,6 +52,7 @@ mod client;
 pub mod codec;
 mod error;
 mod event;
+mod fdpass;
 mod transcript;
 
 pub use client::{DEFAULT_COMMAND_TIMEOUT, Greeting, Options, Qmp};

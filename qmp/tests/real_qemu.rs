@@ -254,3 +254,33 @@ async fn tcp_and_out_of_band_negotiation_work() {
     let _ = child.wait();
     outcome.unwrap();
 }
+
+#[tokio::test]
+async fn a_file_descriptor_passes_with_getfd_and_closes_by_name() {
+    use std::os::fd::AsFd;
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    // Other commands in flight at the same time keep their order.
+    let (passed, status) = tokio::join!(
+        qmp.execute_with_fd("getfd", json!({"fdname": "test-fd"}), ours.as_fd()),
+        qmp.execute_raw("query-status", Value::Null),
+    );
+    passed.unwrap();
+    assert_eq!(status.unwrap()["status"], json!("running"));
+    qmp.execute_raw("closefd", json!({"fdname": "test-fd"}))
+        .await
+        .unwrap();
+    // Closed once: the name is gone.
+    let error = qmp
+        .execute_raw("closefd", json!({"fdname": "test-fd"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Command { .. }), "{error:?}");
+    // Without a descriptor attached, getfd fails.
+    let error = qmp
+        .execute_raw("getfd", json!({"fdname": "none"}))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("file descriptor"), "{error}");
+}
