@@ -125,7 +125,7 @@ impl EventLog {
     fn find(
         &self,
         cursor: EventCursor,
-        pick: &dyn Fn(&Event) -> bool,
+        pick: &(dyn Fn(&Event) -> bool + Sync),
     ) -> Result<Option<(Event, EventCursor)>> {
         let events = self.events.lock().expect("event log lock");
         let first = events.front().map_or(self.latest.borrow().0, |e| e.seq);
@@ -148,7 +148,7 @@ impl EventLog {
         &self,
         cursor: EventCursor,
         what: &str,
-        pick: &dyn Fn(&Event) -> bool,
+        pick: &(dyn Fn(&Event) -> bool + Sync),
         deadline: Option<Duration>,
     ) -> Result<(Event, EventCursor)> {
         let mut rx = self.latest.subscribe();

@@ -284,3 +284,12 @@ async fn a_file_descriptor_passes_with_getfd_and_closes_by_name() {
         .unwrap_err();
     assert!(error.to_string().contains("file descriptor"), "{error}");
 }
+
+/// Futures of the client can move between threads (`tokio::spawn`).
+#[allow(dead_code)]
+fn futures_are_send(qmp: &Qmp) {
+    fn send<T: Send>(_: T) {}
+    send(qmp.execute_raw("query-status", Value::Null));
+    send(qmp.wait_event(qmp.event_cursor(), "STOP", &Value::Null, SECS_5));
+    send(qmp.subscribe().next());
+}

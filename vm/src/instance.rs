@@ -244,13 +244,18 @@ impl Instance {
     }
 
     /// Waits for QEMU to exit.
-    pub(crate) async fn exited(&self) -> std::process::ExitStatus {
+    pub async fn exited(&self) -> std::process::ExitStatus {
         self.process.wait().await
     }
 
     /// Sends a signal to QEMU's process group.
     pub(crate) fn signal(&self, signal: libc::c_int) {
         self.process.signal(signal);
+    }
+
+    /// The last lines QEMU wrote (stdout and stderr).
+    pub fn output_tail(&self) -> String {
+        log_tail(&self.qemu_log, self.log_offset)
     }
 
     /// The error for QEMU having exited `during` something.

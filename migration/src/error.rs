@@ -1,0 +1,85 @@
+//! The one error type of this crate.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// What can go wrong in a migration. After every one of these the source
+/// VM is still the VM's QEMU, running, unless the error says otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The mode is not one this crate knows.
+    #[error("unknown migration mode `{0}`; valid modes: tcp, unix, exec, fd")]
+    UnknownMode(String),
+    /// The spec asks for something that cannot work.
+    #[error("invalid migration spec: {0}")]
+    Spec(String),
+    /// The source VM cannot be migrated now.
+    #[error("the source VM")]
+    Source(#[source] virtest_vm::Error),
+    /// The destination QEMU did not start.
+    #[error("starting the destination QEMU")]
+    Destination(#[source] virtest_vm::Error),
+    /// A QMP command failed.
+    #[error("QMP on the {side}: {step}")]
+    Qmp {
+        /// `source` or `destination`.
+        side: &'static str,
+        /// What was being done.
+        step: String,
+        /// Why.
+        #[source]
+        source: virtest_qmp::Error,
+    },
+    /// Setting up the transport failed.
+    #[error("setting up the {mode} transport")]
+    Transport {
+        /// The mode.
+        mode: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU reported the migration failed.
+    #[error("the migration failed ({status}): {reason}; the source VM keeps running")]
+    Failed {
+        /// The final status (`failed`, `cancelled`).
+        status: String,
+        /// QEMU's `error-desc`, or what was seen.
+        reason: String,
+    },
+    /// The destination QEMU exited during the migration.
+    #[error(
+        "the destination QEMU exited ({status}) during the migration; the source VM keeps running\nit said: {stderr_tail}"
+    )]
+    DestinationDied {
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of its output.
+        stderr_tail: String,
+    },
+    /// The source QEMU exited during the migration: the guest is lost.
+    #[error("the source QEMU exited ({status}) during the migration")]
+    SourceDied {
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// The migration did not complete in time and was cancelled.
+    #[error(
+        "the migration did not complete within {after:?} (last status `{last_status}`); it was cancelled and the source VM keeps running"
+    )]
+    Timeout {
+        /// The deadline.
+        after: Duration,
+        /// The last status seen.
+        last_status: String,
+    },
+    /// The destination did not run the guest after the migration.
+    #[error("the destination is `{state}` after the migration completed, not running")]
+    NotRunning {
+        /// Its state.
+        state: String,
+    },
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

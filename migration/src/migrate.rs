@@ -1,0 +1,402 @@
+//! `vm.migrate(mode)`: a destination from the source's command line, the
+//! migration followed through QEMU's events, and the handover.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tracing::Instrument;
+use virtest_qemu_cmdline::Endpoint;
+use virtest_qmp::Qmp;
+use virtest_vm::{Endpoints, Instance, Vm, VmState};
+
+use crate::error::{Error, Result};
+use crate::mode::MigrationMode;
+use crate::report::{MigrationReport, RamFigures, StatusChange};
+use crate::spec::{MigrationSpec, QEMU_DEFAULT_DOWNTIME_LIMIT_MS, QEMU_DEFAULT_MAX_BANDWIDTH};
+use crate::transport::Transport;
+
+/// Live migration for [`Vm`]: after it returns, the same `vm` drives the
+/// destination QEMU (QMP, console, forwarded port); call `login_remote`
+/// again. On an error the source keeps running, still the VM's QEMU.
+///
+/// ```no_run
+/// # async fn f(mut vm: virtest_vm::Vm) -> Result<(), Box<dyn std::error::Error>> {
+/// use virtest_migration::{Migrate, MigrationMode};
+/// let report = vm.migrate(MigrationMode::Tcp).await?;
+/// println!("{} ms, downtime {} ms", report.total_time_ms, report.downtime_ms);
+/// vm.login_remote().await?;
+/// # Ok(()) }
+/// ```
+pub trait Migrate {
+    /// Migrates over `mode` with QEMU's defaults and a 60 s timeout.
+    fn migrate(
+        &mut self,
+        mode: MigrationMode,
+    ) -> impl Future<Output = Result<MigrationReport>> + Send;
+
+    /// Migrates as `spec` says.
+    fn migrate_with(
+        &mut self,
+        spec: &MigrationSpec,
+    ) -> impl Future<Output = Result<MigrationReport>> + Send;
+}
+
+impl Migrate for Vm {
+    async fn migrate(&mut self, mode: MigrationMode) -> Result<MigrationReport> {
+        self.migrate_with(&MigrationSpec::new(mode)).await
+    }
+
+    async fn migrate_with(&mut self, spec: &MigrationSpec) -> Result<MigrationReport> {
+        let span = tracing::info_span!(parent: self.span(), "migrate", mode = %spec.mode);
+        migrate(self, spec).instrument(span).await
+    }
+}
+
+async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
+    let wall = Instant::now();
+    spec.validate()?;
+    let source_state = vm.state().await.map_err(Error::Source)?;
+    if !matches!(source_state, VmState::Running | VmState::Paused) {
+        return Err(Error::Spec(format!(
+            "the source VM must be running or paused to migrate, not {source_state:?}"
+        )));
+    }
+    let source = vm.instance().map_err(Error::Source)?;
+    let source_qmp = source.qmp().clone();
+    let source_pid = source.pid();
+    let build = destination_cmdline(source, spec);
+    let destination = vm
+        .start_instance_with(&build)
+        .await
+        .map_err(Error::Destination)?;
+    // From here on, dropping `destination` (on any error) kills it.
+    let destination_qmp = destination.qmp().clone();
+    let mut report = MigrationReport {
+        mode: spec.mode,
+        capabilities: spec
+            .enabled_capabilities()
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        timeline: Vec::new(),
+        total_time_ms: 0,
+        downtime_ms: 0,
+        setup_time_ms: 0,
+        ram: RamFigures::default(),
+        throughput_mib_s: 0.0,
+        wall_ms: 0.0,
+        overhead_ms: 0.0,
+        source_pid,
+        destination_pid: destination.pid(),
+    };
+    configure(&source_qmp, &destination_qmp, spec).await?;
+    let transport = Transport::open(
+        spec.mode,
+        vm.runtime_dir(),
+        destination.pid(),
+        &source_qmp,
+        &destination_qmp,
+    )
+    .await?;
+    let destination_events = destination_qmp.event_cursor();
+    let outcome = follow(
+        vm,
+        &destination,
+        spec,
+        &transport,
+        wall,
+        &mut report.timeline,
+    )
+    .await;
+    drop(transport);
+    let handed_over = match outcome {
+        Ok(()) => destination_runs(&destination, &source_state, destination_events).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = handed_over {
+        return Err(recover_source(vm, destination, source_state, error).await);
+    }
+    report.take_figures(&final_figures(&source_qmp).await?);
+    let old = vm.replace_instance(destination);
+    if let Some(old) = old {
+        retire(old).await;
+    }
+    report.wall_ms = millis(wall.elapsed());
+    report.overhead_ms = millis(
+        wall.elapsed()
+            .saturating_sub(Duration::from_millis(report.total_time_ms)),
+    );
+    if let Err(e) = report.save(vm.log_dir()) {
+        tracing::warn!(error = %e, "the migration report could not be saved");
+    }
+    tracing::info!(
+        total_ms = report.total_time_ms,
+        downtime_ms = report.downtime_ms,
+        wall_ms = report.wall_ms,
+        "migrated"
+    );
+    Ok(report)
+}
+
+/// The destination's command line: the source's, for `-incoming defer`,
+/// with the VM's endpoints moved to the destination's, and the
+/// destination binary if the spec names one.
+fn destination_cmdline(
+    source: &Instance,
+    spec: &MigrationSpec,
+) -> impl Fn(&Endpoints) -> virtest_qemu_cmdline::QemuCmdline + Sync + use<> {
+    let cmdline = source.cmdline().clone();
+    let from = source.endpoints().clone();
+    let binary = spec.destination_qemu.clone();
+    move |to: &Endpoints| {
+        let mut clone = cmdline.clone_for_incoming("defer", |endpoint| match endpoint {
+            Endpoint::Path(p) if p == from.qmp_socket => Endpoint::Path(to.qmp_socket.clone()),
+            Endpoint::Path(p) if p == from.console_socket => {
+                Endpoint::Path(to.console_socket.clone())
+            }
+            Endpoint::Port(p) if p == from.ssh_port => Endpoint::Port(to.ssh_port),
+            other => other,
+        });
+        if let Some(binary) = &binary {
+            clone.binary = binary.clone();
+        }
+        clone
+    }
+}
+
+/// Capabilities on both sides, parameters where they apply.
+async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Result<()> {
+    let capabilities: Vec<Value> = spec
+        .capabilities()
+        .into_iter()
+        .map(|(c, on)| json!({"capability": c, "state": on}))
+        .collect();
+    let mut source_params = serde_json::Map::new();
+    let mut destination_params = serde_json::Map::new();
+    // Set every time: a source keeps what an earlier, failed migration set.
+    let bandwidth = spec.max_bandwidth.unwrap_or(QEMU_DEFAULT_MAX_BANDWIDTH);
+    source_params.insert("max-bandwidth".into(), json!(bandwidth));
+    let limit = spec
+        .downtime_limit_ms
+        .unwrap_or(QEMU_DEFAULT_DOWNTIME_LIMIT_MS);
+    source_params.insert("downtime-limit".into(), json!(limit));
+    if let Some(bytes) = spec.xbzrle_cache_bytes {
+        source_params.insert("xbzrle-cache-size".into(), json!(bytes));
+    }
+    if let Some(channels) = spec.multifd_channels {
+        source_params.insert("multifd-channels".into(), json!(channels));
+        destination_params.insert("multifd-channels".into(), json!(channels));
+    }
+    for (side, qmp, params) in [
+        ("source", source, source_params),
+        ("destination", destination, destination_params),
+    ] {
+        let failed = |step: &str| {
+            let step = step.to_string();
+            move |source| Error::Qmp { side, step, source }
+        };
+        qmp.execute_raw(
+            "migrate-set-capabilities",
+            json!({ "capabilities": capabilities }),
+        )
+        .await
+        .map_err(failed("`migrate-set-capabilities`"))?;
+        if !params.is_empty() {
+            qmp.execute_raw("migrate-set-parameters", Value::Object(params))
+                .await
+                .map_err(failed("`migrate-set-parameters`"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the migration on the source and follows its MIGRATION events
+/// until it completes, fails, a QEMU dies, or the timeout passes.
+async fn follow(
+    vm: &Vm,
+    destination: &Instance,
+    spec: &MigrationSpec,
+    transport: &Transport,
+    wall: Instant,
+    timeline: &mut Vec<StatusChange>,
+) -> Result<()> {
+    let source = vm.instance().map_err(Error::Source)?;
+    let qmp = source.qmp();
+    let mut events = qmp.subscribe();
+    let uri = &transport.source_uri;
+    qmp.execute_raw("migrate", json!({ "uri": uri }))
+        .await
+        .map_err(|source| Error::Qmp {
+            side: "source",
+            step: format!("`migrate` to `{uri}`"),
+            source,
+        })?;
+    let deadline = tokio::time::Instant::from_std(wall) + spec.timeout;
+    let mut switched = false;
+    let mut last = String::from("setup");
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let event = event.map_err(|source| Error::Qmp {
+                    side: "source",
+                    step: "following the migration".into(),
+                    source,
+                })?;
+                if event.name != "MIGRATION" {
+                    continue;
+                }
+                let status = event.data["status"].as_str().unwrap_or("?").to_string();
+                timeline.push(StatusChange {
+                    status: status.clone(),
+                    at_ms: millis(wall.elapsed()),
+                });
+                tracing::debug!(%status, "migration status");
+                last = status.clone();
+                match status.as_str() {
+                    "completed" => return Ok(()),
+                    "failed" | "cancelled" => {
+                        let info = qmp.execute_raw("query-migrate", Value::Null).await;
+                        let reason = info
+                            .ok()
+                            .and_then(|i| i["error-desc"].as_str().map(String::from))
+                            .unwrap_or_else(|| "QEMU gave no reason".into());
+                        return Err(Error::Failed { status, reason });
+                    }
+                    "active" if spec.postcopy && !switched => {
+                        switched = true;
+                        qmp.execute_raw("migrate-start-postcopy", Value::Null)
+                            .await
+                            .map_err(|source| Error::Qmp {
+                                side: "source",
+                                step: "`migrate-start-postcopy`".into(),
+                                source,
+                            })?;
+                    }
+                    _ => {}
+                }
+            }
+            status = destination.exited() => {
+                let stderr_tail = destination.output_tail();
+                return Err(Error::DestinationDied { status, stderr_tail });
+            }
+            status = source.exited() => return Err(Error::SourceDied { status }),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Error::Timeout { after: spec.timeout, last_status: last });
+            }
+        }
+    }
+}
+
+/// Checks the destination runs the guest (when the source did).
+async fn destination_runs(
+    destination: &Instance,
+    source_state: &VmState,
+    since: virtest_qmp::EventCursor,
+) -> Result<()> {
+    if *source_state != VmState::Running {
+        return Ok(());
+    }
+    let qmp = destination.qmp();
+    let failed = |step: &str| {
+        let step = step.to_string();
+        move |source| Error::Qmp {
+            side: "destination",
+            step,
+            source,
+        }
+    };
+    qmp.wait_event(since, "RESUME", &Value::Null, Duration::from_secs(10))
+        .await
+        .map_err(failed("waiting for the guest to resume"))?;
+    let status = qmp
+        .execute_raw("query-status", Value::Null)
+        .await
+        .map_err(failed("`query-status`"))?;
+    if status["status"] != "running" {
+        return Err(Error::NotRunning {
+            state: status["status"].as_str().unwrap_or("?").to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// After a failed migration: cancels what may still run, kills the
+/// destination, and makes sure the source runs as before. Returns `error`.
+async fn recover_source(
+    vm: &Vm,
+    destination: Instance,
+    source_state: VmState,
+    error: Error,
+) -> Error {
+    drop(destination);
+    if matches!(error, Error::SourceDied { .. }) {
+        return error;
+    }
+    let Ok(qmp) = vm.qmp() else {
+        return error;
+    };
+    let quick = Duration::from_secs(5);
+    let _ = qmp
+        .execute_raw_within("migrate_cancel", Value::Null, quick)
+        .await;
+    // Cancelling takes effect asynchronously.
+    for _ in 0..500 {
+        let info = qmp
+            .execute_raw_within("query-migrate", Value::Null, quick)
+            .await;
+        let status = info.as_ref().map(|i| i["status"].as_str().unwrap_or(""));
+        if !matches!(
+            status,
+            Ok("setup" | "active" | "cancelling" | "device" | "pre-switchover")
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if source_state == VmState::Running {
+        let state = vm.state().await.ok();
+        if state != Some(VmState::Running) {
+            tracing::info!(?state, "resuming the source after the failed migration");
+            let _ = qmp.execute_raw_within("cont", Value::Null, quick).await;
+        }
+    }
+    error
+}
+
+/// `query-migrate` on the completed source, re-asked while QEMU's totals
+/// still read 0.
+async fn final_figures(qmp: &Qmp) -> Result<Value> {
+    let mut info = Value::Null;
+    for _ in 0..100 {
+        info = qmp
+            .execute_raw("query-migrate", Value::Null)
+            .await
+            .map_err(|source| Error::Qmp {
+                side: "source",
+                step: "`query-migrate`".into(),
+                source,
+            })?;
+        if info["status"] == "completed" && info["total-time"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(info)
+}
+
+/// Ends the old source: `quit`, then the kill of its drop.
+async fn retire(old: Instance) {
+    let quick = Duration::from_secs(2);
+    let _ = old
+        .qmp()
+        .execute_raw_within("quit", Value::Null, quick)
+        .await;
+    if old.wait_exit(Duration::from_secs(3)).await.is_none() {
+        tracing::warn!(pid = old.pid(), "the old source did not quit; killing it");
+    }
+}
+
+/// Milliseconds, to the microsecond.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}

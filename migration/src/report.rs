@@ -1,0 +1,146 @@
+//! What a migration did, in QEMU's figures and ours.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::mode::MigrationMode;
+
+/// A status QEMU reported, and when (ms since `migrate` was called).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// QEMU's status (`setup`, `active`, `postcopy-active`, `completed`).
+    pub status: String,
+    /// Milliseconds since the call began.
+    pub at_ms: f64,
+}
+
+/// RAM figures from `query-migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RamFigures {
+    /// Bytes sent.
+    pub transferred: u64,
+    /// Bytes left to send.
+    pub remaining: u64,
+    /// The guest's RAM size in bytes.
+    pub total: u64,
+    /// Pages sent whole.
+    pub normal_pages: u64,
+    /// Zero pages (sent as a marker).
+    pub duplicate_pages: u64,
+    /// How many times the dirty bitmap was synced (passes over RAM).
+    pub dirty_sync_count: u64,
+    /// Pages the destination requested in postcopy.
+    pub postcopy_requests: u64,
+    /// QEMU's throughput figure, in Mbit/s.
+    pub mbps: f64,
+}
+
+/// One migration's record; serialized as `migration-<n>.json` in the VM's
+/// log directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// The transport.
+    pub mode: MigrationMode,
+    /// The capabilities set.
+    pub capabilities: Vec<String>,
+    /// Every status, in order.
+    pub timeline: Vec<StatusChange>,
+    /// QEMU's total time, ms.
+    pub total_time_ms: u64,
+    /// QEMU's downtime (guest stopped), ms.
+    pub downtime_ms: u64,
+    /// QEMU's setup time, ms.
+    pub setup_time_ms: u64,
+    /// RAM figures.
+    pub ram: RamFigures,
+    /// Bytes transferred per second of total time, in MiB/s.
+    pub throughput_mib_s: f64,
+    /// The wall time of the whole call (destination start to source
+    /// reaped), ms.
+    pub wall_ms: f64,
+    /// Wall time beyond QEMU's total time: the orchestration's cost, ms.
+    pub overhead_ms: f64,
+    /// The source QEMU's pid.
+    pub source_pid: u32,
+    /// The destination QEMU's pid (the VM's QEMU after the call).
+    pub destination_pid: u32,
+}
+
+impl MigrationReport {
+    /// Fills QEMU's figures from a `query-migrate` reply.
+    pub(crate) fn take_figures(&mut self, info: &Value) {
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        self.total_time_ms = n(&info["total-time"]);
+        self.downtime_ms = n(&info["downtime"]);
+        self.setup_time_ms = n(&info["setup-time"]);
+        let ram = &info["ram"];
+        self.ram = RamFigures {
+            transferred: n(&ram["transferred"]),
+            remaining: n(&ram["remaining"]),
+            total: n(&ram["total"]),
+            normal_pages: n(&ram["normal"]),
+            duplicate_pages: n(&ram["duplicate"]),
+            dirty_sync_count: n(&ram["dirty-sync-count"]),
+            postcopy_requests: n(&ram["postcopy-requests"]),
+            mbps: ram["mbps"].as_f64().unwrap_or(0.0),
+        };
+        self.throughput_mib_s = if self.total_time_ms == 0 {
+            0.0
+        } else {
+            self.ram.transferred as f64 / (1 << 20) as f64 / (self.total_time_ms as f64 / 1000.0)
+        };
+    }
+
+    /// Writes the report as `migration-<n>.json` in `dir` (the first free
+    /// n), atomically; returns the path.
+    pub fn save(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let n = (1..)
+            .find(|n| !dir.join(format!("migration-{n}.json")).exists())
+            .expect("a free number");
+        let path = dir.join(format!("migration-{n}.json"));
+        let tmp = dir.join(format!(".migration-{n}.json.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_come_from_query_migrate() {
+        let mut report = MigrationReport {
+            mode: MigrationMode::Tcp,
+            capabilities: vec![],
+            timeline: vec![],
+            total_time_ms: 0,
+            downtime_ms: 0,
+            setup_time_ms: 0,
+            ram: RamFigures::default(),
+            throughput_mib_s: 0.0,
+            wall_ms: 0.0,
+            overhead_ms: 0.0,
+            source_pid: 1,
+            destination_pid: 2,
+        };
+        report.take_figures(&serde_json::json!({
+            "status": "completed", "total-time": 500, "downtime": 20, "setup-time": 3,
+            "ram": {"transferred": 52428800, "remaining": 0, "total": 268435456,
+                    "normal": 12000, "duplicate": 50000, "dirty-sync-count": 3, "mbps": 840.5}
+        }));
+        assert_eq!((report.total_time_ms, report.downtime_ms), (500, 20));
+        assert_eq!(report.ram.dirty_sync_count, 3);
+        assert!((report.throughput_mib_s - 100.0).abs() < 1e-9);
+        let dir = tempfile::tempdir().unwrap();
+        let first = report.save(dir.path()).unwrap();
+        let second = report.save(dir.path()).unwrap();
+        assert!(first.ends_with("migration-1.json") && second.ends_with("migration-2.json"));
+        let back: MigrationReport =
+            serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+        assert_eq!(back, report);
+    }
+}

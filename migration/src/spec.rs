@@ -1,0 +1,154 @@
+//! What a migration is asked to do.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::mode::MigrationMode;
+
+/// The default time a migration may take before it is cancelled (as
+/// avocado-virt had it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// QEMU's default `max-bandwidth`, bytes per second.
+pub const QEMU_DEFAULT_MAX_BANDWIDTH: u64 = 32 << 20;
+
+/// QEMU's default `downtime-limit`, milliseconds.
+pub const QEMU_DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
+
+/// A migration: its transport, capabilities, parameters and limits.
+///
+/// ```
+/// use virtest_migration::{MigrationMode, MigrationSpec};
+/// let mut spec = MigrationSpec::new(MigrationMode::Unix);
+/// spec.multifd_channels = Some(4);
+/// spec.downtime_limit_ms = Some(100);
+/// spec.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationSpec {
+    /// The transport.
+    pub mode: MigrationMode,
+    /// `postcopy-ram`, switched to postcopy as soon as the migration is
+    /// active.
+    pub postcopy: bool,
+    /// `multifd` with this many channels (tcp and unix only).
+    pub multifd_channels: Option<u32>,
+    /// `xbzrle` with a cache of this many bytes.
+    pub xbzrle_cache_bytes: Option<u64>,
+    /// `auto-converge`: throttle the guest's CPUs until it converges.
+    pub auto_converge: bool,
+    /// `max-bandwidth` in bytes per second (`None`: QEMU's default,
+    /// 32 MiB/s).
+    pub max_bandwidth: Option<u64>,
+    /// `downtime-limit` in milliseconds (`None`: QEMU's default, 300).
+    pub downtime_limit_ms: Option<u64>,
+    /// How long the migration may take before it is cancelled.
+    pub timeout: Duration,
+    /// The destination's QEMU binary (`None`: the source's).
+    pub destination_qemu: Option<PathBuf>,
+}
+
+impl MigrationSpec {
+    /// A plain migration over `mode`, with QEMU's defaults.
+    pub fn new(mode: MigrationMode) -> MigrationSpec {
+        MigrationSpec {
+            mode,
+            postcopy: false,
+            multifd_channels: None,
+            xbzrle_cache_bytes: None,
+            auto_converge: false,
+            max_bandwidth: None,
+            downtime_limit_ms: None,
+            timeout: DEFAULT_TIMEOUT,
+            destination_qemu: None,
+        }
+    }
+
+    /// Refuses combinations QEMU would reject halfway through.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(channels) = self.multifd_channels {
+            if !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix) {
+                return Err(Error::Spec(format!(
+                    "multifd needs a socket transport (tcp or unix), not {}",
+                    self.mode
+                )));
+            }
+            if channels == 0 {
+                return Err(Error::Spec("multifd needs at least one channel".into()));
+            }
+            if self.postcopy {
+                return Err(Error::Spec(
+                    "postcopy and multifd cannot be combined (QEMU refuses)".into(),
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::Spec("the timeout must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Every capability this crate manages, with the state the spec
+    /// wants (`events` always on). All are set each time, because a QEMU
+    /// keeps them: a destination that came in over multifd would
+    /// otherwise send over multifd too.
+    pub(crate) fn capabilities(&self) -> [(&'static str, bool); 5] {
+        [
+            ("events", true),
+            ("postcopy-ram", self.postcopy),
+            ("multifd", self.multifd_channels.is_some()),
+            ("xbzrle", self.xbzrle_cache_bytes.is_some()),
+            ("auto-converge", self.auto_converge),
+        ]
+    }
+
+    /// The capabilities turned on.
+    pub fn enabled_capabilities(&self) -> Vec<&'static str> {
+        self.capabilities()
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_combinations_are_refused_with_the_reason() {
+        let mut spec = MigrationSpec::new(MigrationMode::Exec);
+        spec.multifd_channels = Some(2);
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("tcp or unix")
+        );
+        spec.mode = MigrationMode::Tcp;
+        spec.postcopy = true;
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("postcopy")
+        );
+        spec.postcopy = false;
+        spec.multifd_channels = Some(0);
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn events_are_always_on() {
+        let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+        assert_eq!(spec.enabled_capabilities(), ["events"]);
+        spec.auto_converge = true;
+        spec.xbzrle_cache_bytes = Some(1 << 26);
+        assert_eq!(
+            spec.enabled_capabilities(),
+            ["events", "xbzrle", "auto-converge"]
+        );
+        assert!(spec.capabilities().contains(&("multifd", false)));
+    }
+}

@@ -1,0 +1,161 @@
+//! Opening the destination's end of each transport and naming the
+//! source's.
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use virtest_qmp::Qmp;
+
+use crate::error::{Error, Result};
+use crate::mode::MigrationMode;
+
+/// How many ports are tried for tcp when one is taken.
+const PORT_ATTEMPTS: usize = 8;
+
+/// A transport whose destination end listens: the source's URI, and the
+/// files to remove afterwards.
+#[derive(Debug)]
+pub(crate) struct Transport {
+    /// What the source's `migrate` is given.
+    pub source_uri: String,
+    /// Sockets and FIFOs made for this migration.
+    files: Vec<PathBuf>,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+impl Transport {
+    /// Starts the destination's incoming side over `mode`; `dir` is the
+    /// VM's private directory and `tag` makes names unique within it.
+    pub(crate) async fn open(
+        mode: MigrationMode,
+        dir: &Path,
+        tag: u32,
+        source: &Qmp,
+        destination: &Qmp,
+    ) -> Result<Transport> {
+        let incoming = async |uri: &str| {
+            destination
+                .execute_raw("migrate-incoming", json!({ "uri": uri }))
+                .await
+                .map_err(|source| Error::Qmp {
+                    side: "destination",
+                    step: format!("`migrate-incoming` on `{uri}`"),
+                    source,
+                })
+        };
+        match mode {
+            MigrationMode::Tcp => {
+                let mut attempt = 1;
+                loop {
+                    let port = virtest_vm::free_port().map_err(|source| Error::Transport {
+                        mode: "tcp",
+                        source,
+                    })?;
+                    let uri = format!("tcp:127.0.0.1:{port}");
+                    match incoming(&uri).await {
+                        Ok(_) => {
+                            return Ok(Transport {
+                                source_uri: uri,
+                                files: vec![],
+                            });
+                        }
+                        Err(e) if attempt < PORT_ATTEMPTS && e_in_use(&e) => {
+                            tracing::debug!(port, "migration port taken, trying another");
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            MigrationMode::Unix => {
+                let socket = dir.join(format!("migration-{tag}.sock"));
+                let _ = std::fs::remove_file(&socket);
+                let uri = format!("unix:{}", socket.display());
+                incoming(&uri).await?;
+                Ok(Transport {
+                    source_uri: uri,
+                    files: vec![socket],
+                })
+            }
+            MigrationMode::Exec => {
+                let fifo = dir.join(format!("migration-{tag}.fifo"));
+                let _ = std::fs::remove_file(&fifo);
+                make_fifo(&fifo).map_err(|source| Error::Transport {
+                    mode: "exec",
+                    source,
+                })?;
+                let quoted = shell_quote(&fifo.to_string_lossy());
+                let transport = Transport {
+                    source_uri: format!("exec:cat > {quoted}"),
+                    files: vec![fifo],
+                };
+                incoming(&format!("exec:cat {quoted}")).await?;
+                Ok(transport)
+            }
+            MigrationMode::Fd => {
+                let (out, into) = std::os::unix::net::UnixStream::pair()
+                    .map_err(|source| Error::Transport { mode: "fd", source })?;
+                let name = format!("virtest-migration-{tag}");
+                let getfd = async |qmp: &Qmp, side, fd: std::os::fd::BorrowedFd<'_>| {
+                    qmp.execute_with_fd("getfd", json!({ "fdname": name }), fd)
+                        .await
+                        .map_err(|source| Error::Qmp {
+                            side,
+                            step: "passing the migration socket (`getfd`)".into(),
+                            source,
+                        })
+                };
+                getfd(destination, "destination", into.as_fd()).await?;
+                getfd(source, "source", out.as_fd()).await?;
+                // QEMU holds its own copies now; ours close here.
+                incoming(&format!("fd:{name}")).await?;
+                Ok(Transport {
+                    source_uri: format!("fd:{name}"),
+                    files: vec![],
+                })
+            }
+        }
+    }
+}
+
+/// Whether QEMU said the address is in use.
+fn e_in_use(error: &Error) -> bool {
+    matches!(error, Error::Qmp { source: virtest_qmp::Error::Command { desc, .. }, .. }
+        if desc.contains("Address already in use"))
+}
+
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: c_path is a valid NUL-terminated string.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `text` as one word for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,331 @@
+//! Live migration of the default guest over every transport, with the
+//! capabilities, and when things go wrong.
+
+mod common;
+
+use std::time::Duration;
+
+use virtest::migration::{Error, Migrate, MigrationMode, MigrationReport, MigrationSpec};
+use virtest::vm::{Vm, VmConfig};
+
+async fn running_vm(logs: &std::path::Path) -> Vm {
+    let mut config = VmConfig::new(common::guest().clone());
+    config.log_dir = Some(logs.to_path_buf());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm
+}
+
+/// The guest's boot id and uptime.
+async fn identity(vm: &Vm) -> (String, f64) {
+    let out = vm
+        .remote()
+        .unwrap()
+        .run("cat /proc/sys/kernel/random/boot_id /proc/uptime")
+        .await
+        .unwrap();
+    let mut lines = out.stdout.lines();
+    let boot_id = lines.next().unwrap().to_string();
+    let uptime = lines.next().unwrap().split_whitespace().next().unwrap();
+    (boot_id, uptime.parse().unwrap())
+}
+
+/// QEMU processes of this VM (its runtime directory is in their sockets).
+fn qemus(vm: &Vm) -> Vec<u32> {
+    common::processes_with(&vm.runtime_dir().to_string_lossy())
+}
+
+fn check_report(report: &MigrationReport, mode: MigrationMode) {
+    assert_eq!(report.mode, mode);
+    assert!(report.total_time_ms > 0, "{report:?}");
+    assert!(
+        report.ram.transferred > 0 && report.ram.total > 0,
+        "{report:?}"
+    );
+    assert!(report.wall_ms >= report.total_time_ms as f64);
+    let statuses: Vec<&str> = report.timeline.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses.first(), Some(&"setup"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"completed"), "{statuses:?}");
+}
+
+/// Migrates over `mode` `times` times; the guest stays the same one and
+/// each destination takes over QMP, the console, the port and login.
+async fn migrate_over(mode: MigrationMode, times: usize) {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    let (boot_id, mut uptime) = identity(&vm).await;
+    for round in 1..=times {
+        let source = vm.pid().unwrap();
+        let port = vm.ssh_port();
+        let report = vm.migrate(mode).await.unwrap();
+        check_report(&report, mode);
+        assert_eq!(report.source_pid, source);
+        assert_eq!(Some(report.destination_pid), vm.pid());
+        assert!(!common::alive(source), "the source is reaped");
+        assert_ne!(vm.ssh_port(), port, "the destination forwards its own port");
+        assert_eq!(qemus(&vm), vec![report.destination_pid]);
+        vm.login_remote().await.unwrap();
+        let (id, now) = identity(&vm).await;
+        assert_eq!(id, boot_id, "round {round}: another guest answered");
+        assert!(
+            now > uptime,
+            "round {round}: uptime went from {uptime} to {now}"
+        );
+        uptime = now;
+        let saved = logs.path().join(format!("migration-{round}.json"));
+        let saved: MigrationReport =
+            serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+        assert_eq!(
+            (
+                saved.total_time_ms,
+                saved.downtime_ms,
+                saved.ram,
+                saved.timeline.len()
+            ),
+            (
+                report.total_time_ms,
+                report.downtime_ms,
+                report.ram.clone(),
+                report.timeline.len()
+            )
+        );
+    }
+    // The console of the destination still reaches console.log.
+    let mark = vm.console().unwrap().cursor();
+    vm.remote()
+        .unwrap()
+        .run("echo console-after-migration > /dev/ttyS0")
+        .await
+        .unwrap();
+    vm.wait_for_console_from(mark, "console-after-migration", Duration::from_secs(10))
+        .await
+        .unwrap();
+    vm.remote().unwrap().run("shutdown -h now").await.unwrap();
+    vm.power_off().await.unwrap();
+    assert!(qemus(&vm).is_empty());
+}
+
+#[tokio::test]
+async fn tcp_four_times_back_to_back() {
+    migrate_over(MigrationMode::Tcp, 4).await;
+}
+
+#[tokio::test]
+async fn unix_socket() {
+    migrate_over(MigrationMode::Unix, 2).await;
+}
+
+#[tokio::test]
+async fn exec_pipes() {
+    migrate_over(MigrationMode::Exec, 2).await;
+}
+
+#[tokio::test]
+async fn fd_passed_over_qmp() {
+    migrate_over(MigrationMode::Fd, 2).await;
+}
+
+#[test]
+fn an_unknown_mode_lists_the_valid_ones() {
+    let error = "rdma".parse::<MigrationMode>().unwrap_err();
+    assert!(error.to_string().contains("tcp, unix, exec, fd"));
+}
+
+/// Starts a workload that dirties 32 MiB of guest memory in a loop.
+async fn dirty_memory(vm: &Vm) {
+    vm.remote()
+        .unwrap()
+        .run(
+            "setsid sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/dirty bs=1M count=32 \
+             conv=notrunc 2>/dev/null; done' </dev/null >/dev/null 2>&1 & echo $! > /run/dirty.pid",
+        )
+        .await
+        .unwrap();
+}
+
+/// A dirtying guest converges with `spec`, which has a tight bandwidth.
+async fn converges_while_dirtying(mut spec: MigrationSpec) -> MigrationReport {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    spec.max_bandwidth = Some(16 << 20);
+    spec.timeout = Duration::from_secs(120);
+    let report = vm.migrate_with(&spec).await.unwrap();
+    check_report(&report, spec.mode);
+    vm.login_remote().await.unwrap();
+    // The workload survived the move.
+    vm.remote()
+        .unwrap()
+        .run("kill -0 $(cat /run/dirty.pid)")
+        .await
+        .unwrap();
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    report
+}
+
+#[tokio::test]
+async fn a_dirtying_guest_converges_with_auto_converge() {
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.auto_converge = true;
+    let report = converges_while_dirtying(spec).await;
+    assert!(report.capabilities.contains(&"auto-converge".to_string()));
+    assert!(report.ram.dirty_sync_count >= 2, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_dirtying_guest_converges_with_postcopy() {
+    let mut spec = MigrationSpec::new(MigrationMode::Unix);
+    spec.postcopy = true;
+    let report = converges_while_dirtying(spec).await;
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|s| s.status == "postcopy-active"),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn multifd_and_xbzrle_complete() {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    let mut multifd = MigrationSpec::new(MigrationMode::Tcp);
+    multifd.multifd_channels = Some(2);
+    let report = vm.migrate_with(&multifd).await.unwrap();
+    check_report(&report, MigrationMode::Tcp);
+    assert!(report.capabilities.contains(&"multifd".to_string()));
+    let mut xbzrle = MigrationSpec::new(MigrationMode::Unix);
+    xbzrle.xbzrle_cache_bytes = Some(32 << 20);
+    let report = vm.migrate_with(&xbzrle).await.unwrap();
+    check_report(&report, MigrationMode::Unix);
+    vm.login_remote().await.unwrap();
+    vm.remote().unwrap().run("true").await.unwrap();
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+/// After a failed migration: the same QEMU, still running, still
+/// answering over the same session, and no destination left.
+async fn source_survives(vm: &Vm, source: u32) {
+    assert_eq!(vm.pid(), Some(source));
+    assert_eq!(vm.state().await.unwrap(), virtest::vm::VmState::Running);
+    let out = vm.remote().unwrap().run("echo still-here").await.unwrap();
+    assert_eq!(out.stdout.trim(), "still-here");
+    assert!(
+        common::eventually(Duration::from_secs(2), || qemus(vm) == vec![source]),
+        "{:?}",
+        qemus(vm)
+    );
+}
+
+#[tokio::test]
+async fn a_destination_killed_mid_migration_leaves_the_source_running() {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
+    // Kill the destination once the stream flows.
+    let killer = tokio::task::spawn_blocking(move || {
+        let mut destination = None;
+        common::eventually(Duration::from_secs(30), || {
+            destination = common::processes_with(&runtime)
+                .into_iter()
+                .find(|&p| p != source);
+            destination.is_some()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = destination.expect("no destination started");
+        // SAFETY: signalling a QEMU of this test.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        pid
+    });
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(4 << 20);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let killed = killer.await.unwrap();
+    assert!(
+        matches!(error, Error::DestinationDied { .. } | Error::Failed { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("source VM keeps running"),
+        "{error}"
+    );
+    assert!(!common::alive(killed));
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_destination_binary_that_exits_at_once_is_reported() {
+    let _slot = common::guest_slots(1);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    let source = vm.pid().unwrap();
+    let fake = logs.path().join("qemu-that-fails");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake qemu: refusing to start' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Unix);
+    spec.destination_qemu = Some(fake);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    assert!(matches!(error, Error::Destination(_)), "{error:?}");
+    let source_text = std::error::Error::source(&error).unwrap().to_string();
+    assert!(
+        source_text.contains("fake qemu: refusing to start"),
+        "{source_text}"
+    );
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_migration_past_its_timeout_is_cancelled() {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(1 << 20);
+    spec.timeout = Duration::from_secs(3);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let Error::Timeout { last_status, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(last_status, "active");
+    let info = vm
+        .qmp()
+        .unwrap()
+        .execute_raw("query-migrate", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(info["status"], "cancelled");
+    source_survives(&vm, source).await;
+    // And it can still migrate, at the default bandwidth again.
+    vm.remote()
+        .unwrap()
+        .run("kill $(cat /run/dirty.pid)")
+        .await
+        .unwrap();
+    vm.migrate(MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_vm_that_is_off_cannot_migrate() {
+    let mut vm = Vm::new(VmConfig::new(common::guest().clone()));
+    let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
+    assert!(error.to_string().contains("must be running"), "{error}");
+}
