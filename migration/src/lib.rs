@@ -39,6 +39,4 @@ pub use error::{Error, Result};
 pub use migrate::Migrate;
 pub use mode::MigrationMode;
 pub use report::{MigrationReport, RamFigures, StatusChange};
-pub use spec::{
-    DEFAULT_TIMEOUT, MigrationSpec, QEMU_DEFAULT_DOWNTIME_LIMIT_MS, QEMU_DEFAULT_MAX_BANDWIDTH,
-};
+pub use spec::{DEFAULT_TIMEOUT, MigrationSpec};

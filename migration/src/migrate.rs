@@ -12,7 +12,7 @@ use virtest_vm::{Endpoints, Instance, Vm, VmState};
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
 use crate::report::{MigrationReport, RamFigures, StatusChange};
-use crate::spec::{MigrationSpec, QEMU_DEFAULT_DOWNTIME_LIMIT_MS, QEMU_DEFAULT_MAX_BANDWIDTH};
+use crate::spec::MigrationSpec;
 use crate::transport::Transport;
 
 /// Live migration for [`Vm`]: after it returns, the same `vm` drives the
@@ -173,13 +173,25 @@ async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Res
         .collect();
     let mut source_params = serde_json::Map::new();
     let mut destination_params = serde_json::Map::new();
-    // Set every time: a source keeps what an earlier, failed migration set.
-    let bandwidth = spec.max_bandwidth.unwrap_or(QEMU_DEFAULT_MAX_BANDWIDTH);
-    source_params.insert("max-bandwidth".into(), json!(bandwidth));
-    let limit = spec
-        .downtime_limit_ms
-        .unwrap_or(QEMU_DEFAULT_DOWNTIME_LIMIT_MS);
-    source_params.insert("downtime-limit".into(), json!(limit));
+    // Set every time: a source keeps what an earlier, failed migration
+    // set. Unset values take the fresh destination's, QEMU's defaults.
+    let defaults = destination
+        .execute_raw("query-migrate-parameters", Value::Null)
+        .await
+        .map_err(|source| Error::Qmp {
+            side: "destination",
+            step: "`query-migrate-parameters`".into(),
+            source,
+        })?;
+    for (name, asked) in [
+        ("max-bandwidth", spec.max_bandwidth),
+        ("downtime-limit", spec.downtime_limit_ms),
+    ] {
+        let value = asked.map(Value::from).unwrap_or(defaults[name].clone());
+        if !value.is_null() {
+            source_params.insert(name.into(), value);
+        }
+    }
     if let Some(bytes) = spec.xbzrle_cache_bytes {
         source_params.insert("xbzrle-cache-size".into(), json!(bytes));
     }

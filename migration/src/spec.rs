@@ -10,12 +10,6 @@ use crate::mode::MigrationMode;
 /// avocado-virt had it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// QEMU's default `max-bandwidth`, bytes per second.
-pub const QEMU_DEFAULT_MAX_BANDWIDTH: u64 = 32 << 20;
-
-/// QEMU's default `downtime-limit`, milliseconds.
-pub const QEMU_DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
-
 /// A migration: its transport, capabilities, parameters and limits.
 ///
 /// ```
@@ -38,8 +32,8 @@ pub struct MigrationSpec {
     pub xbzrle_cache_bytes: Option<u64>,
     /// `auto-converge`: throttle the guest's CPUs until it converges.
     pub auto_converge: bool,
-    /// `max-bandwidth` in bytes per second (`None`: QEMU's default,
-    /// 32 MiB/s).
+    /// `max-bandwidth` in bytes per second (`None`: QEMU's default, 128
+    /// MiB/s in 7.2).
     pub max_bandwidth: Option<u64>,
     /// `downtime-limit` in milliseconds (`None`: QEMU's default, 300).
     pub downtime_limit_ms: Option<u64>,
