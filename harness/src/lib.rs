@@ -1,5 +1,62 @@
-//! The virtest test framework: `VirtTest`, parameters and variants, the
-//! runner and job results.
+//! The virtest test framework: write tests as [`VirtTest`]s, run them as
+//! a job with parameters and variants, in parallel, with results people
+//! and CI systems read.
 //!
-//! Not built yet: this crate only reserves its place in the workspace
-//! (see issue "virtest-harness").
+//! ```no_run
+//! use virtest_harness::{Test, TestResult, VirtTest};
+//!
+//! struct Boot;
+//!
+//! impl VirtTest for Boot {
+//!     async fn action(&mut self, t: &mut Test) -> TestResult {
+//!         t.vm.power_on().await?;
+//!         t.vm.login_remote().await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! virtest_harness::main!(Boot);
+//! ```
+//!
+//! # Layout
+//!
+//! - `test`: [`VirtTest`], [`Test`] (the context), [`TestDef`].
+//! - `outcome`: [`TestResult`], [`TestError`], [`fail`], [`skip`],
+//!   [`cancel`], [`ensure!`].
+//! - `status`: [`Status`], avocado's statuses.
+//! - `params`: [`Params`], the known parameters, params files, variants.
+//! - `runner`: planning, running in parallel, timeouts, signals.
+//! - `results`: the job directory, `results.json`, JUnit.
+//! - `logging`: `job.log` and each test's `debug.log`.
+//! - `progress`: the live display.
+//! - `libtest`: the command line of a `main!` binary.
+#![deny(missing_docs)]
+
+pub mod libtest;
+mod logging;
+mod outcome;
+pub mod params;
+mod progress;
+pub mod results;
+pub mod runner;
+mod status;
+mod test;
+
+pub use outcome::{TestError, TestResult, cancel, fail, skip};
+pub use params::Params;
+pub use status::Status;
+pub use test::{Test, TestDef, VirtTest, vm_config};
+
+/// Makes a test binary of unit-struct tests, named after their types:
+/// `virtest::main!(Boot, Migration);`. The binary speaks libtest's
+/// command line, so `cargo test` and `cargo nextest run` drive it.
+#[macro_export]
+macro_rules! main {
+    ($($test:ident),+ $(,)?) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::libtest::main(vec![
+                $($crate::TestDef::new(stringify!($test), || $test)),+
+            ])
+        }
+    };
+}

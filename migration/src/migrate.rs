@@ -28,7 +28,8 @@ use crate::transport::Transport;
 /// # Ok(()) }
 /// ```
 pub trait Migrate {
-    /// Migrates over `mode` with QEMU's defaults and a 60 s timeout.
+    /// Migrates over `mode` with QEMU's defaults, and the timeout and
+    /// destination binary of the VM's config (60 s, the source's).
     fn migrate(
         &mut self,
         mode: MigrationMode,
@@ -43,7 +44,10 @@ pub trait Migrate {
 
 impl Migrate for Vm {
     async fn migrate(&mut self, mode: MigrationMode) -> Result<MigrationReport> {
-        self.migrate_with(&MigrationSpec::new(mode)).await
+        let mut spec = MigrationSpec::new(mode);
+        spec.timeout = self.config().migrate_timeout;
+        spec.destination_qemu = self.config().destination_qemu.clone();
+        self.migrate_with(&spec).await
     }
 
     async fn migrate_with(&mut self, spec: &MigrationSpec) -> Result<MigrationReport> {
@@ -246,8 +250,21 @@ async fn follow(
     let deadline = tokio::time::Instant::from_std(wall) + spec.timeout;
     let mut switched = false;
     let mut last = String::from("setup");
+    // Only for the progress display: statuses come from the events.
+    let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
+            _ = progress.tick() => {
+                if let Ok(info) = qmp.execute_raw("query-migrate", Value::Null).await {
+                    let ram = &info["ram"];
+                    if let (Some(total), Some(remaining)) = (ram["total"].as_u64(), ram["remaining"].as_u64())
+                        && total > 0
+                    {
+                        let done = 100.0 * total.saturating_sub(remaining) as f64 / total as f64;
+                        tracing::debug!(progress = done, "migration progress");
+                    }
+                }
+            }
             event = events.next() => {
                 let event = event.map_err(|source| Error::Qmp {
                     side: "source",

@@ -3,6 +3,8 @@
 
 mod bootstrap;
 mod doctor;
+mod results;
+mod run;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,12 @@ enum Command {
     Bootstrap(bootstrap::Args),
     /// Check this machine: QEMU, accelerators, the guest cache.
     Doctor(doctor::Args),
+    /// List the built-in tests (boot, reboot, migration) and variants.
+    List(run::ListArgs),
+    /// Run built-in tests as a job, and write its results.
+    Run(run::RunArgs),
+    /// Summarize a job's results (the latest by default).
+    Results(results::Args),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -34,6 +42,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::List(args) => run::list(args),
+        Command::Run(args) => run::run(args),
+        Command::Results(args) => results::run(args),
     };
     match result {
         Ok(code) => code,

@@ -70,6 +70,12 @@ pub struct VmConfig {
     pub graceful_timeout: Duration,
     /// How long QEMU may take to start (console and QMP connected).
     pub start_timeout: Duration,
+    /// The QEMU binary of a migration's destination (`None`: the
+    /// source's). Read by the migration layer.
+    pub destination_qemu: Option<PathBuf>,
+    /// How long one migration may take before it is cancelled. Read by
+    /// the migration layer.
+    pub migrate_timeout: Duration,
 }
 
 impl VmConfig {
@@ -89,6 +95,8 @@ impl VmConfig {
             login_timeout: Duration::from_secs(60),
             graceful_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(30),
+            destination_qemu: None,
+            migrate_timeout: Duration::from_secs(60),
         }
     }
 

@@ -172,7 +172,7 @@ impl Vm {
     /// guest's sshd forwarded from a free port on 127.0.0.1. Returns once
     /// QMP answers; the guest is then booting.
     pub async fn power_on(&mut self) -> Result<()> {
-        let span = self.span.clone();
+        let span = tracing::info_span!(parent: &self.span, "power_on");
         self.power_on_inner().instrument(span).await
     }
 
@@ -364,7 +364,7 @@ impl Vm {
     /// again; [`Reboot::Guest`] needs a remote session. Call
     /// [`Vm::login_remote`] afterwards.
     pub async fn reboot(&mut self, how: Reboot) -> Result<()> {
-        let span = self.span.clone();
+        let span = tracing::info_span!(parent: &self.span, "reboot");
         async {
             let cursor = self.console()?.cursor();
             let since = self.qmp()?.event_cursor();
@@ -485,7 +485,7 @@ impl Vm {
     /// [`Vm::login_remote`] with its own deadline. On timeout the error
     /// holds the console's last 30 lines.
     pub async fn login_remote_within(&mut self, deadline: Duration) -> Result<&SshSession> {
-        let span = self.span.clone();
+        let span = tracing::info_span!(parent: &self.span, "login_remote");
         let start = Instant::now();
         let port = self
             .ssh_port()
@@ -506,7 +506,10 @@ impl Vm {
             }
             let config = self.ssh_config(port);
             let left = deadline.saturating_sub(start.elapsed());
-            match SshSession::wait_for_login(&config, left).await {
+            // The session's span must hang off the VM's, not off this
+            // call's: it lives as long as the session.
+            let login = SshSession::wait_for_login(&config, left).instrument(self.span.clone());
+            match login.await {
                 Ok(session) => {
                     tracing::info!(elapsed = ?start.elapsed(), port, "logged in");
                     Ok(session)
@@ -555,7 +558,7 @@ impl Vm {
 
     /// [`Vm::power_off`], waiting at most `graceful` for the guest.
     pub async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
-        let span = self.span.clone();
+        let span = tracing::info_span!(parent: &self.span, "power_off");
         self.remote = None;
         let Some(mut instance) = self.instance.take() else {
             return Ok(PowerOff::AlreadyOff);

@@ -1,0 +1,120 @@
+//! The entry point of a `virtest::main!` binary: it speaks libtest's
+//! command line (`--list --format terse`, `--exact`, filters,
+//! `--nocapture`, `--test-threads`), so `cargo test` and `cargo nextest
+//! run` drive it, and it takes virtest's own options too.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::params::ParamSources;
+use crate::runner::{self, Filter, JobOptions};
+use crate::test::TestDef;
+
+/// libtest's options, and virtest's.
+#[derive(Debug, Parser)]
+#[command(about = "A virtest test binary (libtest-compatible command line)")]
+struct Args {
+    /// Run tests whose name contains one of these.
+    filters: Vec<String>,
+    /// List the tests instead of running them.
+    #[arg(long)]
+    list: bool,
+    /// Filters match whole names.
+    #[arg(long)]
+    exact: bool,
+    /// Leave out tests whose name contains this.
+    #[arg(long)]
+    skip: Vec<String>,
+    /// Run only ignored tests (virtest has none).
+    #[arg(long)]
+    ignored: bool,
+    /// Run ignored tests too.
+    #[arg(long)]
+    include_ignored: bool,
+    /// Accepted for libtest compatibility: output is never captured.
+    #[arg(long)]
+    nocapture: bool,
+    /// Accepted for libtest compatibility.
+    #[arg(long)]
+    show_output: bool,
+    /// Tests at once (as --max-parallel).
+    #[arg(long)]
+    test_threads: Option<usize>,
+    /// `pretty` or `terse` (listing).
+    #[arg(long)]
+    format: Option<String>,
+    /// Accepted for libtest compatibility.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Accepted for libtest compatibility.
+    #[arg(long)]
+    color: Option<String>,
+    /// Accepted for libtest compatibility (`-Z unstable-options`).
+    #[arg(short = 'Z')]
+    unstable: Vec<String>,
+    /// Benchmarks: virtest has none.
+    #[arg(long)]
+    bench: bool,
+    /// A parameter, `key=value` (repeatable).
+    #[arg(short = 'p', long = "param")]
+    params: Vec<String>,
+    /// A params file (TOML or JSON); also `$VIRTEST_PARAMS`.
+    #[arg(long, env = "VIRTEST_PARAMS")]
+    params_file: Option<PathBuf>,
+    /// Tests at once (default: the number of cores).
+    #[arg(long)]
+    max_parallel: Option<usize>,
+    /// Where job directories go (default: `$VIRTEST_RESULTS`, else
+    /// `job-results` in virtest's cache).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+/// Runs a test binary made of `defs` with the process's arguments.
+pub fn main(defs: Vec<TestDef>) -> ExitCode {
+    let args = Args::parse();
+    let sources = ParamSources {
+        file: args.params_file.clone(),
+        assignments: args.params.clone(),
+    };
+    let filter = Filter {
+        patterns: args.filters.clone(),
+        exact: args.exact,
+        skip: args.skip.clone(),
+    };
+    let (planned, warnings) = match runner::plan(&defs, &sources, &filter) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    // virtest has no ignored tests and no benchmarks.
+    let planned = if (args.ignored && !args.include_ignored) || args.bench {
+        Vec::new()
+    } else {
+        planned
+    };
+    if args.list {
+        for test in &planned {
+            println!("{}: test", test.name);
+        }
+        if args.format.as_deref() != Some("terse") {
+            println!("\n{} tests, 0 benchmarks", planned.len());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut options = JobOptions::new();
+    if let Some(dir) = args.results_dir {
+        options.results_dir = dir;
+    }
+    if let Some(n) = args.max_parallel.or(args.test_threads) {
+        options.max_parallel = n;
+    }
+    runner::run_and_report(&defs, planned, &options)
+}

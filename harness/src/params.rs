@@ -1,0 +1,535 @@
+//! Test parameters: defaults, a params file (TOML or JSON), environment
+//! variables and `-p key=value`, in rising precedence; lists in the file
+//! make variants.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// What a known parameter holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text.
+    Text,
+    /// A path.
+    Path,
+    /// A whole number, at least 0.
+    Count,
+    /// Seconds (a number, fractions allowed).
+    Seconds,
+    /// `auto`, `kvm` or `tcg`.
+    Accel,
+    /// `tcp`, `unix`, `exec` or `fd`.
+    MigrationMode,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Path => "a path",
+            Kind::Count => "a whole number",
+            Kind::Seconds => "a number of seconds",
+            Kind::Accel => "one of auto, kvm, tcg",
+            Kind::MigrationMode => "one of tcp, unix, exec, fd",
+        }
+    }
+
+    fn accepts(self, value: &str) -> bool {
+        match self {
+            Kind::Text | Kind::Path => true,
+            Kind::Count => value.parse::<u64>().is_ok(),
+            Kind::Seconds => value
+                .parse::<f64>()
+                .is_ok_and(|s| s >= 0.0 && s.is_finite()),
+            Kind::Accel => matches!(value, "auto" | "kvm" | "tcg"),
+            Kind::MigrationMode => matches!(value, "tcp" | "unix" | "exec" | "fd"),
+        }
+    }
+}
+
+/// A parameter the framework knows: its name, default and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    /// Its name.
+    pub name: &'static str,
+    /// Its default (`""`: none; the framework decides).
+    pub default: &'static str,
+    /// What it holds.
+    pub kind: Kind,
+    /// What it does.
+    pub help: &'static str,
+}
+
+/// The parameters the framework knows, avocado-virt's among them.
+pub const KNOWN: &[Known] = &[
+    Known {
+        name: "qemu_bin",
+        default: "",
+        kind: Kind::Path,
+        help: "QEMU system emulator ($QEMU, then qemu-system-x86_64 on PATH)",
+    },
+    Known {
+        name: "qemu_dst_bin",
+        default: "",
+        kind: Kind::Path,
+        help: "QEMU for a migration's destination (the source's)",
+    },
+    Known {
+        name: "qemu_img_bin",
+        default: "",
+        kind: Kind::Path,
+        help: "qemu-img ($QEMU_IMG, then PATH)",
+    },
+    Known {
+        name: "guest",
+        default: "",
+        kind: Kind::Path,
+        help: "the guest's directory or manifest.json (the default guest `virtest bootstrap` builds)",
+    },
+    Known {
+        name: "guest_user",
+        default: "",
+        kind: Kind::Text,
+        help: "the user to log in as (the guest's)",
+    },
+    Known {
+        name: "guest_password",
+        default: "",
+        kind: Kind::Text,
+        help: "log in with this password instead of the guest's key",
+    },
+    Known {
+        name: "accel",
+        default: "auto",
+        kind: Kind::Accel,
+        help: "accelerator: auto takes KVM only where it can boot a guest",
+    },
+    Known {
+        name: "memory",
+        default: "",
+        kind: Kind::Count,
+        help: "guest memory in MiB (the guest's hint)",
+    },
+    Known {
+        name: "cpus",
+        default: "",
+        kind: Kind::Count,
+        help: "guest processors (1)",
+    },
+    Known {
+        name: "login_timeout",
+        default: "60",
+        kind: Kind::Seconds,
+        help: "how long login_remote waits",
+    },
+    Known {
+        name: "migration_mode",
+        default: "tcp",
+        kind: Kind::MigrationMode,
+        help: "migration transport",
+    },
+    Known {
+        name: "migration_iterations",
+        default: "4",
+        kind: Kind::Count,
+        help: "migrations the migration test does",
+    },
+    Known {
+        name: "migrate_timeout",
+        default: "60",
+        kind: Kind::Seconds,
+        help: "how long one migration may take before it is cancelled",
+    },
+    Known {
+        name: "timeout",
+        default: "600",
+        kind: Kind::Seconds,
+        help: "per test: setup and action together (cleanup has its own 120 s)",
+    },
+];
+
+/// Parameter names whose values never reach a log or a results file.
+pub fn is_secret(name: &str) -> bool {
+    name.contains("password") || name.contains("secret")
+}
+
+/// What can be wrong with parameters.
+#[derive(Debug, Error)]
+pub enum ParamError {
+    /// A value is not of the parameter's type.
+    #[error("parameter `{key}` is `{value}`, which is not {expected}")]
+    Type {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
+    /// The params file cannot be read or does not parse.
+    #[error("params file `{path}`: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line where the parser says.
+        reason: String,
+    },
+    /// `-p` without `=`.
+    #[error("`-p {0}` is not key=value")]
+    Assignment(String),
+}
+
+/// The parameters of one test run (one variant).
+///
+/// ```
+/// use virtest_harness::Params;
+/// let mut params = Params::defaults();
+/// params.set("migration_iterations", "2");
+/// assert_eq!(params.get_or("migration_iterations", 4u32).unwrap(), 2);
+/// assert_eq!(params.get_or("login_timeout", 0.0).unwrap(), 60.0);
+/// assert!(params.get::<u32>("migration_mode").is_err());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Params {
+    /// The known parameters' defaults.
+    pub fn defaults() -> Params {
+        let mut params = Params::default();
+        for known in KNOWN.iter().filter(|k| !k.default.is_empty()) {
+            params.set(known.name, known.default);
+        }
+        params
+    }
+
+    /// Sets `key` (no check; [`Params::check`] checks known keys).
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.values.insert(key.into(), value.into());
+    }
+
+    /// The raw value, if set.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value parsed as `T`, if set; an error names the key and type.
+    pub fn get<T: FromStr>(&self, key: &str) -> Result<Option<T>, ParamError> {
+        let Some(value) = self.get_str(key) else {
+            return Ok(None);
+        };
+        value.parse().map(Some).map_err(|_| ParamError::Type {
+            key: key.into(),
+            value: value.into(),
+            expected: short_type_name::<T>(),
+        })
+    }
+
+    /// The value parsed as `T`, or `default` when unset.
+    pub fn get_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, ParamError> {
+        Ok(self.get(key)?.unwrap_or(default))
+    }
+
+    /// A duration in seconds, or `default` when unset.
+    pub fn seconds_or(
+        &self,
+        key: &str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ParamError> {
+        Ok(self
+            .get::<f64>(key)?
+            .map(std::time::Duration::from_secs_f64)
+            .unwrap_or(default))
+    }
+
+    /// Every parameter, secrets redacted: for logs and results files.
+    pub fn redacted(&self) -> BTreeMap<String, String> {
+        self.values
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret(k) && !v.is_empty() {
+                    "<redacted>".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Checks each known parameter's value against its type.
+    pub fn check(&self) -> Result<(), ParamError> {
+        for known in KNOWN {
+            if let Some(value) = self.get_str(known.name)
+                && !known.kind.accepts(value)
+            {
+                return Err(ParamError::Type {
+                    key: known.name.into(),
+                    value: value.into(),
+                    expected: known.kind.describe().into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `u32` rather than `core::primitive::u32`.
+fn short_type_name<T>() -> String {
+    let name = std::any::type_name::<T>();
+    name.rsplit("::").next().unwrap_or(name).to_string()
+}
+
+/// One combination of the params file's lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// `migration_mode=unix,cpus=2`; empty without lists.
+    pub name: String,
+    /// Its parameters, all sources applied.
+    pub params: Params,
+}
+
+/// Where parameters come from, before they are combined.
+#[derive(Debug, Clone, Default)]
+pub struct ParamSources {
+    /// A params file (`.toml`, or `.json`).
+    pub file: Option<PathBuf>,
+    /// `-p key=value`, in order.
+    pub assignments: Vec<String>,
+}
+
+impl ParamSources {
+    /// Every variant: defaults, then the file (its lists multiplied out),
+    /// then `VIRTEST_<KEY>` variables for known keys, then `-p`. Unknown
+    /// keys in the file come back as warnings naming them.
+    pub fn variants(&self) -> Result<(Vec<Variant>, Vec<String>), ParamError> {
+        let env = |name: &str| std::env::var(name).ok();
+        self.variants_with(&env)
+    }
+
+    /// [`ParamSources::variants`] with the environment given, for tests.
+    pub fn variants_with(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Vec<Variant>, Vec<String>), ParamError> {
+        let mut warnings = Vec::new();
+        let file = match &self.file {
+            Some(path) => load_file(path)?,
+            None => BTreeMap::new(),
+        };
+        for key in file.keys().filter(|k| !KNOWN.iter().any(|n| n.name == *k)) {
+            warnings.push(format!(
+                "params file: unknown parameter `{key}` (tests may still read it; known: {})",
+                KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let mut later = Params::default();
+        for known in KNOWN {
+            if let Some(value) = env(&format!("VIRTEST_{}", known.name.to_uppercase())) {
+                later.set(known.name, value);
+            }
+        }
+        for assignment in &self.assignments {
+            let (key, value) = assignment
+                .split_once('=')
+                .ok_or_else(|| ParamError::Assignment(assignment.clone()))?;
+            later.set(key.trim(), value);
+        }
+        let mut variants = vec![Variant {
+            name: String::new(),
+            params: Params::defaults(),
+        }];
+        for (key, values) in &file {
+            let overridden = later.values.contains_key(key);
+            let values = if overridden {
+                &values[..1]
+            } else {
+                &values[..]
+            };
+            variants = variants
+                .into_iter()
+                .flat_map(|variant| {
+                    values.iter().map(move |value| {
+                        let mut next = variant.clone();
+                        next.params.set(key.clone(), value.clone());
+                        if values.len() > 1 {
+                            if !next.name.is_empty() {
+                                next.name.push(',');
+                            }
+                            next.name.push_str(&format!("{key}={value}"));
+                        }
+                        next
+                    })
+                })
+                .collect();
+        }
+        for variant in &mut variants {
+            for (key, value) in &later.values {
+                variant.params.set(key.clone(), value.clone());
+            }
+            variant.params.check()?;
+        }
+        Ok((variants, warnings))
+    }
+}
+
+/// A params file as key → values (a scalar is one value).
+fn load_file(path: &Path) -> Result<BTreeMap<String, Vec<String>>, ParamError> {
+    let bad = |reason: String| ParamError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let table: BTreeMap<String, serde_json::Value> =
+        if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
+        } else {
+            toml::from_str(&text).map_err(|e| bad(toml_error(&text, &e)))?
+        };
+    let scalar = |key: &str, value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        other => Err(bad(format!(
+            "`{key}` must be a string, number, boolean or a list of them, not {other}"
+        ))),
+    };
+    table
+        .iter()
+        .map(|(key, value)| {
+            let values = match value {
+                serde_json::Value::Array(items) if items.is_empty() => {
+                    return Err(bad(format!("`{key}` is an empty list")));
+                }
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|v| scalar(key, v))
+                    .collect::<Result<_, _>>()?,
+                other => vec![scalar(key, other)?],
+            };
+            Ok((key.clone(), values))
+        })
+        .collect()
+}
+
+/// toml's error with its line number said first.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message();
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources_of(
+        file: &str,
+        ext: &str,
+        assignments: &[&str],
+    ) -> (tempfile::TempDir, ParamSources) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("params.{ext}"));
+        std::fs::write(&path, file).unwrap();
+        let sources = ParamSources {
+            file: Some(path),
+            assignments: assignments.iter().map(|a| a.to_string()).collect(),
+        };
+        (dir, sources)
+    }
+
+    #[test]
+    fn lists_multiply_into_named_variants() {
+        let (_dir, sources) = sources_of(
+            "migration_mode = [\"tcp\", \"unix\"]\ncpus = [1, 2]\nmemory = 512\n",
+            "toml",
+            &[],
+        );
+        let (variants, warnings) = sources.variants_with(&|_| None).unwrap();
+        assert!(warnings.is_empty());
+        let names: Vec<_> = variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "cpus=1,migration_mode=tcp",
+                "cpus=1,migration_mode=unix",
+                "cpus=2,migration_mode=tcp",
+                "cpus=2,migration_mode=unix"
+            ]
+        );
+        assert_eq!(variants[3].params.get_str("memory"), Some("512"));
+        assert_eq!(variants[0].params.get_str("login_timeout"), Some("60"));
+    }
+
+    #[test]
+    fn precedence_is_file_then_environment_then_p() {
+        let (_dir, sources) = sources_of(
+            "{\"login_timeout\": 10, \"migration_mode\": [\"tcp\", \"fd\"]}",
+            "json",
+            &["migration_mode=unix"],
+        );
+        let env = |name: &str| (name == "VIRTEST_LOGIN_TIMEOUT").then(|| "20".to_string());
+        let (variants, _) = sources.variants_with(&env).unwrap();
+        assert_eq!(variants.len(), 1, "-p fixes the listed key");
+        assert_eq!(variants[0].params.get_str("migration_mode"), Some("unix"));
+        assert_eq!(variants[0].params.get_str("login_timeout"), Some("20"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_a_warning_naming_it() {
+        let (_dir, sources) = sources_of("migration_mod = \"tcp\"\n", "toml", &[]);
+        let (_, warnings) = sources.variants_with(&|_| None).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("`migration_mod`"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key_and_the_type() {
+        let (_dir, sources) = sources_of("login_timeout = \"soon\"\n", "toml", &[]);
+        let error = sources.variants_with(&|_| None).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "parameter `login_timeout` is `soon`, which is not a number of seconds"
+        );
+        let (_dir, sources) = sources_of("", "toml", &["migration_mode=rdma"]);
+        let error = sources.variants_with(&|_| None).unwrap_err().to_string();
+        assert!(error.contains("one of tcp, unix, exec, fd"), "{error}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_says_where() {
+        let (_dir, sources) = sources_of("cpus = 2\nmemory = = 3\n", "toml", &[]);
+        let error = sources.variants_with(&|_| None).unwrap_err().to_string();
+        assert!(error.contains("params.toml"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+        let (_dir, sources) = sources_of("{\"cpus\": 2,\n \"memory\" 3}", "json", &[]);
+        let error = sources.variants_with(&|_| None).unwrap_err().to_string();
+        assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut params = Params::defaults();
+        params.set("guest_password", "hunter2");
+        assert_eq!(params.redacted()["guest_password"], "<redacted>");
+        assert!(!format!("{params:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,125 @@
+//! What the job shows while it runs: on a terminal, a live line per
+//! running test with its phase; otherwise, plain lines as tests start and
+//! end. Both end with the same summary.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::logging::Phase;
+use crate::results::TestRecord;
+
+/// The tests running now, by number.
+#[derive(Clone, Default)]
+pub(crate) struct Progress {
+    inner: Arc<Mutex<Board>>,
+}
+
+#[derive(Default)]
+struct Board {
+    running: BTreeMap<usize, (String, Phase, Instant)>,
+    /// Lines the live display has drawn (to redraw over).
+    drawn: usize,
+    total: usize,
+    done: usize,
+    live: bool,
+}
+
+impl Progress {
+    /// A display for `total` tests: live when stdout is a terminal.
+    pub(crate) fn new(total: usize) -> Progress {
+        let progress = Progress::default();
+        {
+            let mut board = progress.board();
+            board.total = total;
+            board.live = std::io::stdout().is_terminal();
+        }
+        progress
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn started(&self, n: usize, name: &str, phase: Phase) {
+        let mut board = self.board();
+        if !board.live {
+            println!(" ({n}/{}) {name}: STARTED", board.total);
+        }
+        board
+            .running
+            .insert(n, (name.to_string(), phase, Instant::now()));
+    }
+
+    pub(crate) fn finished(&self, n: usize, record: &TestRecord) {
+        let mut board = self.board();
+        board.running.remove(&n);
+        board.done += 1;
+        board.clear();
+        let reason = record
+            .fail_reason
+            .as_deref()
+            .map(|r| format!(": {}", r.lines().next().unwrap_or("")))
+            .unwrap_or_default();
+        println!(
+            " ({n}/{}) {}: {} ({:.2} s){reason}",
+            board.total, record.name, record.status, record.time
+        );
+        board.draw();
+    }
+
+    /// Redraws the live lines every 200 ms until dropped (a terminal only).
+    pub(crate) fn spawn_ticker(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.board().live {
+            return None;
+        }
+        let progress = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut board = progress.board();
+                board.clear();
+                board.draw();
+            }
+        }))
+    }
+
+    /// Removes the live lines (before the summary).
+    pub(crate) fn finish(&self) {
+        self.board().clear();
+    }
+}
+
+impl Board {
+    fn clear(&mut self) {
+        if self.live && self.drawn > 0 {
+            print!("\x1b[{}A\x1b[J", self.drawn);
+            self.drawn = 0;
+        }
+    }
+
+    fn draw(&mut self) {
+        if !self.live {
+            return;
+        }
+        let mut out = String::new();
+        for (n, (name, phase, since)) in &self.running {
+            let phase = phase.lock().map(|p| p.clone()).unwrap_or_default();
+            out.push_str(&format!(
+                "   ({n}/{}) {name}: {phase} ({:.0} s)\n",
+                self.total,
+                since.elapsed().as_secs_f64()
+            ));
+        }
+        out.push_str(&format!(
+            "   {} of {} done, {} running\n",
+            self.done,
+            self.total,
+            self.running.len()
+        ));
+        self.drawn = out.lines().count();
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+    }
+}

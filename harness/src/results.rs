@@ -1,0 +1,334 @@
+//! A job's results directory, avocado's layout: `job-<time>-<id>/` with
+//! `results.json`, `results.xml` (JUnit), `job.log`, and per test
+//! `test-results/<n>-<name>/`; a `latest` link beside the jobs. Files are
+//! written atomically (a temporary file, then a rename).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+
+/// One test's record, with avocado's field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRecord {
+    /// `<n>-<name>`, the name of its directory.
+    pub id: String,
+    /// The test's name with its variant (`migration@migration_mode=fd`).
+    pub name: String,
+    /// How it ended.
+    pub status: Status,
+    /// Why, unless it passed.
+    pub fail_reason: Option<String>,
+    /// Its directory.
+    pub logdir: PathBuf,
+    /// Its `debug.log`.
+    pub logfile: PathBuf,
+    /// Start, in seconds since the epoch.
+    pub start: f64,
+    /// End, in seconds since the epoch.
+    pub end: f64,
+    /// Duration, seconds.
+    pub time: f64,
+    /// Its parameters, secrets redacted.
+    pub params: BTreeMap<String, String>,
+    /// Warnings it recorded.
+    pub whiteboard: String,
+}
+
+/// A job's `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResults {
+    /// The job's id.
+    pub job_id: String,
+    /// The job's `job.log`.
+    pub debuglog: PathBuf,
+    /// Start, seconds since the epoch.
+    pub start: f64,
+    /// Duration, seconds.
+    pub time: f64,
+    /// Tests counted.
+    pub total: usize,
+    /// PASS.
+    pub pass: usize,
+    /// FAIL.
+    pub failures: usize,
+    /// ERROR.
+    pub errors: usize,
+    /// SKIP.
+    pub skip: usize,
+    /// CANCEL.
+    pub cancel: usize,
+    /// WARN.
+    pub warn: usize,
+    /// INTERRUPTED.
+    pub interrupt: usize,
+    /// Every test, in order.
+    pub tests: Vec<TestRecord>,
+}
+
+impl JobResults {
+    /// Counts the statuses of `tests`.
+    pub fn new(job_id: &str, debuglog: PathBuf, start: f64, tests: Vec<TestRecord>) -> JobResults {
+        let count = |status| tests.iter().filter(|t| t.status == status).count();
+        JobResults {
+            job_id: job_id.into(),
+            debuglog,
+            start,
+            time: now() - start,
+            total: tests.len(),
+            pass: count(Status::Pass),
+            failures: count(Status::Fail),
+            errors: count(Status::Error),
+            skip: count(Status::Skip),
+            cancel: count(Status::Cancel),
+            warn: count(Status::Warn),
+            interrupt: count(Status::Interrupted),
+            tests,
+        }
+    }
+
+    /// Whether every test ended in a successful status.
+    pub fn success(&self) -> bool {
+        self.tests.iter().all(|t| t.status.is_success())
+    }
+
+    /// Reads a job's `results.json`.
+    pub fn load(job_dir: &Path) -> std::io::Result<JobResults> {
+        let text = std::fs::read(job_dir.join("results.json"))?;
+        serde_json::from_slice(&text).map_err(std::io::Error::other)
+    }
+
+    /// The one-line summary avocado prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "RESULTS    : PASS {} | ERROR {} | FAIL {} | SKIP {} | WARN {} | INTERRUPT {} | CANCEL {}",
+            self.pass,
+            self.errors,
+            self.failures,
+            self.skip,
+            self.warn,
+            self.interrupt,
+            self.cancel
+        )
+    }
+
+    /// JUnit XML, as Jenkins and GitLab read it.
+    pub fn junit(&self) -> String {
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let failures = self.failures;
+        let errors = self.errors + self.interrupt;
+        let skipped = self.skip + self.cancel;
+        let _ = writeln!(
+            xml,
+            "<testsuites name=\"virtest\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{:.3}\">",
+            self.total, self.time
+        );
+        let _ = writeln!(
+            xml,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{:.3}\">",
+            escape(&self.job_id),
+            self.total,
+            self.time
+        );
+        for test in &self.tests {
+            let _ = write!(
+                xml,
+                "    <testcase classname=\"virtest\" name=\"{}\" time=\"{:.3}\">",
+                escape(&test.name),
+                test.time
+            );
+            let reason = escape(test.fail_reason.as_deref().unwrap_or(""));
+            let status = test.status;
+            match status {
+                Status::Pass => {}
+                Status::Warn => {
+                    let _ = write!(
+                        xml,
+                        "<system-out>WARN: {}</system-out>",
+                        escape(&test.whiteboard)
+                    );
+                }
+                Status::Fail => {
+                    let _ = write!(
+                        xml,
+                        "<failure type=\"{status}\" message=\"{reason}\">{reason}</failure>"
+                    );
+                }
+                Status::Error | Status::Interrupted => {
+                    let _ = write!(
+                        xml,
+                        "<error type=\"{status}\" message=\"{reason}\">{reason}</error>"
+                    );
+                }
+                Status::Skip | Status::Cancel => {
+                    let _ = write!(xml, "<skipped message=\"{status}: {reason}\"/>");
+                }
+            }
+            if !status.is_success() || status == Status::Warn {
+                let _ = write!(
+                    xml,
+                    "<system-err>logs: {}</system-err>",
+                    escape(&test.logdir.display().to_string())
+                );
+            }
+            xml.push_str("</testcase>\n");
+        }
+        xml.push_str("  </testsuite>\n</testsuites>\n");
+        xml
+    }
+
+    /// Writes `results.json` and `results.xml` into `job_dir`.
+    pub fn write(&self, job_dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(&job_dir.join("results.json"), &json)?;
+        write_atomic(&job_dir.join("results.xml"), self.junit().as_bytes())
+    }
+}
+
+/// XML's five escapes, and control characters dropped.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes `path` through a temporary file beside it and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Seconds since the epoch.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// A new job directory under `results_dir`: `job-<YYYY-MM-DDTHH.MM.SS>-<id>`
+/// (UTC), with `latest` pointing at it. Returns its path and id.
+pub fn create_job_dir(results_dir: &Path) -> std::io::Result<(PathBuf, String)> {
+    std::fs::create_dir_all(results_dir)?;
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let id = format!(
+        "{:07x}",
+        std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (SystemTime::now(), std::process::id())
+        ) & 0xfff_ffff
+    );
+    let dir = results_dir.join(format!("job-{}-{id}", timestamp(seconds)));
+    std::fs::create_dir(&dir)?;
+    std::fs::create_dir(dir.join("test-results"))?;
+    let latest = results_dir.join("latest");
+    let tmp = results_dir.join(format!(".latest-{id}"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir.file_name().unwrap_or_default(), &tmp)?;
+    std::fs::rename(&tmp, &latest)?;
+    Ok((dir, id))
+}
+
+/// `YYYY-MM-DDTHH.MM.SS` for seconds since the epoch, UTC.
+fn timestamp(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let day = seconds % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}.{:02}.{:02}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_calendar_dates() {
+        assert_eq!(timestamp(0), "1970-01-01T00.00.00");
+        assert_eq!(timestamp(1_795_607_328), "2026-11-25T11.48.48");
+        assert_eq!(timestamp(951_782_400), "2000-02-29T00.00.00");
+    }
+
+    #[test]
+    fn junit_escapes_and_counts() {
+        let record = |status, reason: Option<&str>| TestRecord {
+            id: "1-t".into(),
+            name: "t<&>".into(),
+            status,
+            fail_reason: reason.map(String::from),
+            logdir: "/r".into(),
+            logfile: "/r/debug.log".into(),
+            start: 0.0,
+            end: 1.0,
+            time: 1.0,
+            params: BTreeMap::new(),
+            whiteboard: String::new(),
+        };
+        let results = JobResults::new(
+            "abc",
+            "/r/job.log".into(),
+            now(),
+            vec![
+                record(Status::Pass, None),
+                record(Status::Fail, Some("\"x\" < y")),
+                record(Status::Interrupted, Some("timeout")),
+            ],
+        );
+        let xml = results.junit();
+        assert!(
+            xml.contains("tests=\"3\" failures=\"1\" errors=\"1\""),
+            "{xml}"
+        );
+        assert!(xml.contains("name=\"t&lt;&amp;&gt;\""));
+        assert!(xml.contains("message=\"&quot;x&quot; &lt; y\""));
+        assert!(!results.success());
+    }
+
+    #[test]
+    fn job_dirs_get_a_latest_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, _) = create_job_dir(tmp.path()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let (second, id) = create_job_dir(tmp.path()).unwrap();
+        assert_ne!(first, second);
+        assert!(second.to_string_lossy().ends_with(&id));
+        let latest = std::fs::canonicalize(tmp.path().join("latest")).unwrap();
+        assert_eq!(latest, std::fs::canonicalize(&second).unwrap());
+        assert!(second.join("test-results").is_dir());
+    }
+}

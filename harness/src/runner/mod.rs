@@ -1,0 +1,315 @@
+//! The runner: plans the tests (filters × variants), runs them in
+//! parallel with their timeouts, stops them on Ctrl-C or SIGTERM (their
+//! cleanup still runs), and writes the job's results as it goes.
+
+mod one;
+mod panics;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::{Semaphore, watch};
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::logging::{LogLayer, Phase};
+use crate::params::{ParamError, ParamSources, Params};
+use crate::progress::Progress;
+use crate::results::{self, JobResults, TestRecord};
+use crate::test::TestDef;
+
+/// Which tests to run, as libtest selects them.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Run tests whose name contains one of these (all when empty).
+    pub patterns: Vec<String>,
+    /// Patterns must equal the whole name.
+    pub exact: bool,
+    /// Leave out tests whose name contains one of these.
+    pub skip: Vec<String>,
+}
+
+impl Filter {
+    /// Whether `name` is selected.
+    pub fn matches(&self, name: &str) -> bool {
+        let hit = |p: &String| {
+            if self.exact {
+                name == p
+            } else {
+                name.contains(p.as_str())
+            }
+        };
+        (self.patterns.is_empty() || self.patterns.iter().any(hit))
+            && !self.skip.iter().any(|s| name.contains(s.as_str()))
+    }
+}
+
+/// One test run the job will do: a test and one variant of the params.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// `boot`, or `migration@migration_mode=fd` for a variant.
+    pub name: String,
+    /// The test's index among the definitions.
+    pub def: usize,
+    /// Its parameters.
+    pub params: Params,
+}
+
+/// Every (test, variant) pair `filter` selects, in order.
+pub fn plan(
+    defs: &[TestDef],
+    sources: &ParamSources,
+    filter: &Filter,
+) -> Result<(Vec<Planned>, Vec<String>), ParamError> {
+    let (variants, warnings) = sources.variants()?;
+    let mut planned = Vec::new();
+    for (def, test) in defs.iter().enumerate() {
+        for variant in &variants {
+            let name = if variant.name.is_empty() {
+                test.name().to_string()
+            } else {
+                format!("{}@{}", test.name(), variant.name)
+            };
+            if filter.matches(&name) {
+                planned.push(Planned {
+                    name,
+                    def,
+                    params: variant.params.clone(),
+                });
+            }
+        }
+    }
+    Ok((planned, warnings))
+}
+
+/// How a job runs.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// Where job directories go.
+    pub results_dir: PathBuf,
+    /// How many tests run at once.
+    pub max_parallel: usize,
+}
+
+impl JobOptions {
+    /// `$VIRTEST_RESULTS`, else `job-results` under virtest's cache
+    /// directory; as many tests at once as the machine has cores.
+    pub fn new() -> JobOptions {
+        let results_dir = std::env::var_os("VIRTEST_RESULTS")
+            .map(PathBuf::from)
+            .or_else(|| {
+                virtest_guest::cache::default_home()
+                    .ok()
+                    .map(|h| h.join("job-results"))
+            })
+            .unwrap_or_else(|| PathBuf::from("job-results"));
+        JobOptions {
+            results_dir,
+            max_parallel: default_parallelism(),
+        }
+    }
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions::new()
+    }
+}
+
+/// As many tests as there are cores: each guest keeps one busy under TCG.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Why a job could not run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The results directory cannot be written.
+    #[error(
+        "cannot write job results under `{path}` (choose another with --results-dir or VIRTEST_RESULTS)"
+    )]
+    ResultsDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A finished job: its directory and results.
+#[derive(Debug)]
+pub struct Job {
+    /// `job-<time>-<id>/`.
+    pub dir: PathBuf,
+    /// What `results.json` holds.
+    pub results: JobResults,
+}
+
+/// Runs `planned` tests of `defs` as one job, and writes its results.
+pub async fn run_job(
+    defs: &[TestDef],
+    planned: Vec<Planned>,
+    options: &JobOptions,
+) -> Result<Job, RunError> {
+    let unwritable = |source| RunError::ResultsDir {
+        path: options.results_dir.clone(),
+        source,
+    };
+    let (dir, job_id) = results::create_job_dir(&options.results_dir).map_err(unwritable)?;
+    let job_log = dir.join("job.log");
+    let file = std::fs::File::create(&job_log).map_err(unwritable)?;
+    let (layer, sinks) = LogLayer::new(file);
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let start = results::now();
+    JobResults::new(&job_id, job_log.clone(), start, Vec::new())
+        .write(&dir)
+        .map_err(unwritable)?;
+    let total = planned.len();
+    let progress = Progress::new(total);
+    let ticker = progress.spawn_ticker();
+    let (interrupt_tx, interrupt) = watch::channel(None::<&'static str>);
+    let signals = tokio::spawn(one::forward_signals(interrupt_tx));
+    let slots = Arc::new(Semaphore::new(options.max_parallel.max(1)));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    async {
+        tracing::info!(job = %job_id, tests = total, max_parallel = options.max_parallel, dir = %dir.display(), "job starts");
+    }
+    .with_subscriber(dispatch.clone())
+    .await;
+    for (index, plan) in planned.into_iter().enumerate() {
+        let n = index + 1;
+        let run = one::TestRun {
+            n,
+            dir: dir
+                .join("test-results")
+                .join(format!("{n}-{}", dir_name(&plan.name))),
+            name: plan.name,
+            params: plan.params,
+            test: defs[plan.def].make(),
+        };
+        let slots = slots.clone();
+        let interrupt = interrupt.clone();
+        let done_tx = done_tx.clone();
+        let progress = progress.clone();
+        let sinks = sinks.clone();
+        let dispatch = dispatch.clone();
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
+            let record = if let Some(signal) = *interrupt.borrow() {
+                one::not_started(&run, signal)
+            } else {
+                let phase = Phase::default();
+                progress.started(n, &run.name, phase.clone());
+                run.execute(interrupt, sinks, phase)
+                    .with_subscriber(dispatch)
+                    .await
+            };
+            let _ = done_tx.send((n, record));
+        });
+    }
+    drop(done_tx);
+    let mut records: Vec<(usize, TestRecord)> = Vec::new();
+    while let Some((n, record)) = done_rx.recv().await {
+        progress.finished(n, &record);
+        records.push((n, record));
+        records.sort_by_key(|(n, _)| *n);
+        let so_far = records.iter().map(|(_, r)| r.clone()).collect();
+        if let Err(e) = JobResults::new(&job_id, job_log.clone(), start, so_far).write(&dir) {
+            eprintln!("virtest: writing results failed: {e}");
+        }
+    }
+    signals.abort();
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    progress.finish();
+    let results = JobResults::new(
+        &job_id,
+        job_log,
+        start,
+        records.into_iter().map(|(_, r)| r).collect(),
+    );
+    results.write(&dir).map_err(unwritable)?;
+    let summary = results.summary();
+    async { tracing::info!("{summary}") }
+        .with_subscriber(dispatch)
+        .await;
+    Ok(Job { dir, results })
+}
+
+/// A test name made safe as a directory name.
+fn dir_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '=' | '.' | ',' | '@' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+/// Runs a job on a new runtime and prints its results the way people and
+/// `cargo test` read them; the exit code says whether every test passed.
+pub fn run_and_report(
+    defs: &[TestDef],
+    planned: Vec<Planned>,
+    options: &JobOptions,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let count = planned.len();
+    println!("\nrunning {count} tests");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.max_parallel.clamp(2, 16))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let job = match runtime.block_on(run_job(defs, planned, options)) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            return ExitCode::from(2);
+        }
+    };
+    // Let anything a test left behind (VM drops) finish before exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    let results = &job.results;
+    for test in &results.tests {
+        let verdict = if test.status.is_success() {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        println!("test {} ... {verdict}", test.name);
+    }
+    println!("\n{}", results.summary());
+    println!("JOB LOG    : {}", results.debuglog.display());
+    println!("JOB TIME   : {:.2} s", results.time);
+    let passed = results
+        .tests
+        .iter()
+        .filter(|t| t.status.is_success())
+        .count();
+    let failed = results.total - passed;
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
+        if results.success() { "ok" } else { "FAILED" },
+        results.time
+    );
+    if results.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(101)
+    }
+}

@@ -1,0 +1,220 @@
+//! Running one test: its directory and log, its phases under the timeout
+//! and the interrupt, cleanup always, and the VM killed if cleanup left it
+//! on.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::panics;
+use crate::logging::{Phase, Sinks, TEST_SPAN, TestSink};
+use crate::outcome::{TestError, TestResult, fail};
+use crate::params::Params;
+use crate::results::{self, TestRecord};
+use crate::status::Status;
+use crate::test::{DynTest, Test};
+
+/// How long cleanup may take, whatever happened before.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The default per-test timeout (the `timeout` parameter).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Which signal interrupted the job, once one did.
+pub(crate) type Interrupt = watch::Receiver<Option<&'static str>>;
+
+/// One planned test, ready to run.
+pub(crate) struct TestRun {
+    pub n: usize,
+    pub name: String,
+    pub params: Params,
+    pub dir: PathBuf,
+    pub test: Box<dyn DynTest>,
+}
+
+impl TestRun {
+    /// Runs the test and returns its record.
+    pub(crate) async fn execute(
+        self,
+        interrupt: Interrupt,
+        sinks: Sinks,
+        phase: Phase,
+    ) -> TestRecord {
+        panics::install_hook();
+        let start = results::now();
+        let TestRun {
+            n,
+            name,
+            params,
+            dir,
+            mut test,
+        } = self;
+        let record = |status, reason: Option<String>, whiteboard: String| TestRecord {
+            id: dir
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            name: name.clone(),
+            status,
+            fail_reason: reason,
+            logdir: dir.clone(),
+            logfile: dir.join("debug.log"),
+            start,
+            end: results::now(),
+            time: results::now() - start,
+            params: params.redacted(),
+            whiteboard,
+        };
+        let log = match std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::File::create(dir.join("debug.log")))
+        {
+            Ok(log) => log,
+            Err(e) => {
+                let reason = format!("cannot create `{}`: {e}", dir.display());
+                return record(Status::Error, Some(reason), String::new());
+            }
+        };
+        sinks.register(
+            n as u64,
+            TestSink {
+                log: Arc::new(Mutex::new(log)),
+                phase: phase.clone(),
+            },
+        );
+        let span = tracing::info_span!(TEST_SPAN, key = n as u64, name = %name);
+        let run = async {
+            tracing::info!(test = %name, params = ?params.redacted(), "test starts");
+            let mut t = match Test::new(&name, params.clone(), &dir) {
+                Ok(t) => t,
+                Err(e) => return (Err(e), Vec::new()),
+            };
+            let timeout = match params.seconds_or("timeout", DEFAULT_TIMEOUT) {
+                Ok(timeout) => timeout,
+                Err(e) => return (Err(e.into()), Vec::new()),
+            };
+            let deadline = Instant::now() + timeout;
+            set(&phase, "setup");
+            let mut outcome =
+                guarded(test.setup(&mut t), deadline, timeout, interrupt.clone()).await;
+            if outcome.is_ok() {
+                set(&phase, "running");
+                outcome = guarded(test.action(&mut t), deadline, timeout, interrupt).await;
+            }
+            if let Err(e) = &outcome {
+                tracing::warn!(status = %e.status, reason = %e.reason, "the test did not pass");
+            }
+            set(&phase, "cleanup");
+            let never = watch::channel(None).1;
+            let cleanup = guarded(
+                test.cleanup(&mut t),
+                Instant::now() + CLEANUP_TIMEOUT,
+                CLEANUP_TIMEOUT,
+                never,
+            )
+            .await;
+            if t.vm.is_on() {
+                tracing::warn!("the VM is still on after cleanup: killing it");
+                let _ = t.vm.power_off_within(Duration::ZERO).await;
+            }
+            let outcome = match (outcome, cleanup) {
+                (Ok(()), Err(e)) => Err(TestError::new(e.status, format!("cleanup: {}", e.reason))),
+                (Err(e), Err(cleanup)) => {
+                    tracing::warn!(reason = %cleanup.reason, "cleanup failed too");
+                    Err(e)
+                }
+                (outcome, Ok(())) => outcome,
+            };
+            (outcome, t.warnings().to_vec())
+        };
+        let (outcome, warnings) = run.instrument(span.clone()).await;
+        let (status, reason) = match outcome {
+            Ok(()) if warnings.is_empty() => (Status::Pass, None),
+            Ok(()) => (Status::Warn, Some(warnings.join("; "))),
+            Err(e) => (e.status, Some(e.reason)),
+        };
+        span.in_scope(|| tracing::info!(%status, "test ends"));
+        record(status, reason, warnings.join("\n"))
+    }
+}
+
+fn set(phase: &Phase, now: &str) {
+    *phase.lock().unwrap_or_else(|e| e.into_inner()) = now.to_string();
+}
+
+/// A phase, bounded by the deadline and the interrupt; a panic in it is
+/// a FAIL with where it happened.
+async fn guarded(
+    phase: impl Future<Output = TestResult>,
+    deadline: Instant,
+    timeout: Duration,
+    mut interrupt: Interrupt,
+) -> TestResult {
+    let interrupted = async {
+        loop {
+            if let Some(signal) = *interrupt.borrow_and_update() {
+                return signal;
+            }
+            if interrupt.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        result = AssertUnwindSafe(phase).catch_unwind() => match result {
+            Ok(result) => result,
+            Err(payload) => Err(fail(panics::describe(&*payload))),
+        },
+        _ = tokio::time::sleep_until(deadline.into()) => Err(TestError::new(
+            Status::Interrupted,
+            format!("timed out after {timeout:?}"),
+        )),
+        signal = interrupted => Err(TestError::new(
+            Status::Interrupted,
+            format!("interrupted by {signal}"),
+        )),
+    }
+}
+
+/// The record of a test the job never started.
+pub(crate) fn not_started(run: &TestRun, signal: &str) -> TestRecord {
+    let now = results::now();
+    TestRecord {
+        id: run
+            .dir
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        name: run.name.clone(),
+        status: Status::Interrupted,
+        fail_reason: Some(format!("not started: the job was interrupted by {signal}")),
+        logdir: run.dir.clone(),
+        logfile: run.dir.join("debug.log"),
+        start: now,
+        end: now,
+        time: 0.0,
+        params: run.params.redacted(),
+        whiteboard: String::new(),
+    }
+}
+
+/// Sends SIGINT or SIGTERM, when one comes, to every test.
+pub(crate) async fn forward_signals(tx: watch::Sender<Option<&'static str>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let name = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    eprintln!("virtest: {name}: interrupting the running tests; their cleanup runs");
+    let _ = tx.send(Some(name));
+}

@@ -1,0 +1,102 @@
+//! The tests `virtest run` runs on its own: boot, reboot, migration.
+//! Each checks more than the guide's examples: that the guest is the one
+//! expected, and stays the same one across migrations.
+
+use crate::harness::TestDef;
+use crate::prelude::*;
+
+/// Every built-in test.
+pub fn tests() -> Vec<TestDef> {
+    vec![
+        TestDef::new("Boot", || Boot),
+        TestDef::new("Reboot", || Reboot),
+        TestDef::new("Migration", || Migration),
+    ]
+}
+
+/// Reads the guest's boot id over the remote session.
+async fn boot_id(t: &Test) -> Result<String, TestError> {
+    let out =
+        t.vm.remote()?
+            .run("cat /proc/sys/kernel/random/boot_id")
+            .await?;
+    Ok(out.stdout.trim().to_string())
+}
+
+/// Boots the guest, logs in, checks its kernel, shuts it down.
+pub struct Boot;
+
+impl VirtTest for Boot {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        let uname = t.vm.remote()?.run("uname -r").await?;
+        let expected = t.vm.config().guest.kernel_release.clone();
+        if let Some(expected) = expected {
+            ensure!(
+                uname.stdout.trim() == expected,
+                "the guest runs kernel {}, its manifest says {expected}",
+                uname.stdout.trim()
+            );
+        }
+        t.log(format_args!("guest kernel {}", uname.stdout.trim()));
+        Ok(())
+    }
+
+    async fn cleanup(&mut self, t: &mut Test) -> TestResult {
+        if let Ok(remote) = t.vm.remote() {
+            remote.run("shutdown -h now").await?;
+        }
+        t.vm.power_off().await?;
+        Ok(())
+    }
+}
+
+/// Reboots the guest from inside and by a reset; it must come back each
+/// time, as a new boot.
+pub struct Reboot;
+
+impl VirtTest for Reboot {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        let mut previous = boot_id(t).await?;
+        for how in [virtest_vm::Reboot::Guest, virtest_vm::Reboot::Forced] {
+            t.vm.reboot(how).await?;
+            t.vm.login_remote().await?;
+            let now = boot_id(t).await?;
+            ensure!(
+                now != previous,
+                "after a {how:?} reboot the boot id is unchanged"
+            );
+            previous = now;
+        }
+        Ok(())
+    }
+}
+
+/// Migrates the guest `migration_iterations` times over `migration_mode`,
+/// logging in after each; the guest must stay the same one.
+pub struct Migration;
+
+impl VirtTest for Migration {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        let boot = boot_id(t).await?;
+        let mode = t.params.get_or("migration_mode", MigrationMode::Tcp)?;
+        for round in 1..=t.params.get_or("migration_iterations", 4u32)? {
+            let report = t.vm.migrate(mode).await?;
+            t.log(format_args!(
+                "migration {round} over {mode}: {} ms, downtime {} ms, wall {:.0} ms",
+                report.total_time_ms, report.downtime_ms, report.wall_ms
+            ));
+            t.vm.login_remote().await?;
+            ensure!(
+                boot_id(t).await? == boot,
+                "after migration {round} another guest answered"
+            );
+        }
+        Ok(())
+    }
+}

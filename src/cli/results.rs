@@ -1,0 +1,84 @@
+//! `virtest results [JOB]`: a job's summary, from its results.json.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use virtest_harness::results::JobResults;
+use virtest_harness::runner::JobOptions;
+
+use super::CliResult;
+
+/// `virtest results`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A job directory, or a job id (or its start) under the results
+    /// directory; the latest job when none.
+    job: Option<String>,
+    /// Where job directories are (as for `virtest run`).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> CliResult {
+    let results_dir = args
+        .results_dir
+        .unwrap_or_else(|| JobOptions::new().results_dir);
+    let dir = find_job(&results_dir, args.job.as_deref())?;
+    let results = JobResults::load(&dir)
+        .map_err(|e| format!("cannot read `{}`: {e}", dir.join("results.json").display()))?;
+    println!("JOB ID     : {}", results.job_id);
+    println!("JOB DIR    : {}", dir.display());
+    for test in &results.tests {
+        let reason = test
+            .fail_reason
+            .as_deref()
+            .map(|r| format!("  {}", r.lines().next().unwrap_or("")))
+            .unwrap_or_default();
+        println!(
+            " {:<12} {:<40} {:>8.2} s{reason}",
+            test.status.as_str(),
+            test.id,
+            test.time
+        );
+    }
+    println!("{}", results.summary());
+    println!("JOB TIME   : {:.2} s", results.time);
+    Ok(if results.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The job directory `job` names: a path, `latest`, or an id.
+fn find_job(results_dir: &std::path::Path, job: Option<&str>) -> Result<PathBuf, String> {
+    let job = job.unwrap_or("latest");
+    let direct = PathBuf::from(job);
+    if direct.join("results.json").exists() {
+        return Ok(direct);
+    }
+    let latest = results_dir.join(job);
+    if latest.join("results.json").exists() {
+        return Ok(latest);
+    }
+    let entries = std::fs::read_dir(results_dir)
+        .map_err(|e| format!("cannot read `{}`: {e}", results_dir.display()))?;
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("job-") && n.ends_with(job) || n.contains(job))
+        })
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!("no job `{job}` under `{}`", results_dir.display())),
+        n => Err(format!(
+            "`{job}` matches {n} jobs under `{}`",
+            results_dir.display()
+        )),
+    }
+}

@@ -1,0 +1,93 @@
+//! `virtest list` and `virtest run`: the built-in tests (boot, reboot,
+//! migration) as a job.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use virtest_harness::params::ParamSources;
+use virtest_harness::runner::{self, Filter, JobOptions, Planned};
+
+use super::CliResult;
+use virtest::builtin;
+
+/// Which tests, with which parameters.
+#[derive(Debug, clap::Args)]
+pub struct Selection {
+    /// Tests to run: names or parts of names (all when none).
+    tests: Vec<String>,
+    /// Names must match whole.
+    #[arg(long)]
+    exact: bool,
+    /// A parameter, `key=value` (repeatable; see the README's table).
+    #[arg(short = 'p', long = "param")]
+    params: Vec<String>,
+    /// A params file (TOML or JSON); a list of values makes variants.
+    #[arg(long, env = "VIRTEST_PARAMS")]
+    params_file: Option<PathBuf>,
+}
+
+impl Selection {
+    fn plan(&self) -> Result<Vec<Planned>, Box<dyn std::error::Error>> {
+        let sources = ParamSources {
+            file: self.params_file.clone(),
+            assignments: self.params.clone(),
+        };
+        let filter = Filter {
+            patterns: self.tests.clone(),
+            exact: self.exact,
+            skip: Vec::new(),
+        };
+        let (planned, warnings) = runner::plan(&builtin::tests(), &sources, &filter)?;
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+        if planned.is_empty() && !self.tests.is_empty() {
+            return Err(format!(
+                "no test matches {}; `virtest list` shows them",
+                self.tests.join(", ")
+            )
+            .into());
+        }
+        Ok(planned)
+    }
+}
+
+/// `virtest list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    selection: Selection,
+}
+
+/// `virtest run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    selection: Selection,
+    /// Tests at once (default: the number of cores).
+    #[arg(long)]
+    max_parallel: Option<usize>,
+    /// Where job directories go (default: $VIRTEST_RESULTS, else
+    /// job-results in virtest's cache).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+pub fn list(args: ListArgs) -> CliResult {
+    for test in args.selection.plan()? {
+        println!("{}", test.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(args: RunArgs) -> CliResult {
+    let planned = args.selection.plan()?;
+    let mut options = JobOptions::new();
+    if let Some(dir) = args.results_dir {
+        options.results_dir = dir;
+    }
+    if let Some(n) = args.max_parallel {
+        options.max_parallel = n;
+    }
+    Ok(runner::run_and_report(&builtin::tests(), planned, &options))
+}

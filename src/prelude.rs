@@ -1,0 +1,7 @@
+//! What a test file needs: `use virtest::prelude::*;`.
+
+pub use virtest_harness::{
+    Params, Status, Test, TestError, TestResult, VirtTest, cancel, ensure, fail, skip,
+};
+pub use virtest_migration::{Migrate, MigrationMode, MigrationReport, MigrationSpec};
+pub use virtest_vm::{PowerOff, Reboot, Vm, VmConfig, VmState};
