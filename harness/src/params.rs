@@ -81,7 +81,7 @@ pub const KNOWN: &[Known] = &[
         name: "qemu_img_bin",
         default: "",
         kind: Kind::Path,
-        help: "qemu-img ($QEMU_IMG, then PATH)",
+        help: "qemu-img for tests that make disks ($QEMU_IMG, then PATH)",
     },
     Known {
         name: "guest",

@@ -13,11 +13,12 @@ use virtest::builtin;
 /// Which tests, with which parameters.
 #[derive(Debug, clap::Args)]
 pub struct Selection {
-    /// Tests to run: names or parts of names (all when none).
+    /// Tests to run, by name (all when none); with --contains, parts of
+    /// names.
     tests: Vec<String>,
-    /// Names must match whole.
+    /// Select tests whose name contains a given name.
     #[arg(long)]
-    exact: bool,
+    contains: bool,
     /// A parameter, `key=value` (repeatable; see the README's table).
     #[arg(short = 'p', long = "param")]
     params: Vec<String>,
@@ -34,7 +35,7 @@ impl Selection {
         };
         let filter = Filter {
             patterns: self.tests.clone(),
-            exact: self.exact,
+            exact: !self.contains,
             skip: Vec::new(),
         };
         let (planned, warnings) = runner::plan(&builtin::tests(), &sources, &filter)?;

@@ -20,11 +20,19 @@ use crate::results::{self, JobResults, TestRecord};
 use crate::test::TestDef;
 
 /// Which tests to run, as libtest selects them.
+///
+/// ```
+/// use virtest_harness::runner::Filter;
+/// let filter = Filter { patterns: vec!["boot".into()], exact: true, skip: vec![] };
+/// assert!(filter.matches("boot") && filter.matches("boot@cpus=2"));
+/// assert!(!filter.matches("reboot"));
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Run tests whose name contains one of these (all when empty).
     pub patterns: Vec<String>,
-    /// Patterns must equal the whole name.
+    /// Patterns must equal the whole name, or the test's name without
+    /// its variant (`boot` selects `boot@migration_mode=tcp`).
     pub exact: bool,
     /// Leave out tests whose name contains one of these.
     pub skip: Vec<String>,
@@ -35,7 +43,7 @@ impl Filter {
     pub fn matches(&self, name: &str) -> bool {
         let hit = |p: &String| {
             if self.exact {
-                name == p
+                name == p || name.split('@').next() == Some(p.as_str())
             } else {
                 name.contains(p.as_str())
             }
