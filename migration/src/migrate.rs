@@ -57,9 +57,13 @@ impl Migrate for Vm {
 }
 
 async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
-    let wall = Instant::now();
     spec.validate()?;
     let source_state = vm.state().await.map_err(Error::Source)?;
+    if spec.wait_for_boot && source_state == VmState::Running {
+        let deadline = vm.config().login_timeout;
+        vm.wait_ready(deadline).await.map_err(Error::Source)?;
+    }
+    let wall = Instant::now();
     if !matches!(source_state, VmState::Running | VmState::Paused) {
         return Err(Error::Spec(format!(
             "the source VM must be running or paused to migrate, not {source_state:?}"

@@ -447,9 +447,9 @@ impl Vm {
         }
     }
 
-    /// Waits for the guest's ready line in the current boot (once seen,
-    /// at once).
-    async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+    /// Waits for the guest's ready line in the current boot (at once when
+    /// it was seen already, or when the guest has no ready line).
+    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
         let marker = self.config.guest.ready_marker.clone();
         if self.ready_seen || marker.is_empty() {
             return Ok(());
