@@ -362,14 +362,13 @@ mod tests {
         let no_env = |_: &str| None;
         let err = find_in(
             BinaryKind::System,
-            Some(Path::new("/nope/qemu")),
+            None,
             &no_env,
             &OsString::from("/nonexistent"),
         )
         .unwrap_err()
         .to_string();
         for part in [
-            "/nope/qemu",
             "qemu-system-x86_64 on PATH",
             "qemu-kvm on PATH",
             "apt-get install qemu-system-x86",
@@ -377,6 +376,22 @@ mod tests {
         ] {
             assert!(err.contains(part), "{part} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn a_given_path_that_is_missing_is_an_error_not_a_fallback() {
+        let no_env = |_: &str| None;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let err = find_in(
+            BinaryKind::System,
+            Some(Path::new("/nope/qemu")),
+            &no_env,
+            &path,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the given path /nope/qemu"), "{err}");
+        assert!(!err.contains("on PATH"), "{err}");
     }
 
     #[test]
