@@ -118,3 +118,25 @@ pub fn main(defs: Vec<TestDef>) -> ExitCode {
     }
     runner::run_and_report(&defs, planned, &options)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Args;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn nextest_invocations_parse() {
+        let list = Args::parse_from(["bin", "--list", "--format", "terse", "--ignored"]);
+        assert!(list.list && list.ignored);
+        let run = Args::parse_from(["bin", "boot", "--exact", "--nocapture", "--test-threads=1"]);
+        assert_eq!(run.filters, ["boot"]);
+        assert!(run.exact && run.nocapture);
+        assert_eq!(run.test_threads, Some(1));
+    }
+}

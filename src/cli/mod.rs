@@ -27,7 +27,8 @@ enum Command {
     Bootstrap(bootstrap::Args),
     /// Check this machine: QEMU, accelerators, the guest cache.
     Doctor(doctor::Args),
-    /// List the built-in tests (boot, reboot, migration) and variants.
+    /// List the built-in tests (boot, reboot, migration) and variants,
+    /// or the known parameters (--parameters).
     List(run::ListArgs),
     /// Run built-in tests as a job, and write its results.
     Run(run::RunArgs),
@@ -81,3 +82,13 @@ fn init_logging(verbose: u8) {
 
 /// What a subcommand returns.
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

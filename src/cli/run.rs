@@ -58,6 +58,9 @@ impl Selection {
 pub struct ListArgs {
     #[command(flatten)]
     selection: Selection,
+    /// List the known parameters, their defaults and meaning, instead.
+    #[arg(long)]
+    parameters: bool,
 }
 
 /// `virtest run`.
@@ -75,6 +78,17 @@ pub struct RunArgs {
 }
 
 pub fn list(args: ListArgs) -> CliResult {
+    if args.parameters {
+        for known in virtest_harness::params::KNOWN {
+            let default = if known.default.is_empty() {
+                "-"
+            } else {
+                known.default
+            };
+            println!("{:<22} {:<6} {}", known.name, default, known.help);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     for test in args.selection.plan()? {
         println!("{}", test.name);
     }
