@@ -200,7 +200,7 @@ impl Instance {
                     None => return Err(Error::Qmp { step: "connecting".into(), source }),
                 },
             },
-            status = process.wait() => return Err(exited(status, "before QMP answered")),
+            status = process.wait() => return Err(exited(status, "while starting, before QMP answered")),
         };
         Ok(Instance {
             process,
