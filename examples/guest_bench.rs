@@ -6,6 +6,8 @@
 //! cargo run --release --example guest_bench [RUNS]
 //! ```
 
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,7 @@ use virtest::qemu_cmdline::binary::{self, BinaryKind};
 use virtest::vm::{ConsoleOutput, GuestLaunch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = common::runs(5)?;
     let home = cache::default_home()?;
     // Make sure the packages are fetched and the shared guest exists.
     let manifest = bootstrap(&BootstrapOptions::new(home.clone()))?.manifest;
@@ -62,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("default guest, {runs} runs, medians:");
     println!(
         "  bootstrap, packages fetched   {:>6.2} s   (target < 10 s)",
-        median(&mut builds).as_secs_f64()
+        common::median(&builds).as_secs_f64()
     );
     println!(
         "  initramfs size                {:>6.2} MiB (target < 8 MiB)",
@@ -70,11 +68,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  boot to ready line, TCG       {:>6.2} s   (target <= 2.5 s; QEMU start to marker seen)",
-        median(&mut boots).as_secs_f64()
+        common::median(&boots).as_secs_f64()
     );
     println!(
         "  guest uptime at ready line    {:>6.2} s",
-        median(&mut guest_uptimes).as_secs_f64()
+        common::median(&guest_uptimes).as_secs_f64()
     );
     Ok(())
 }
@@ -123,9 +121,4 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
     child.kill()?;
     child.wait()?;
     result
-}
-
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }

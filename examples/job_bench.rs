@@ -6,6 +6,8 @@
 //! cargo run --release --example job_bench [RUNS]
 //! ```
 
+mod common;
+
 use std::time::Instant;
 
 use virtest::builtin;
@@ -14,11 +16,7 @@ use virtest::harness::runner::{self, Filter, JobOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(3);
+    let runs = common::runs(3)?;
     let defs = builtin::tests();
     let filter = Filter {
         patterns: vec!["boot".into()],
@@ -49,8 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             walls.push(start.elapsed().as_secs_f64());
         }
-        walls.sort_by(f64::total_cmp);
-        let median = walls[walls.len() / 2];
+        let median = common::median(&walls);
         println!("4 boot tests, --max-parallel {parallel}: {median:.2} s (runs: {walls:.2?})");
         medians.push(median);
     }

@@ -6,16 +6,14 @@
 //! cargo run --release --example migration_bench [RUNS]
 //! ```
 
+mod common;
+
 use virtest::migration::{Migrate, MigrationMode};
 use virtest::vm::{Vm, VmConfig};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = common::runs(5)?;
     let mut vm = Vm::new(VmConfig::default_guest()?);
     vm.power_on().await?;
     vm.login_remote().await?;
@@ -32,18 +30,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{:<6} {:>5.0}  {:>8.0}  {:>5.0}  {:>8.0}",
             mode.as_str(),
-            median(total),
-            median(downtime),
-            median(wall),
-            median(overhead)
+            common::median(&total),
+            common::median(&downtime),
+            common::median(&wall),
+            common::median(&overhead)
         );
     }
     vm.login_remote().await?;
     vm.power_off().await?;
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -6,6 +6,8 @@
 //! cargo run --release --example ssh_bench [RUNS]
 //! ```
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,11 +21,7 @@ use virtest::vm::{ConsoleOutput, GuestLaunch};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = common::runs(5)?;
     let manifest = bootstrap(&BootstrapOptions::new(cache::default_home()?))?.manifest;
     let dir = tempfile::tempdir()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -112,15 +110,15 @@ async fn measure(
     println!("SSH to the default guest (dropbear, TCG), medians:");
     println!(
         "  login by key                {:>7.0} ms",
-        median(&mut by_key).as_secs_f64() * 1e3
+        common::median(&by_key).as_secs_f64() * 1e3
     );
     println!(
         "  login by password           {:>7.0} ms",
-        median(&mut by_password).as_secs_f64() * 1e3
+        common::median(&by_password).as_secs_f64() * 1e3
     );
     println!(
         "  command on an open session  {:>7.1} ms  (`true`, {} runs)",
-        median(&mut latencies).as_secs_f64() * 1e3,
+        common::median(&latencies).as_secs_f64() * 1e3,
         latencies.len()
     );
     cpu_shares.sort_by(f64::total_cmp);
@@ -129,11 +127,6 @@ async fn measure(
         cpu_shares[cpu_shares.len() / 2]
     );
     Ok(())
-}
-
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }
 
 /// User plus system CPU time of this process, from /proc/self/stat.

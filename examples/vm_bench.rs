@@ -6,6 +6,8 @@
 //! cargo run --release --example vm_bench [RUNS]
 //! ```
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,11 +18,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = common::runs(5)?;
     let config = VmConfig::default_guest()?;
     let marker = config.guest.ready_marker.clone();
     let (mut total, mut ready_host, mut ready_guest, mut login) = (vec![], vec![], vec![], vec![]);
@@ -67,13 +65,17 @@ async fn main() -> Result<()> {
         login.push(ms(one_login));
         vm.power_off().await?;
     }
-    let (total, ready_host, login) = (median(total), median(ready_host), median(login));
+    let (total, ready_host, login) = (
+        common::median(&total),
+        common::median(&ready_host),
+        common::median(&login),
+    );
     println!("\nmedians of {runs} runs:");
     println!("  power_on → login_remote success: {total:.0} ms");
     println!("  ready line seen on the host:    {ready_host:.0} ms");
     println!(
         "  guest uptime at the ready line: {:.0} ms",
-        median(ready_guest)
+        common::median(&ready_guest)
     );
     println!("  one SSH login:                  {login:.0} ms");
     println!(
@@ -130,9 +132,4 @@ fn rss_kib(pid: &str) -> Result<i64> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -310,18 +310,8 @@ impl Qmp {
             // lock keeps the wire order equal to the order replies are
             // matched in.
             let mut pending = shared.pending.lock().expect("pending lock");
-            if let Some(reason) = &pending.closed {
-                return Err(Error::Disconnected {
-                    reason: reason.clone(),
-                });
-            }
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let line = codec::encode_command(name, &args, send_ids.then(|| json!(id)).as_ref());
-            if let Some(t) = &shared.transcript {
-                t.line(Direction::Out, &line);
-            }
+            let (id, line) = self.take_place(&mut pending, name, &args, send_ids, tx)?;
             pending.outbox.extend_from_slice(&line);
-            pending.waiters.insert(id, (name.to_string(), tx));
             (id, pending.waiters.len() > 1)
         };
         if others_in_flight {
@@ -330,6 +320,30 @@ impl Qmp {
         }
         self.flush_outbox().await;
         self.wait_reply(name, id, rx, send_ids, deadline).await
+    }
+
+    /// Gives a command its id and its place among the pending, under the
+    /// caller's lock, and returns its line (written to the transcript).
+    fn take_place(
+        &self,
+        pending: &mut Pending,
+        name: &str,
+        args: &Value,
+        send_ids: bool,
+        reply: oneshot::Sender<Result<Value>>,
+    ) -> Result<(u64, Vec<u8>)> {
+        if let Some(reason) = &pending.closed {
+            return Err(Error::Disconnected {
+                reason: reason.clone(),
+            });
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = codec::encode_command(name, args, send_ids.then(|| json!(id)).as_ref());
+        if let Some(t) = &self.inner.shared.transcript {
+            t.line(Direction::Out, &line);
+        }
+        pending.waiters.insert(id, (name.to_string(), reply));
+        Ok((id, line))
     }
 
     /// Waits for the reply to command `id`.
@@ -387,17 +401,7 @@ impl Qmp {
         let mut writer = self.inner.writer.lock().await;
         let (id, line, earlier) = {
             let mut pending = shared.pending.lock().expect("pending lock");
-            if let Some(reason) = &pending.closed {
-                return Err(Error::Disconnected {
-                    reason: reason.clone(),
-                });
-            }
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let line = codec::encode_command(name, &args, send_ids.then(|| json!(id)).as_ref());
-            if let Some(t) = &shared.transcript {
-                t.line(Direction::Out, &line);
-            }
-            pending.waiters.insert(id, (name.to_string(), tx));
+            let (id, line) = self.take_place(&mut pending, name, &args, send_ids, tx)?;
             (id, line, std::mem::take(&mut pending.outbox))
         };
         let sent = async {

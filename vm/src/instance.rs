@@ -149,12 +149,8 @@ impl Instance {
             source,
         })?;
         tracing::debug!(pid = process.pid(), cmdline = %cmdline.display(), "QEMU started");
-        let exited = |status, during: &str| Error::Exited {
-            during: during.to_string(),
-            status,
-            stderr_tail: log_tail(files.qemu_log, log_offset),
-            cmdline: cmdline.display(),
-        };
+        let exited =
+            |status, during: &str| exit_error(status, during, files.qemu_log, log_offset, &cmdline);
         let timed_out = |what: &str| Error::State {
             what: format!(
                 "QEMU (pid {}) did not {what} within {deadline:?}\nQEMU said: {}\ncommand line: {}",
@@ -260,17 +256,34 @@ impl Instance {
 
     /// The error for QEMU having exited `during` something.
     pub fn exit_error(&self, status: std::process::ExitStatus, during: &str) -> Error {
-        Error::Exited {
-            during: during.to_string(),
+        exit_error(
             status,
-            stderr_tail: log_tail(&self.qemu_log, self.log_offset),
-            cmdline: self.cmdline.display(),
-        }
+            during,
+            &self.qemu_log,
+            self.log_offset,
+            &self.cmdline,
+        )
     }
 
     /// Lets the console reader take the last output of an exited QEMU.
     pub(crate) async fn drain_console(&mut self, deadline: Duration) {
         let _ = tokio::time::timeout(deadline, &mut self.console_reader).await;
+    }
+}
+
+/// QEMU exited `during` something: its status, output and command line.
+fn exit_error(
+    status: std::process::ExitStatus,
+    during: &str,
+    log: &Path,
+    offset: u64,
+    cmdline: &QemuCmdline,
+) -> Error {
+    Error::Exited {
+        during: during.to_string(),
+        status,
+        stderr_tail: log_tail(log, offset),
+        cmdline: cmdline.display(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! on.
 
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,21 +54,8 @@ impl TestRun {
             dir,
             mut test,
         } = self;
-        let record = |status, reason: Option<String>, whiteboard: String| TestRecord {
-            id: dir
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            name: name.clone(),
-            status,
-            fail_reason: reason,
-            logdir: dir.clone(),
-            logfile: dir.join("debug.log"),
-            start,
-            end: results::now(),
-            time: results::now() - start,
-            params: params.redacted(),
-            whiteboard,
+        let record = |status, reason: Option<String>, whiteboard: String| {
+            record(&name, &params, &dir, start, status, reason, whiteboard)
         };
         let log = match std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::File::create(dir.join("debug.log")))
@@ -182,23 +169,44 @@ async fn guarded(
 
 /// The record of a test the job never started.
 pub(crate) fn not_started(run: &TestRun, signal: &str) -> TestRecord {
-    let now = results::now();
+    let reason = format!("not started: the job was interrupted by {signal}");
+    record(
+        &run.name,
+        &run.params,
+        &run.dir,
+        results::now(),
+        Status::Interrupted,
+        Some(reason),
+        String::new(),
+    )
+}
+
+/// The record of a test that started at `start` and ends now.
+fn record(
+    name: &str,
+    params: &Params,
+    dir: &Path,
+    start: f64,
+    status: Status,
+    reason: Option<String>,
+    whiteboard: String,
+) -> TestRecord {
+    let end = results::now();
     TestRecord {
-        id: run
-            .dir
+        id: dir
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        name: run.name.clone(),
-        status: Status::Interrupted,
-        fail_reason: Some(format!("not started: the job was interrupted by {signal}")),
-        logdir: run.dir.clone(),
-        logfile: run.dir.join("debug.log"),
-        start: now,
-        end: now,
-        time: 0.0,
-        params: run.params.redacted(),
-        whiteboard: String::new(),
+        name: name.to_string(),
+        status,
+        fail_reason: reason,
+        logdir: dir.to_path_buf(),
+        logfile: dir.join("debug.log"),
+        start,
+        end,
+        time: end - start,
+        params: params.redacted(),
+        whiteboard,
     }
 }
 
