@@ -91,6 +91,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         downtime_ms: 0,
         setup_time_ms: 0,
         ram: RamFigures::default(),
+        max_cpu_throttle_percentage: 0,
         throughput_mib_s: 0.0,
         wall_ms: 0.0,
         overhead_ms: 0.0,
@@ -107,15 +108,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     )
     .await?;
     let destination_events = destination_qmp.event_cursor();
-    let outcome = follow(
-        vm,
-        &destination,
-        spec,
-        &transport,
-        wall,
-        &mut report.timeline,
-    )
-    .await;
+    let outcome = follow(vm, &destination, spec, &transport, wall, &mut report).await;
     drop(transport);
     let handed_over = match outcome {
         Ok(()) => destination_runs(&destination, &source_state, destination_events).await,
@@ -238,7 +231,7 @@ async fn follow(
     spec: &MigrationSpec,
     transport: &Transport,
     wall: Instant,
-    timeline: &mut Vec<StatusChange>,
+    report: &mut MigrationReport,
 ) -> Result<()> {
     let source = vm.instance().map_err(Error::Source)?;
     let qmp = source.qmp();
@@ -260,6 +253,8 @@ async fn follow(
         tokio::select! {
             _ = progress.tick() => {
                 if let Ok(info) = qmp.execute_raw("query-migrate", Value::Null).await {
+                    let throttle = info["cpu-throttle-percentage"].as_u64().unwrap_or(0);
+                    report.max_cpu_throttle_percentage = report.max_cpu_throttle_percentage.max(throttle);
                     let ram = &info["ram"];
                     if let (Some(total), Some(remaining)) = (ram["total"].as_u64(), ram["remaining"].as_u64())
                         && total > 0
@@ -279,7 +274,7 @@ async fn follow(
                     continue;
                 }
                 let status = event.data["status"].as_str().unwrap_or("?").to_string();
-                timeline.push(StatusChange {
+                report.timeline.push(StatusChange {
                     status: status.clone(),
                     at_ms: millis(wall.elapsed()),
                 });

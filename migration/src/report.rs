@@ -55,6 +55,8 @@ pub struct MigrationReport {
     pub setup_time_ms: u64,
     /// RAM figures.
     pub ram: RamFigures,
+    /// The highest CPU throttle auto-converge applied, in percent (0: none).
+    pub max_cpu_throttle_percentage: u64,
     /// Bytes transferred per second of total time, in MiB/s.
     pub throughput_mib_s: f64,
     /// The wall time of the whole call (destination start to source
@@ -121,6 +123,7 @@ mod tests {
             downtime_ms: 0,
             setup_time_ms: 0,
             ram: RamFigures::default(),
+            max_cpu_throttle_percentage: 0,
             throughput_mib_s: 0.0,
             wall_ms: 0.0,
             overhead_ms: 0.0,
