@@ -82,8 +82,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let console = dir.path().join("console.log");
+    let guest = m.description()?;
     let launch = GuestLaunch {
-        manifest: m,
+        guest: &guest,
         qemu: binary::find(BinaryKind::System, None)?,
         accel: Chosen::Tcg,
         memory_mib: None,
@@ -95,6 +96,8 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
         vga: false,
         qmp_socket: None,
         allow_reboot: false,
+        disks: &[],
+        uefi: None,
     };
     let mut command = launch.cmdline().to_command();
     let start = Instant::now();

@@ -26,8 +26,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let console = dir.path().join("console.log");
+    let guest = manifest.description()?;
     let launch = GuestLaunch {
-        manifest: &manifest,
+        guest: &guest,
         qemu: binary::find(BinaryKind::System, None)?,
         accel: Chosen::Tcg,
         memory_mib: None,
@@ -37,6 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         vga: false,
         qmp_socket: None,
         allow_reboot: false,
+        disks: &[],
+        uefi: None,
     };
     let mut child = launch
         .cmdline()

@@ -11,6 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use virtest::guest::description::Ready;
 use virtest::remote::{Auth, SshConfig, SshSession};
 use virtest::vm::{Vm, VmConfig};
 
@@ -20,7 +21,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 async fn main() -> Result<()> {
     let runs = common::runs(5)?;
     let config = VmConfig::default_guest()?;
-    let marker = config.guest.ready_marker.clone();
+    let Ready::Console(marker) = config.guest.ready.clone() else {
+        return Err("the default guest announces itself on the console".into());
+    };
     let (mut total, mut ready_host, mut ready_guest, mut login) = (vec![], vec![], vec![], vec![]);
     for run in 0..runs {
         let mut vm = Vm::new(config.clone());
@@ -112,12 +115,12 @@ async fn memory(config: &VmConfig) -> Result<()> {
 }
 
 fn ssh_config(vm: &Vm) -> Result<SshConfig> {
-    let guest = &vm.config().guest;
+    let login = &vm.config().guest.login;
     Ok(SshConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], vm.ssh_port().ok_or("off")?)),
-        user: guest.credentials.user.clone(),
-        auth: Auth::KeyFile(guest.private_key_path()),
-        known_host_keys: vec![guest.host_key.public.clone()],
+        user: login.user.clone(),
+        auth: Auth::KeyFile(login.key.clone().ok_or("the default guest has a key")?),
+        known_host_keys: login.host_key.iter().cloned().collect(),
     })
 }
 

@@ -35,7 +35,7 @@ impl VirtTest for Boot {
         if let Some(expected) = expected {
             ensure!(
                 uname.stdout.trim() == expected,
-                "the guest runs kernel {}, its manifest says {expected}",
+                "the guest runs kernel {}, its guest description says {expected}",
                 uname.stdout.trim()
             );
         }

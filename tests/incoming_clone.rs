@@ -43,10 +43,10 @@ async fn connect(socket: &std::path::Path) -> Qmp {
 
 #[tokio::test]
 async fn the_default_guest_migrates_into_its_incoming_clone() {
-    let manifest = common::guest();
+    let guest = common::description();
     let dir = tempfile::tempdir().unwrap();
     let launch = GuestLaunch {
-        manifest,
+        guest,
         qemu: binary::find(BinaryKind::System, None).unwrap(),
         accel: Chosen::Tcg,
         memory_mib: None,
@@ -56,6 +56,8 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         vga: false,
         qmp_socket: Some(dir.path().join("qmp.sock")),
         allow_reboot: false,
+        disks: &[],
+        uefi: None,
     };
     let src_cmd = launch.cmdline();
     let dst_dir = dir.path().join("dst");

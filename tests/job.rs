@@ -169,6 +169,59 @@ fn a_job_of_boot_and_migration_over_every_transport() {
 }
 
 /// Where the cleanup of these tests leaves its mark.
+/// A password listed in a params file makes variants without showing
+/// itself: not in test names, directories, results, logs or the output.
+#[test]
+fn listed_passwords_name_variants_by_place_and_appear_nowhere() {
+    let _slots = common::guest_slots(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let real = common::guest().credentials.password.clone();
+    let wrong = "wrong-pw-7f3a9c";
+    let params = tmp.path().join("params.toml");
+    std::fs::write(
+        &params,
+        format!("guest_password = [\"{real}\", \"{wrong}\"]\nlogin_timeout = 30\n"),
+    )
+    .unwrap();
+    let results = tmp.path().join("results");
+    let output = virtest()
+        .args(["run", "boot", "--max-parallel", "2", "--params-file"])
+        .arg(&params)
+        .arg("--results-dir")
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the wrong password must fail\n{stdout}"
+    );
+
+    let job = std::fs::canonicalize(results.join("latest")).unwrap();
+    let json = JobResults::load(&job).unwrap();
+    let names: Vec<&str> = json.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["boot@guest_password=#1", "boot@guest_password=#2"]);
+    assert_eq!(json.tests[0].status, Status::Pass, "{stdout}");
+    assert_ne!(json.tests[1].status, Status::Pass, "{stdout}");
+    for secret in [real.as_str(), wrong] {
+        assert!(
+            !stdout.contains(secret),
+            "a password is on stdout:\n{stdout}"
+        );
+        assert!(
+            !stderr.contains(secret),
+            "a password is on stderr:\n{stderr}"
+        );
+        for file in files(&results) {
+            let name = file.to_string_lossy();
+            assert!(!name.contains(secret), "a password names {name}");
+            let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+            assert!(!text.contains(secret), "a password is in {name}");
+        }
+    }
+}
+
 fn cleanup_mark(t: &Test) -> PathBuf {
     t.log_dir().join("cleanup-ran")
 }

@@ -9,7 +9,7 @@ use virtest::migration::{Error, Migrate, MigrationMode, MigrationReport, Migrati
 use virtest::vm::{Vm, VmConfig};
 
 async fn running_vm(logs: &std::path::Path) -> Vm {
-    let mut config = VmConfig::new(common::guest().clone());
+    let mut config = VmConfig::new(common::description().clone());
     config.log_dir = Some(logs.to_path_buf());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
@@ -359,7 +359,7 @@ async fn a_migration_past_its_timeout_is_cancelled() {
 
 #[tokio::test]
 async fn a_vm_that_is_off_cannot_migrate() {
-    let mut vm = Vm::new(VmConfig::new(common::guest().clone()));
+    let mut vm = Vm::new(VmConfig::new(common::description().clone()));
     let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
     assert!(error.to_string().contains("must be running"), "{error}");
 }

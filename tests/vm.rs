@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use virtest::vm::{PowerOff, Reboot, Vm, VmConfig, VmState};
 
 fn config(log_dir: &std::path::Path) -> VmConfig {
-    let mut config = VmConfig::new(common::guest().clone());
+    let mut config = VmConfig::new(common::description().clone());
     config.log_dir = Some(log_dir.to_path_buf());
     config
 }

@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use virtest::guest::description::Ready;
 use virtest::qemu_cmdline::{Arg, Props, PropsOption};
 use virtest::vm::{Error, Vm, VmConfig};
 
 fn config() -> VmConfig {
-    VmConfig::new(common::guest().clone())
+    VmConfig::new(common::description().clone())
 }
 
 /// Powers on and returns the error, checking no QEMU of this VM is left.
@@ -71,7 +72,7 @@ async fn an_option_qemu_rejects_comes_back_with_its_message() {
 #[tokio::test]
 async fn a_kernel_that_does_not_exist_is_reported() {
     let mut config = config();
-    config.guest.kernel = "/nonexistent/vmlinux".into();
+    config.guest.boot.kernel.as_mut().unwrap().kernel = "/nonexistent/vmlinux".into();
     let error = power_on_error(config).await;
     assert!(
         error.to_string().contains("/nonexistent/vmlinux"),
@@ -83,7 +84,7 @@ async fn a_kernel_that_does_not_exist_is_reported() {
 async fn a_guest_that_never_gets_ready_times_out_with_the_console_tail() {
     let _slot = common::guest_slots(1);
     let mut config = config();
-    config.guest.ready_marker = "a-ready-line-this-guest-never-prints".into();
+    config.guest.ready = Ready::Console("a-ready-line-this-guest-never-prints".into());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     let error = vm

@@ -20,7 +20,7 @@ async fn child_role() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
     };
-    let mut vm = Vm::new(VmConfig::new(common::guest().clone()));
+    let mut vm = Vm::new(VmConfig::new(common::description().clone()));
     vm.power_on().await.unwrap();
     println!("qemu-pid={}", vm.pid().unwrap());
     match role.as_str() {
@@ -76,7 +76,7 @@ fn a_panicking_owner_leaves_no_qemu() {
 #[tokio::test]
 async fn a_task_cancelled_in_power_on_leaves_no_qemu() {
     let _slot = common::guest_slots(1);
-    let mut vm = Vm::new(VmConfig::new(common::guest().clone()));
+    let mut vm = Vm::new(VmConfig::new(common::description().clone()));
     let marker = vm.runtime_dir().to_string_lossy().into_owned();
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let task = tokio::spawn({

@@ -139,6 +139,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     } else {
         match Manifest::load(&guest_dir).and_then(|m| m.verify().map(|()| m)) {
             Ok(m) if m.inputs == inputs => {
+                m.write_description()?;
                 steps.done("verify");
                 return Ok(Bootstrapped {
                     manifest: m,
@@ -257,6 +258,11 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         dir: guest_dir.clone(),
     };
     manifest.save(build.path())?;
+    Manifest {
+        dir: build.path().to_path_buf(),
+        ..manifest
+    }
+    .write_description()?;
     build.replace(&guest_dir)?;
     steps.done("install");
     drop(lock);

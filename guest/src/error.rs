@@ -125,6 +125,23 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A guest description is missing, does not parse, or is
+    /// inconsistent.
+    #[error("guest description `{path}`: {reason}")]
+    Description {
+        /// The `guest.toml`.
+        path: PathBuf,
+        /// What is wrong, with the key and line where known.
+        reason: String,
+    },
+    /// A built-in guest was named that is not built yet.
+    #[error("guest `{name}` is not built (no `{path}`): run `virtest bootstrap --guest {name}`")]
+    NotBuilt {
+        /// The guest's name.
+        name: String,
+        /// Its description, once built.
+        path: PathBuf,
+    },
     /// Reading or writing a file failed.
     #[error("{action} `{path}`")]
     Io {

@@ -39,8 +39,10 @@ pub mod apt;
 pub mod bootstrap;
 pub mod cache;
 pub mod cpio;
+pub mod description;
 pub mod elf;
 pub mod error;
+pub mod guests;
 pub mod kernel;
 pub mod keys;
 pub mod manifest;
@@ -48,5 +50,6 @@ pub mod modules;
 pub mod rootfs;
 pub mod sources;
 
+pub use description::GuestDescription;
 pub use error::{Error, Result};
 pub use manifest::Manifest;

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::description::{
+    BootFile, CloudInitFile, DESCRIPTION_FILE, GuestDescription, GuestFile, LoginFile, MachineFile,
+    ReadyFile, ReadyKind,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::sources::Origin;
 
@@ -224,14 +228,75 @@ impl Manifest {
         self.dir.join(&self.credentials.private_key)
     }
 
+    /// Writes `guest.toml` into the manifest's directory (atomically): the
+    /// description the VM layer boots this build from. Holds the
+    /// password, so it is private (mode 0600) like the manifest.
+    pub fn write_description(&self) -> Result<()> {
+        let file = GuestFile {
+            name: Some(self.name.clone()),
+            kernel_release: self.kernel_release.clone(),
+            boot: BootFile {
+                firmware: None,
+                kernel: Some(self.kernel.to_string_lossy().into_owned()),
+                initrd: Some(self.initrd.to_string_lossy().into_owned()),
+                cmdline: Some(self.cmdline.clone()),
+            },
+            disks: Vec::new(),
+            login: LoginFile {
+                user: self.credentials.user.clone(),
+                password: Some(self.credentials.password.clone()),
+                key: Some(self.credentials.private_key.to_string_lossy().into_owned()),
+                host_key: Some(self.host_key.public.clone()),
+                port: Some(self.ssh_port),
+                timeout: None,
+            },
+            ready: ReadyFile {
+                wait_for: ReadyKind::Console,
+                line: Some(self.ready_marker.clone()),
+            },
+            cloud_init: CloudInitFile::default(),
+            machine: MachineFile {
+                machine_type: Some(self.qemu.machine.clone()),
+                memory: Some(self.qemu.memory_mib),
+                cpus: None,
+                net_device: Some(self.qemu.net_device.clone()),
+                devices: self
+                    .qemu
+                    .devices
+                    .iter()
+                    .filter(|d| *d != "virtio-rng-pci")
+                    .cloned()
+                    .collect(),
+                qemu_args: Vec::new(),
+            },
+        };
+        let text = format!(
+            "# Written by `virtest bootstrap` from {MANIFEST_FILE}; rewritten with it.\n{}",
+            file.to_toml()
+        );
+        write_atomically(&self.dir.join(DESCRIPTION_FILE), text.as_bytes())
+    }
+
+    /// The description `guest.toml` of this build (see
+    /// [`Manifest::write_description`]).
+    pub fn description(&self) -> Result<GuestDescription> {
+        GuestDescription::load(&self.dir.join(DESCRIPTION_FILE)).map(|(guest, _)| guest)
+    }
+
     /// Writes the manifest into `dir` (atomically: a temporary file renamed).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(MANIFEST_FILE);
-        let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("manifests serialize");
-        crate::keys::write_private(&tmp, text.as_bytes())?;
-        std::fs::rename(&tmp, &path).io_context("writing", &path)
+        write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())
     }
+}
+
+/// Writes a private file (mode 0600) through a temporary file renamed
+/// over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    crate::keys::write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).io_context("writing", path)
 }
 
 /// SHA-256 over the file records, in order.

@@ -23,6 +23,8 @@ pub enum Kind {
     Accel,
     /// `tcp`, `unix`, `exec` or `fd`.
     MigrationMode,
+    /// `true` or `false`.
+    Bool,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Seconds => "a number of seconds",
             Kind::Accel => "one of auto, kvm, tcg",
             Kind::MigrationMode => "one of tcp, unix, exec, fd",
+            Kind::Bool => "true or false",
         }
     }
 
@@ -46,6 +49,7 @@ impl Kind {
                 .is_ok_and(|s| s >= 0.0 && s.is_finite()),
             Kind::Accel => matches!(value, "auto" | "kvm" | "tcg"),
             Kind::MigrationMode => matches!(value, "tcp" | "unix" | "exec" | "fd"),
+            Kind::Bool => matches!(value, "true" | "false"),
         }
     }
 }
@@ -81,13 +85,13 @@ pub const KNOWN: &[Known] = &[
         name: "qemu_img_bin",
         default: "",
         kind: Kind::Path,
-        help: "qemu-img for tests that make disks ($QEMU_IMG, then PATH)",
+        help: "qemu-img, which makes each VM's disk overlays ($QEMU_IMG, then PATH)",
     },
     Known {
         name: "guest",
         default: "",
         kind: Kind::Path,
-        help: "the guest's directory or manifest.json (the default guest `virtest bootstrap` builds)",
+        help: "a guest.toml, its directory, or a built-in guest: default (the tiny guest), debian",
     },
     Known {
         name: "guest_user",
@@ -121,9 +125,15 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "login_timeout",
-        default: "60",
+        default: "",
         kind: Kind::Seconds,
-        help: "how long login_remote waits",
+        help: "how long login_remote waits (the guest's login.timeout, else 60)",
+    },
+    Known {
+        name: "keep_disks",
+        default: "false",
+        kind: Kind::Bool,
+        help: "keep each VM's disk overlays after the test (always kept when it fails)",
     },
     Known {
         name: "migration_mode",
@@ -154,6 +164,15 @@ pub const KNOWN: &[Known] = &[
 /// Parameter names whose values never reach a log or a results file.
 pub fn is_secret(name: &str) -> bool {
     name.contains("password") || name.contains("secret")
+}
+
+/// A parameter's value as logs, errors and results may show it.
+fn shown(key: &str, value: &str) -> String {
+    if is_secret(key) && !value.is_empty() {
+        "<redacted>".to_string()
+    } else {
+        value.to_string()
+    }
 }
 
 /// What can be wrong with parameters.
@@ -189,7 +208,7 @@ pub enum ParamError {
 /// let mut params = Params::defaults();
 /// params.set("migration_iterations", "2");
 /// assert_eq!(params.get_or("migration_iterations", 4u32).unwrap(), 2);
-/// assert_eq!(params.get_or("login_timeout", 0.0).unwrap(), 60.0);
+/// assert_eq!(params.get_or("migrate_timeout", 0.0).unwrap(), 60.0);
 /// assert!(params.get::<u32>("migration_mode").is_err());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -233,7 +252,7 @@ impl Params {
         };
         value.parse().map(Some).map_err(|_| ParamError::Type {
             key: key.into(),
-            value: value.into(),
+            value: shown(key, value),
             expected: short_type_name::<T>(),
         })
     }
@@ -259,14 +278,7 @@ impl Params {
     pub fn redacted(&self) -> BTreeMap<String, String> {
         self.values
             .iter()
-            .map(|(k, v)| {
-                let v = if is_secret(k) && !v.is_empty() {
-                    "<redacted>".to_string()
-                } else {
-                    v.clone()
-                };
-                (k.clone(), v)
-            })
+            .map(|(k, v)| (k.clone(), shown(k, v)))
             .collect()
     }
 
@@ -278,7 +290,7 @@ impl Params {
             {
                 return Err(ParamError::Type {
                     key: known.name.into(),
-                    value: value.into(),
+                    value: shown(known.name, value),
                     expected: known.kind.describe().into(),
                 });
             }
@@ -362,14 +374,14 @@ impl ParamSources {
             variants = variants
                 .into_iter()
                 .flat_map(|variant| {
-                    values.iter().map(move |value| {
+                    values.iter().enumerate().map(move |(index, value)| {
                         let mut next = variant.clone();
                         next.params.set(key.clone(), value.clone());
                         if values.len() > 1 {
                             if !next.name.is_empty() {
                                 next.name.push(',');
                             }
-                            next.name.push_str(&format!("{key}={value}"));
+                            next.name.push_str(&variant_label(key, index, value));
                         }
                         next
                     })
@@ -383,6 +395,17 @@ impl ParamSources {
             variant.params.check()?;
         }
         Ok((variants, warnings))
+    }
+}
+
+/// How one value of a listed key names its variant: `key=value`, or
+/// `key=#2` (its place in the list) for a secret, whose value must not
+/// reach a test name, a directory or a results file.
+fn variant_label(key: &str, index: usize, value: &str) -> String {
+    if is_secret(key) {
+        format!("{key}=#{}", index + 1)
+    } else {
+        format!("{key}={value}")
     }
 }
 
@@ -476,7 +499,7 @@ mod tests {
             ]
         );
         assert_eq!(variants[3].params.get_str("memory"), Some("512"));
-        assert_eq!(variants[0].params.get_str("login_timeout"), Some("60"));
+        assert_eq!(variants[0].params.get_str("migrate_timeout"), Some("60"));
     }
 
     #[test]
@@ -523,6 +546,36 @@ mod tests {
         let (_dir, sources) = sources_of("{\"cpus\": 2,\n \"memory\" 3}", "json", &[]);
         let error = sources.variants_with(&|_| None).unwrap_err().to_string();
         assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn a_listed_secret_names_its_variants_by_place_not_value() {
+        let (_dir, sources) = sources_of(
+            "guest_password = [\"pw-one\", \"pw-two\"]\nmigration_mode = [\"tcp\", \"fd\"]\n",
+            "toml",
+            &[],
+        );
+        let (variants, _) = sources.variants_with(&|_| None).unwrap();
+        let names: Vec<_> = variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "guest_password=#1,migration_mode=tcp",
+                "guest_password=#1,migration_mode=fd",
+                "guest_password=#2,migration_mode=tcp",
+                "guest_password=#2,migration_mode=fd"
+            ]
+        );
+        assert_eq!(variants[2].params.get_str("guest_password"), Some("pw-two"));
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_shown() {
+        let mut params = Params::defaults();
+        params.set("vault_secret", "s3cr3t");
+        let error = params.get::<u32>("vault_secret").unwrap_err().to_string();
+        assert!(!error.contains("s3cr3t"), "{error}");
+        assert!(error.contains("`vault_secret`"), "{error}");
     }
 
     #[test]

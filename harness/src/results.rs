@@ -37,6 +37,10 @@ pub struct TestRecord {
     pub params: BTreeMap<String, String>,
     /// Warnings it recorded.
     pub whiteboard: String,
+    /// Disk overlays kept after the test (a failed test keeps its VM's,
+    /// to look into).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_disks: Vec<PathBuf>,
 }
 
 /// A job's `results.json`.
@@ -169,11 +173,11 @@ impl JobResults {
                 }
             }
             if !status.is_success() || status == Status::Warn {
-                let _ = write!(
-                    xml,
-                    "<system-err>logs: {}</system-err>",
-                    escape(&test.logdir.display().to_string())
-                );
+                let mut text = format!("logs: {}", test.logdir.display());
+                for disk in &test.kept_disks {
+                    let _ = write!(text, "\nkept disk: {}", disk.display());
+                }
+                let _ = write!(xml, "<system-err>{}</system-err>", escape(&text));
             }
             xml.push_str("</testcase>\n");
         }
@@ -298,6 +302,7 @@ mod tests {
             time: 1.0,
             params: BTreeMap::new(),
             whiteboard: String::new(),
+            kept_disks: Vec::new(),
         };
         let results = JobResults::new(
             "abc",

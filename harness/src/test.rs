@@ -186,24 +186,21 @@ impl Test {
 
 /// A VM configuration from the parameters (see the README's table).
 pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError> {
-    let mut config = match params.get::<PathBuf>("guest")? {
-        None => VmConfig::default_guest()?,
-        Some(path) => {
-            let dir = if path.is_dir() {
-                path
-            } else {
-                path.parent().map(Path::to_path_buf).unwrap_or_default()
-            };
-            let guest =
-                virtest_guest::Manifest::load(&dir).map_err(|source| virtest_vm::Error::Guest {
-                    manifest: dir.clone(),
-                    source,
-                })?;
-            VmConfig::new(guest)
-        }
-    };
+    let guest = params
+        .get_str("guest")
+        .unwrap_or(virtest_guest::guests::DEFAULT);
+    let (description, warnings) =
+        virtest_guest::guests::load(guest).map_err(|source| virtest_vm::Error::Guest {
+            guest: guest.into(),
+            source,
+        })?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let mut config = VmConfig::new(description);
     config.qemu = params.get("qemu_bin")?;
     config.destination_qemu = params.get("qemu_dst_bin")?;
+    config.qemu_img = params.get("qemu_img_bin")?;
     if let Some(accel) = params.get_str("accel") {
         config.accel = accel.parse()?;
     }
@@ -213,8 +210,9 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     if let Some(password) = params.get_str("guest_password") {
         config.login = Login::Password(password.to_string());
     }
-    config.login_timeout = params.seconds_or("login_timeout", Duration::from_secs(60))?;
+    config.login_timeout = params.seconds_or("login_timeout", config.login_timeout)?;
     config.migrate_timeout = params.seconds_or("migrate_timeout", Duration::from_secs(60))?;
+    config.keep_disks = params.get_or("keep_disks", false)?;
     config.log_dir = Some(log_dir.to_path_buf());
     Ok(config)
 }

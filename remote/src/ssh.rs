@@ -89,6 +89,7 @@ pub struct SshSession {
     addr: SocketAddr,
     user: String,
     host_key_fingerprint: String,
+    host_key: String,
 }
 
 impl fmt::Debug for SshSession {
@@ -164,6 +165,7 @@ impl SshSession {
                 addr,
                 user: config.user.clone(),
                 host_key_fingerprint: fingerprint,
+                host_key: openssh_line(&blob),
             })
         };
         tokio::time::timeout(deadline, attempt)
@@ -206,6 +208,12 @@ impl SshSession {
     /// The server's host key fingerprint (`SHA256:...`).
     pub fn host_key_fingerprint(&self) -> &str {
         &self.host_key_fingerprint
+    }
+
+    /// The server's host key as an OpenSSH public key line
+    /// (`ssh-ed25519 AAAA...`), to pin in a later [`SshConfig`].
+    pub fn host_key(&self) -> &str {
+        &self.host_key
     }
 
     /// Runs a command; a non-zero exit is an [`Error::Exit`] carrying the
@@ -415,6 +423,22 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// The OpenSSH public key line of a key blob: its type (the blob's first
+/// string) and the blob in padded base64.
+fn openssh_line(blob: &[u8]) -> String {
+    let kind = blob
+        .get(..4)
+        .map(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
+        .and_then(|len| blob.get(4..4 + len))
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let mut encoded = base64(blob);
+    while !encoded.len().is_multiple_of(4) {
+        encoded.push('=');
+    }
+    format!("{kind} {encoded}")
+}
+
 /// The key blob of an OpenSSH public key line (`type base64 [comment]`).
 fn public_key_blob(line: &str) -> Option<Vec<u8>> {
     let text = line.split_whitespace().nth(1)?.trim_end_matches('=');
@@ -445,6 +469,28 @@ mod tests {
         assert_eq!(public_key_blob("ssh-ed25519 Zm9vYmE= c").unwrap(), b"fooba");
         assert_eq!(public_key_blob("ssh-ed25519 Zm9vYmFy").unwrap(), b"foobar");
         assert_eq!(public_key_blob("nothing"), None);
+    }
+
+    #[test]
+    fn a_key_blob_makes_an_openssh_line_that_reads_back() {
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&11u32.to_be_bytes());
+        blob.extend_from_slice(b"ssh-ed25519");
+        blob.extend_from_slice(&32u32.to_be_bytes());
+        blob.extend_from_slice(&[7u8; 32]);
+        let line = openssh_line(&blob);
+        assert!(
+            line.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"),
+            "{line}"
+        );
+        let encoded = line.split_whitespace().nth(1).unwrap();
+        assert!(encoded.len().is_multiple_of(4), "{line}");
+        blob.push(1);
+        let padded = openssh_line(&blob);
+        assert!(padded.ends_with("AQ=="), "{padded}");
+        assert_eq!(public_key_blob(&padded).unwrap(), blob);
+        blob.pop();
+        assert_eq!(public_key_blob(&line).unwrap(), blob);
     }
 
     #[test]

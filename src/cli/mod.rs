@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod doctor;
+mod guest;
 mod results;
 mod run;
 
@@ -27,6 +28,8 @@ enum Command {
     Bootstrap(bootstrap::Args),
     /// Check this machine: QEMU, accelerators, the guest cache.
     Doctor(doctor::Args),
+    /// Guest descriptions: `virtest guest check PATH`.
+    Guest(guest::Args),
     /// List the built-in tests (boot, reboot, migration) and variants,
     /// or the known parameters (--parameters).
     List(run::ListArgs),
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Guest(args) => guest::run(args),
         Command::List(args) => run::list(args),
         Command::Run(args) => run::run(args),
         Command::Results(args) => results::run(args),

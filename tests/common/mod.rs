@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
-use virtest::guest::{Manifest, cache};
+use virtest::guest::{GuestDescription, Manifest, cache};
 use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
 use virtest::vm::{ConsoleOutput, GuestLaunch};
@@ -25,6 +25,50 @@ pub fn guest() -> &'static Manifest {
             .expect("bootstrap")
             .manifest
     })
+}
+
+/// The default guest's description (its `guest.toml`).
+pub fn description() -> &'static GuestDescription {
+    static DESCRIPTION: OnceLock<GuestDescription> = OnceLock::new();
+    DESCRIPTION.get_or_init(|| guest().description().expect("the default guest.toml"))
+}
+
+/// Writes `dir/guest.toml`: the default guest as a user would describe
+/// it by hand (absolute paths, its key and password), plus `extra` TOML
+/// (say, a `[[disks]]` table).
+pub fn write_guest_toml(dir: &std::path::Path, extra: &str) -> PathBuf {
+    let guest = description();
+    let kernel = guest.boot.kernel.as_ref().unwrap();
+    let login = &guest.login;
+    let text = format!(
+        r#"name = "mine"
+
+[boot]
+kernel = "{kernel}"
+initrd = "{initrd}"
+cmdline = "{cmdline}"
+
+[login]
+user = "{user}"
+password = "{password}"
+key = "{key}"
+
+[ready]
+wait_for = "console"
+line = "virtest-guest-ready"
+
+{extra}
+"#,
+        kernel = kernel.kernel.display(),
+        initrd = kernel.initrd.as_ref().unwrap().display(),
+        cmdline = kernel.cmdline,
+        user = login.user,
+        password = login.password.as_deref().unwrap(),
+        key = login.key.as_ref().unwrap().display(),
+    );
+    let path = dir.join("guest.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// At most two guests run at once on these two-core machines: a test
@@ -124,8 +168,9 @@ impl Qemu {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         let port = free_port();
+        let guest = manifest.description().unwrap();
         let launch = GuestLaunch {
-            manifest,
+            guest: &guest,
             qemu: binary::find(BinaryKind::System, None).unwrap(),
             accel: Chosen::Tcg,
             memory_mib: None,
@@ -141,6 +186,8 @@ impl Qemu {
             vga: false,
             qmp_socket: None,
             allow_reboot: reboot_allowed,
+            disks: &[],
+            uefi: None,
         };
         let cmdline = launch.cmdline();
         cmdline.validate().unwrap();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtest_guest::Manifest;
+use virtest_guest::GuestDescription;
 use virtest_qemu_cmdline::Arg;
 use virtest_qemu_cmdline::accel::Accel;
 
@@ -12,9 +12,12 @@ use crate::error::{Error, Result};
 /// How `login_remote` authenticates.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub enum Login {
-    /// The guest's private key, from its manifest (the default).
+    /// The guest's own credentials: its key, else its password (the
+    /// default).
     #[default]
-    Key,
+    Guest,
+    /// A private key file.
+    Key(PathBuf),
     /// A password.
     Password(String),
 }
@@ -22,14 +25,15 @@ pub enum Login {
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Login::Key => f.write_str("Key"),
+            Login::Guest => f.write_str("Guest"),
+            Login::Key(path) => f.debug_tuple("Key").field(path).finish(),
             Login::Password(_) => f.write_str("Password(<redacted>)"),
         }
     }
 }
 
 /// Everything a [`Vm`](crate::Vm) is made from. Only `guest` is needed;
-/// the rest has defaults.
+/// the rest has defaults, most of them the guest's.
 ///
 /// ```no_run
 /// # fn f() -> virtest_vm::Result<()> {
@@ -42,15 +46,15 @@ impl std::fmt::Debug for Login {
 /// ```
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// The guest: kernel, initrd, credentials, machine hints.
-    pub guest: Manifest,
+    /// The guest: how it boots, its disks, how to log in, its machine.
+    pub guest: GuestDescription,
     /// The QEMU binary (`None`: `$QEMU`, then `qemu-system-x86_64` on PATH).
     pub qemu: Option<PathBuf>,
     /// The accelerator (`auto`: KVM where it can boot a guest, else TCG).
     pub accel: Accel,
     /// Memory in MiB (`None`: the guest's hint).
     pub memory_mib: Option<u32>,
-    /// Processors (`None`: one).
+    /// Processors (`None`: the guest's).
     pub cpus: Option<u32>,
     /// More QEMU options, appended (devices, objects, ...).
     pub extra_args: Vec<Arg>,
@@ -63,8 +67,15 @@ pub struct VmConfig {
     pub user: Option<String>,
     /// How `login_remote` authenticates.
     pub login: Login,
-    /// How long `login_remote` (and a reboot) waits for the guest.
+    /// How long `login_remote` (and a reboot) waits for the guest (the
+    /// guest's `login.timeout`, 60 s unless it says).
     pub login_timeout: Duration,
+    /// qemu-img, which makes the overlays of a guest with disks (`None`:
+    /// `$QEMU_IMG`, then `qemu-img` on PATH).
+    pub qemu_img: Option<PathBuf>,
+    /// Keep the VM's disk overlays when it is dropped (they are removed
+    /// otherwise).
+    pub keep_disks: bool,
     /// How long `power_off` waits for the guest to power itself off
     /// after an ACPI power-button press before it asks QEMU to quit.
     pub graceful_timeout: Duration,
@@ -80,8 +91,9 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A configuration with the defaults, for `guest`.
-    pub fn new(guest: Manifest) -> VmConfig {
+    pub fn new(guest: GuestDescription) -> VmConfig {
         VmConfig {
+            login_timeout: guest.login.timeout,
             guest,
             qemu: None,
             accel: Accel::Auto,
@@ -91,8 +103,9 @@ impl VmConfig {
             vga: true,
             log_dir: None,
             user: None,
-            login: Login::Key,
-            login_timeout: Duration::from_secs(60),
+            login: Login::Guest,
+            qemu_img: None,
+            keep_disks: false,
             graceful_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(30),
             destination_qemu: None,
@@ -103,12 +116,12 @@ impl VmConfig {
     /// The default guest that `virtest bootstrap` built into the cache.
     pub fn default_guest() -> Result<VmConfig> {
         let home = virtest_guest::cache::default_home().map_err(|source| Error::Guest {
-            manifest: PathBuf::from("<cache>"),
+            guest: PathBuf::from("default"),
             source,
         })?;
         let dir = virtest_guest::cache::guest_dir(&home, "default");
-        let guest = Manifest::load(&dir).map_err(|source| Error::Guest {
-            manifest: dir.join("manifest.json"),
+        let (guest, _) = GuestDescription::load(&dir).map_err(|source| Error::Guest {
+            guest: dir.clone(),
             source,
         })?;
         Ok(VmConfig::new(guest))

@@ -10,14 +10,30 @@ pub enum Error {
     /// The QEMU binary could not be found or probed.
     #[error("finding QEMU")]
     Qemu(#[source] virtest_qemu_cmdline::Error),
-    /// The guest's files are missing or do not match its manifest.
-    #[error("the guest `{manifest}` cannot be used (`virtest bootstrap` builds the default guest)")]
+    /// The guest cannot be loaded: its description or its files.
+    #[error("the guest `{guest}` cannot be used")]
     Guest {
-        /// The manifest.
-        manifest: PathBuf,
+        /// The guest's description (or its name).
+        guest: PathBuf,
         /// Why.
         #[source]
         source: virtest_guest::Error,
+    },
+    /// A disk of the guest cannot be used.
+    #[error("disk image `{path}`: {reason}")]
+    Disk {
+        /// The base image.
+        path: PathBuf,
+        /// What is wrong, with what qemu-img said.
+        reason: String,
+    },
+    /// The UEFI firmware is not installed.
+    #[error(
+        "UEFI firmware `{missing}` not found: install it with `apt-get install ovmf` (or set VIRTEST_OVMF_DIR to a directory holding OVMF_CODE_4M.fd and OVMF_VARS_4M.fd)"
+    )]
+    Firmware {
+        /// The file looked for.
+        missing: PathBuf,
     },
     /// A file or directory of the VM could not be made or written.
     #[error("{what} `{path}`")]

@@ -1,13 +1,17 @@
-//! The QEMU command line of a guest, from its manifest.
+//! The QEMU command line of a guest, from its description.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use virtest_guest::Manifest;
+use virtest_guest::GuestDescription;
+use virtest_guest::description::Firmware;
 use virtest_qemu_cmdline::accel::Chosen;
 use virtest_qemu_cmdline::cmdline::socket_chardev_props;
 use virtest_qemu_cmdline::{
     Arg, FlagOption, HostFwd, Props, PropsOption, QemuCmdline, ValueOption,
 };
+
+use crate::disks::{Overlay, UefiFiles};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,17 +35,17 @@ pub enum ConsoleOutput {
 #[derive(Debug, Clone)]
 pub struct GuestLaunch<'a> {
     /// The guest.
-    pub manifest: &'a Manifest,
+    pub guest: &'a GuestDescription,
     /// The QEMU binary.
     pub qemu: PathBuf,
     /// The accelerator.
     pub accel: Chosen,
-    /// Memory in MiB (`None`: the manifest's hint).
+    /// Memory in MiB (`None`: the guest's).
     pub memory_mib: Option<u32>,
+    /// Processors (`None`: the guest's).
+    pub cpus: Option<u32>,
     /// The host port forwarded, on 127.0.0.1, to the guest's sshd.
     pub ssh_host_port: u16,
-    /// Processors (`None`: QEMU's default, one).
-    pub cpus: Option<u32>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
     /// Give the guest a standard VGA card (needed for screendumps).
@@ -50,47 +54,95 @@ pub struct GuestLaunch<'a> {
     pub qmp_socket: Option<PathBuf>,
     /// Whether a guest reboot restarts it (else QEMU exits).
     pub allow_reboot: bool,
+    /// The VM's overlay of each of the guest's disks, in order (the base
+    /// images are never opened for writing).
+    pub disks: &'a [Overlay],
+    /// The UEFI firmware and this VM's variable store, for a UEFI guest.
+    pub uefi: Option<&'a UefiFiles>,
 }
 
 impl GuestLaunch<'_> {
-    /// The command line: the manifest's machine and devices, direct kernel
-    /// boot, user networking with sshd forwarded to 127.0.0.1, the console
-    /// to a file, and nothing QEMU would add by default.
+    /// The command line: the guest's machine and devices, its firmware,
+    /// its disks (through the VM's overlays), direct kernel boot when the
+    /// guest has a kernel, user networking with sshd forwarded to
+    /// 127.0.0.1, a random-number device, and nothing QEMU would add by
+    /// default.
     ///
     /// ```no_run
-    /// # fn f(manifest: &virtest_guest::Manifest) {
+    /// # fn f(guest: &virtest_guest::GuestDescription) {
     /// use virtest_qemu_cmdline::accel::Chosen;
     /// use virtest_vm::{ConsoleOutput, GuestLaunch};
     /// let launch = GuestLaunch {
-    ///     manifest,
+    ///     guest,
     ///     qemu: "qemu-system-x86_64".into(),
     ///     accel: Chosen::Tcg,
     ///     memory_mib: None,
-    ///     ssh_host_port: 40022,
     ///     cpus: None,
+    ///     ssh_host_port: 40022,
     ///     console: ConsoleOutput::File("/tmp/console.log".into()),
     ///     vga: false,
     ///     qmp_socket: None,
     ///     allow_reboot: false,
+    ///     disks: &[],
+    ///     uefi: None,
     /// };
     /// let child = launch.cmdline().to_command().spawn();
     /// # }
     /// ```
     pub fn cmdline(&self) -> QemuCmdline {
-        let m = self.manifest;
+        let guest = self.guest;
+        let machine = &guest.machine;
         let mut cmd = QemuCmdline::new(&self.qemu);
-        cmd.machine(&m.qemu.machine)
+        cmd.machine(&machine.machine_type)
             .accel(self.accel.as_str())
-            .memory_mib(self.memory_mib.unwrap_or(m.qemu.memory_mib))
+            .memory_mib(self.memory_mib.unwrap_or(machine.memory_mib))
             .flag(FlagOption::NoDefaults)
             .flag(FlagOption::NoUserConfig);
         cmd.push(Arg::Props(PropsOption::Display, Props::with_head("none")));
-        cmd.direct_boot(
-            &m.kernel_path().to_string_lossy(),
-            Some(&m.initrd_path().to_string_lossy()),
-            &m.cmdline,
-        );
-        if let Some(cpus) = self.cpus {
+        if let (Firmware::Uefi, Some(uefi)) = (guest.boot.firmware, self.uefi) {
+            for (unit, file, readonly) in [(0, &uefi.code, true), (1, &uefi.vars, false)] {
+                let mut drive = Props::default();
+                drive
+                    .set("if", "pflash")
+                    .set("format", "raw")
+                    .set("unit", unit.to_string())
+                    .set("file", file.to_string_lossy());
+                if readonly {
+                    drive.set("readonly", "on");
+                }
+                cmd.push(Arg::Props(PropsOption::Drive, drive));
+            }
+        }
+        if let Some(kernel) = &guest.boot.kernel {
+            cmd.direct_boot(
+                &kernel.kernel.to_string_lossy(),
+                kernel
+                    .initrd
+                    .as_deref()
+                    .map(|p| p.to_string_lossy())
+                    .as_deref(),
+                &kernel.cmdline,
+            );
+        }
+        for (index, overlay) in self.disks.iter().enumerate() {
+            let id = format!("disk{index}");
+            let mut drive = Props::default();
+            drive
+                .set("file", overlay.path.to_string_lossy())
+                .set("format", "qcow2")
+                .set("if", "none")
+                .set("id", &id)
+                .set("discard", "unmap");
+            cmd.push(Arg::Props(PropsOption::Drive, drive));
+            let boot_index = index.to_string();
+            let mut props = vec![("drive", id.as_str())];
+            if guest.boot.kernel.is_none() {
+                props.push(("bootindex", boot_index.as_str()));
+            }
+            cmd.device("virtio-blk-pci", &props);
+        }
+        let cpus = self.cpus.unwrap_or(machine.cpus);
+        if cpus != 1 {
             cmd.smp(cpus);
         }
         match &self.console {
@@ -116,10 +168,15 @@ impl GuestLaunch<'_> {
         if self.vga {
             cmd.device("VGA", &[]);
         }
-        cmd.user_netdev("net0", &[HostFwd::tcp(self.ssh_host_port, m.ssh_port)])
-            .device(&m.qemu.net_device, &[("netdev", "net0")]);
-        for device in &m.qemu.devices {
-            cmd.device(device, &[]);
+        cmd.user_netdev(
+            "net0",
+            &[HostFwd::tcp(self.ssh_host_port, guest.login.port)],
+        )
+        .device(&machine.net_device, &[("netdev", "net0")]);
+        cmd.device("virtio-rng-pci", &[]);
+        for device in &machine.devices {
+            let props = Props::parse(device, true);
+            cmd.push(Arg::Props(PropsOption::Device, props));
         }
         if let Some(socket) = &self.qmp_socket {
             cmd.set_value(
@@ -129,6 +186,13 @@ impl GuestLaunch<'_> {
         }
         if !self.allow_reboot {
             cmd.flag(FlagOption::NoReboot);
+        }
+        if !machine.qemu_args.is_empty() {
+            let argv: Vec<OsString> = machine.qemu_args.iter().map(OsString::from).collect();
+            let (extra, _) = QemuCmdline::parse(&self.qemu, &argv);
+            for arg in extra.args {
+                cmd.push(arg);
+            }
         }
         cmd
     }

@@ -22,6 +22,8 @@
 //! - `process`: spawning QEMU so that it never outlives its owner.
 //! - `console`: [`Console`], the serial output, logged and searchable.
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
+//! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
+//!   UEFI variable store.
 //! - `ports`, `dirs`: free ports, ids and private directories.
 //!
 //! # Nothing left behind
@@ -35,6 +37,7 @@
 mod config;
 mod console;
 mod dirs;
+mod disks;
 mod error;
 mod instance;
 mod launch;
@@ -44,6 +47,7 @@ mod vm;
 
 pub use config::{Login, VmConfig};
 pub use console::{Console, ConsoleCursor};
+pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
 pub use instance::{Endpoints, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};

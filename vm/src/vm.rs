@@ -12,9 +12,12 @@ use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_qmp::Qmp;
 use virtest_remote::{Auth, SshConfig, SshSession};
 
+use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
+
 use crate::config::{Login, VmConfig};
 use crate::console::{Console, ConsoleCursor};
 use crate::dirs;
+use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Files, Instance};
 use crate::launch::{ConsoleOutput, GuestLaunch};
@@ -91,6 +94,12 @@ pub struct Vm {
     // Dropped before the runtime directory is removed.
     instance: Option<Instance>,
     remote: Option<SshSession>,
+    /// The overlays and firmware variables, made at the first power_on
+    /// and dropped (removed) after QEMU.
+    disks: Option<VmDisks>,
+    /// The host key every login must present: the guest's, or the one
+    /// the first login saw.
+    host_key: Option<String>,
     /// How many QEMU processes this VM has started (names their sockets).
     generation: u32,
     /// The console position where the current boot began.
@@ -129,6 +138,8 @@ impl Vm {
         Vm {
             span: tracing::info_span!("vm", id = %id),
             id,
+            host_key: config.guest.login.host_key.clone(),
+            disks: None,
             config,
             runtime_dir,
             log_dir,
@@ -159,6 +170,31 @@ impl Vm {
     /// The private directory of the VM's sockets.
     pub fn runtime_dir(&self) -> &Path {
         &self.runtime_dir
+    }
+
+    /// The VM's disk overlays (empty before the first `power_on`, and
+    /// for a guest without disks).
+    pub fn overlays(&self) -> &[Overlay] {
+        self.disks.as_ref().map_or(&[], |d| d.overlays())
+    }
+
+    /// The directory of the VM's overlays and firmware variables, once
+    /// made.
+    pub fn disk_dir(&self) -> Option<&Path> {
+        self.disks.as_ref().map(|d| d.dir())
+    }
+
+    /// Keeps the VM's disk files when it is dropped (for a failed test,
+    /// say), in [`Vm::disk_dir`].
+    pub fn keep_disks(&mut self) {
+        if let Some(disks) = &mut self.disks {
+            disks.keep();
+        }
+    }
+
+    /// The host key logins must present, once known.
+    pub fn host_key(&self) -> Option<&str> {
+        self.host_key.as_deref()
     }
 
     /// The tracing span of this VM.
@@ -194,19 +230,26 @@ impl Vm {
                 source,
             })?;
         }
+        if self.disks.is_none() {
+            self.disks = Some(self.create_disks().await?);
+        }
         let config = self.config.clone();
+        let disks = self.disks.as_ref().expect("made above");
+        let (overlays, uefi) = (disks.overlays().to_vec(), disks.uefi().cloned());
         let launch = move |endpoints: &Endpoints| {
             let mut cmdline = GuestLaunch {
-                manifest: &config.guest,
+                guest: &config.guest,
                 qemu: qemu.clone(),
                 accel,
                 memory_mib: config.memory_mib,
-                ssh_host_port: endpoints.ssh_port,
                 cpus: config.cpus,
+                ssh_host_port: endpoints.ssh_port,
                 console: ConsoleOutput::Connect(endpoints.console_socket.clone()),
                 vga: config.vga,
                 qmp_socket: Some(endpoints.qmp_socket.clone()),
                 allow_reboot: true,
+                disks: &overlays,
+                uefi: uefi.as_ref(),
             }
             .cmdline();
             for arg in &config.extra_args {
@@ -225,6 +268,23 @@ impl Vm {
         );
         self.instance = Some(instance);
         Ok(())
+    }
+
+    /// The overlays over the guest's disks and its UEFI variables, in the
+    /// VM's private `disks/` directory; kept when the config says.
+    async fn create_disks(&self) -> Result<VmDisks> {
+        let guest = &self.config.guest;
+        let dir = self.log_dir.join("disks");
+        let qemu_img = if guest.disks.is_empty() {
+            PathBuf::new()
+        } else {
+            binary::find(BinaryKind::Img, self.config.qemu_img.as_deref()).map_err(Error::Qemu)?
+        };
+        let mut disks = VmDisks::create(guest, &dir, &qemu_img).await?;
+        if self.config.keep_disks {
+            disks.keep();
+        }
+        Ok(disks)
     }
 
     fn choose_accel(&self, qemu: &Path) -> Result<Chosen> {
@@ -448,10 +508,15 @@ impl Vm {
     }
 
     /// Waits for the guest's ready line in the current boot (at once when
-    /// it was seen already, or when the guest has no ready line).
+    /// it was seen already, or when the guest's readiness is its sshd
+    /// answering, which `login_remote` tries).
     pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
-        let marker = self.config.guest.ready_marker.clone();
-        if self.ready_seen || marker.is_empty() {
+        let marker = match &self.config.guest.ready {
+            Ready::Console(line) => line.clone(),
+            Ready::CloudInit => CLOUD_INIT_READY_LINE.to_string(),
+            Ready::Ssh => return Ok(()),
+        };
+        if self.ready_seen {
             return Ok(());
         }
         self.wait_for_console(&marker, deadline).await?;
@@ -512,6 +577,13 @@ impl Vm {
             match login.await {
                 Ok(session) => {
                     tracing::info!(elapsed = ?start.elapsed(), port, "logged in");
+                    if self.host_key.is_none() {
+                        tracing::info!(
+                            fingerprint = session.host_key_fingerprint(),
+                            "trusting the guest's host key on first use; later logins must present it"
+                        );
+                        self.host_key = Some(session.host_key().to_string());
+                    }
                     Ok(session)
                 }
                 Err(source) => Err(Error::Login {
@@ -527,19 +599,24 @@ impl Vm {
     }
 
     fn ssh_config(&self, port: u16) -> SshConfig {
-        let guest = &self.config.guest;
+        let login = &self.config.guest.login;
         SshConfig {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             user: self
                 .config
                 .user
                 .clone()
-                .unwrap_or_else(|| guest.credentials.user.clone()),
+                .unwrap_or_else(|| login.user.clone()),
             auth: match &self.config.login {
-                Login::Key => Auth::KeyFile(guest.private_key_path()),
+                Login::Guest => match (&login.key, &login.password) {
+                    (Some(key), _) => Auth::KeyFile(key.clone()),
+                    (None, Some(password)) => Auth::Password(password.clone()),
+                    (None, None) => Auth::KeyFile(PathBuf::new()),
+                },
+                Login::Key(key) => Auth::KeyFile(key.clone()),
                 Login::Password(password) => Auth::Password(password.clone()),
             },
-            known_host_keys: vec![guest.host_key.public.clone()],
+            known_host_keys: self.host_key.iter().cloned().collect(),
         }
     }
 

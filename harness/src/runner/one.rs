@@ -78,11 +78,11 @@ impl TestRun {
             tracing::info!(test = %name, params = ?params.redacted(), "test starts");
             let mut t = match Test::new(&name, params.clone(), &dir) {
                 Ok(t) => t,
-                Err(e) => return (Err(e), Vec::new()),
+                Err(e) => return (Err(e), Vec::new(), Vec::new()),
             };
             let timeout = match params.seconds_or("timeout", DEFAULT_TIMEOUT) {
                 Ok(timeout) => timeout,
-                Err(e) => return (Err(e.into()), Vec::new()),
+                Err(e) => return (Err(e.into()), Vec::new(), Vec::new()),
             };
             let deadline = Instant::now() + timeout;
             set(&phase, "setup");
@@ -108,6 +108,16 @@ impl TestRun {
                 tracing::warn!("the VM is still on after cleanup: killing it");
                 let _ = t.vm.power_off_within(Duration::ZERO).await;
             }
+            let failed = outcome.is_err() || cleanup.is_err();
+            let kept_disks = if failed || t.vm.config().keep_disks {
+                t.vm.keep_disks();
+                t.vm.overlays().iter().map(|o| o.path.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            if !kept_disks.is_empty() {
+                tracing::info!(disks = ?kept_disks, "the VM's disk overlays are kept");
+            }
             let outcome = match (outcome, cleanup) {
                 (Ok(()), Err(e)) => Err(TestError::new(e.status, format!("cleanup: {}", e.reason))),
                 (Err(e), Err(cleanup)) => {
@@ -116,16 +126,18 @@ impl TestRun {
                 }
                 (outcome, Ok(())) => outcome,
             };
-            (outcome, t.warnings().to_vec())
+            (outcome, t.warnings().to_vec(), kept_disks)
         };
-        let (outcome, warnings) = run.instrument(span.clone()).await;
+        let (outcome, warnings, kept_disks) = run.instrument(span.clone()).await;
         let (status, reason) = match outcome {
             Ok(()) if warnings.is_empty() => (Status::Pass, None),
             Ok(()) => (Status::Warn, Some(warnings.join("; "))),
             Err(e) => (e.status, Some(e.reason)),
         };
         span.in_scope(|| tracing::info!(%status, "test ends"));
-        record(status, reason, warnings.join("\n"))
+        let mut record = record(status, reason, warnings.join("\n"));
+        record.kept_disks = kept_disks;
+        record
     }
 }
 
@@ -207,6 +219,7 @@ fn record(
         time: end - start,
         params: params.redacted(),
         whiteboard,
+        kept_disks: Vec::new(),
     }
 }
 

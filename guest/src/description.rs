@@ -1,0 +1,766 @@
+//! The guest description: what a VM boots and how to get into it, as a
+//! `guest.toml` a user writes for any image. Paths in the file are
+//! relative to its directory.
+//!
+//! ```toml
+//! name = "my-debian"
+//!
+//! [boot]                      # no kernel: boot the first disk
+//! firmware = "uefi"           # bios (default) or uefi
+//!
+//! [[disks]]
+//! path = "debian-12.qcow2"    # never written: each VM gets an overlay
+//! format = "qcow2"            # qcow2 or raw (default: by extension)
+//!
+//! [login]
+//! user = "root"
+//! password = "secret"         # and/or key = "id_ed25519"
+//! timeout = 120               # seconds login_remote waits
+//!
+//! [ready]
+//! wait_for = "ssh"            # console (with line = "..."), ssh, cloud-init
+//!
+//! [machine]
+//! memory = 512
+//! ```
+//!
+//! Unknown keys are warnings naming the file and line; a value of the
+//! wrong type is an error naming the key and the type expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The file name of a guest description in a guest directory.
+pub const DESCRIPTION_FILE: &str = "guest.toml";
+
+/// The line a guest made by `virtest` prints on its console once its
+/// cloud-init has finished (the seed's `runcmd` writes it).
+pub const CLOUD_INIT_READY_LINE: &str = "virtest-cloud-init-ready";
+
+/// A guest, as a VM boots it: loaded from a `guest.toml` with every path
+/// made absolute.
+///
+/// ```no_run
+/// use virtest_guest::GuestDescription;
+/// let (guest, warnings) = GuestDescription::load("images/my-guest/guest.toml".as_ref())?;
+/// for w in &warnings {
+///     eprintln!("warning: {w}");
+/// }
+/// println!("{} logs in as {}", guest.name, guest.login.user);
+/// # Ok::<(), virtest_guest::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestDescription {
+    /// The guest's name (the directory's when the file gives none).
+    pub name: String,
+    /// The kernel release the guest runs, when known; the built-in boot
+    /// test checks it.
+    pub kernel_release: Option<String>,
+    /// How it boots.
+    pub boot: Boot,
+    /// Its disks, in the order the guest sees them.
+    pub disks: Vec<Disk>,
+    /// How to log in.
+    pub login: LoginSpec,
+    /// How virtest knows the guest is up.
+    pub ready: Ready,
+    /// Whether each VM gets a NoCloud seed, and what it adds.
+    pub cloud_init: CloudInit,
+    /// What the machine looks like.
+    pub machine: Machine,
+    /// The file this was loaded from.
+    pub path: PathBuf,
+}
+
+/// How a guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// The firmware (SeaBIOS unless the description says `uefi`).
+    pub firmware: Firmware,
+    /// A kernel QEMU loads directly; `None` boots the first disk.
+    pub kernel: Option<KernelBoot>,
+}
+
+/// Direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
+    /// The kernel (`-kernel`).
+    pub kernel: PathBuf,
+    /// The initramfs (`-initrd`), if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (`-append`).
+    pub cmdline: String,
+}
+
+/// The machine's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    #[default]
+    Bios,
+    /// OVMF, from Debian's `ovmf` package.
+    Uefi,
+}
+
+/// One disk of a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Where the base image is, or comes from.
+    pub source: DiskSource,
+    /// The image format.
+    pub format: DiskFormat,
+}
+
+/// Where a disk's base image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A file on the host.
+    File(PathBuf),
+    /// A file to download once into the cache, checked against its
+    /// SHA-256.
+    Url {
+        /// Where it is.
+        url: String,
+        /// Its SHA-256, hex.
+        sha256: String,
+    },
+}
+
+/// A disk image format QEMU reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// QEMU's copy-on-write format.
+    Qcow2,
+    /// Plain bytes.
+    Raw,
+}
+
+impl DiskFormat {
+    /// The name QEMU and qemu-img use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+
+    /// The format a file name suggests: `.raw` and `.img` are raw,
+    /// anything else qcow2.
+    fn by_extension(path: &str) -> DiskFormat {
+        match Path::new(path).extension().and_then(|e| e.to_str()) {
+            Some("raw" | "img") => DiskFormat::Raw,
+            _ => DiskFormat::Qcow2,
+        }
+    }
+}
+
+/// How to log into a guest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginSpec {
+    /// The user.
+    pub user: String,
+    /// A password the guest accepts.
+    pub password: Option<String>,
+    /// A private key the guest accepts (its public half is
+    /// `<key>.pub`).
+    pub key: Option<PathBuf>,
+    /// The guest's SSH host key (an OpenSSH public key line); `None`
+    /// trusts the first key a VM presents and holds it to that key for
+    /// the rest of its life.
+    pub host_key: Option<String>,
+    /// The guest port sshd listens on.
+    pub port: u16,
+    /// How long `login_remote` waits by default.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for LoginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginSpec")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key", &self.key)
+            .field("host_key", &self.host_key)
+            .field("port", &self.port)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// How virtest knows a guest is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ready {
+    /// The guest prints this text on its serial console.
+    Console(String),
+    /// sshd answers: logins are tried until one succeeds.
+    Ssh,
+    /// cloud-init has run the seed's last command, which prints
+    /// [`CLOUD_INIT_READY_LINE`] on the console.
+    CloudInit,
+}
+
+/// The NoCloud seed of a cloud-init guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CloudInit {
+    /// Whether each VM gets a seed.
+    pub enabled: bool,
+    /// The user's own `user-data` snippets (YAML files of cloud-config
+    /// keys), merged into the seed's.
+    pub user_data: Vec<PathBuf>,
+}
+
+/// What the virtual machine looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// The machine type (`q35`).
+    pub machine_type: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Processors.
+    pub cpus: u32,
+    /// The network card model the guest has a driver for.
+    pub net_device: String,
+    /// More devices, by QEMU's `-device` text (`virtio-rng-pci` is
+    /// always there: without entropy a distro's sshd stalls).
+    pub devices: Vec<String>,
+    /// More QEMU arguments, appended verbatim.
+    pub qemu_args: Vec<String>,
+}
+
+impl GuestDescription {
+    /// Reads and checks a description: `path` is a `guest.toml` or a
+    /// directory holding one. Returns it with warnings about keys it does
+    /// not know (each naming the file and line).
+    pub fn load(path: &Path) -> Result<(GuestDescription, Vec<String>)> {
+        let path = if path.is_dir() {
+            path.join(DESCRIPTION_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let path = std::path::absolute(&path).io_context("resolving", &path)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Description {
+            path: path.clone(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "there is no such file".into(),
+                _ => format!("it cannot be read ({e})"),
+            },
+        })?;
+        GuestDescription::parse(&text, &path)
+    }
+
+    /// Parses the text of a description that lives at `path` (paths in
+    /// it are relative to its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<(GuestDescription, Vec<String>)> {
+        let bad = |reason: String| Error::Description {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut unknown = Vec::new();
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| bad(toml_error(text, &e)))?;
+        let mut note_unknown = |key: serde_ignored::Path| unknown.push(key.to_string());
+        let ignoring = serde_ignored::Deserializer::new(deserializer, &mut note_unknown);
+        let file: GuestFile = serde_path_to_error::deserialize(ignoring).map_err(|e| {
+            let key = e.path().to_string();
+            bad(format!("`{key}`: {}", toml_error(text, e.inner())))
+        })?;
+        let mut located: Vec<(Option<usize>, &String)> = unknown
+            .iter()
+            .map(|key| (line_of_key(text, key), key))
+            .collect();
+        located.sort();
+        let warnings = located
+            .into_iter()
+            .map(|(line, key)| match line {
+                Some(line) => format!("{}:{line}: unknown key `{key}` (ignored)", path.display()),
+                None => format!("{}: unknown key `{key}` (ignored)", path.display()),
+            })
+            .collect();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let description = file.resolve(dir, path).map_err(bad)?;
+        Ok((description, warnings))
+    }
+
+    /// The directory the description lives in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// The file's shape, as a user writes it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct GuestFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    #[serde(default)]
+    pub boot: BootFile,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskFile>,
+    pub login: LoginFile,
+    #[serde(default)]
+    pub ready: ReadyFile,
+    #[serde(default)]
+    pub cloud_init: CloudInitFile,
+    #[serde(default)]
+    pub machine: MachineFile,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct BootFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct DiskFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LoginFile {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ReadyKind {
+    Console,
+    #[default]
+    Ssh,
+    CloudInit,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ReadyFile {
+    #[serde(default)]
+    pub wait_for: ReadyKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CloudInitFile {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_data: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct MachineFile {
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_device: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qemu_args: Vec<String>,
+}
+
+impl GuestFile {
+    /// The description this file gives, its paths resolved against `dir`;
+    /// an error says what is inconsistent.
+    fn resolve(self, dir: &Path, path: &Path) -> std::result::Result<GuestDescription, String> {
+        let abs = |p: &str| dir.join(p);
+        let boot = Boot {
+            firmware: self.boot.firmware.unwrap_or_default(),
+            kernel: match (self.boot.kernel, self.boot.initrd, self.boot.cmdline) {
+                (Some(kernel), initrd, cmdline) => Some(KernelBoot {
+                    kernel: abs(&kernel),
+                    initrd: initrd.as_deref().map(abs),
+                    cmdline: cmdline.unwrap_or_default(),
+                }),
+                (None, None, None) => None,
+                (None, _, _) => {
+                    return Err("`boot.initrd` and `boot.cmdline` need `boot.kernel`".into());
+                }
+            },
+        };
+        let mut disks = Vec::new();
+        for (i, disk) in self.disks.into_iter().enumerate() {
+            let source = match (disk.path, disk.url, disk.sha256) {
+                (Some(p), None, None) => DiskSource::File(abs(&p)),
+                (None, Some(url), Some(sha256)) => {
+                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!(
+                            "`disks[{i}].sha256` must be 64 hex digits, not `{sha256}`"
+                        ));
+                    }
+                    DiskSource::Url {
+                        url,
+                        sha256: sha256.to_ascii_lowercase(),
+                    }
+                }
+                (None, Some(_), None) => {
+                    return Err(format!("`disks[{i}]` gives a `url` without its `sha256`"));
+                }
+                _ => {
+                    return Err(format!(
+                        "`disks[{i}]` needs either `path` or `url` with `sha256`"
+                    ));
+                }
+            };
+            let named = match &source {
+                DiskSource::File(p) => p.to_string_lossy().into_owned(),
+                DiskSource::Url { url, .. } => url.clone(),
+            };
+            disks.push(Disk {
+                format: disk
+                    .format
+                    .unwrap_or_else(|| DiskFormat::by_extension(&named)),
+                source,
+            });
+        }
+        if boot.kernel.is_none() && disks.is_empty() {
+            return Err("nothing to boot: give `boot.kernel` or at least one `[[disks]]`".into());
+        }
+        if self.login.user.is_empty() {
+            return Err("`login.user` is empty".into());
+        }
+        if self.login.password.is_none() && self.login.key.is_none() && !self.cloud_init.enabled {
+            return Err(
+                "no way to log in: give `login.password` or `login.key` (or enable cloud_init, \
+                 which gives virtest's key)"
+                    .into(),
+            );
+        }
+        let timeout = self.login.timeout.unwrap_or(60.0);
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(format!(
+                "`login.timeout` must be a positive number of seconds, not {timeout}"
+            ));
+        }
+        let ready = match (self.ready.wait_for, self.ready.line) {
+            (ReadyKind::Console, Some(line)) if !line.is_empty() => Ready::Console(line),
+            (ReadyKind::Console, _) => {
+                return Err("`ready.wait_for = \"console\"` needs the text in `ready.line`".into());
+            }
+            (ReadyKind::Ssh, None) => Ready::Ssh,
+            (ReadyKind::CloudInit, None) if self.cloud_init.enabled => Ready::CloudInit,
+            (ReadyKind::CloudInit, None) => {
+                return Err(
+                    "`ready.wait_for = \"cloud-init\"` needs `cloud_init.enabled = true`".into(),
+                );
+            }
+            (_, Some(_)) => {
+                return Err("`ready.line` is only for `ready.wait_for = \"console\"`".into());
+            }
+        };
+        let memory_mib = self.machine.memory.unwrap_or(256);
+        let cpus = self.machine.cpus.unwrap_or(1);
+        if memory_mib == 0 || cpus == 0 {
+            return Err("`machine.memory` and `machine.cpus` must be at least 1".into());
+        }
+        let name = self.name.unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "guest".into())
+        });
+        Ok(GuestDescription {
+            name,
+            kernel_release: self.kernel_release,
+            boot,
+            disks,
+            login: LoginSpec {
+                user: self.login.user,
+                password: self.login.password,
+                key: self.login.key.as_deref().map(abs),
+                host_key: self.login.host_key,
+                port: self.login.port.unwrap_or(22),
+                timeout: Duration::from_secs_f64(timeout),
+            },
+            ready,
+            cloud_init: CloudInit {
+                enabled: self.cloud_init.enabled,
+                user_data: self.cloud_init.user_data.iter().map(|p| abs(p)).collect(),
+            },
+            machine: Machine {
+                machine_type: self.machine.machine_type.unwrap_or_else(|| "q35".into()),
+                memory_mib,
+                cpus,
+                net_device: self
+                    .machine
+                    .net_device
+                    .unwrap_or_else(|| "virtio-net-pci".into()),
+                devices: self.machine.devices,
+                qemu_args: self.machine.qemu_args,
+            },
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file as TOML text.
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("guest descriptions serialize")
+    }
+}
+
+/// A TOML error as `line N: message`.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// The line where a dotted key (`login.pasword`, `disks.0.fmt`) is
+/// written, found by following table headers; `None` when the key is
+/// written in a form this simple reading does not follow.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let parts: Vec<&str> = key
+        .split('.')
+        .filter(|p| p.parse::<usize>().is_err())
+        .collect();
+    let (leaf, table) = parts.split_last()?;
+    let mut current: Vec<String> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            let name = header.split(']').next().unwrap_or("");
+            current = name.split('.').map(|s| s.trim().to_string()).collect();
+            continue;
+        }
+        let Some((written, _)) = line.split_once('=') else {
+            continue;
+        };
+        let written: Vec<String> = written
+            .split('.')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .collect();
+        let full: Vec<&str> = current.iter().chain(&written).map(String::as_str).collect();
+        if full.len() == parts.len() && full[..table.len()] == *table && full.last() == Some(leaf) {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(GuestDescription, Vec<String>)> {
+        GuestDescription::parse(text, Path::new("/images/mine/guest.toml"))
+    }
+
+    #[test]
+    fn a_disk_guest_with_defaults() {
+        let (guest, warnings) =
+            parse("[[disks]]\npath = \"disk.img\"\n[login]\nuser = \"root\"\npassword = \"pw\"\n")
+                .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(guest.name, "mine");
+        assert_eq!(guest.boot.firmware, Firmware::Bios);
+        assert_eq!(guest.boot.kernel, None);
+        assert_eq!(
+            guest.disks,
+            [Disk {
+                source: DiskSource::File("/images/mine/disk.img".into()),
+                format: DiskFormat::Raw,
+            }]
+        );
+        assert_eq!(guest.ready, Ready::Ssh);
+        assert_eq!(guest.login.port, 22);
+        assert_eq!(guest.login.timeout, Duration::from_secs(60));
+        assert_eq!(guest.machine.machine_type, "q35");
+        assert_eq!(guest.machine.memory_mib, 256);
+        assert!(!format!("{:?}", guest.login).contains("\"pw\""));
+    }
+
+    #[test]
+    fn a_kernel_guest_in_full() {
+        let text = r#"
+name = "tiny"
+kernel_release = "6.1.0-26-amd64"
+[boot]
+firmware = "uefi"
+kernel = "vmlinuz"
+initrd = "initrd.img"
+cmdline = "root=/dev/vda console=ttyS0"
+[[disks]]
+url = "http://127.0.0.1:8080/disk.qcow2"
+sha256 = "AB00000000000000000000000000000000000000000000000000000000000000"
+[login]
+user = "tester"
+key = "keys/id_ed25519"
+host_key = "ssh-ed25519 AAAA"
+port = 2222
+timeout = 120.5
+[ready]
+wait_for = "console"
+line = "login:"
+[machine]
+type = "pc"
+memory = 1024
+cpus = 2
+devices = ["virtio-balloon-pci"]
+qemu_args = ["-cpu", "max"]
+"#;
+        let (guest, warnings) = parse(text).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let kernel = guest.boot.kernel.as_ref().unwrap();
+        assert_eq!(kernel.kernel, Path::new("/images/mine/vmlinuz"));
+        assert_eq!(
+            kernel.initrd.as_deref(),
+            Some(Path::new("/images/mine/initrd.img"))
+        );
+        assert_eq!(guest.boot.firmware, Firmware::Uefi);
+        assert_eq!(
+            guest.disks[0].source,
+            DiskSource::Url {
+                url: "http://127.0.0.1:8080/disk.qcow2".into(),
+                sha256: format!("ab{}", "0".repeat(62)),
+            }
+        );
+        assert_eq!(guest.disks[0].format, DiskFormat::Qcow2);
+        assert_eq!(
+            guest.login.key.as_deref(),
+            Some(Path::new("/images/mine/keys/id_ed25519"))
+        );
+        assert_eq!(guest.login.timeout, Duration::from_secs_f64(120.5));
+        assert_eq!(guest.ready, Ready::Console("login:".into()));
+        assert_eq!(guest.machine.cpus, 2);
+        assert_eq!(guest.machine.qemu_args, ["-cpu", "max"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_with_file_and_line() {
+        let text = "[login]\nuser = \"root\"\npasword = \"x\"\nkey = \"k\"\n\n[[disks]]\npath = \"a.qcow2\"\nfmt = \"raw\"\n";
+        let (_, warnings) = parse(text).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "/images/mine/guest.toml:3: unknown key `login.pasword` (ignored)",
+                "/images/mine/guest.toml:8: unknown key `disks.0.fmt` (ignored)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key_and_the_type() {
+        let text = "[[disks]]\npath = \"a.qcow2\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[machine]\nmemory = \"lots\"\n";
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.contains("/images/mine/guest.toml"), "{error}");
+        assert!(error.contains("`machine.memory`"), "{error}");
+        assert!(error.contains("line 7"), "{error}");
+        assert!(error.contains("u32"), "{error}");
+        let text =
+            "[[disks]]\npath = \"a\"\nformat = \"vmdk\"\n[login]\nuser = \"root\"\nkey = \"k\"\n";
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.contains("`disks[0].format`"), "{error}");
+        assert!(error.contains("qcow2") && error.contains("raw"), "{error}");
+    }
+
+    #[test]
+    fn inconsistent_descriptions_say_what_is_missing() {
+        let cases = [
+            ("[login]\nuser = \"root\"\nkey = \"k\"\n", "nothing to boot"),
+            (
+                "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\n",
+                "no way to log in",
+            ),
+            (
+                "[[disks]]\nurl = \"http://x/a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n",
+                "without its `sha256`",
+            ),
+            (
+                "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[ready]\nwait_for = \"console\"\n",
+                "needs the text in `ready.line`",
+            ),
+            (
+                "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[ready]\nwait_for = \"cloud-init\"\n",
+                "needs `cloud_init.enabled = true`",
+            ),
+            (
+                "[boot]\ninitrd = \"i\"\n[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n",
+                "need `boot.kernel`",
+            ),
+            (
+                "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[machine]\ncpus = 0\n",
+                "at least 1",
+            ),
+            ("[[disks]]\npath = \"a\"\n", "`login`"),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}\n→ {error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = GuestDescription::load(Path::new("/nonexistent/guest.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/nonexistent/guest.toml"), "{error}");
+        assert!(error.contains("no such file"), "{error}");
+    }
+
+    #[test]
+    fn a_written_file_reads_back() {
+        let file = GuestFile {
+            name: Some("default".into()),
+            boot: BootFile {
+                kernel: Some("vmlinux".into()),
+                initrd: Some("initrd.gz".into()),
+                cmdline: Some("console=ttyS0".into()),
+                firmware: None,
+            },
+            login: LoginFile {
+                user: "root".into(),
+                key: Some("id_ed25519".into()),
+                ..Default::default()
+            },
+            ready: ReadyFile {
+                wait_for: ReadyKind::Console,
+                line: Some("ready".into()),
+            },
+            ..Default::default()
+        };
+        let (guest, warnings) = parse(&file.to_toml()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(guest.name, "default");
+        assert_eq!(guest.ready, Ready::Console("ready".into()));
+    }
+}

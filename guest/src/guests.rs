@@ -1,0 +1,69 @@
+//! Guests by name or by path: what `-p guest=` takes. A name is one of the
+//! built-in guests in the cache (`default`, `debian`); anything else is a
+//! `guest.toml` or a directory holding one.
+
+use std::path::{Path, PathBuf};
+
+use crate::description::{DESCRIPTION_FILE, GuestDescription};
+use crate::error::{Error, Result};
+
+/// The tiny guest `virtest bootstrap` builds, used when no guest is named.
+pub const DEFAULT: &str = "default";
+
+/// The guests virtest builds itself, by name.
+pub const BUILT_IN: &[&str] = &[DEFAULT, "debian"];
+
+/// Where the guest `spec` names has its description: a built-in guest's
+/// in the cache under `home`, else the path given (a directory means its
+/// `guest.toml`).
+pub fn locate(spec: &str, home: &Path) -> PathBuf {
+    if BUILT_IN.contains(&spec) && !Path::new(spec).exists() {
+        return crate::cache::guest_dir(home, spec).join(DESCRIPTION_FILE);
+    }
+    let path = PathBuf::from(spec);
+    if path.is_dir() {
+        path.join(DESCRIPTION_FILE)
+    } else {
+        path
+    }
+}
+
+/// Whether `spec` names a built-in guest that is not built yet.
+pub fn is_unbuilt(spec: &str, home: &Path) -> bool {
+    BUILT_IN.contains(&spec) && !Path::new(spec).exists() && !locate(spec, home).exists()
+}
+
+/// Loads the guest `spec` names (see [`locate`]), with the description's
+/// warnings. A built-in guest that is not built says how to build it.
+pub fn load(spec: &str) -> Result<(GuestDescription, Vec<String>)> {
+    let home = crate::cache::default_home()?;
+    if is_unbuilt(spec, &home) {
+        return Err(Error::NotBuilt {
+            name: spec.to_string(),
+            path: locate(spec, &home),
+        });
+    }
+    GuestDescription::load(&locate(spec, &home))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        let home = Path::new("/cache");
+        assert_eq!(
+            locate("debian", home),
+            Path::new("/cache/guests/debian/guest.toml")
+        );
+        assert_eq!(locate("/img/x.toml", home), Path::new("/img/x.toml"));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            locate(&dir.path().to_string_lossy(), home),
+            dir.path().join("guest.toml")
+        );
+        assert!(is_unbuilt("debian", Path::new("/nonexistent")));
+        assert!(!is_unbuilt("/img/x.toml", Path::new("/nonexistent")));
+    }
+}

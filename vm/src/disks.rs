@@ -1,0 +1,218 @@
+//! A VM's writable disk state: a qcow2 overlay over each base image of its
+//! guest, and for UEFI guests a copy of the firmware's variable store.
+//! Base images are never written. The files live in the VM's private
+//! `disks/` directory, made at the first `power_on` and kept across power
+//! cycles and migrations (a destination opens the very same files), and
+//! removed with the VM unless it is asked to keep them.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use virtest_guest::GuestDescription;
+use virtest_guest::description::{DiskFormat, DiskSource, Firmware};
+
+use crate::error::{Error, Result};
+
+/// Where Debian's `ovmf` package puts the firmware.
+const OVMF_DIR: &str = "/usr/share/OVMF";
+/// The firmware code, mapped read-only.
+const OVMF_CODE: &str = "OVMF_CODE_4M.fd";
+/// The variable store template each VM gets a copy of.
+const OVMF_VARS: &str = "OVMF_VARS_4M.fd";
+
+/// One overlay: the file QEMU writes, over a base it only reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// The overlay (qcow2), in the VM's disk directory.
+    pub path: PathBuf,
+    /// The base image it is backed by.
+    pub base: PathBuf,
+    /// The base image's format.
+    pub base_format: DiskFormat,
+}
+
+/// UEFI firmware files of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UefiFiles {
+    /// The shared firmware code (read-only).
+    pub code: PathBuf,
+    /// This VM's own variable store.
+    pub vars: PathBuf,
+}
+
+/// The disk state of one VM. Dropping it removes its files unless
+/// [`VmDisks::keep`] was called.
+#[derive(Debug)]
+pub(crate) struct VmDisks {
+    dir: PathBuf,
+    overlays: Vec<Overlay>,
+    uefi: Option<UefiFiles>,
+    keep: bool,
+}
+
+impl Drop for VmDisks {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl VmDisks {
+    /// Makes the overlays and the UEFI variable store of `guest` in
+    /// `dir` (created private). `qemu_img` is the qemu-img binary.
+    pub(crate) async fn create(
+        guest: &GuestDescription,
+        dir: &Path,
+        qemu_img: &Path,
+    ) -> Result<VmDisks> {
+        crate::dirs::create_private(dir).map_err(|source| Error::Io {
+            what: "creating the disk directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        // From here on, dropping `disks` (on any error) removes the files.
+        let mut disks = VmDisks {
+            dir: dir.to_path_buf(),
+            overlays: Vec::new(),
+            uefi: None,
+            keep: false,
+        };
+        for (index, disk) in guest.disks.iter().enumerate() {
+            let base = match &disk.source {
+                DiskSource::File(path) => path.clone(),
+                DiskSource::Url { url, .. } => {
+                    return Err(Error::Disk {
+                        path: url.into(),
+                        reason: "images by URL must be fetched first (`virtest guest fetch`)"
+                            .into(),
+                    });
+                }
+            };
+            let overlay = Overlay {
+                path: dir.join(format!("disk{index}.qcow2")),
+                base,
+                base_format: disk.format,
+            };
+            create_overlay(qemu_img, &overlay).await?;
+            disks.overlays.push(overlay);
+        }
+        if guest.boot.firmware == Firmware::Uefi {
+            disks.uefi = Some(uefi_files(&ovmf_dir(), dir)?);
+        }
+        Ok(disks)
+    }
+
+    /// The overlays, in the guest's disk order.
+    pub(crate) fn overlays(&self) -> &[Overlay] {
+        &self.overlays
+    }
+
+    /// The UEFI files, for a UEFI guest.
+    pub(crate) fn uefi(&self) -> Option<&UefiFiles> {
+        self.uefi.as_ref()
+    }
+
+    /// The directory holding the files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps the files when the VM is dropped.
+    pub(crate) fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+/// `qemu-img create -f qcow2 -b BASE -F FORMAT OVERLAY`, after checking
+/// that the base is there; qemu-img's own message (say, a file that is
+/// not in the format the description names) is passed on with the path.
+async fn create_overlay(qemu_img: &Path, overlay: &Overlay) -> Result<()> {
+    let base = &overlay.base;
+    let bad = |reason: String| Error::Disk {
+        path: base.clone(),
+        reason,
+    };
+    match std::fs::metadata(base) {
+        Ok(meta) if meta.is_file() || meta.file_type().is_symlink() => {}
+        Ok(_) => return Err(bad("it is not a file".into())),
+        Err(e) => return Err(bad(format!("the image cannot be used ({e})"))),
+    }
+    let started = Instant::now();
+    let output = tokio::process::Command::new(qemu_img)
+        .arg("create")
+        .args([
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            overlay.base_format.as_str(),
+            "-b",
+        ])
+        .arg(base)
+        .arg(&overlay.path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            binary: qemu_img.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err(bad(format!(
+            "qemu-img could not make an overlay over it as {}: {said}",
+            overlay.base_format.as_str()
+        )));
+    }
+    tracing::debug!(
+        overlay = %overlay.path.display(),
+        base = %base.display(),
+        elapsed = ?started.elapsed(),
+        "overlay created"
+    );
+    Ok(())
+}
+
+/// Where OVMF is looked for: `$VIRTEST_OVMF_DIR`, else Debian's place.
+fn ovmf_dir() -> PathBuf {
+    std::env::var_os("VIRTEST_OVMF_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(OVMF_DIR), PathBuf::from)
+}
+
+/// The firmware code in `ovmf`, and a private copy of its variable
+/// store in `dir`.
+fn uefi_files(ovmf: &Path, dir: &Path) -> Result<UefiFiles> {
+    let code = ovmf.join(OVMF_CODE);
+    let template = ovmf.join(OVMF_VARS);
+    for file in [&code, &template] {
+        if !file.is_file() {
+            return Err(Error::Firmware {
+                missing: file.clone(),
+            });
+        }
+    }
+    let vars = dir.join("uefi-vars.fd");
+    std::fs::copy(&template, &vars).map_err(|source| Error::Io {
+        what: "copying the UEFI variable store to",
+        path: vars.clone(),
+        source,
+    })?;
+    Ok(UefiFiles { code, vars })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ovmf_names_the_package() {
+        let empty = tempfile::tempdir().unwrap();
+        let error = uefi_files(empty.path(), empty.path())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("OVMF_CODE_4M.fd"), "{error}");
+        assert!(error.contains("apt-get install ovmf"), "{error}");
+    }
+}
