@@ -98,6 +98,7 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
         allow_reboot: false,
         disks: &[],
         uefi: None,
+        seed: None,
     };
     let mut command = launch.cmdline().to_command();
     let start = Instant::now();

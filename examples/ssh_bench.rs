@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         allow_reboot: false,
         disks: &[],
         uefi: None,
+        seed: None,
     };
     let mut child = launch
         .cmdline()

@@ -302,3 +302,68 @@ fn a_failed_test_keeps_its_overlay_and_a_passing_one_does_not() {
         "the overlay of a passing test is removed"
     );
 }
+
+/// A cloud-init guest whose seed never runs (the tiny guest has no
+/// cloud-init): the login error says what was waited for and where the
+/// seed is, with the console's tail.
+#[tokio::test]
+async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = VmConfig::new(common::description().clone());
+    config.guest.cloud_init.enabled = true;
+    config.guest.ready = virtest::guest::description::Ready::CloudInit;
+    config.log_dir = Some(tmp.path().to_path_buf());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    let seed = vm.disk_dir().unwrap().join("seed.img");
+    assert!(seed.is_file());
+    let cmdline = vm.cmdline().unwrap().display();
+    assert!(
+        cmdline.contains("seed.img") && cmdline.contains("readonly=on"),
+        "{cmdline}"
+    );
+    let error = vm
+        .login_remote_within(std::time::Duration::from_secs(8))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    let first = text.lines().next().unwrap();
+    assert!(first.contains("virtest-cloud-init-ready"), "{text}");
+    assert!(
+        first.contains(&seed.to_string_lossy().into_owned()),
+        "{text}"
+    );
+    assert!(
+        text.contains("virtest-guest-ready"),
+        "the console tail is there: {text}"
+    );
+    vm.power_off().await.unwrap();
+}
+
+/// UEFI without OVMF installed: the test errors before QEMU starts,
+/// naming the package.
+#[test]
+fn uefi_without_ovmf_names_the_package() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = common::write_guest_toml(tmp.path(), "");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("[boot]\n", "[boot]\nfirmware = \"uefi\"\n");
+    std::fs::write(&toml, text).unwrap();
+    let results = tmp.path().join("results");
+    let output = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .args(["run", "boot", "--results-dir"])
+        .arg(&results)
+        .arg("-p")
+        .arg(format!("guest={}", toml.display()))
+        .env("VIRTEST_OVMF_DIR", tmp.path().join("no-ovmf-here"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let job = std::fs::canonicalize(results.join("latest")).unwrap();
+    let json = virtest::harness::results::JobResults::load(&job).unwrap();
+    let reason = json.tests[0].fail_reason.clone().unwrap_or_default();
+    assert!(reason.contains("apt-get install ovmf"), "{reason}");
+    assert!(reason.contains("OVMF_CODE_4M.fd"), "{reason}");
+}

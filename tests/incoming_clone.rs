@@ -58,6 +58,7 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         allow_reboot: false,
         disks: &[],
         uefi: None,
+        seed: None,
     };
     let src_cmd = launch.cmdline();
     let dst_dir = dir.path().join("dst");

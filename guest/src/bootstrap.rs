@@ -505,10 +505,10 @@ impl Steps {
 }
 
 /// A directory removed on drop unless it was moved into place.
-struct WorkDir(Option<PathBuf>);
+pub(crate) struct WorkDir(Option<PathBuf>);
 
 impl WorkDir {
-    fn create(parent: &Path) -> Result<WorkDir> {
+    pub(crate) fn create(parent: &Path) -> Result<WorkDir> {
         fs::create_dir_all(parent).io_context("creating", parent)?;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -518,12 +518,12 @@ impl WorkDir {
         Ok(WorkDir(Some(path)))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.0.as_deref().expect("work dir present until replaced")
     }
 
     /// Moves this directory to `dest`, replacing what was there.
-    fn replace(mut self, dest: &Path) -> Result<()> {
+    pub(crate) fn replace(mut self, dest: &Path) -> Result<()> {
         let path = self.0.take().expect("work dir present until replaced");
         let old = dest.with_extension(format!("old-{}", std::process::id()));
         if dest.exists() {

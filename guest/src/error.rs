@@ -134,6 +134,12 @@ pub enum Error {
         /// What is wrong, with the key and line where known.
         reason: String,
     },
+    /// A step needs root.
+    #[error("{what} needs root: run it as root (CI runs as root)")]
+    NeedsRoot {
+        /// The step.
+        what: &'static str,
+    },
     /// A built-in guest was named that is not built yet.
     #[error("guest `{name}` is not built (no `{path}`): run `virtest bootstrap --guest {name}`")]
     NotBuilt {

@@ -76,6 +76,28 @@ impl GuestSecrets {
     }
 }
 
+/// The OpenSSH public key line of the private key at `path`: the
+/// `<path>.pub` beside it when there is one, else derived from the key.
+pub fn public_line_of(path: &Path) -> Result<String> {
+    let beside = path.with_extension("pub");
+    if let Ok(line) = fs::read_to_string(&beside)
+        && !line.trim().is_empty()
+    {
+        return Ok(line.trim().to_string());
+    }
+    let key = PrivateKey::read_openssh_file(path).map_err(|source| Error::Key {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(GuestSecrets::public_line(&key))
+}
+
+/// virtest's own login key, made once in the cache's `keys/` under
+/// `home`: what a cloud-init seed authorizes when the guest names no key.
+pub fn virtest_key(home: &Path) -> Result<PathBuf> {
+    Ok(GuestSecrets::load_or_create(&home.join("keys"))?.client_key_path)
+}
+
 /// Reads an ed25519 key from `path`, or makes and writes one.
 fn key(path: &Path, comment: &str) -> Result<PrivateKey> {
     let key_error = |source| Error::Key {

@@ -38,10 +38,13 @@
 pub mod apt;
 pub mod bootstrap;
 pub mod cache;
+pub mod cloud_init;
 pub mod cpio;
+pub mod debian;
 pub mod description;
 pub mod elf;
 pub mod error;
+pub mod fat;
 pub mod guests;
 pub mod kernel;
 pub mod keys;

@@ -1,4 +1,4 @@
-//! `virtest bootstrap`: build the default guest.
+//! `virtest bootstrap`: build the default guest, or the Debian guest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,11 @@ pub struct Args {
     /// Rebuild even when the cached guest is current.
     #[arg(long)]
     force: bool,
+    /// Which built-in guest: `default` (the tiny guest, seconds) or
+    /// `debian` (Debian 12 from its packages with mmdebstrap, as root:
+    /// minutes).
+    #[arg(long, value_name = "NAME", default_value = "default", value_parser = ["default", "debian"])]
+    guest: String,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -42,6 +47,9 @@ pub fn run(args: Args) -> CliResult {
         Some(home) => home,
         None => cache::default_home()?,
     };
+    if args.guest == virtest_guest::debian::DEBIAN_GUEST {
+        return debian(home, args.force);
+    }
     let mut opts = BootstrapOptions::new(home);
     opts.user.kernel = args.kernel;
     opts.user.modules = args.modules;
@@ -84,5 +92,39 @@ pub fn run(args: Args) -> CliResult {
         "  manifest   {}",
         m.dir.join(virtest_guest::manifest::MANIFEST_FILE).display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn debian(home: PathBuf, force: bool) -> CliResult {
+    use virtest_guest::debian::{DebianOptions, bootstrap_debian};
+    eprintln!("virtest: checking the Debian guest (a build takes minutes)...");
+    let done = bootstrap_debian(&DebianOptions { home, force })?;
+    let guest = &done.description;
+    match &done.rebuilt {
+        None => println!(
+            "guest `{}` is current: {}",
+            guest.name,
+            guest.dir().display()
+        ),
+        Some(reason) => {
+            println!(
+                "built guest `{}` because {reason}: {}",
+                guest.name,
+                guest.dir().display()
+            );
+            for (step, took) in &done.steps {
+                println!("  {step:<10} {:>7.2} s", took.as_secs_f64());
+            }
+        }
+    }
+    println!(
+        "  kernel     {}",
+        guest.kernel_release.as_deref().unwrap_or("?")
+    );
+    println!(
+        "  image      {:.0} MiB on disk",
+        done.image_bytes as f64 / (1 << 20) as f64
+    );
+    println!("  guest.toml {}", guest.path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -101,6 +101,31 @@ pub fn run(args: Args) -> CliResult {
             fixes.push("virtest bootstrap".into());
         }
     }
+    let debian = virtest_guest::guests::locate(virtest_guest::debian::DEBIAN_GUEST, &home);
+    match virtest_guest::GuestDescription::load(&debian) {
+        Ok((guest, _)) => {
+            let bytes: u64 = guest
+                .disks
+                .iter()
+                .filter_map(|d| match &d.source {
+                    virtest_guest::description::DiskSource::File(p) => std::fs::metadata(p).ok(),
+                    virtest_guest::description::DiskSource::Url { .. } => None,
+                })
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "  ok       {:<20} kernel {}, image {:.0} MiB, {}",
+                guest.name,
+                guest.kernel_release.as_deref().unwrap_or("?"),
+                bytes as f64 / (1 << 20) as f64,
+                guest.path.display()
+            );
+        }
+        Err(_) => println!(
+            "  absent   {:<20} optional: `virtest bootstrap --guest debian` builds it (as root, minutes)",
+            virtest_guest::debian::DEBIAN_GUEST
+        ),
+    }
 
     fixes.dedup();
     if fixes.is_empty() {

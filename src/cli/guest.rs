@@ -87,6 +87,10 @@ fn check(spec: &str) -> CliResult {
         allow_reboot: true,
         disks: &overlays,
         uefi: Some(&uefi),
+        seed: guest
+            .cloud_init
+            .enabled
+            .then_some(std::path::Path::new("<vm>/disks/seed.img")),
     };
     println!("guest `{}` ({})", guest.name, guest.path.display());
     for overlay in &overlays {

@@ -27,6 +27,19 @@ pub fn guest() -> &'static Manifest {
     })
 }
 
+/// The Debian guest, built once into the cache (a no-op when current;
+/// minutes the first time, as root).
+pub fn debian() -> &'static GuestDescription {
+    static DEBIAN: OnceLock<GuestDescription> = OnceLock::new();
+    DEBIAN.get_or_init(|| {
+        let home = cache::default_home().unwrap();
+        let options = virtest::guest::debian::DebianOptions { home, force: false };
+        virtest::guest::debian::bootstrap_debian(&options)
+            .expect("building the Debian guest")
+            .description
+    })
+}
+
 /// The default guest's description (its `guest.toml`).
 pub fn description() -> &'static GuestDescription {
     static DESCRIPTION: OnceLock<GuestDescription> = OnceLock::new();
@@ -188,6 +201,7 @@ impl Qemu {
             allow_reboot: reboot_allowed,
             disks: &[],
             uefi: None,
+            seed: None,
         };
         let cmdline = launch.cmdline();
         cmdline.validate().unwrap();

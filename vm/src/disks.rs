@@ -1,5 +1,6 @@
 //! A VM's writable disk state: a qcow2 overlay over each base image of its
-//! guest, and for UEFI guests a copy of the firmware's variable store.
+//! guest, for UEFI guests a copy of the firmware's variable store, and for
+//! cloud-init guests the VM's NoCloud seed.
 //! Base images are never written. The files live in the VM's private
 //! `disks/` directory, made at the first `power_on` and kept across power
 //! cycles and migrations (a destination opens the very same files), and
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use virtest_guest::GuestDescription;
+use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::{DiskFormat, DiskSource, Firmware};
 
 use crate::error::{Error, Result};
@@ -47,6 +49,7 @@ pub(crate) struct VmDisks {
     dir: PathBuf,
     overlays: Vec<Overlay>,
     uefi: Option<UefiFiles>,
+    seed: Option<PathBuf>,
     keep: bool,
 }
 
@@ -59,12 +62,14 @@ impl Drop for VmDisks {
 }
 
 impl VmDisks {
-    /// Makes the overlays and the UEFI variable store of `guest` in
-    /// `dir` (created private). `qemu_img` is the qemu-img binary.
+    /// Makes the overlays, the UEFI variable store and the cloud-init
+    /// `seed` of `guest` in `dir` (created private). `qemu_img` is the
+    /// qemu-img binary.
     pub(crate) async fn create(
         guest: &GuestDescription,
         dir: &Path,
         qemu_img: &Path,
+        seed: Option<&Seed>,
     ) -> Result<VmDisks> {
         crate::dirs::create_private(dir).map_err(|source| Error::Io {
             what: "creating the disk directory",
@@ -76,6 +81,7 @@ impl VmDisks {
             dir: dir.to_path_buf(),
             overlays: Vec::new(),
             uefi: None,
+            seed: None,
             keep: false,
         };
         for (index, disk) in guest.disks.iter().enumerate() {
@@ -100,7 +106,21 @@ impl VmDisks {
         if guest.boot.firmware == Firmware::Uefi {
             disks.uefi = Some(uefi_files(&ovmf_dir(), dir)?);
         }
+        if let Some(seed) = seed {
+            let path = dir.join("seed.img");
+            seed.write(&path).map_err(|source| Error::Guest {
+                guest: guest.path.clone(),
+                source,
+            })?;
+            tracing::debug!(seed = %path.display(), instance = %seed.instance_id, "cloud-init seed written");
+            disks.seed = Some(path);
+        }
         Ok(disks)
+    }
+
+    /// The cloud-init seed volume, for a cloud-init guest.
+    pub(crate) fn seed(&self) -> Option<&Path> {
+        self.seed.as_deref()
     }
 
     /// The overlays, in the guest's disk order.

@@ -91,9 +91,13 @@ pub enum Error {
     /// The action needs a remote session.
     #[error("no remote session: call login_remote first")]
     NoRemote,
-    /// Logging in did not succeed in time.
-    #[error("no SSH login into the guest within {after:?}\nlast console lines:\n{console_tail}")]
+    /// Logging in did not succeed: the guest never got ready, refused
+    /// the credentials, presented another host key, or never answered.
+    #[error("{reason}\nlast console lines:\n{console_tail}")]
     Login {
+        /// The first line: what went wrong, and the guest's ready signal
+        /// or seed where they matter.
+        reason: String,
         /// The deadline.
         after: Duration,
         /// The console's last lines.

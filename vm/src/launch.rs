@@ -59,6 +59,8 @@ pub struct GuestLaunch<'a> {
     pub disks: &'a [Overlay],
     /// The UEFI firmware and this VM's variable store, for a UEFI guest.
     pub uefi: Option<&'a UefiFiles>,
+    /// The VM's cloud-init seed volume, attached read-only.
+    pub seed: Option<&'a std::path::Path>,
 }
 
 impl GuestLaunch<'_> {
@@ -85,6 +87,7 @@ impl GuestLaunch<'_> {
     ///     allow_reboot: false,
     ///     disks: &[],
     ///     uefi: None,
+    ///     seed: None,
     /// };
     /// let child = launch.cmdline().to_command().spawn();
     /// # }
@@ -140,6 +143,17 @@ impl GuestLaunch<'_> {
                 props.push(("bootindex", boot_index.as_str()));
             }
             cmd.device("virtio-blk-pci", &props);
+        }
+        if let Some(seed) = self.seed {
+            let mut drive = Props::default();
+            drive
+                .set("file", seed.to_string_lossy())
+                .set("format", "raw")
+                .set("if", "none")
+                .set("id", "seed")
+                .set("readonly", "on");
+            cmd.push(Arg::Props(PropsOption::Drive, drive));
+            cmd.device("virtio-blk-pci", &[("drive", "seed")]);
         }
         let cpus = self.cpus.unwrap_or(machine.cpus);
         if cpus != 1 {

@@ -12,6 +12,7 @@ use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_qmp::Qmp;
 use virtest_remote::{Auth, SshConfig, SshSession};
 
+use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
 
 use crate::config::{Login, VmConfig};
@@ -236,6 +237,7 @@ impl Vm {
         let config = self.config.clone();
         let disks = self.disks.as_ref().expect("made above");
         let (overlays, uefi) = (disks.overlays().to_vec(), disks.uefi().cloned());
+        let seed = disks.seed().map(Path::to_path_buf);
         let launch = move |endpoints: &Endpoints| {
             let mut cmdline = GuestLaunch {
                 guest: &config.guest,
@@ -250,6 +252,7 @@ impl Vm {
                 allow_reboot: true,
                 disks: &overlays,
                 uefi: uefi.as_ref(),
+                seed: seed.as_deref(),
             }
             .cmdline();
             for arg in &config.extra_args {
@@ -280,11 +283,67 @@ impl Vm {
         } else {
             binary::find(BinaryKind::Img, self.config.qemu_img.as_deref()).map_err(Error::Qemu)?
         };
-        let mut disks = VmDisks::create(guest, &dir, &qemu_img).await?;
+        let seed = match guest.cloud_init.enabled {
+            true => Some(self.seed()?),
+            false => None,
+        };
+        let mut disks = VmDisks::create(guest, &dir, &qemu_img, seed.as_ref()).await?;
         if self.config.keep_disks {
             disks.keep();
         }
         Ok(disks)
+    }
+
+    /// This VM's cloud-init seed: a fresh instance, the login user with
+    /// the login key and the password when one is set.
+    fn seed(&self) -> Result<Seed> {
+        let guest = &self.config.guest;
+        let guest_error = |source| Error::Guest {
+            guest: guest.path.clone(),
+            source,
+        };
+        let key = self.login_key().ok_or_else(|| Error::State {
+            what: "a cloud-init guest needs a login key; none was found".into(),
+        })?;
+        let public = virtest_guest::keys::public_line_of(&key).map_err(guest_error)?;
+        let password = match &self.config.login {
+            Login::Password(password) => Some(password.clone()),
+            Login::Guest | Login::Key(_) => guest.login.password.clone(),
+        };
+        let name = format!("virtest-{}", self.id);
+        Ok(Seed {
+            instance_id: name.clone(),
+            hostname: name,
+            user: self.login_user(),
+            authorized_keys: vec![public],
+            password,
+            user_data: guest.cloud_init.user_data.clone(),
+        })
+    }
+
+    /// The user `login_remote` logs in as.
+    fn login_user(&self) -> String {
+        self.config
+            .user
+            .clone()
+            .unwrap_or_else(|| self.config.guest.login.user.clone())
+    }
+
+    /// The private key logins use: the config's, the guest's, or for a
+    /// cloud-init guest that names none, virtest's own.
+    fn login_key(&self) -> Option<PathBuf> {
+        let guest = &self.config.guest;
+        match &self.config.login {
+            Login::Key(key) => Some(key.clone()),
+            Login::Guest | Login::Password(_) => guest.login.key.clone().or_else(|| {
+                let home = virtest_guest::cache::default_home().ok()?;
+                guest
+                    .cloud_init
+                    .enabled
+                    .then(|| virtest_guest::keys::virtest_key(&home).ok())
+                    .flatten()
+            }),
+        }
     }
 
     fn choose_accel(&self, qemu: &Path) -> Result<Chosen> {
@@ -560,8 +619,22 @@ impl Vm {
         async {
             match self.wait_ready(deadline).await {
                 Ok(()) => {}
-                Err(Error::ConsoleTimeout { console_tail, .. }) => {
+                Err(Error::ConsoleTimeout {
+                    pattern,
+                    console_tail,
+                    ..
+                }) => {
+                    let mut reason = format!(
+                        "the guest did not get ready within {deadline:?}: it never printed `{pattern}` on its console"
+                    );
+                    if let Some(seed) = self.disks.as_ref().and_then(|d| d.seed()) {
+                        reason.push_str(&format!(
+                            " (its cloud-init seed, which prints it, is `{}`)",
+                            seed.display()
+                        ));
+                    }
                     return Err(Error::Login {
+                        reason,
                         after: deadline,
                         console_tail,
                         source: None,
@@ -587,6 +660,16 @@ impl Vm {
                     Ok(session)
                 }
                 Err(source) => Err(Error::Login {
+                    reason: match &source {
+                        virtest_remote::Error::Auth { .. } => format!(
+                            "the guest refused the login ({source}): check the password or key"
+                        ),
+                        virtest_remote::Error::HostKey { .. } => format!(
+                            "the guest presented another SSH host key than this VM's ({source}): \
+                             the guest is not the one first logged into, or its keys were remade"
+                        ),
+                        _ => format!("no SSH login into the guest within {deadline:?}"),
+                    },
                     after: deadline,
                     console_tail: self.console()?.tail(30),
                     source: Some(Box::new(source)),
@@ -602,19 +685,14 @@ impl Vm {
         let login = &self.config.guest.login;
         SshConfig {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            user: self
-                .config
-                .user
-                .clone()
-                .unwrap_or_else(|| login.user.clone()),
-            auth: match &self.config.login {
-                Login::Guest => match (&login.key, &login.password) {
-                    (Some(key), _) => Auth::KeyFile(key.clone()),
-                    (None, Some(password)) => Auth::Password(password.clone()),
-                    (None, None) => Auth::KeyFile(PathBuf::new()),
-                },
-                Login::Key(key) => Auth::KeyFile(key.clone()),
-                Login::Password(password) => Auth::Password(password.clone()),
+            user: self.login_user(),
+            auth: match (&self.config.login, self.login_key(), &login.password) {
+                (Login::Password(password), _, _) => Auth::Password(password.clone()),
+                (Login::Guest | Login::Key(_), Some(key), _) => Auth::KeyFile(key),
+                (Login::Guest | Login::Key(_), None, Some(password)) => {
+                    Auth::Password(password.clone())
+                }
+                (Login::Guest | Login::Key(_), None, None) => Auth::KeyFile(PathBuf::new()),
             },
             known_host_keys: self.host_key.iter().cloned().collect(),
         }

@@ -220,38 +220,51 @@ pub async fn run_job(
     }
     .with_subscriber(dispatch.clone())
     .await;
-    for (index, plan) in planned.into_iter().enumerate() {
-        let n = index + 1;
-        let run = one::TestRun {
-            n,
-            dir: dir
-                .join("test-results")
-                .join(format!("{n}-{}", dir_name(&plan.name))),
-            name: plan.name,
-            params: plan.params,
-            test: defs[plan.def].make(),
-        };
-        let slots = slots.clone();
-        let interrupt = interrupt.clone();
-        let done_tx = done_tx.clone();
+    let runs: Vec<one::TestRun> = planned
+        .into_iter()
+        .enumerate()
+        .map(|(index, plan)| {
+            let n = index + 1;
+            one::TestRun {
+                n,
+                dir: dir
+                    .join("test-results")
+                    .join(format!("{n}-{}", dir_name(&plan.name))),
+                name: plan.name,
+                params: plan.params,
+                test: defs[plan.def].make(),
+            }
+        })
+        .collect();
+    // One task hands out the slots, so tests start in the planned order.
+    let dispatcher = {
         let progress = progress.clone();
-        let sinks = sinks.clone();
         let dispatch = dispatch.clone();
         tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await.expect("never closed");
-            let record = if let Some(signal) = *interrupt.borrow() {
-                one::not_started(&run, signal)
-            } else {
-                let phase = Phase::default();
-                progress.started(n, &run.name, phase.clone());
-                run.execute(interrupt, sinks, phase)
-                    .with_subscriber(dispatch)
-                    .await
-            };
-            let _ = done_tx.send((n, record));
-        });
-    }
-    drop(done_tx);
+            for run in runs {
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                let interrupt = interrupt.clone();
+                let done_tx = done_tx.clone();
+                let progress = progress.clone();
+                let sinks = sinks.clone();
+                let dispatch = dispatch.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let n = run.n;
+                    let record = if let Some(signal) = *interrupt.borrow() {
+                        one::not_started(&run, signal)
+                    } else {
+                        let phase = Phase::default();
+                        progress.started(n, &run.name, phase.clone());
+                        run.execute(interrupt, sinks, phase)
+                            .with_subscriber(dispatch)
+                            .await
+                    };
+                    let _ = done_tx.send((n, record));
+                });
+            }
+        })
+    };
     let mut records: Vec<(usize, TestRecord)> = Vec::new();
     while let Some((n, record)) = done_rx.recv().await {
         progress.finished(n, &record);
@@ -262,6 +275,7 @@ pub async fn run_job(
             eprintln!("virtest: writing results failed: {e}");
         }
     }
+    let _ = dispatcher.await;
     signals.abort();
     if let Some(ticker) = ticker {
         ticker.abort();

@@ -1,0 +1,660 @@
+//! The built-in Debian guest: a Debian 12 disk image made offline from
+//! Debian's packages, booting from its own disk like a cloud image
+//! (GRUB for SeaBIOS and for UEFI on one GPT disk), with systemd, OpenSSH,
+//! cloud-init and the guest agent. Nothing secret is baked in: each VM's
+//! cloud-init seed brings the login key, and host keys are made at first
+//! boot.
+//!
+//! The build, as root: `mmdebstrap` into a directory, a few files and
+//! unit links written, `mkfs.ext4 -d` straight into the root partition of
+//! a sparse raw disk partitioned by `sfdisk`, GRUB's core images written
+//! by hand (the i386-pc one into the BIOS boot partition, the EFI one onto
+//! an ESP this crate formats), then `qemu-img convert` to qcow2.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::description::{
+    BootFile, CloudInitFile, DESCRIPTION_FILE, GuestDescription, GuestFile, LoginFile, MachineFile,
+    ReadyFile, ReadyKind,
+};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::hex;
+
+/// The guest's name in the cache.
+pub const DEBIAN_GUEST: &str = "debian";
+
+/// The image file in the guest's directory.
+const IMAGE: &str = "debian-12.qcow2";
+
+/// The build record beside the image.
+const BUILD_FILE: &str = "build.json";
+
+/// The Debian release.
+const SUITE: &str = "bookworm";
+
+/// What the guest is made of, beyond mmdebstrap's `apt` variant.
+const PACKAGES: &[&str] = &[
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "openssh-server",
+    "cloud-init",
+    "qemu-guest-agent",
+    "netbase",
+    "iproute2",
+];
+
+/// The virtual disk's size; the image stores only what is used.
+const DISK_BYTES: u64 = 3 << 30;
+
+/// The EFI system partition's size.
+const ESP_BYTES: u64 = 64 << 20;
+
+/// The kernel command line GRUB boots.
+const CMDLINE: &str = "root=LABEL=root ro console=tty0 console=ttyS0,115200 quiet";
+
+/// Only the drivers a VM needs in the initramfs: it loads much faster
+/// from disk than Debian's default of nearly every module.
+const INITRAMFS_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "nvme",
+    "ahci",
+    "ext4",
+    "crc32c_generic",
+];
+
+/// cloud-init: only the NoCloud seed, no network rendering (networkd
+/// does DHCP), one host key type (ed25519 is fast to make), and module
+/// lists cut to what a test guest uses. The seed's ready line is a
+/// `bootcmd`, run last in the init stage.
+const CLOUD_CFG: &str = "\
+datasource_list: [NoCloud, None]
+network: {config: disabled}
+ssh_genkeytypes: [ed25519]
+ssh_deletekeys: true
+cloud_init_modules: [migrator, seed_random, write-files, set_hostname, update_hostname, update_etc_hosts, users-groups, ssh, set-passwords, bootcmd]
+cloud_config_modules: [runcmd]
+cloud_final_modules: [write-files-deferred, scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user, final-message]
+";
+
+/// DHCP on the first NIC through systemd-networkd.
+const NETWORK: &str = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n";
+
+/// Units a test guest does without: timers that wake to do upkeep.
+const MASKED_UNITS: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-networkd-wait-online.service",
+    // The NoCloud seed is read by the network stage alike; the local
+    // stage only cost a second Python start (measured: 12 s to SSH).
+    "cloud-init-local.service",
+];
+
+/// How to build the Debian guest.
+#[derive(Debug, Clone)]
+pub struct DebianOptions {
+    /// The cache directory.
+    pub home: PathBuf,
+    /// Rebuild even when the cached image is current.
+    pub force: bool,
+}
+
+/// What [`bootstrap_debian`] did.
+#[derive(Debug)]
+pub struct DebianBuilt {
+    /// The guest's description.
+    pub description: GuestDescription,
+    /// Why it was rebuilt; `None` when the cache was current.
+    pub rebuilt: Option<String>,
+    /// The image's size on disk, in bytes.
+    pub image_bytes: u64,
+    /// Each step and how long it took.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+/// The build record: what the image was made from, and the image.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct BuildRecord {
+    inputs: String,
+    kernel_release: String,
+    image_bytes: u64,
+    image_sha256: String,
+}
+
+/// Builds the Debian guest into the cache (a no-op when it is current),
+/// and writes its `guest.toml`.
+pub fn bootstrap_debian(opts: &DebianOptions) -> Result<DebianBuilt> {
+    let mut steps = Vec::new();
+    let mut step = |name, since: &mut Instant| {
+        steps.push((name, since.elapsed()));
+        *since = Instant::now();
+    };
+    let mut since = Instant::now();
+    crate::cache::ensure_writable(&opts.home)?;
+    let guests = opts.home.join("guests");
+    crate::cache::ensure_writable(&guests)?;
+    let lock_path = guests.join(format!("{DEBIAN_GUEST}.lock"));
+    let lock = fs::File::create(&lock_path).io_context("creating", &lock_path)?;
+    lock.lock().io_context("locking", &lock_path)?;
+    let dir = crate::cache::guest_dir(&opts.home, DEBIAN_GUEST);
+    let inputs = inputs();
+    let reason = if opts.force {
+        "a rebuild was asked for".to_string()
+    } else {
+        match current(&dir, &inputs) {
+            Ok(record) => {
+                let (description, _) = GuestDescription::load(&dir.join(DESCRIPTION_FILE))?;
+                step("verify", &mut since);
+                return Ok(DebianBuilt {
+                    description,
+                    rebuilt: None,
+                    image_bytes: record.image_bytes,
+                    steps,
+                });
+            }
+            Err(reason) => reason,
+        }
+    };
+    tracing::info!(%reason, "building the Debian guest");
+    check_tools()?;
+    let work = crate::bootstrap::WorkDir::create(&opts.home.join("tmp"))?;
+    let root = work.path().join("root");
+    mmdebstrap(&root)?;
+    step("mmdebstrap", &mut since);
+    let kernel_release = customize(&root)?;
+    step("configure", &mut since);
+
+    let build = crate::bootstrap::WorkDir::create(&guests)?;
+    let raw = work.path().join("disk.raw");
+    make_disk(&root, &raw, work.path())?;
+    step("disk", &mut since);
+    fs::remove_dir_all(&root).io_context("removing", &root)?;
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(build.path().join(IMAGE)))?;
+    step("qcow2", &mut since);
+
+    let record = crate::manifest::FileRecord::of(build.path(), IMAGE)?;
+    let record = BuildRecord {
+        inputs,
+        kernel_release: kernel_release.clone(),
+        image_bytes: record.size,
+        image_sha256: record.sha256,
+    };
+    let json = serde_json::to_string_pretty(&record).expect("records serialize");
+    fs::write(build.path().join(BUILD_FILE), json)
+        .io_context("writing", build.path().join(BUILD_FILE))?;
+    let text = format!(
+        "# Written by `virtest bootstrap --guest debian`; rewritten with it.\n{}",
+        description_file(&kernel_release).to_toml()
+    );
+    fs::write(build.path().join(DESCRIPTION_FILE), text)
+        .io_context("writing", build.path().join(DESCRIPTION_FILE))?;
+    build.replace(&dir)?;
+    step("install", &mut since);
+    drop(lock);
+    let (description, _) = GuestDescription::load(&dir.join(DESCRIPTION_FILE))?;
+    Ok(DebianBuilt {
+        description,
+        rebuilt: Some(reason),
+        image_bytes: record.image_bytes,
+        steps,
+    })
+}
+
+/// The guest's description: boots its disk through the firmware, root
+/// logs in with the key of the VM's seed, ready once cloud-init has run.
+fn description_file(kernel_release: &str) -> GuestFile {
+    GuestFile {
+        name: Some(DEBIAN_GUEST.into()),
+        kernel_release: Some(kernel_release.into()),
+        boot: BootFile::default(),
+        disks: vec![crate::description::DiskFile {
+            path: Some(IMAGE.into()),
+            format: Some(crate::description::DiskFormat::Qcow2),
+            ..Default::default()
+        }],
+        login: LoginFile {
+            user: "root".into(),
+            // Under TCG a systemd guest with cloud-init takes a while.
+            timeout: Some(240.0),
+            ..Default::default()
+        },
+        ready: ReadyFile {
+            wait_for: ReadyKind::CloudInit,
+            line: None,
+        },
+        cloud_init: CloudInitFile {
+            enabled: true,
+            user_data: Vec::new(),
+        },
+        machine: MachineFile {
+            memory: Some(512),
+            ..Default::default()
+        },
+    }
+}
+
+/// A hash of everything the image is made from.
+fn inputs() -> String {
+    let mut hasher = Sha256::new();
+    for part in [SUITE, CMDLINE, CLOUD_CFG, NETWORK] {
+        hasher.update(part);
+        hasher.update([0]);
+    }
+    for list in [PACKAGES, INITRAMFS_MODULES, MASKED_UNITS] {
+        hasher.update(list.join(","));
+        hasher.update([0]);
+    }
+    hasher.update(DISK_BYTES.to_le_bytes());
+    hex(&hasher.finalize())
+}
+
+/// The cached build's record when it is current; else why not.
+fn current(dir: &Path, inputs: &str) -> std::result::Result<BuildRecord, String> {
+    if !dir.exists() {
+        return Err("there is none yet".into());
+    }
+    let text = fs::read_to_string(dir.join(BUILD_FILE))
+        .map_err(|e| format!("its build record cannot be read ({e})"))?;
+    let record: BuildRecord =
+        serde_json::from_str(&text).map_err(|e| format!("its build record is damaged ({e})"))?;
+    if record.inputs != inputs {
+        return Err("its recipe changed".into());
+    }
+    let size = fs::metadata(dir.join(IMAGE)).map(|m| m.len()).unwrap_or(0);
+    if size != record.image_bytes {
+        return Err(format!(
+            "its image is {size} bytes, recorded as {}",
+            record.image_bytes
+        ));
+    }
+    if !dir.join(DESCRIPTION_FILE).exists() {
+        return Err("its guest.toml is missing".into());
+    }
+    Ok(record)
+}
+
+/// The host programs and files the build uses, each with its package.
+fn check_tools() -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::NeedsRoot {
+            what: "building the Debian guest (mmdebstrap installs packages into a directory)",
+        });
+    }
+    let programs = [
+        ("mmdebstrap", "mmdebstrap"),
+        ("sfdisk", "fdisk"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("grub-mkimage", "grub-common"),
+        ("systemctl", "systemd"),
+        ("qemu-img", "qemu-utils"),
+    ];
+    for (program, package) in programs {
+        if which(program).is_none() {
+            return Err(Error::ToolMissing {
+                program: program.into(),
+                package,
+            });
+        }
+    }
+    for (dir, package) in [
+        ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
+        ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
+    ] {
+        if !Path::new(dir).join("normal.mod").is_file() {
+            return Err(Error::ToolMissing {
+                program: format!("GRUB modules in {dir}"),
+                package,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Installs Debian into `root`. The initramfs is told, before the kernel
+/// is installed, to hold only the drivers a VM needs.
+fn mmdebstrap(root: &Path) -> Result<()> {
+    let modules = INITRAMFS_MODULES.join("\\n");
+    let essential_hook = format!(
+        "mkdir -p \"$1/etc/initramfs-tools/conf.d\" && \
+         printf 'MODULES=list\\n' > \"$1/etc/initramfs-tools/conf.d/virtest\" && \
+         printf '{modules}\\n' > \"$1/etc/initramfs-tools/modules\""
+    );
+    run(Command::new("mmdebstrap")
+        .args(["--variant=apt", "--quiet"])
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg("--aptopt=Acquire::Languages \"none\"")
+        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
+        .arg(format!("--essential-hook={essential_hook}"))
+        .arg(SUITE)
+        .arg(root))
+}
+
+/// Writes the guest's configuration into `root`; returns the kernel
+/// release installed.
+fn customize(root: &Path) -> Result<String> {
+    let write = |path: &str, text: &str| -> Result<()> {
+        let file = root.join(path);
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).io_context("creating", parent)?;
+        }
+        fs::write(&file, text).io_context("writing", &file)
+    };
+    write("etc/fstab", "LABEL=root / ext4 defaults,discard 0 1\n")?;
+    write("etc/hostname", "debian\n")?;
+    // Empty: every VM's systemd makes its own at boot.
+    write("etc/machine-id", "")?;
+    write("etc/systemd/network/80-virtest-dhcp.network", NETWORK)?;
+    write("etc/cloud/cloud.cfg.d/90-virtest.cfg", CLOUD_CFG)?;
+    write(
+        "boot/grub/grub.cfg",
+        &format!("set timeout=0\nlinux /vmlinuz {CMDLINE}\ninitrd /initrd.img\nboot\n"),
+    )?;
+    let ssh = root.join("etc/ssh");
+    for entry in fs::read_dir(&ssh).io_context("reading", &ssh)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+            fs::remove_file(entry.path()).io_context("removing", entry.path())?;
+        }
+    }
+    let systemctl = |verb: &str, units: &[&str]| {
+        run(Command::new("systemctl")
+            .arg(format!("--root={}", root.display()))
+            .arg("--quiet")
+            .arg(verb)
+            .args(units))
+    };
+    systemctl("enable", &["systemd-networkd.service"])?;
+    systemctl("mask", MASKED_UNITS)?;
+    let boot = root.join("boot");
+    fs::read_dir(&boot)
+        .io_context("reading", &boot)?
+        .flatten()
+        .find_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("vmlinuz-")
+                .map(String::from)
+        })
+        .ok_or_else(|| Error::KernelImage {
+            path: boot.clone(),
+            reason: "mmdebstrap installed no kernel".into(),
+        })
+}
+
+/// One partition as `sfdisk -J` reports it, in 512-byte sectors.
+#[derive(Debug, Deserialize)]
+struct Partition {
+    start: u64,
+    size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct PartitionTable {
+    partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SfdiskDump {
+    partitiontable: PartitionTable,
+}
+
+/// Makes the GPT disk `raw`: a BIOS boot partition holding GRUB's
+/// i386-pc core, an ESP holding GRUB's EFI image, and the root file
+/// system made from `root`.
+fn make_disk(root: &Path, raw: &Path, work: &Path) -> Result<()> {
+    let file = fs::File::create(raw).io_context("creating", raw)?;
+    file.set_len(DISK_BYTES).io_context("sizing", raw)?;
+    drop(file);
+    let layout = format!(
+        "label: gpt\n\
+         start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios\n\
+         size={}KiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n\
+         type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n",
+        ESP_BYTES >> 10
+    );
+    run_with_input(Command::new("sfdisk").arg("--quiet").arg(raw), &layout)?;
+    let dump = output(Command::new("sfdisk").arg("--json").arg(raw))?;
+    let table: SfdiskDump = serde_json::from_str(&dump).map_err(|e| Error::CommandFailed {
+        command: format!("sfdisk --json {}", raw.display()),
+        status: std::process::ExitStatus::default(),
+        stderr: format!("unexpected output ({e})"),
+    })?;
+    let [bios, esp, rootfs] = &table.partitiontable.partitions[..] else {
+        return Err(Error::CommandFailed {
+            command: format!("sfdisk {}", raw.display()),
+            status: std::process::ExitStatus::default(),
+            stderr: "it did not make three partitions".into(),
+        });
+    };
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "root", "-d"])
+        .arg(root)
+        .arg("-E")
+        .arg(format!("offset={}", rootfs.start * 512))
+        .arg(raw)
+        .arg(format!("{}k", rootfs.size / 2)))?;
+
+    let prefix = "(hd0,gpt3)/boot/grub";
+    let core = work.join("core.img");
+    run(Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-p", prefix, "-o"])
+        .arg(&core)
+        .args([
+            "biosdisk",
+            "part_gpt",
+            "ext2",
+            "normal",
+            "linux",
+            "search",
+            "configfile",
+            "echo",
+            "test",
+            "gzio",
+        ]))?;
+    let efi = work.join("BOOTX64.EFI");
+    run(Command::new("grub-mkimage")
+        .args(["-O", "x86_64-efi", "-p", prefix, "-o"])
+        .arg(&efi)
+        .args([
+            "part_gpt",
+            "ext2",
+            "fat",
+            "normal",
+            "linux",
+            "search",
+            "configfile",
+            "echo",
+            "test",
+            "gzio",
+            "efi_gop",
+        ]))?;
+    let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
+    let boot = fs::read(boot_img).io_context("reading", boot_img)?;
+    let core = fs::read(&core).io_context("reading", &core)?;
+    let (mbr_code, core) = bios_boot(&boot, core, bios.start, bios.size)?;
+    let efi = fs::read(&efi).io_context("reading", &efi)?;
+    let esp_image = crate::fat::volume(
+        ESP_BYTES as usize,
+        "ESP",
+        &[("EFI/BOOT/BOOTX64.EFI", &efi[..])],
+    )
+    .io_context("formatting the ESP of", raw)?;
+    if esp_image.len() as u64 > esp.size * 512 {
+        return Err(Error::Io {
+            action: "fitting the ESP into",
+            path: raw.to_path_buf(),
+            source: std::io::Error::other("the ESP image is larger than its partition"),
+        });
+    }
+    let mut disk = fs::OpenOptions::new()
+        .write(true)
+        .open(raw)
+        .io_context("opening", raw)?;
+    let mut write_at = |offset: u64, bytes: &[u8]| {
+        disk.seek(SeekFrom::Start(offset))
+            .and_then(|_| disk.write_all(bytes))
+            .io_context("writing", raw)
+    };
+    // The MBR's boot code only: the protective partition table stays.
+    write_at(0, &mbr_code)?;
+    write_at(bios.start * 512, &core)?;
+    write_at(esp.start * 512, &esp_image)?;
+    Ok(())
+}
+
+/// GRUB's BIOS boot without grub-install: the MBR code (boot.img's first
+/// 440 bytes) pointed at the core's first sector, and the core
+/// (diskboot.img first) pointed at the rest of itself, both placed in
+/// the BIOS boot partition at `start` (sectors).
+fn bios_boot(
+    boot: &[u8],
+    mut core: Vec<u8>,
+    start: u64,
+    sectors: u64,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    // Offsets from GRUB's boot.S and diskboot.S (i386-pc).
+    const KERNEL_SECTOR: usize = 0x5c;
+    const BLOCKLIST: usize = 0x200 - 12;
+    let bad = |reason: &str| Error::Io {
+        action: "placing GRUB's core image",
+        path: PathBuf::from("/usr/lib/grub/i386-pc"),
+        source: std::io::Error::other(reason.to_string()),
+    };
+    if boot.len() != 512 || core.len() < 512 {
+        return Err(bad("boot.img is not one sector, or core.img is too small"));
+    }
+    core.resize(core.len().div_ceil(512) * 512, 0);
+    let core_sectors = (core.len() / 512) as u64;
+    if core_sectors > sectors {
+        return Err(bad("core.img does not fit the BIOS boot partition"));
+    }
+    let mut mbr = boot[..440].to_vec();
+    mbr[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&start.to_le_bytes());
+    core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(start + 1).to_le_bytes());
+    core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&((core_sectors - 1) as u16).to_le_bytes());
+    Ok((mbr, core))
+}
+
+/// `program` on PATH, or in the sbin directories PATH may lack.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Runs a command; a failure carries the tail of its stderr.
+fn run(command: &mut Command) -> Result<()> {
+    output(command).map(drop)
+}
+
+/// Runs a command with `input` on its stdin.
+fn run_with_input(command: &mut Command, input: &str) -> Result<()> {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error(command, e))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .io_context("writing to", command.get_program())?;
+    let out = child
+        .wait_with_output()
+        .io_context("waiting for", command.get_program())?;
+    check(command, out).map(drop)
+}
+
+/// Runs a command and returns its stdout.
+fn output(command: &mut Command) -> Result<String> {
+    let out = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| spawn_error(command, e))?;
+    check(command, out)
+}
+
+fn spawn_error(command: &Command, source: std::io::Error) -> Error {
+    Error::Io {
+        action: "running",
+        path: PathBuf::from(command.get_program()),
+        source,
+    }
+}
+
+fn check(command: &Command, out: std::process::Output) -> Result<String> {
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    Err(Error::CommandFailed {
+        command: format!(
+            "{} {}",
+            command.get_program().to_string_lossy(),
+            command
+                .get_args()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        status: out.status,
+        stderr: lines[lines.len().saturating_sub(15)..].join("\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_is_pointed_at_its_partition() {
+        let boot = vec![0u8; 512];
+        let core = vec![0u8; 512 * 3 + 10];
+        let (mbr, core) = bios_boot(&boot, core, 2048, 2048).unwrap();
+        assert_eq!(mbr.len(), 440);
+        assert_eq!(
+            u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
+        assert_eq!(core.len(), 512 * 4);
+        assert_eq!(u64::from_le_bytes(core[500..508].try_into().unwrap()), 2049);
+        assert_eq!(u16::from_le_bytes(core[508..510].try_into().unwrap()), 3);
+        let big = vec![0u8; 512 * 3000];
+        assert!(bios_boot(&boot, big, 2048, 2048).is_err());
+    }
+
+    #[test]
+    fn the_description_reads_back() {
+        let text = description_file("6.1.0-1-amd64").to_toml();
+        let (guest, warnings) =
+            GuestDescription::parse(&text, Path::new("/cache/guests/debian/guest.toml")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(guest.cloud_init.enabled);
+        assert_eq!(guest.boot.kernel, None);
+        assert_eq!(guest.disks.len(), 1);
+        assert_eq!(guest.login.user, "root");
+    }
+}

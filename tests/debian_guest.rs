@@ -1,0 +1,357 @@
+//! The Debian guest (`virtest bootstrap --guest debian`): a distro image
+//! booting from its own disk under SeaBIOS and UEFI, its keys from a
+//! cloud-init seed, its host key trusted on first use; a busy disk through
+//! migrations over every transport; the built-in tests on it; and a
+//! user's own image made from it another way (raw, kernel boot, password
+//! only, no cloud-init).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use virtest::guest::description::{DiskSource, Firmware};
+use virtest::harness::results::JobResults;
+use virtest::prelude::*;
+use virtest::vm::{Error, Vm, VmConfig};
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn base_image() -> PathBuf {
+    match &common::debian().disks[0].source {
+        DiskSource::File(path) => path.clone(),
+        DiskSource::Url { url, .. } => panic!("the Debian guest is a file, not {url}"),
+    }
+}
+
+fn config(log_dir: &Path) -> VmConfig {
+    let mut config = VmConfig::new(common::debian().clone());
+    config.log_dir = Some(log_dir.to_path_buf());
+    config
+}
+
+async fn run(vm: &Vm, command: &str) -> String {
+    vm.remote().unwrap().run(command).await.unwrap().stdout
+}
+
+async fn uptime(vm: &Vm) -> f64 {
+    let out = run(vm, "cut -d' ' -f1 /proc/uptime").await;
+    out.trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
+    let _slot = common::guest_slots(1);
+    let base = base_image();
+    let base_sha = sha256(&base);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = Vm::new(config(logs.path()));
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let host_key = vm.host_key().expect("pinned at first login").to_string();
+    assert!(host_key.starts_with("ssh-ed25519 "), "{host_key}");
+    let kernel = run(&vm, "uname -r").await;
+    assert_eq!(
+        Some(kernel.trim()),
+        common::debian().kernel_release.as_deref()
+    );
+    let boot_id = run(&vm, "cat /proc/sys/kernel/random/boot_id").await;
+
+    // A writer copies 32 MiB into a file, 256 KiB at a time and synced,
+    // while the VM migrates over each transport.
+    run(
+        &vm,
+        "head -c 33554432 /dev/urandom > /root/src && sha256sum < /root/src | cut -d' ' -f1 > /root/src.sha",
+    )
+    .await;
+    run(
+        &vm,
+        "nohup sh -c 'i=0; while [ $i -lt 128 ]; do \
+           dd if=/root/src of=/root/busy bs=256k skip=$i seek=$i count=1 conv=notrunc,fsync status=none; \
+           i=$((i + 1)); done; cut -d\" \" -f1 /proc/uptime > /root/writer-done' >/dev/null 2>&1 &",
+    )
+    .await;
+    let first_migration_at = uptime(&vm).await;
+    for mode in [
+        MigrationMode::Tcp,
+        MigrationMode::Unix,
+        MigrationMode::Exec,
+        MigrationMode::Fd,
+    ] {
+        let report = vm.migrate(mode).await.unwrap();
+        assert!(report.total_time_ms > 0, "{report:?}");
+        vm.login_remote().await.unwrap();
+        assert_eq!(
+            run(&vm, "cat /proc/sys/kernel/random/boot_id").await,
+            boot_id
+        );
+        assert_eq!(vm.host_key(), Some(host_key.as_str()));
+    }
+    let mut finished_at = None;
+    for _ in 0..600 {
+        let out = run(&vm, "cat /root/writer-done 2>/dev/null || true").await;
+        if let Ok(at) = out.trim().parse::<f64>() {
+            finished_at = Some(at);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let finished_at = finished_at.expect("the writer did not finish");
+    assert!(
+        finished_at > first_migration_at,
+        "the writer finished before the migrations: the disk was not busy"
+    );
+    run(&vm, "sync; echo 3 > /proc/sys/vm/drop_caches").await;
+    assert_eq!(
+        run(&vm, "sha256sum < /root/busy | cut -d' ' -f1").await,
+        run(&vm, "cat /root/src.sha").await,
+        "the file written through the migrations is not what was written"
+    );
+
+    // The host key seen first is held for the VM's life: a guest that
+    // makes new keys is refused, and the error's first line says why.
+    run(
+        &vm,
+        "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh",
+    )
+    .await;
+    let error = vm
+        .login_remote_within(Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Login { .. }), "{error:?}");
+    let first = error.to_string().lines().next().unwrap().to_string();
+    assert!(first.contains("another SSH host key"), "{error}");
+
+    vm.power_off().await.unwrap();
+    assert_eq!(sha256(&base), base_sha, "the base image was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_boots_under_uefi() {
+    let _slot = common::guest_slots(1);
+    let logs = tempfile::tempdir().unwrap();
+    let mut config = config(logs.path());
+    config.guest.boot.firmware = Firmware::Uefi;
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    let cmdline = vm.cmdline().unwrap().display();
+    assert!(cmdline.contains("OVMF_CODE_4M.fd"), "{cmdline}");
+    let vars = vm.disk_dir().unwrap().join("uefi-vars.fd");
+    assert!(
+        cmdline.contains(&vars.to_string_lossy().into_owned()),
+        "{cmdline}"
+    );
+    vm.login_remote().await.unwrap();
+    let efi = vm
+        .remote()
+        .unwrap()
+        .run("test -d /sys/firmware/efi && echo uefi")
+        .await
+        .unwrap();
+    assert_eq!(efi.stdout.trim(), "uefi");
+    vm.remote().unwrap().run("shutdown -h now").await.unwrap();
+    vm.power_off().await.unwrap();
+}
+
+/// Runs `virtest run ARGS` into `results` and returns its job's results.
+fn virtest_run(args: &[&str], results: &Path) -> (std::process::Output, JobResults) {
+    let output = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .arg("run")
+        .args(args)
+        .arg("--results-dir")
+        .arg(results)
+        .output()
+        .unwrap();
+    let job = std::fs::canonicalize(results.join("latest")).unwrap();
+    (output, JobResults::load(&job).unwrap())
+}
+
+#[test]
+fn the_guides_tests_pass_on_debian_unchanged() {
+    let _slots = common::guest_slots(2);
+    common::debian();
+    let tmp = tempfile::tempdir().unwrap();
+    let (output, json) = virtest_run(
+        &[
+            "boot",
+            "migration",
+            "-p",
+            "guest=debian",
+            "-p",
+            "migration_iterations=2",
+            "--max-parallel",
+            "2",
+        ],
+        tmp.path(),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!((json.total, json.pass), (2, 2), "{stdout}");
+    for test in &json.tests {
+        assert!(
+            !test.logdir.join("disks").exists(),
+            "a passing test left its overlay"
+        );
+    }
+}
+
+/// A user's own image, made another way than virtest makes its guests:
+/// the Debian root file system alone as a raw disk (no partition table,
+/// no boot loader), booted with its kernel and initrd and
+/// `root=/dev/vda`, a root password and a host key put in with debugfs,
+/// cloud-init disabled, and a guest.toml written as the README says.
+#[test]
+fn a_users_own_raw_image_runs_the_guides_tests() {
+    let _slots = common::guest_slots(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("own");
+    std::fs::create_dir(&dir).unwrap();
+    let release = common::debian().kernel_release.clone().unwrap();
+    let password = "own-image-pw-4711";
+    let host_key = make_own_image(&dir, &release, password);
+    std::fs::write(
+        dir.join("guest.toml"),
+        format!(
+            r#"name = "own"
+kernel_release = "{release}"
+
+[boot]
+kernel = "vmlinuz"
+initrd = "initrd.img"
+cmdline = "root=/dev/vda ro console=ttyS0 quiet"
+
+[[disks]]
+path = "root.raw"
+format = "raw"
+
+[login]
+user = "root"
+password = "{password}"
+host_key = "{host_key}"
+timeout = 240
+
+[ready]
+wait_for = "ssh"
+
+[machine]
+memory = 512
+"#
+        ),
+    )
+    .unwrap();
+    let base_sha = sha256(&dir.join("root.raw"));
+    let results = tmp.path().join("results");
+    let guest = format!("guest={}", dir.display());
+    let (output, json) = virtest_run(
+        &[
+            "boot",
+            "migration",
+            "-p",
+            &guest,
+            "-p",
+            "migration_iterations=2",
+            "--max-parallel",
+            "2",
+        ],
+        &results,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!((json.total, json.pass), (2, 2), "{stdout}");
+    assert_eq!(sha256(&dir.join("root.raw")), base_sha);
+    // The password was given in the guest's own file: it stays out of
+    // the results.
+    for entry in walk(&results) {
+        let text = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).into_owned();
+        assert!(
+            !text.contains(password),
+            "the password is in {}",
+            entry.display()
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_symlink() {
+            continue;
+        }
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Makes `dir/root.raw`, `dir/vmlinuz` and `dir/initrd.img` from the
+/// Debian guest's image; returns the host key line put in.
+fn make_own_image(dir: &Path, release: &str, password: &str) -> String {
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = base_image();
+    sh(&format!(
+        "qemu-img convert -O raw '{}' full.raw",
+        base.display()
+    ));
+    let table: serde_json::Value = serde_json::from_str(&sh("sfdisk --json full.raw")).unwrap();
+    let root = &table["partitiontable"]["partitions"][2];
+    sh(&format!(
+        "dd if=full.raw of=root.raw bs=512 skip={} count={} conv=sparse status=none && rm full.raw",
+        root["start"], root["size"]
+    ));
+    let hash = sh(&format!("openssl passwd -6 '{password}'"));
+    sh(&format!(
+        "debugfs -R 'dump /boot/vmlinuz-{release} vmlinuz' root.raw 2>/dev/null
+         debugfs -R 'dump /boot/initrd.img-{release} initrd.img' root.raw 2>/dev/null
+         debugfs -R 'dump /etc/shadow shadow' root.raw 2>/dev/null
+         sed -i 's|^root:[^:]*:|root:{hash}:|' shadow
+         ssh-keygen -q -t ed25519 -N '' -C own-host -f hostkey
+         printf 'PermitRootLogin yes\\nPasswordAuthentication yes\\n' > sshd.conf
+         : > disabled
+         debugfs -w root.raw <<EOF
+rm /etc/shadow
+write shadow /etc/shadow
+sif /etc/shadow mode 0100640
+sif /etc/shadow gid 42
+write hostkey /etc/ssh/ssh_host_ed25519_key
+sif /etc/ssh/ssh_host_ed25519_key mode 0100600
+write hostkey.pub /etc/ssh/ssh_host_ed25519_key.pub
+write sshd.conf /etc/ssh/sshd_config.d/50-own.conf
+write disabled /etc/cloud/cloud-init.disabled
+EOF
+         test -s vmlinuz && test -s initrd.img",
+        hash = hash.trim().replace('$', "\\$").replace('|', "\\|"),
+    ));
+    let public = std::fs::read_to_string(dir.join("hostkey.pub")).unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
