@@ -367,3 +367,135 @@ fn uefi_without_ovmf_names_the_package() {
     assert!(reason.contains("apt-get install ovmf"), "{reason}");
     assert!(reason.contains("OVMF_CODE_4M.fd"), "{reason}");
 }
+
+/// Python's http.server on 127.0.0.1 serving `dir`: a real HTTP server
+/// whose request log (its stderr) tells how often an image was fetched.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl HttpServer {
+    fn serve(dir: &Path) -> HttpServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 serves HTTP");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 43211 (http://127.0.0.1:43211/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        HttpServer { child, port, log }
+    }
+
+    fn gets(&self, name: &str) -> usize {
+        let needle = format!("\"GET /{name} ");
+        self.log.lock().unwrap().matches(&needle).count()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An image by URL: fetched once (with progress) into the cache keyed by
+/// its hash, verified, reused without a second request; a wrong hash is
+/// an error naming both, and nothing half-written stays.
+#[test]
+fn an_image_by_url_is_fetched_once_verified_and_reused() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let base = base_image(&served, 8);
+    // Unique content, so no earlier run's cache entry answers.
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes[(2 << 20)..(2 << 20) + 16].copy_from_slice(&rand_bytes());
+    std::fs::write(&base, &bytes).unwrap();
+    let sha = sha256(&base);
+    let server = HttpServer::serve(&served);
+    let url = format!("http://127.0.0.1:{}/base.raw", server.port);
+    let cached = virtest::guest::images::cached_path(
+        &virtest::guest::cache::default_home().unwrap(),
+        &url,
+        &sha,
+    );
+    let run = |sha: &str| {
+        let toml = common::write_guest_toml(
+            tmp.path(),
+            &format!("[[disks]]\nurl = \"{url}\"\nsha256 = \"{sha}\"\nformat = \"raw\"\n"),
+        );
+        Command::new(env!("CARGO_BIN_EXE_virtest"))
+            .args(["run", "boot", "--results-dir"])
+            .arg(tmp.path().join("results"))
+            .arg("-p")
+            .arg(format!("guest={}", toml.display()))
+            .output()
+            .unwrap()
+    };
+
+    let first = run(&sha);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("downloaded and verified"), "{stderr}");
+    assert_eq!(server.gets("base.raw"), 1);
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes);
+
+    let second = run(&sha);
+    assert!(second.status.success());
+    assert!(!String::from_utf8_lossy(&second.stderr).contains("downloading"));
+    assert_eq!(
+        server.gets("base.raw"),
+        1,
+        "the cached image was fetched again"
+    );
+
+    let wrong = "0".repeat(64);
+    let bad = run(&wrong);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(stderr.contains(&sha) && stderr.contains(&wrong), "{stderr}");
+    let wrong_dir = virtest::guest::images::cached_path(
+        &virtest::guest::cache::default_home().unwrap(),
+        &url,
+        &wrong,
+    );
+    let left: Vec<_> = std::fs::read_dir(wrong_dir.parent().unwrap())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(cached.parent().unwrap());
+    let _ = std::fs::remove_dir_all(wrong_dir.parent().unwrap());
+}
+
+/// 16 bytes that differ from run to run.
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .unwrap();
+    bytes
+}

@@ -52,7 +52,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// The virtual disk's size; the image stores only what is used.
-const DISK_BYTES: u64 = 3 << 30;
+const DISK_BYTES: u64 = 2 << 30;
 
 /// The EFI system partition's size.
 const ESP_BYTES: u64 = 64 << 20;

@@ -134,6 +134,26 @@ pub enum Error {
         /// What is wrong, with the key and line where known.
         reason: String,
     },
+    /// An image's content is not what its description says.
+    #[error(
+        "the image at {url} has SHA-256 {got}, but its description says {expected}; nothing was kept"
+    )]
+    ImageHash {
+        /// Where it came from.
+        url: String,
+        /// The hash the description gives.
+        expected: String,
+        /// The hash of what was downloaded.
+        got: String,
+    },
+    /// An image could not be downloaded.
+    #[error("downloading {url}: {reason}")]
+    Download {
+        /// Where from.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A step needs root.
     #[error("{what} needs root: run it as root (CI runs as root)")]
     NeedsRoot {

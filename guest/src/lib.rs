@@ -46,6 +46,7 @@ pub mod elf;
 pub mod error;
 pub mod fat;
 pub mod guests;
+pub mod images;
 pub mod kernel;
 pub mod keys;
 pub mod manifest;

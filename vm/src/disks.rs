@@ -87,13 +87,7 @@ impl VmDisks {
         for (index, disk) in guest.disks.iter().enumerate() {
             let base = match &disk.source {
                 DiskSource::File(path) => path.clone(),
-                DiskSource::Url { url, .. } => {
-                    return Err(Error::Disk {
-                        path: url.into(),
-                        reason: "images by URL must be fetched first (`virtest guest fetch`)"
-                            .into(),
-                    });
-                }
+                DiskSource::Url { url, sha256 } => fetch_image(guest, url, sha256).await?,
             };
             let overlay = Overlay {
                 path: dir.join(format!("disk{index}.qcow2")),
@@ -142,6 +136,35 @@ impl VmDisks {
     pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
+}
+
+/// The image at `url` from the cache, downloaded first when missing
+/// (progress in the log every tenth of the way).
+async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Result<PathBuf> {
+    let guest_error = |source| Error::Guest {
+        guest: guest.path.clone(),
+        source,
+    };
+    let home = virtest_guest::cache::default_home().map_err(guest_error)?;
+    let (url, sha256) = (url.to_string(), sha256.to_string());
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut logged = 0;
+        let mut progress = |got: u64, total: Option<u64>| {
+            if let Some(total) = total.filter(|t| *t > 0) {
+                let tenth = got * 10 / total;
+                if tenth > logged {
+                    logged = tenth;
+                    tracing::info!(%url, got, total, "downloading: {}%", tenth * 10);
+                }
+            }
+        };
+        virtest_guest::images::fetch(&home, &url, &sha256, &mut progress)
+    })
+    .await
+    .expect("fetching does not panic")
+    .map_err(guest_error)
 }
 
 /// `qemu-img create -f qcow2 -b BASE -F FORMAT OVERLAY`, after checking

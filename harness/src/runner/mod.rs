@@ -2,6 +2,7 @@
 //! parallel with their timeouts, stops them on Ctrl-C or SIGTERM (their
 //! cleanup still runs), and writes the job's results as it goes.
 
+mod guests;
 mod one;
 mod panics;
 
@@ -144,8 +145,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// The default guest is missing and could not be built.
-    #[error("building the default guest")]
+    /// A guest the tests use could not be built or its image fetched.
+    #[error("preparing the guests of the tests")]
     Guest(#[source] virtest_guest::Error),
 }
 
@@ -158,36 +159,6 @@ pub struct Job {
     pub results: JobResults,
 }
 
-/// Builds the default guest when a planned test uses it and it has never
-/// been built, so a fresh machine needs no separate bootstrap step. (A
-/// built guest is not re-checked here: `virtest bootstrap` does that.)
-async fn build_missing_default_guest(planned: &[Planned]) -> Result<(), RunError> {
-    use virtest_guest::{bootstrap, cache, guests};
-    let wanted = planned
-        .iter()
-        .any(|p| p.params.get_str("guest").unwrap_or(guests::DEFAULT) == guests::DEFAULT);
-    let home = cache::default_home().map_err(RunError::Guest)?;
-    if !wanted || !guests::is_unbuilt(guests::DEFAULT, &home) {
-        return Ok(());
-    }
-    eprintln!(
-        "virtest: building the default guest into {} (once)...",
-        home.display()
-    );
-    let started = std::time::Instant::now();
-    let options = bootstrap::BootstrapOptions::new(home);
-    let built = tokio::task::spawn_blocking(move || bootstrap::bootstrap(&options))
-        .await
-        .expect("bootstrap does not panic")
-        .map_err(RunError::Guest)?;
-    eprintln!(
-        "virtest: built the default guest in {:.1} s: {}",
-        started.elapsed().as_secs_f64(),
-        built.manifest.dir.display()
-    );
-    Ok(())
-}
-
 /// Runs `planned` tests of `defs` as one job, and writes its results.
 pub async fn run_job(
     defs: &[TestDef],
@@ -198,7 +169,7 @@ pub async fn run_job(
         path: options.results_dir.clone(),
         source,
     };
-    build_missing_default_guest(&planned).await?;
+    guests::prepare(&planned).await?;
     let (dir, job_id) = results::create_job_dir(&options.results_dir).map_err(unwritable)?;
     let job_log = dir.join("job.log");
     let file = std::fs::File::create(&job_log).map_err(unwritable)?;

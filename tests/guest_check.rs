@@ -1,0 +1,106 @@
+//! `virtest guest check` and `-p guest=` on descriptions a user writes:
+//! a good one prints its QEMU command line, an unknown key is a warning
+//! with file and line, a wrong type an error naming key and type, a
+//! missing file or image is named.
+
+mod common;
+
+use std::process::Command;
+
+fn virtest(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_good_description_prints_its_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("disk.img"), vec![0u8; 1 << 20]).unwrap();
+    let toml = common::write_guest_toml(tmp.path(), "[[disks]]\npath = \"disk.img\"\n");
+    let (ok, stdout, stderr) = virtest(&["guest", "check", &tmp.path().to_string_lossy()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("guest `mine`"), "{stdout}");
+    assert!(
+        stdout.contains(&tmp.path().join("disk.img").to_string_lossy().into_owned()),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(raw)"), "{stdout}");
+    assert!(stdout.contains("-kernel "), "{stdout}");
+    assert!(stdout.contains("file=<vm>/disks/disk0.qcow2"), "{stdout}");
+    assert!(stdout.contains("virtio-rng-pci"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+    drop(toml);
+}
+
+#[test]
+fn unknown_keys_warn_and_wrong_types_fail_naming_file_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = common::write_guest_toml(tmp.path(), "[machine]\nmemroy = 512\n");
+    let (ok, stdout, stderr) = virtest(&["guest", "check", &toml.to_string_lossy()]);
+    assert!(ok, "an unknown key is only a warning: {stdout}{stderr}");
+    let line = std::fs::read_to_string(&toml)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("memroy"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}: unknown key `machine.memroy`",
+            toml.display()
+        )),
+        "{stderr}"
+    );
+
+    let toml = common::write_guest_toml(tmp.path(), "[machine]\ncpus = \"two\"\n");
+    let (ok, _, stderr) = virtest(&["guest", "check", &toml.to_string_lossy()]);
+    assert!(!ok);
+    assert!(stderr.contains("`machine.cpus`"), "{stderr}");
+    assert!(stderr.contains("expected u32"), "{stderr}");
+    assert!(
+        stderr.contains(&toml.to_string_lossy().into_owned()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = virtest(&["guest", "check", "/nonexistent/guest.toml"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/guest.toml"), "{stderr}");
+    assert!(stderr.contains("no such file"), "{stderr}");
+    assert!(!stderr.contains("bootstrap"), "{stderr}");
+
+    common::write_guest_toml(tmp.path(), "[[disks]]\npath = \"gone.qcow2\"\n");
+    let (ok, _, stderr) = virtest(&["guest", "check", &tmp.path().to_string_lossy()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "disk image `{}` does not exist",
+            tmp.path().join("gone.qcow2").display()
+        )),
+        "{stderr}"
+    );
+
+    let results = tmp.path().join("results");
+    let out = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .args(["run", "boot", "-p", "guest=/nonexistent", "--results-dir"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let job = std::fs::canonicalize(results.join("latest")).unwrap();
+    let json = virtest::harness::results::JobResults::load(&job).unwrap();
+    let reason = json.tests[0].fail_reason.clone().unwrap_or_default();
+    assert!(reason.contains("/nonexistent"), "{reason}");
+    assert!(!reason.contains("bootstrap"), "{reason}");
+}
