@@ -135,12 +135,21 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     assert_eq!(sha256(&base), base_sha, "the base image was written");
 }
 
+/// UEFI, with a user-data snippet of the user's merged into the seed,
+/// and the firmware's variable store going along with a migration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_boots_under_uefi() {
+async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
     let _slot = common::guest_slots(1);
     let logs = tempfile::tempdir().unwrap();
+    let snippet = logs.path().join("snippet.yaml");
+    std::fs::write(
+        &snippet,
+        "#cloud-config\nbootcmd:\n  - [sh, -c, \"echo from-the-snippet > /run/virtest-snippet\"]\n",
+    )
+    .unwrap();
     let mut config = config(logs.path());
     config.guest.boot.firmware = Firmware::Uefi;
+    config.guest.cloud_init.user_data = vec![snippet];
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     let cmdline = vm.cmdline().unwrap().display();
@@ -158,6 +167,12 @@ async fn debian_boots_under_uefi() {
         .await
         .unwrap();
     assert_eq!(efi.stdout.trim(), "uefi");
+    assert_eq!(run(&vm, "cat /run/virtest-snippet").await.trim(), "from-the-snippet");
+    vm.migrate(MigrationMode::Unix).await.unwrap();
+    let cmdline = vm.cmdline().unwrap().display();
+    assert!(cmdline.contains(&vars.to_string_lossy().into_owned()), "{cmdline}");
+    vm.login_remote().await.unwrap();
+    assert_eq!(run(&vm, "test -d /sys/firmware/efi && echo uefi").await.trim(), "uefi");
     vm.remote().unwrap().run("shutdown -h now").await.unwrap();
     vm.power_off().await.unwrap();
 }

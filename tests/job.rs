@@ -538,4 +538,10 @@ fn bad_params_and_an_unwritable_results_dir_are_reported() {
     let (code, stderr) = run(&["run", "no_such_test"], None);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("virtest list"), "{stderr}");
+
+    // One good name beside a typo runs nothing and names the typo.
+    let (code, stderr) = run(&["run", "boot", "nosuchtest"], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no test matches `nosuchtest`"), "{stderr}");
+    assert!(!stderr.contains("`boot`"), "{stderr}");
 }

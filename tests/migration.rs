@@ -297,6 +297,18 @@ async fn a_destination_killed_mid_migration_leaves_the_source_running() {
     vm.power_off_within(Duration::from_secs(5)).await.unwrap();
 }
 
+/// An error and its causes, one a line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push('\n');
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[tokio::test]
 async fn a_destination_binary_that_exits_at_once_is_reported() {
     let _slot = common::guest_slots(1);
@@ -314,11 +326,15 @@ async fn a_destination_binary_that_exits_at_once_is_reported() {
     spec.destination_qemu = Some(fake);
     let error = vm.migrate_with(&spec).await.unwrap_err();
     assert!(matches!(error, Error::Destination(_)), "{error:?}");
-    let source_text = std::error::Error::source(&error).unwrap().to_string();
-    assert!(
-        source_text.contains("fake qemu: refusing to start"),
-        "{source_text}"
-    );
+    let chain = error_chain(&error);
+    assert!(chain.contains("fake qemu: refusing to start"), "{chain}");
+    source_survives(&vm, source).await;
+
+    // Not a QEMU at all: refused before anything starts, naming it.
+    spec.destination_qemu = Some("/bin/true".into());
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let chain = error_chain(&error);
+    assert!(chain.contains("/bin/true"), "{chain}");
     source_survives(&vm, source).await;
     vm.power_off_within(Duration::from_secs(5)).await.unwrap();
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use virtest::guest::description::Ready;
 use virtest::qemu_cmdline::{Arg, Props, PropsOption};
-use virtest::vm::{Error, Vm, VmConfig};
+use virtest::vm::{Error, PowerOff, Vm, VmConfig};
 
 fn config() -> VmConfig {
     VmConfig::new(common::description().clone())
@@ -149,6 +149,10 @@ async fn qemu_dying_under_a_wait_ends_the_wait_with_its_status() {
     );
     assert!(!vm.is_on());
     assert!(vm.login_remote().await.is_err());
+    // Cleanup after that drains the console again: it must not poll the
+    // finished reader a second time (it panicked: "JoinHandle polled
+    // after completion").
+    assert_eq!(vm.power_off().await.unwrap(), PowerOff::ByGuest);
 }
 
 #[tokio::test]

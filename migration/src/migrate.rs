@@ -58,6 +58,9 @@ impl Migrate for Vm {
 
 async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     spec.validate()?;
+    if let Some(binary) = &spec.destination_qemu {
+        check_destination_qemu(binary).await?;
+    }
     let source_state = vm.state().await.map_err(Error::Source)?;
     if spec.wait_for_boot && source_state == VmState::Running {
         let deadline = vm.config().login_timeout;
@@ -137,6 +140,21 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         "migrated"
     );
     Ok(report)
+}
+
+/// A destination binary the spec names must be a QEMU system emulator,
+/// checked as the source's is (found, then probed), before anything
+/// starts: `/bin/true` is not a QEMU.
+async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
+    use virtest_qemu_cmdline::binary::{self, BinaryKind};
+    let binary = binary.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let found = binary::find(BinaryKind::Destination, Some(&binary))?;
+        binary::probe(&found).map(drop)
+    })
+    .await
+    .expect("probing does not panic")
+    .map_err(|e| Error::Destination(virtest_vm::Error::Qemu(e)))
 }
 
 /// The destination's command line: the source's, for `-incoming defer`,

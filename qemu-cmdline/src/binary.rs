@@ -287,15 +287,18 @@ fn run(path: &Path, flag: &'static str, arg: &str) -> Result<String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.by_ref().take(1 << 20).read_to_end(&mut out);
-        out
-    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.by_ref().take(1 << 20).read_to_end(&mut out);
+            out
+        })
+    };
+    let reader = read(Box::new(child.stdout.take().expect("piped")));
+    let stderr_reader = read(Box::new(child.stderr.take().expect("piped")));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
@@ -309,11 +312,16 @@ fn run(path: &Path, flag: &'static str, arg: &str) -> Result<String> {
         std::thread::sleep(Duration::from_millis(5));
     };
     let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    let err = String::from_utf8_lossy(&stderr_reader.join().unwrap_or_default()).into_owned();
     if !status.success() && parse_version(&out).is_none() {
+        let said = format!("{}{}", out, err);
         return Err(Error::NotQemu {
             path: path.to_path_buf(),
             flag,
-            output: format!("{} ({status})", out.chars().take(200).collect::<String>()),
+            output: format!(
+                "{} ({status})",
+                said.trim().chars().take(200).collect::<String>()
+            ),
         });
     }
     Ok(out)

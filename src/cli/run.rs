@@ -42,10 +42,28 @@ impl Selection {
         for warning in warnings {
             eprintln!("warning: {warning}");
         }
-        if planned.is_empty() && !self.tests.is_empty() {
+        // Every name given must select something: a typo must not pass
+        // for a job that ran what it could.
+        let unmatched: Vec<&str> = self
+            .tests
+            .iter()
+            .filter(|name| {
+                let alone = Filter {
+                    patterns: vec![name.to_string()],
+                    ..filter.clone()
+                };
+                !planned.iter().any(|p| alone.matches(&p.name))
+            })
+            .map(String::as_str)
+            .collect();
+        if !unmatched.is_empty() {
             return Err(format!(
                 "no test matches {}; `virtest list` shows them",
-                self.tests.join(", ")
+                unmatched
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
             .into());
         }

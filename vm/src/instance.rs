@@ -52,7 +52,8 @@ pub struct Instance {
     qmp: Qmp,
     endpoints: Endpoints,
     cmdline: QemuCmdline,
-    console_reader: JoinHandle<()>,
+    /// Reads the console until QEMU closes it; `None` once it finished.
+    console_reader: Option<JoinHandle<()>>,
     qemu_log: PathBuf,
     /// Where this process's output starts in `qemu.log`.
     log_offset: u64,
@@ -70,7 +71,9 @@ impl std::fmt::Debug for Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.process.kill_and_reap();
-        self.console_reader.abort();
+        if let Some(reader) = &self.console_reader {
+            reader.abort();
+        }
     }
 }
 
@@ -203,7 +206,7 @@ impl Instance {
             qmp,
             endpoints: endpoints.clone(),
             cmdline,
-            console_reader,
+            console_reader: Some(console_reader),
             qemu_log: files.qemu_log.to_path_buf(),
             log_offset,
         })
@@ -265,9 +268,15 @@ impl Instance {
         )
     }
 
-    /// Lets the console reader take the last output of an exited QEMU.
+    /// Lets the console reader take the last output of an exited QEMU
+    /// (at once when it has already finished: a reader is awaited to its
+    /// end only once).
     pub(crate) async fn drain_console(&mut self, deadline: Duration) {
-        let _ = tokio::time::timeout(deadline, &mut self.console_reader).await;
+        if let Some(reader) = &mut self.console_reader
+            && tokio::time::timeout(deadline, reader).await.is_ok()
+        {
+            self.console_reader = None;
+        }
     }
 }
 
