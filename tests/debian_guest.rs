@@ -167,12 +167,23 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
         .await
         .unwrap();
     assert_eq!(efi.stdout.trim(), "uefi");
-    assert_eq!(run(&vm, "cat /run/virtest-snippet").await.trim(), "from-the-snippet");
+    assert_eq!(
+        run(&vm, "cat /run/virtest-snippet").await.trim(),
+        "from-the-snippet"
+    );
     vm.migrate(MigrationMode::Unix).await.unwrap();
     let cmdline = vm.cmdline().unwrap().display();
-    assert!(cmdline.contains(&vars.to_string_lossy().into_owned()), "{cmdline}");
+    assert!(
+        cmdline.contains(&vars.to_string_lossy().into_owned()),
+        "{cmdline}"
+    );
     vm.login_remote().await.unwrap();
-    assert_eq!(run(&vm, "test -d /sys/firmware/efi && echo uefi").await.trim(), "uefi");
+    assert_eq!(
+        run(&vm, "test -d /sys/firmware/efi && echo uefi")
+            .await
+            .trim(),
+        "uefi"
+    );
     vm.remote().unwrap().run("shutdown -h now").await.unwrap();
     vm.power_off().await.unwrap();
 }

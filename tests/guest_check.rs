@@ -104,3 +104,15 @@ fn missing_files_are_named() {
     assert!(reason.contains("/nonexistent"), "{reason}");
     assert!(!reason.contains("bootstrap"), "{reason}");
 }
+
+/// Log lines on a stderr that is not a terminal carry no colour codes.
+#[test]
+fn log_lines_to_a_pipe_have_no_colours() {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .args(["-vv", "bootstrap"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}

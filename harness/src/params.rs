@@ -17,6 +17,8 @@ pub enum Kind {
     Path,
     /// A whole number, at least 0.
     Count,
+    /// A whole number, at least 1.
+    Positive,
     /// Seconds (a number, fractions allowed).
     Seconds,
     /// `auto`, `kvm` or `tcg`.
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Text => "text",
             Kind::Path => "a path",
             Kind::Count => "a whole number",
+            Kind::Positive => "a whole number, at least 1",
             Kind::Seconds => "a number of seconds",
             Kind::Accel => "one of auto, kvm, tcg",
             Kind::MigrationMode => "one of tcp, unix, exec, fd",
@@ -44,6 +47,7 @@ impl Kind {
         match self {
             Kind::Text | Kind::Path => true,
             Kind::Count => value.parse::<u64>().is_ok(),
+            Kind::Positive => value.parse::<u64>().is_ok_and(|n| n >= 1),
             Kind::Seconds => value
                 .parse::<f64>()
                 .is_ok_and(|s| s >= 0.0 && s.is_finite()),
@@ -114,13 +118,13 @@ pub const KNOWN: &[Known] = &[
     Known {
         name: "memory",
         default: "",
-        kind: Kind::Count,
+        kind: Kind::Positive,
         help: "guest memory in MiB (the guest's hint)",
     },
     Known {
         name: "cpus",
         default: "",
-        kind: Kind::Count,
+        kind: Kind::Positive,
         help: "guest processors (1)",
     },
     Known {
@@ -160,6 +164,11 @@ pub const KNOWN: &[Known] = &[
         help: "per test: setup and action together (cleanup has its own 120 s)",
     },
 ];
+
+/// Whether the framework knows `key`.
+fn is_known(key: &str) -> bool {
+    KNOWN.iter().any(|k| k.name == key)
+}
 
 /// Parameter names whose values never reach a log or a results file.
 pub fn is_secret(name: &str) -> bool {
@@ -342,11 +351,14 @@ impl ParamSources {
             Some(path) => load_file(path)?,
             None => BTreeMap::new(),
         };
-        for key in file.keys().filter(|k| !KNOWN.iter().any(|n| n.name == *k)) {
-            warnings.push(format!(
-                "params file: unknown parameter `{key}` (tests may still read it; known: {})",
+        let unknown = |source: &str, key: &str| {
+            format!(
+                "{source}: unknown parameter `{key}` (tests may still read it; known: {})",
                 KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-            ));
+            )
+        };
+        for key in file.keys().filter(|k| !is_known(k)) {
+            warnings.push(unknown("params file", key));
         }
         let mut later = Params::default();
         for known in KNOWN {
@@ -358,6 +370,9 @@ impl ParamSources {
             let (key, value) = assignment
                 .split_once('=')
                 .ok_or_else(|| ParamError::Assignment(assignment.clone()))?;
+            if !is_known(key.trim()) {
+                warnings.push(unknown(&format!("-p {}", key.trim()), key.trim()));
+            }
             later.set(key.trim(), value);
         }
         let mut variants = vec![Variant {
@@ -522,6 +537,23 @@ mod tests {
         let (_, warnings) = sources.variants_with(&|_| None).unwrap();
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("`migration_mod`"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_p_typo_warns_like_a_file_typo() {
+        let (_dir, sources) = sources_of("", "toml", &["login_timout=5", "cpus=2"]);
+        let (_, warnings) = sources.variants_with(&|_| None).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("-p login_timout: unknown parameter `login_timout`"));
+    }
+
+    #[test]
+    fn no_memory_or_processors_is_refused() {
+        for assignment in ["memory=0", "cpus=0"] {
+            let (_dir, sources) = sources_of("", "toml", &[assignment]);
+            let error = sources.variants_with(&|_| None).unwrap_err().to_string();
+            assert!(error.contains("at least 1"), "{error}");
+        }
     }
 
     #[test]
