@@ -188,7 +188,9 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
     vm.power_off().await.unwrap();
 }
 
-/// Runs `virtest run ARGS` into `results` and returns its job's results.
+/// Runs `virtest run ARGS` into `results` and returns its job's results;
+/// a test that did not pass has the tails of its logs printed, so a CI
+/// failure explains itself.
 fn virtest_run(args: &[&str], results: &Path) -> (std::process::Output, JobResults) {
     let output = Command::new(env!("CARGO_BIN_EXE_virtest"))
         .arg("run")
@@ -198,7 +200,19 @@ fn virtest_run(args: &[&str], results: &Path) -> (std::process::Output, JobResul
         .output()
         .unwrap();
     let job = std::fs::canonicalize(results.join("latest")).unwrap();
-    (output, JobResults::load(&job).unwrap())
+    let json = JobResults::load(&job).unwrap();
+    for test in json.tests.iter().filter(|t| !t.status.is_success()) {
+        for log in ["debug.log", "console.log", "qemu.log"] {
+            let text = std::fs::read_to_string(test.logdir.join(log)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- {} {log} (last 40 lines)\n{}",
+                test.name,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+    (output, json)
 }
 
 #[test]
