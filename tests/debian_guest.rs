@@ -16,15 +16,6 @@ use virtest::harness::results::JobResults;
 use virtest::prelude::*;
 use virtest::vm::{Error, Vm, VmConfig};
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn base_image() -> PathBuf {
     match &common::debian().disks[0].source {
         DiskSource::File(path) => path.clone(),
@@ -51,7 +42,7 @@ async fn uptime(vm: &Vm) -> f64 {
 async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     let _slot = common::guest_slots(1);
     let base = base_image();
-    let base_sha = sha256(&base);
+    let base_sha = common::sha256(&base);
     let logs = tempfile::tempdir().unwrap();
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
@@ -132,7 +123,11 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     assert!(first.contains("another SSH host key"), "{error}");
 
     vm.power_off().await.unwrap();
-    assert_eq!(sha256(&base), base_sha, "the base image was written");
+    assert_eq!(
+        common::sha256(&base),
+        base_sha,
+        "the base image was written"
+    );
 }
 
 /// UEFI, with a user-data snippet of the user's merged into the seed,
@@ -288,7 +283,7 @@ memory = 512
         ),
     )
     .unwrap();
-    let base_sha = sha256(&dir.join("root.raw"));
+    let base_sha = common::sha256(&dir.join("root.raw"));
     let results = tmp.path().join("results");
     let guest = format!("guest={}", dir.display());
     let (output, json) = virtest_run(
@@ -307,7 +302,7 @@ memory = 512
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert_eq!((json.total, json.pass), (2, 2), "{stdout}");
-    assert_eq!(sha256(&dir.join("root.raw")), base_sha);
+    assert_eq!(common::sha256(&dir.join("root.raw")), base_sha);
     // The password was given in the guest's own file: it stays out of
     // the results.
     for entry in walk(&results) {

@@ -23,15 +23,6 @@ fn base_image(dir: &Path, mib: u64) -> PathBuf {
     path
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// The default guest with `base` as its first disk.
 fn config_with_disk(base: &Path, format: DiskFormat, log_dir: &Path) -> VmConfig {
     let mut config = VmConfig::new(common::description().clone());
@@ -59,7 +50,7 @@ async fn a_busy_disk_survives_migrations_and_the_base_is_never_written() {
     let _slot = common::guest_slots(1);
     let tmp = tempfile::tempdir().unwrap();
     let base = base_image(tmp.path(), 64);
-    let base_sha = sha256(&base);
+    let base_sha = common::sha256(&base);
     let logs = tmp.path().join("logs");
     let mut vm = Vm::new(config_with_disk(&base, DiskFormat::Raw, &logs));
     vm.power_on().await.unwrap();
@@ -154,7 +145,11 @@ async fn a_busy_disk_survives_migrations_and_the_base_is_never_written() {
     );
 
     vm.power_off().await.unwrap();
-    assert_eq!(sha256(&base), base_sha, "the base image was written");
+    assert_eq!(
+        common::sha256(&base),
+        base_sha,
+        "the base image was written"
+    );
     let disk_dir = vm.disk_dir().unwrap().to_path_buf();
     drop(vm);
     assert!(!disk_dir.exists(), "the overlay outlived its VM");
@@ -165,7 +160,7 @@ async fn two_vms_of_one_base_write_their_own_overlays_and_kept_disks_stay() {
     let _slots = common::guest_slots(2);
     let tmp = tempfile::tempdir().unwrap();
     let base = base_image(tmp.path(), 16);
-    let base_sha = sha256(&base);
+    let base_sha = common::sha256(&base);
     let mut first = Vm::new(config_with_disk(
         &base,
         DiskFormat::Raw,
@@ -212,7 +207,7 @@ async fn two_vms_of_one_base_write_their_own_overlays_and_kept_disks_stay() {
         second_dir.join("disk0.qcow2").exists(),
         "keep_disks kept it"
     );
-    assert_eq!(sha256(&base), base_sha);
+    assert_eq!(common::sha256(&base), base_sha);
 }
 
 async fn power_on_error(config: VmConfig) -> Error {
@@ -435,7 +430,7 @@ fn an_image_by_url_is_fetched_once_verified_and_reused() {
     let mut bytes = std::fs::read(&base).unwrap();
     bytes[(2 << 20)..(2 << 20) + 16].copy_from_slice(&rand_bytes());
     std::fs::write(&base, &bytes).unwrap();
-    let sha = sha256(&base);
+    let sha = common::sha256(&base);
     let server = HttpServer::serve(&served);
     let url = format!("http://127.0.0.1:{}/base.raw", server.port);
     let cached = virtest::guest::images::cached_path(

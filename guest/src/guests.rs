@@ -36,6 +36,9 @@ pub fn is_unbuilt(spec: &str, home: &Path) -> bool {
 /// Loads the guest `spec` names (see [`locate`]), with the description's
 /// warnings. A built-in guest that is not built says how to build it.
 pub fn load(spec: &str) -> Result<(GuestDescription, Vec<String>)> {
+    if !BUILT_IN.contains(&spec) || Path::new(spec).exists() {
+        return GuestDescription::load(&locate(spec, Path::new("")));
+    }
     let home = crate::cache::default_home()?;
     if is_unbuilt(spec, &home) {
         return Err(Error::NotBuilt {

@@ -177,7 +177,7 @@ async fn create_overlay(qemu_img: &Path, overlay: &Overlay) -> Result<()> {
         reason,
     };
     match std::fs::metadata(base) {
-        Ok(meta) if meta.is_file() || meta.file_type().is_symlink() => {}
+        Ok(meta) if meta.is_file() => {}
         Ok(_) => return Err(bad("it is not a file".into())),
         Err(e) => return Err(bad(format!("the image cannot be used ({e})"))),
     }

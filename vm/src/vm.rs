@@ -642,7 +642,7 @@ impl Vm {
                 }
                 Err(e) => return Err(e),
             }
-            let config = self.ssh_config(port);
+            let config = self.ssh_config(port)?;
             let left = deadline.saturating_sub(start.elapsed());
             // The session's span must hang off the VM's, not off this
             // call's: it lives as long as the session.
@@ -681,9 +681,9 @@ impl Vm {
         .map(|session| &*self.remote.insert(session))
     }
 
-    fn ssh_config(&self, port: u16) -> SshConfig {
+    fn ssh_config(&self, port: u16) -> Result<SshConfig> {
         let login = &self.config.guest.login;
-        SshConfig {
+        Ok(SshConfig {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             user: self.login_user(),
             auth: match (&self.config.login, self.login_key(), &login.password) {
@@ -692,10 +692,18 @@ impl Vm {
                 (Login::Guest | Login::Key(_), None, Some(password)) => {
                     Auth::Password(password.clone())
                 }
-                (Login::Guest | Login::Key(_), None, None) => Auth::KeyFile(PathBuf::new()),
+                (Login::Guest | Login::Key(_), None, None) => {
+                    return Err(Error::State {
+                        what: format!(
+                            "no way to log into guest `{}`: its description gives no key or password, \
+                             and virtest's own key (for a cloud-init guest) could not be made in the cache",
+                            self.config.guest.name
+                        ),
+                    });
+                }
             },
             known_host_keys: self.host_key.iter().cloned().collect(),
-        }
+        })
     }
 
     /// The session `login_remote` opened.
