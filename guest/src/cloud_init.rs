@@ -56,9 +56,11 @@ impl Seed {
     }
 
     /// Our cloud-config: the user with the keys and password, and the
-    /// ready line on the serial console at the end of cloud-init's init
-    /// stage, on every boot (bootcmd runs each boot; sshd starts after
-    /// that stage, so once it answers the keys are in place).
+    /// ready line on the serial console from a per-boot script, which
+    /// cloud-init's final stage runs on every boot: the guest has then
+    /// finished booting. (Readiness at the end of the init stage came
+    /// while systemd was still starting most units, and under TCG a
+    /// migration at that moment panicked the Debian guest's kernel.)
     pub fn cloud_config(&self) -> String {
         let quoted = |s: &str| serde_json::to_string(s).expect("strings serialize");
         let keys: Vec<String> = self.authorized_keys.iter().map(|k| quoted(k)).collect();
@@ -79,16 +81,16 @@ impl Seed {
                 quoted(&self.user),
                 quoted(password)
             ));
-            if self.user == "root" {
-                // Debian's sshd refuses root passwords unless told.
-                text.push_str(
-                    "write_files:\n  - path: /etc/ssh/sshd_config.d/50-virtest.conf\n    content: \"PermitRootLogin yes\\n\"\n",
-                );
-            }
         }
         text.push_str(&format!(
-            "bootcmd:\n  - [sh, -c, \"echo {CLOUD_INIT_READY_LINE} $(cut -d' ' -f1 /proc/uptime) > /dev/ttyS0\"]\n"
+            "write_files:\n  - path: /var/lib/cloud/scripts/per-boot/zz-virtest-ready\n    permissions: \"0755\"\n    content: |\n      #!/bin/sh\n      echo \"{CLOUD_INIT_READY_LINE} $(cut -d' ' -f1 /proc/uptime)\" > /dev/ttyS0\n"
         ));
+        if self.password.is_some() && self.user == "root" {
+            // Debian's sshd refuses root passwords unless told.
+            text.push_str(
+                "  - path: /etc/ssh/sshd_config.d/50-virtest.conf\n    content: \"PermitRootLogin yes\\n\"\n",
+            );
+        }
         text
     }
 

@@ -75,13 +75,13 @@ const INITRAMFS_MODULES: &[&str] = &[
 /// cloud-init: only the NoCloud seed, no network rendering (networkd
 /// does DHCP), one host key type (ed25519 is fast to make), and module
 /// lists cut to what a test guest uses. The seed's ready line is a
-/// `bootcmd`, run last in the init stage.
+/// per-boot script, run by the final stage.
 const CLOUD_CFG: &str = "\
 datasource_list: [NoCloud, None]
 network: {config: disabled}
 ssh_genkeytypes: [ed25519]
 ssh_deletekeys: true
-cloud_init_modules: [migrator, seed_random, write-files, set_hostname, update_hostname, update_etc_hosts, users-groups, ssh, set-passwords, bootcmd]
+cloud_init_modules: [migrator, seed_random, bootcmd, write-files, set_hostname, update_hostname, update_etc_hosts, users-groups, ssh, set-passwords]
 cloud_config_modules: [runcmd]
 cloud_final_modules: [write-files-deferred, scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user, final-message]
 ";

@@ -37,8 +37,9 @@ use crate::error::{Error, IoContext, Result};
 /// The file name of a guest description in a guest directory.
 pub const DESCRIPTION_FILE: &str = "guest.toml";
 
-/// The line a guest made by `virtest` prints on its console once its
-/// cloud-init has finished (the seed's `runcmd` writes it).
+/// The line a cloud-init guest prints on its serial console once
+/// cloud-init's final stage has run, on every boot (the seed's per-boot
+/// script writes it).
 pub const CLOUD_INIT_READY_LINE: &str = "virtest-cloud-init-ready";
 
 /// A guest, as a VM boots it: loaded from a `guest.toml` with every path
@@ -200,8 +201,8 @@ pub enum Ready {
     Console(String),
     /// sshd answers: logins are tried until one succeeds.
     Ssh,
-    /// cloud-init has run the seed's last command, which prints
-    /// [`CLOUD_INIT_READY_LINE`] on the console.
+    /// cloud-init's final stage has run the seed's per-boot script,
+    /// which prints [`CLOUD_INIT_READY_LINE`] on the console.
     CloudInit,
 }
 
