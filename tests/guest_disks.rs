@@ -309,6 +309,9 @@ async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
     config.guest.cloud_init.enabled = true;
     config.guest.ready = virtest::guest::description::Ready::CloudInit;
     config.log_dir = Some(tmp.path().to_path_buf());
+    // Kept disks land in results: a seed holding a password is not kept.
+    config.keep_disks = true;
+    config.login = virtest::vm::Login::Password("pw-in-the-seed".into());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     let seed = vm.disk_dir().unwrap().join("seed.img");
@@ -334,6 +337,10 @@ async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
         "the console tail is there: {text}"
     );
     vm.power_off().await.unwrap();
+    let disk_dir = vm.disk_dir().unwrap().to_path_buf();
+    drop(vm);
+    assert!(disk_dir.is_dir(), "keep_disks keeps the disk directory");
+    assert!(!seed.exists(), "a seed with a password outlived its VM");
 }
 
 /// UEFI without OVMF installed: the test errors before QEMU starts,

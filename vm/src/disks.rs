@@ -50,6 +50,9 @@ pub(crate) struct VmDisks {
     overlays: Vec<Overlay>,
     uefi: Option<UefiFiles>,
     seed: Option<PathBuf>,
+    /// Whether the seed holds a password: it is never kept, since kept
+    /// disks end up in a test's results.
+    seed_has_secret: bool,
     keep: bool,
 }
 
@@ -57,6 +60,8 @@ impl Drop for VmDisks {
     fn drop(&mut self) {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
+        } else if let (Some(seed), true) = (&self.seed, self.seed_has_secret) {
+            let _ = std::fs::remove_file(seed);
         }
     }
 }
@@ -82,6 +87,7 @@ impl VmDisks {
             overlays: Vec::new(),
             uefi: None,
             seed: None,
+            seed_has_secret: false,
             keep: false,
         };
         for (index, disk) in guest.disks.iter().enumerate() {
@@ -108,6 +114,7 @@ impl VmDisks {
             })?;
             tracing::debug!(seed = %path.display(), instance = %seed.instance_id, "cloud-init seed written");
             disks.seed = Some(path);
+            disks.seed_has_secret = seed.password.is_some();
         }
         Ok(disks)
     }
