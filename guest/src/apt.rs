@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::command;
 use crate::error::{Error, IoContext, Result};
 
 /// A package as apt would install it.
@@ -176,7 +177,7 @@ impl Apt {
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| spawn_error(&self.dpkg_deb.display().to_string(), "dpkg", e))?;
+            .map_err(|e| command::spawn_error(&self.dpkg_deb.display().to_string(), "dpkg", e))?;
         let stdout = child.stdout.take().expect("piped");
         let streamed = for_each_file(
             std::io::BufReader::with_capacity(1 << 20, stdout),
@@ -194,7 +195,7 @@ impl Apt {
                     deb.display()
                 ),
                 status: output.status,
-                stderr: tail(&String::from_utf8_lossy(&output.stderr), 800),
+                stderr: command::tail(&String::from_utf8_lossy(&output.stderr), 800),
             });
         }
         streamed
@@ -268,63 +269,24 @@ fn parse_depends(field: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs a command, mapping "not installed" and failure to clear errors.
+/// Runs a command; apt's own "no such package" failures become
+/// [`Error::UnknownPackage`] when `quiet_failure_is_unknown`.
 fn run(cmd: &mut Command, package: &'static str, quiet_failure_is_unknown: bool) -> Result<Output> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let line = std::iter::once(program.clone())
-        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    tracing::debug!(command = %line, "running");
-    let out = cmd
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| spawn_error(&program, package, e))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if quiet_failure_is_unknown
-            && (stderr.contains("No packages found") || stderr.contains("Unable to locate"))
+    match command::run(cmd.env("LC_ALL", "C"), package) {
+        Err(Error::CommandFailed { stderr, .. })
+            if quiet_failure_is_unknown
+                && (stderr.contains("No packages found")
+                    || stderr.contains("Unable to locate")) =>
         {
             let package = cmd
                 .get_args()
                 .last()
                 .map(|a| a.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            return Err(Error::UnknownPackage { package });
+            Err(Error::UnknownPackage { package })
         }
-        return Err(Error::CommandFailed {
-            command: line,
-            status: out.status,
-            stderr: tail(&stderr, 800),
-        });
+        result => result,
     }
-    Ok(out)
-}
-
-/// A program that could not be started: not installed (naming the
-/// package to install), or another I/O error.
-fn spawn_error(program: &str, package: &'static str, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        Error::ToolMissing {
-            program: program.to_string(),
-            package,
-        }
-    } else {
-        Error::Io {
-            action: "running",
-            path: program.into(),
-            source: e,
-        }
-    }
-}
-
-/// The last `max` bytes of `text`, on a character boundary.
-pub(crate) fn tail(text: &str, max: usize) -> String {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].trim().to_string()
 }
 
 #[cfg(test)]
@@ -401,11 +363,5 @@ mod tests {
             err.to_string().contains("install Debian package `apt`"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn tail_cuts_on_a_char_boundary() {
-        assert_eq!(tail("héllo", 4), "llo");
-        assert_eq!(tail("ab", 10), "ab");
     }
 }

@@ -6,13 +6,10 @@
 //! boot.
 //!
 //! The build, as root: `mmdebstrap` into a directory, a few files and
-//! unit links written, `mkfs.ext4 -d` straight into the root partition of
-//! a sparse raw disk partitioned by `sfdisk`, GRUB's core images written
-//! by hand (the i386-pc one into the BIOS boot partition, the EFI one onto
-//! an ESP this crate formats), then `qemu-img convert` to qcow2.
+//! unit links written, the directory made a bootable disk
+//! ([`crate::boot_disk`]), then `qemu-img convert` to qcow2.
 
 use std::fs;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::command;
 use crate::description::{
     BootFile, CloudInitFile, DESCRIPTION_FILE, GuestDescription, GuestFile, LoginFile, MachineFile,
     ReadyFile, ReadyKind,
@@ -178,13 +176,16 @@ pub fn bootstrap_debian(opts: &DebianOptions) -> Result<DebianBuilt> {
 
     let build = crate::bootstrap::WorkDir::create(&guests)?;
     let raw = work.path().join("disk.raw");
-    make_disk(&root, &raw, work.path())?;
+    crate::boot_disk::make(&root, &raw, work.path(), DISK_BYTES, ESP_BYTES)?;
     step("disk", &mut since);
     fs::remove_dir_all(&root).io_context("removing", &root)?;
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(build.path().join(IMAGE)))?;
+    command::run(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(build.path().join(IMAGE)),
+        "qemu-utils",
+    )?;
     step("qcow2", &mut since);
 
     let record = crate::manifest::FileRecord::of(build.path(), IMAGE)?;
@@ -335,16 +336,20 @@ fn mmdebstrap(root: &Path) -> Result<()> {
          printf 'MODULES=list\\n' > \"$1/etc/initramfs-tools/conf.d/virtest\" && \
          printf '{modules}\\n' > \"$1/etc/initramfs-tools/modules\""
     );
-    run(Command::new("mmdebstrap")
-        .args(["--variant=apt", "--quiet"])
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg("--aptopt=Acquire::Languages \"none\"")
-        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
-        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
-        .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
-        .arg(format!("--essential-hook={essential_hook}"))
-        .arg(SUITE)
-        .arg(root))
+    command::run(
+        Command::new("mmdebstrap")
+            .args(["--variant=apt", "--quiet"])
+            .arg(format!("--include={}", PACKAGES.join(",")))
+            .arg("--aptopt=Acquire::Languages \"none\"")
+            .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+            .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+            .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
+            .arg(format!("--essential-hook={essential_hook}"))
+            .arg(SUITE)
+            .arg(root),
+        "mmdebstrap",
+    )
+    .map(drop)
 }
 
 /// Writes the guest's configuration into `root`; returns the kernel
@@ -374,11 +379,15 @@ fn customize(root: &Path) -> Result<String> {
         }
     }
     let systemctl = |verb: &str, units: &[&str]| {
-        run(Command::new("systemctl")
-            .arg(format!("--root={}", root.display()))
-            .arg("--quiet")
-            .arg(verb)
-            .args(units))
+        command::run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", root.display()))
+                .arg("--quiet")
+                .arg(verb)
+                .args(units),
+            "systemd",
+        )
+        .map(drop)
     };
     systemctl("enable", &["systemd-networkd.service"])?;
     systemctl("mask", MASKED_UNITS)?;
@@ -398,160 +407,6 @@ fn customize(root: &Path) -> Result<String> {
         })
 }
 
-/// One partition as `sfdisk -J` reports it, in 512-byte sectors.
-#[derive(Debug, Deserialize)]
-struct Partition {
-    start: u64,
-    size: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct PartitionTable {
-    partitions: Vec<Partition>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SfdiskDump {
-    partitiontable: PartitionTable,
-}
-
-/// Makes the GPT disk `raw`: a BIOS boot partition holding GRUB's
-/// i386-pc core, an ESP holding GRUB's EFI image, and the root file
-/// system made from `root`.
-fn make_disk(root: &Path, raw: &Path, work: &Path) -> Result<()> {
-    let file = fs::File::create(raw).io_context("creating", raw)?;
-    file.set_len(DISK_BYTES).io_context("sizing", raw)?;
-    drop(file);
-    let layout = format!(
-        "label: gpt\n\
-         start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios\n\
-         size={}KiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n\
-         type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n",
-        ESP_BYTES >> 10
-    );
-    run_with_input(Command::new("sfdisk").arg("--quiet").arg(raw), &layout)?;
-    let dump = output(Command::new("sfdisk").arg("--json").arg(raw))?;
-    let table: SfdiskDump = serde_json::from_str(&dump).map_err(|e| Error::CommandFailed {
-        command: format!("sfdisk --json {}", raw.display()),
-        status: std::process::ExitStatus::default(),
-        stderr: format!("unexpected output ({e})"),
-    })?;
-    let [bios, esp, rootfs] = &table.partitiontable.partitions[..] else {
-        return Err(Error::CommandFailed {
-            command: format!("sfdisk {}", raw.display()),
-            status: std::process::ExitStatus::default(),
-            stderr: "it did not make three partitions".into(),
-        });
-    };
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "root", "-d"])
-        .arg(root)
-        .arg("-E")
-        .arg(format!("offset={}", rootfs.start * 512))
-        .arg(raw)
-        .arg(format!("{}k", rootfs.size / 2)))?;
-
-    let prefix = "(hd0,gpt3)/boot/grub";
-    let core = work.join("core.img");
-    run(Command::new("grub-mkimage")
-        .args(["-O", "i386-pc", "-p", prefix, "-o"])
-        .arg(&core)
-        .args([
-            "biosdisk",
-            "part_gpt",
-            "ext2",
-            "normal",
-            "linux",
-            "search",
-            "configfile",
-            "echo",
-            "test",
-            "gzio",
-        ]))?;
-    let efi = work.join("BOOTX64.EFI");
-    run(Command::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", prefix, "-o"])
-        .arg(&efi)
-        .args([
-            "part_gpt",
-            "ext2",
-            "fat",
-            "normal",
-            "linux",
-            "search",
-            "configfile",
-            "echo",
-            "test",
-            "gzio",
-            "efi_gop",
-        ]))?;
-    let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
-    let boot = fs::read(boot_img).io_context("reading", boot_img)?;
-    let core = fs::read(&core).io_context("reading", &core)?;
-    let (mbr_code, core) = bios_boot(&boot, core, bios.start, bios.size)?;
-    let efi = fs::read(&efi).io_context("reading", &efi)?;
-    let esp_image = crate::fat::volume(
-        ESP_BYTES as usize,
-        "ESP",
-        &[("EFI/BOOT/BOOTX64.EFI", &efi[..])],
-    )
-    .io_context("formatting the ESP of", raw)?;
-    if esp_image.len() as u64 > esp.size * 512 {
-        return Err(Error::Io {
-            action: "fitting the ESP into",
-            path: raw.to_path_buf(),
-            source: std::io::Error::other("the ESP image is larger than its partition"),
-        });
-    }
-    let mut disk = fs::OpenOptions::new()
-        .write(true)
-        .open(raw)
-        .io_context("opening", raw)?;
-    let mut write_at = |offset: u64, bytes: &[u8]| {
-        disk.seek(SeekFrom::Start(offset))
-            .and_then(|_| disk.write_all(bytes))
-            .io_context("writing", raw)
-    };
-    // The MBR's boot code only: the protective partition table stays.
-    write_at(0, &mbr_code)?;
-    write_at(bios.start * 512, &core)?;
-    write_at(esp.start * 512, &esp_image)?;
-    Ok(())
-}
-
-/// GRUB's BIOS boot without grub-install: the MBR code (boot.img's first
-/// 440 bytes) pointed at the core's first sector, and the core
-/// (diskboot.img first) pointed at the rest of itself, both placed in
-/// the BIOS boot partition at `start` (sectors).
-fn bios_boot(
-    boot: &[u8],
-    mut core: Vec<u8>,
-    start: u64,
-    sectors: u64,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    // Offsets from GRUB's boot.S and diskboot.S (i386-pc).
-    const KERNEL_SECTOR: usize = 0x5c;
-    const BLOCKLIST: usize = 0x200 - 12;
-    let bad = |reason: &str| Error::Io {
-        action: "placing GRUB's core image",
-        path: PathBuf::from("/usr/lib/grub/i386-pc"),
-        source: std::io::Error::other(reason.to_string()),
-    };
-    if boot.len() != 512 || core.len() < 512 {
-        return Err(bad("boot.img is not one sector, or core.img is too small"));
-    }
-    core.resize(core.len().div_ceil(512) * 512, 0);
-    let core_sectors = (core.len() / 512) as u64;
-    if core_sectors > sectors {
-        return Err(bad("core.img does not fit the BIOS boot partition"));
-    }
-    let mut mbr = boot[..440].to_vec();
-    mbr[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&start.to_le_bytes());
-    core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(start + 1).to_le_bytes());
-    core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&((core_sectors - 1) as u16).to_le_bytes());
-    Ok((mbr, core))
-}
-
 /// `program` on PATH, or in the sbin directories PATH may lack.
 fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -561,90 +416,9 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs a command; a failure carries the tail of its stderr.
-fn run(command: &mut Command) -> Result<()> {
-    output(command).map(drop)
-}
-
-/// Runs a command with `input` on its stdin.
-fn run_with_input(command: &mut Command, input: &str) -> Result<()> {
-    use std::process::Stdio;
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| spawn_error(command, e))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input.as_bytes())
-        .io_context("writing to", command.get_program())?;
-    let out = child
-        .wait_with_output()
-        .io_context("waiting for", command.get_program())?;
-    check(command, out).map(drop)
-}
-
-/// Runs a command and returns its stdout.
-fn output(command: &mut Command) -> Result<String> {
-    let out = command
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(command, e))?;
-    check(command, out)
-}
-
-fn spawn_error(command: &Command, source: std::io::Error) -> Error {
-    Error::Io {
-        action: "running",
-        path: PathBuf::from(command.get_program()),
-        source,
-    }
-}
-
-fn check(command: &Command, out: std::process::Output) -> Result<String> {
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.trim_end().lines().collect();
-    Err(Error::CommandFailed {
-        command: format!(
-            "{} {}",
-            command.get_program().to_string_lossy(),
-            command
-                .get_args()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-        status: out.status,
-        stderr: lines[lines.len().saturating_sub(15)..].join("\n"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grub_is_pointed_at_its_partition() {
-        let boot = vec![0u8; 512];
-        let core = vec![0u8; 512 * 3 + 10];
-        let (mbr, core) = bios_boot(&boot, core, 2048, 2048).unwrap();
-        assert_eq!(mbr.len(), 440);
-        assert_eq!(
-            u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
-            2048
-        );
-        assert_eq!(core.len(), 512 * 4);
-        assert_eq!(u64::from_le_bytes(core[500..508].try_into().unwrap()), 2049);
-        assert_eq!(u16::from_le_bytes(core[508..510].try_into().unwrap()), 3);
-        let big = vec![0u8; 512 * 3000];
-        assert!(bios_boot(&boot, big, 2048, 2048).is_err());
-    }
 
     #[test]
     fn the_description_reads_back() {

@@ -36,9 +36,11 @@
 #![deny(missing_docs)]
 
 pub mod apt;
+mod boot_disk;
 pub mod bootstrap;
 pub mod cache;
 pub mod cloud_init;
+mod command;
 pub mod cpio;
 pub mod debian;
 pub mod description;
