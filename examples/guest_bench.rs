@@ -99,6 +99,7 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
         disks: &[],
         uefi: None,
         seed: None,
+        generation_id: false,
     };
     let mut command = launch.cmdline().to_command();
     let start = Instant::now();

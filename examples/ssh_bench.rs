@@ -41,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         disks: &[],
         uefi: None,
         seed: None,
+        generation_id: false,
     };
     let mut child = launch
         .cmdline()

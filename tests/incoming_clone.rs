@@ -59,6 +59,7 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         disks: &[],
         uefi: None,
         seed: None,
+        generation_id: false,
     };
     let src_cmd = launch.cmdline();
     let dst_dir = dir.path().join("dst");

@@ -54,6 +54,7 @@ pub mod keys;
 pub mod manifest;
 pub mod modules;
 pub mod rootfs;
+pub mod snapshots;
 pub mod sources;
 
 pub use description::GuestDescription;

@@ -91,6 +91,7 @@ fn check(spec: &str) -> CliResult {
             .cloud_init
             .enabled
             .then_some(std::path::Path::new("<vm>/disks/seed.img")),
+        generation_id: false,
     };
     println!("guest `{}` ({})", guest.name, guest.path.display());
     for overlay in &overlays {

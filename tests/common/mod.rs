@@ -215,6 +215,7 @@ impl Qemu {
             disks: &[],
             uefi: None,
             seed: None,
+            generation_id: false,
         };
         let cmdline = launch.cmdline();
         cmdline.validate().unwrap();

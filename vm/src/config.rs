@@ -8,6 +8,7 @@ use virtest_qemu_cmdline::Arg;
 use virtest_qemu_cmdline::accel::Accel;
 
 use crate::error::{Error, Result};
+use crate::snapshot::BootMode;
 
 /// How `login_remote` authenticates.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -87,6 +88,11 @@ pub struct VmConfig {
     /// How long one migration may take before it is cancelled. Read by
     /// the migration layer.
     pub migrate_timeout: Duration,
+    /// Boot, or start from a ready snapshot ([`BootMode::Fresh`] here;
+    /// the harness's `boot` parameter defaults to snapshots).
+    pub boot: BootMode,
+    /// Where ready snapshots are kept (`None`: the cache's `snapshots/`).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -110,6 +116,8 @@ impl VmConfig {
             start_timeout: Duration::from_secs(30),
             destination_qemu: None,
             migrate_timeout: Duration::from_secs(60),
+            boot: BootMode::Fresh,
+            snapshot_dir: None,
         }
     }
 

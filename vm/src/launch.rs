@@ -61,6 +61,10 @@ pub struct GuestLaunch<'a> {
     pub uefi: Option<&'a UefiFiles>,
     /// The VM's cloud-init seed volume, attached read-only.
     pub seed: Option<&'a std::path::Path>,
+    /// Give the guest a VM generation id (`vmgenid`, a new id each time
+    /// QEMU starts), on which Linux reseeds its RNG: a VM restored from a
+    /// snapshot must not share its siblings' random numbers.
+    pub generation_id: bool,
 }
 
 impl GuestLaunch<'_> {
@@ -88,6 +92,7 @@ impl GuestLaunch<'_> {
     ///     disks: &[],
     ///     uefi: None,
     ///     seed: None,
+    ///     generation_id: false,
     /// };
     /// let child = launch.cmdline().to_command().spawn();
     /// # }
@@ -188,6 +193,9 @@ impl GuestLaunch<'_> {
         )
         .device(&machine.net_device, &[("netdev", "net0")]);
         cmd.device("virtio-rng-pci", &[]);
+        if self.generation_id {
+            cmd.device("vmgenid", &[("guid", "auto")]);
+        }
         for device in &machine.devices {
             let props = Props::parse(device, true);
             cmd.push(Arg::Props(PropsOption::Device, props));

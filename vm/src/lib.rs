@@ -24,6 +24,8 @@
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store.
+//! - `snapshot`: ready snapshots: making one from a boot, starting from
+//!   one, refreshing what clones must not share.
 //! - `ports`, `dirs`: free ports, ids and private directories.
 //!
 //! # Nothing left behind
@@ -43,6 +45,7 @@ mod instance;
 mod launch;
 mod ports;
 mod process;
+mod snapshot;
 mod vm;
 
 pub use config::{Login, VmConfig};
@@ -52,4 +55,5 @@ pub use error::{Error, Result};
 pub use instance::{Endpoints, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use ports::free_port;
+pub use snapshot::{BootMode, Start};
 pub use vm::{PowerOff, Reboot, Vm, VmState};

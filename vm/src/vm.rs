@@ -14,6 +14,7 @@ use virtest_remote::{Auth, SshConfig, SshSession};
 
 use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
+use virtest_guest::snapshots::SnapshotStore;
 
 use crate::config::{Login, VmConfig};
 use crate::console::{Console, ConsoleCursor};
@@ -22,6 +23,7 @@ use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Files, Instance};
 use crate::launch::{ConsoleOutput, GuestLaunch};
+use crate::snapshot::{self, BootMode, Start};
 
 /// What the VM is doing, as QEMU says (`query-status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,11 @@ pub struct Vm {
     boot_cursor: ConsoleCursor,
     /// Whether the ready line of the current boot has been seen.
     ready_seen: bool,
+    /// How the last `power_on` started QEMU.
+    start: Start,
+    /// Whether the next login must refresh what a restored clone shares
+    /// with its siblings (entropy, clock).
+    refresh_pending: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -150,6 +157,8 @@ impl Vm {
             generation: 0,
             boot_cursor: ConsoleCursor::default(),
             ready_seen: false,
+            start: Start::NotStarted,
+            refresh_pending: false,
         }
     }
 
@@ -193,6 +202,12 @@ impl Vm {
         }
     }
 
+    /// How the last `power_on` started the VM: booted, or restored from a
+    /// ready snapshot (and whether it made it).
+    pub fn start(&self) -> &Start {
+        &self.start
+    }
+
     /// The host key logins must present, once known.
     pub fn host_key(&self) -> Option<&str> {
         self.host_key.as_deref()
@@ -208,6 +223,11 @@ impl Vm {
     /// transcript in `qmp.log`, QEMU's output in `qemu.log`, and the
     /// guest's sshd forwarded from a free port on 127.0.0.1. Returns once
     /// QMP answers; the guest is then booting.
+    ///
+    /// With [`BootMode::Snapshot`] the guest is restored from its ready
+    /// snapshot instead (made first, by booting, when there is none): it
+    /// is ready when this returns, and the first login refreshes its
+    /// entropy and clock. [`Vm::start`] says which start it had.
     pub async fn power_on(&mut self) -> Result<()> {
         let span = tracing::info_span!(parent: &self.span, "power_on");
         self.power_on_inner().instrument(span).await
@@ -224,6 +244,7 @@ impl Vm {
         let qemu =
             binary::find(BinaryKind::System, self.config.qemu.as_deref()).map_err(Error::Qemu)?;
         let accel = self.choose_accel(&qemu)?;
+        let binary = qemu.clone();
         for dir in [&self.runtime_dir, &self.log_dir] {
             dirs::create_private(dir).map_err(|source| Error::Io {
                 what: "creating the VM directory",
@@ -238,6 +259,8 @@ impl Vm {
         let disks = self.disks.as_ref().expect("made above");
         let (overlays, uefi) = (disks.overlays().to_vec(), disks.uefi().cloned());
         let seed = disks.seed().map(Path::to_path_buf);
+        let generation_id = self.config.boot == BootMode::Snapshot
+            && snapshot::unsupported(&config.guest).is_none();
         let launch = move |endpoints: &Endpoints| {
             let mut cmdline = GuestLaunch {
                 guest: &config.guest,
@@ -253,6 +276,7 @@ impl Vm {
                 disks: &overlays,
                 uefi: uefi.as_ref(),
                 seed: seed.as_deref(),
+                generation_id,
             }
             .cmdline();
             for arg in &config.extra_args {
@@ -262,15 +286,63 @@ impl Vm {
         };
         self.boot_cursor = self.console()?.cursor();
         self.ready_seen = false;
-        let instance = self.start_instance_with(&launch).await?;
+        let (instance, start) = match self.config.boot {
+            BootMode::Fresh => (
+                self.start_instance_with(&launch).await?,
+                Start::Fresh {
+                    why_not_snapshot: None,
+                },
+            ),
+            BootMode::Snapshot => self.start_from_snapshot(&binary, &launch).await?,
+        };
+        let restored = matches!(
+            start,
+            Start::MadeSnapshot { .. } | Start::FromSnapshot { .. }
+        );
+        self.ready_seen = restored;
+        self.refresh_pending = restored;
         tracing::info!(
             pid = instance.pid(),
             ssh_port = instance.endpoints().ssh_port,
             accel = accel.as_str(),
+            start = %start,
             "powered on"
         );
+        self.start = start;
         self.instance = Some(instance);
         Ok(())
+    }
+
+    /// Starts from the guest's ready snapshot where one can serve, else
+    /// boots (saying why).
+    async fn start_from_snapshot(
+        &mut self,
+        qemu: &Path,
+        launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+    ) -> Result<(Instance, Start)> {
+        let store = match (
+            &self.config.snapshot_dir,
+            snapshot::unsupported(&self.config.guest),
+        ) {
+            (_, Some(why)) => Err(why.to_string()),
+            (Some(dir), None) => Ok(SnapshotStore::new(dir)),
+            (None, None) => virtest_guest::cache::default_home()
+                .map(|home| SnapshotStore::in_cache(&home))
+                .map_err(|e| format!("no cache for snapshots: {e}")),
+        };
+        match store {
+            Ok(store) => {
+                let probe = binary::probe(qemu).map_err(Error::Qemu)?;
+                let key = snapshot::key(&self.config.guest, &probe, launch)?;
+                snapshot::start(self, &store, &key, launch).await
+            }
+            Err(why) => {
+                tracing::debug!(why, "booting fresh");
+                let instance = self.start_instance_with(launch).await?;
+                let why_not_snapshot = Some(why);
+                Ok((instance, Start::Fresh { why_not_snapshot }))
+            }
+        }
     }
 
     /// The overlays over the guest's disks and its UEFI variables, in the
@@ -383,6 +455,13 @@ impl Vm {
     pub fn replace_instance(&mut self, instance: Instance) -> Option<Instance> {
         self.remote = None;
         self.instance.replace(instance)
+    }
+
+    /// Takes the VM's QEMU process out of it (for the snapshot maker,
+    /// which ends its own).
+    pub(crate) fn take_instance(&mut self) -> Option<Instance> {
+        self.remote = None;
+        self.instance.take()
     }
 
     /// The VM's current QEMU process.
@@ -617,31 +696,7 @@ impl Vm {
             .ok_or(Error::Off { action: "log in" })?;
         self.remote = None;
         async {
-            match self.wait_ready(deadline).await {
-                Ok(()) => {}
-                Err(Error::ConsoleTimeout {
-                    pattern,
-                    console_tail,
-                    ..
-                }) => {
-                    let mut reason = format!(
-                        "the guest did not get ready within {deadline:?}: it never printed `{pattern}` on its console"
-                    );
-                    if let Some(seed) = self.disks.as_ref().and_then(|d| d.seed()) {
-                        reason.push_str(&format!(
-                            " (its cloud-init seed, which prints it, is `{}`)",
-                            seed.display()
-                        ));
-                    }
-                    return Err(Error::Login {
-                        reason,
-                        after: deadline,
-                        console_tail,
-                        source: None,
-                    });
-                }
-                Err(e) => return Err(e),
-            }
+            self.wait_ready_to_log_in(deadline).await?;
             let config = self.ssh_config(port)?;
             let left = deadline.saturating_sub(start.elapsed());
             // The session's span must hang off the VM's, not off this
@@ -650,6 +705,12 @@ impl Vm {
             match login.await {
                 Ok(session) => {
                     tracing::info!(elapsed = ?start.elapsed(), port, "logged in");
+                    if std::mem::take(&mut self.refresh_pending) {
+                        match snapshot::refresh(&session).await {
+                            Ok(()) => tracing::debug!("refreshed the restored guest's entropy and clock"),
+                            Err(e) => tracing::warn!(error = %e, "the restored guest shares its clock with the snapshot"),
+                        }
+                    }
                     if self.host_key.is_none() {
                         tracing::info!(
                             fingerprint = session.host_key_fingerprint(),
@@ -679,6 +740,35 @@ impl Vm {
         .instrument(span)
         .await
         .map(|session| &*self.remote.insert(session))
+    }
+
+    /// Waits for the guest's ready signal, as `login_remote` does first;
+    /// a guest that never gives it is an [`Error::Login`] that says so.
+    pub(crate) async fn wait_ready_to_log_in(&mut self, deadline: Duration) -> Result<()> {
+        match self.wait_ready(deadline).await {
+            Err(Error::ConsoleTimeout {
+                pattern,
+                console_tail,
+                ..
+            }) => {
+                let mut reason = format!(
+                    "the guest did not get ready within {deadline:?}: it never printed `{pattern}` on its console"
+                );
+                if let Some(seed) = self.disks.as_ref().and_then(|d| d.seed()) {
+                    reason.push_str(&format!(
+                        " (its cloud-init seed, which prints it, is `{}`)",
+                        seed.display()
+                    ));
+                }
+                Err(Error::Login {
+                    reason,
+                    after: deadline,
+                    console_tail,
+                    source: None,
+                })
+            }
+            other => other,
+        }
     }
 
     fn ssh_config(&self, port: u16) -> Result<SshConfig> {

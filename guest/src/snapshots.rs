@@ -1,0 +1,524 @@
+//! Ready snapshots in the cache: the saved state of a guest once it was
+//! ready, keyed by everything that shapes it and checked before each use.
+//! The VM layer makes and restores them; this module only stores them.
+//!
+//! Layout under `<cache>/snapshots/`:
+//! - `<key>/state`: QEMU's migration stream of the ready guest.
+//! - `<key>/meta.json`: [`SnapshotMeta`], the state's size and SHA-256
+//!   and what the key was made of.
+//! - `<key>.lock`: held while the snapshot is made, so it is made once.
+//!
+//! ```no_run
+//! # fn f(key: virtest_guest::snapshots::SnapshotKey) -> virtest_guest::Result<()> {
+//! use virtest_guest::snapshots::{Lookup, SnapshotStore};
+//! let store = SnapshotStore::in_cache(&virtest_guest::cache::default_home()?);
+//! match store.lookup(&key) {
+//!     Lookup::Found(snapshot) => println!("restore from {}", snapshot.state().display()),
+//!     Lookup::Missing => println!("boot, then save one"),
+//!     Lookup::Rejected { reason } => println!("unusable, removed: {reason}"),
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{IoContext, Result};
+use crate::manifest::hex;
+
+/// The file holding the migration stream, in a snapshot's directory.
+const STATE: &str = "state";
+/// The file holding [`SnapshotMeta`].
+const META: &str = "meta.json";
+
+/// A file whose change makes a snapshot stale: its path, size and
+/// modification time (the way build tools notice a rebuilt input without
+/// reading it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, in nanoseconds since the epoch.
+    pub mtime_ns: u128,
+}
+
+impl FileStamp {
+    /// The stamp of `path` as it is now.
+    pub fn of(path: &Path) -> Result<FileStamp> {
+        let meta = fs::metadata(path).io_context("reading the metadata of", path)?;
+        let mtime = meta.modified().io_context("reading the mtime of", path)?;
+        Ok(FileStamp {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            mtime_ns: mtime
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        })
+    }
+
+    /// Whether the file is still as stamped.
+    pub fn is_current(&self) -> bool {
+        FileStamp::of(&self.path).is_ok_and(|now| &now == self)
+    }
+}
+
+/// What a snapshot is keyed by: lines of text that describe everything
+/// guest-visible (the command line without its host endpoints, the QEMU
+/// binary and version) and the files the guest is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotKey {
+    /// The guest's name (for listings and pruning).
+    pub guest: String,
+    /// The key's text, one fact per line.
+    pub material: Vec<String>,
+    /// The files whose change makes the snapshot stale.
+    pub inputs: Vec<FileStamp>,
+}
+
+impl SnapshotKey {
+    /// The key's id: the first 16 hex digits of the SHA-256 of its
+    /// material and inputs; names the snapshot's directory.
+    pub fn id(&self) -> String {
+        let mut hash = Sha256::new();
+        for line in &self.material {
+            hash.update(line.as_bytes());
+            hash.update(b"\n");
+        }
+        for input in &self.inputs {
+            let line = format!(
+                "{} {} {}\n",
+                input.path.display(),
+                input.size,
+                input.mtime_ns
+            );
+            hash.update(line.as_bytes());
+        }
+        hex(&hash.finalize()[..8])
+    }
+}
+
+/// What `meta.json` records of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The key's id (the directory's name).
+    pub key: String,
+    /// The guest's name.
+    pub guest: String,
+    /// When it was made, in seconds since the epoch.
+    pub created_unix: u64,
+    /// How long making it took (boot to ready, then the save), in ms.
+    pub make_ms: u64,
+    /// The size of the state file.
+    pub state_size: u64,
+    /// The SHA-256 of the state file, in hex.
+    pub state_sha256: String,
+    /// The key's material.
+    pub material: Vec<String>,
+    /// The key's input files, as they were.
+    pub inputs: Vec<FileStamp>,
+}
+
+/// A snapshot in the store.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    dir: PathBuf,
+    /// Its record.
+    pub meta: SnapshotMeta,
+}
+
+impl Snapshot {
+    /// The migration stream to restore from.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE)
+    }
+
+    /// The snapshot's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Why the snapshot is stale (an input file changed or is gone), if
+    /// it is.
+    pub fn staleness(&self) -> Option<String> {
+        self.meta
+            .inputs
+            .iter()
+            .find(|input| !input.is_current())
+            .map(|input| format!("`{}` changed since it was made", input.path.display()))
+    }
+}
+
+/// What [`SnapshotStore::lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A whole snapshot whose state matches its record.
+    Found(Snapshot),
+    /// None for this key.
+    Missing,
+    /// One was there but cannot be used (partial, corrupt, unreadable);
+    /// it has been removed.
+    Rejected {
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// The snapshots directory of a cache.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    root: PathBuf,
+}
+
+impl SnapshotStore {
+    /// The store at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> SnapshotStore {
+        SnapshotStore { root: root.into() }
+    }
+
+    /// The store of the cache at `home` (`<home>/snapshots`).
+    pub fn in_cache(home: &Path) -> SnapshotStore {
+        SnapshotStore::new(home.join("snapshots"))
+    }
+
+    /// Where the snapshots are.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The snapshot for `key`, checked: its state file must have the size
+    /// and SHA-256 its record says. One that fails the check is removed.
+    pub fn lookup(&self, key: &SnapshotKey) -> Lookup {
+        let dir = self.root.join(key.id());
+        if !dir.exists() {
+            return Lookup::Missing;
+        }
+        match Self::read(&dir).and_then(|snapshot| snapshot.verify().map(|()| snapshot)) {
+            Ok(snapshot) => Lookup::Found(snapshot),
+            Err(reason) => {
+                let _ = fs::remove_dir_all(&dir);
+                Lookup::Rejected { reason }
+            }
+        }
+    }
+
+    /// Takes the lock for making `key`'s snapshot, waiting for another
+    /// process (or VM) that holds it. Blocks: call it off the async
+    /// threads.
+    pub fn lock(&self, key: &SnapshotKey) -> Result<SnapshotLock> {
+        crate::cache::ensure_writable(&self.root)?;
+        let path = self.root.join(format!("{}.lock", key.id()));
+        let file = fs::File::create(&path).io_context("creating", &path)?;
+        file.lock().io_context("locking", &path)?;
+        Ok(SnapshotLock { _file: file })
+    }
+
+    /// A directory to make `key`'s snapshot in; [`PendingSnapshot::commit`]
+    /// puts it in place. Hold the key's lock meanwhile.
+    pub fn prepare(&self, key: &SnapshotKey) -> Result<PendingSnapshot> {
+        crate::cache::ensure_writable(&self.root)?;
+        let id = key.id();
+        let dir = self.root.join(format!(".{id}.part-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).io_context("creating", &dir)?;
+        Ok(PendingSnapshot {
+            dir,
+            target: self.root.join(&id),
+            key: key.clone(),
+            committed: false,
+        })
+    }
+
+    /// Every snapshot in the store, by age (oldest first), unchecked.
+    pub fn list(&self) -> Result<Vec<Snapshot>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).io_context("listing", &self.root),
+        };
+        let mut snapshots: Vec<Snapshot> = entries
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.path().is_dir())
+            .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|entry| Self::read(&entry.path()).ok())
+            .collect();
+        snapshots.sort_by_key(|s| s.meta.created_unix);
+        Ok(snapshots)
+    }
+
+    /// Removes stale snapshots (an input changed), unreadable ones and
+    /// leftovers of interrupted makes whose process is gone; with `all`,
+    /// every snapshot. Returns what was removed, with why.
+    pub fn prune(&self, all: bool) -> Result<Vec<(PathBuf, String)>> {
+        let mut removed = Vec::new();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(e).io_context("listing", &self.root),
+        };
+        for entry in entries.filter_map(|entry| entry.ok()) {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let why = if name.ends_with(".lock") {
+                continue;
+            } else if let Some(pid) = name.rsplit_once(".part-").map(|(_, pid)| pid) {
+                match pid.parse::<i32>().is_ok_and(process_exists) {
+                    true => continue,
+                    false => "left by an interrupted make".to_string(),
+                }
+            } else if all {
+                "asked to remove all".to_string()
+            } else {
+                match Self::read(&path) {
+                    Ok(snapshot) => match snapshot.staleness() {
+                        Some(why) => why,
+                        None => continue,
+                    },
+                    Err(why) => why,
+                }
+            };
+            fs::remove_dir_all(&path).io_context("removing", &path)?;
+            let _ = fs::remove_file(self.root.join(format!("{name}.lock")));
+            removed.push((path, why));
+        }
+        Ok(removed)
+    }
+
+    fn read(dir: &Path) -> std::result::Result<Snapshot, String> {
+        let path = dir.join(META);
+        let bytes = fs::read(&path)
+            .map_err(|e| format!("its record `{}` cannot be read: {e}", path.display()))?;
+        let meta = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("its record `{}` is not valid: {e}", path.display()))?;
+        Ok(Snapshot {
+            dir: dir.to_path_buf(),
+            meta,
+        })
+    }
+}
+
+impl Snapshot {
+    fn verify(&self) -> std::result::Result<(), String> {
+        let path = self.state();
+        let size = fs::metadata(&path)
+            .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?
+            .len();
+        if size != self.meta.state_size {
+            return Err(format!(
+                "its state `{}` is {size} bytes, its record says {}",
+                path.display(),
+                self.meta.state_size
+            ));
+        }
+        let sha256 = sha256_file(&path)
+            .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?;
+        if sha256 != self.meta.state_sha256 {
+            return Err(format!(
+                "its state `{}` has SHA-256 {sha256}, its record says {}",
+                path.display(),
+                self.meta.state_sha256
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The lock on making one snapshot; released when dropped.
+#[derive(Debug)]
+pub struct SnapshotLock {
+    _file: fs::File,
+}
+
+/// A snapshot being made: a private directory that becomes the snapshot
+/// on [`PendingSnapshot::commit`], and is removed if dropped before.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    dir: PathBuf,
+    target: PathBuf,
+    key: SnapshotKey,
+    committed: bool,
+}
+
+impl Drop for PendingSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl PendingSnapshot {
+    /// Where QEMU writes the migration stream.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE)
+    }
+
+    /// Records the state's size and hash, puts the snapshot in place, and
+    /// removes the same guest's snapshots that went stale.
+    pub fn commit(mut self, store: &SnapshotStore, make_time: Duration) -> Result<Snapshot> {
+        let state = self.state();
+        let state_size = fs::metadata(&state).io_context("reading", &state)?.len();
+        let state_sha256 = sha256_file(&state).io_context("reading", &state)?;
+        let meta = SnapshotMeta {
+            key: self.key.id(),
+            guest: self.key.guest.clone(),
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            make_ms: make_time.as_millis() as u64,
+            state_size,
+            state_sha256,
+            material: self.key.material.clone(),
+            inputs: self.key.inputs.clone(),
+        };
+        let meta_path = self.dir.join(META);
+        let json = serde_json::to_vec_pretty(&meta).expect("a record serializes");
+        fs::write(&meta_path, json).io_context("writing", &meta_path)?;
+        let _ = fs::remove_dir_all(&self.target);
+        fs::rename(&self.dir, &self.target).io_context("installing", &self.target)?;
+        self.committed = true;
+        for old in store.list()? {
+            if old.meta.guest == meta.guest
+                && old.meta.key != meta.key
+                && let Some(why) = old.staleness()
+            {
+                tracing::info!(snapshot = %old.dir.display(), why, "removing a stale snapshot");
+                let _ = fs::remove_dir_all(&old.dir);
+            }
+        }
+        Ok(Snapshot {
+            dir: self.target.clone(),
+            meta,
+        })
+    }
+}
+
+/// The SHA-256 of a file's content, in hex.
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hex(&hash.finalize()));
+        }
+        hash.update(&buffer[..n]);
+    }
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(dir: &Path, guest: &str) -> SnapshotKey {
+        let input = dir.join(format!("{guest}-kernel"));
+        if !input.exists() {
+            fs::write(&input, b"kernel").unwrap();
+        }
+        SnapshotKey {
+            guest: guest.into(),
+            material: vec!["qemu 7.2".into(), "-m 256".into()],
+            inputs: vec![FileStamp::of(&input).unwrap()],
+        }
+    }
+
+    fn make(store: &SnapshotStore, key: &SnapshotKey, state: &[u8]) -> Snapshot {
+        let pending = store.prepare(key).unwrap();
+        fs::write(pending.state(), state).unwrap();
+        pending.commit(store, Duration::from_millis(5)).unwrap()
+    }
+
+    #[test]
+    fn a_made_snapshot_is_found_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().join("snapshots"));
+        let key = key(dir.path(), "tiny");
+        assert!(matches!(store.lookup(&key), Lookup::Missing));
+        let made = make(&store, &key, b"stream");
+        let Lookup::Found(found) = store.lookup(&key) else {
+            panic!("not found")
+        };
+        assert_eq!(found.meta, made.meta);
+        assert_eq!(fs::read(found.state()).unwrap(), b"stream");
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_truncated_or_altered_state_is_rejected_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().join("snapshots"));
+        let key = key(dir.path(), "tiny");
+        for (damage, expected) in [
+            (b"strea".as_slice(), "is 5 bytes, its record says 6"),
+            (b"stReam".as_slice(), "has SHA-256"),
+        ] {
+            let made = make(&store, &key, b"stream");
+            fs::write(made.state(), damage).unwrap();
+            let Lookup::Rejected { reason } = store.lookup(&key) else {
+                panic!("a damaged state was used")
+            };
+            assert!(reason.contains(expected), "{reason}");
+            assert!(!made.dir().exists());
+            assert!(matches!(store.lookup(&key), Lookup::Missing));
+        }
+    }
+
+    #[test]
+    fn a_changed_input_changes_the_key_and_prune_removes_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().join("snapshots"));
+        let old_key = key(dir.path(), "tiny");
+        let old = make(&store, &old_key, b"old");
+        let other = make(&store, &key(dir.path(), "other"), b"other");
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(dir.path().join("tiny-kernel"), b"rebuilt").unwrap();
+        assert!(old.staleness().unwrap().contains("tiny-kernel"));
+        let new_key = key(dir.path(), "tiny");
+        assert_ne!(new_key.id(), old_key.id());
+        assert!(matches!(store.lookup(&new_key), Lookup::Missing));
+        let removed = store.prune(false).unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(removed[0].0, old.dir());
+        assert!(other.dir().exists());
+        assert_eq!(store.prune(true).unwrap().len(), 1);
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_snapshot_replaces_the_stale_ones_of_its_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().join("snapshots"));
+        let old = make(&store, &key(dir.path(), "tiny"), b"old");
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(dir.path().join("tiny-kernel"), b"rebuilt").unwrap();
+        let new = make(&store, &key(dir.path(), "tiny"), b"new");
+        assert!(!old.dir().exists());
+        assert!(new.dir().exists());
+    }
+
+    #[test]
+    fn an_abandoned_make_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().join("snapshots"));
+        let key = key(dir.path(), "tiny");
+        let pending = store.prepare(&key).unwrap();
+        fs::write(pending.state(), b"half").unwrap();
+        drop(pending);
+        assert_eq!(fs::read_dir(store.root()).unwrap().count(), 0);
+        assert!(matches!(store.lookup(&key), Lookup::Missing));
+    }
+}

@@ -1,0 +1,463 @@
+//! Ready snapshots: a VM that starts from the saved state of a guest that
+//! was ready, instead of booting. The first VM of a guest boots, is saved
+//! once ready (QEMU's migration stream into a file of the cache) and is
+//! restored from it; later VMs only restore. The store is
+//! [`virtest_guest::snapshots`]; this module makes and restores.
+//!
+//! A restored clone shares the saved kernel's state. What it must not
+//! share is refreshed: the `vmgenid` device every VM has gives each QEMU
+//! a new generation id, on which Linux reseeds its RNG at once; the first
+//! login also writes host entropy into `/dev/urandom` and sets the clock.
+
+use std::fmt;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use virtest_guest::GuestDescription;
+use virtest_guest::description::{Firmware, Ready};
+use virtest_guest::snapshots::{FileStamp, Lookup, SnapshotKey, SnapshotStore};
+use virtest_qemu_cmdline::QemuCmdline;
+use virtest_qemu_cmdline::binary::Probe;
+use virtest_qmp::Qmp;
+use virtest_remote::SshSession;
+
+use crate::error::{Error, Result};
+use crate::instance::{Endpoints, Instance};
+use crate::vm::Vm;
+
+/// How a VM's QEMU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootMode {
+    /// Boot the guest.
+    #[default]
+    Fresh,
+    /// Restore a ready snapshot of the guest, made by this start when
+    /// there is none; boot where a snapshot cannot serve.
+    Snapshot,
+}
+
+impl BootMode {
+    /// The names `boot` takes.
+    pub const NAMES: [&str; 2] = ["snapshot", "fresh"];
+
+    /// The mode named `name`.
+    pub fn parse(name: &str) -> Option<BootMode> {
+        match name {
+            "fresh" => Some(BootMode::Fresh),
+            "snapshot" => Some(BootMode::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// How a VM's last `power_on` started it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Start {
+    /// Not powered on yet.
+    #[default]
+    NotStarted,
+    /// Booted; with why, when a snapshot was asked for.
+    Fresh {
+        /// Why no snapshot served.
+        why_not_snapshot: Option<String>,
+    },
+    /// Booted, saved as a ready snapshot, and restored from it.
+    MadeSnapshot {
+        /// The snapshot's key.
+        key: String,
+    },
+    /// Restored from a snapshot made before.
+    FromSnapshot {
+        /// The snapshot's key.
+        key: String,
+    },
+}
+
+impl fmt::Display for Start {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Start::NotStarted => f.write_str("not started"),
+            Start::Fresh {
+                why_not_snapshot: None,
+            } => f.write_str("fresh"),
+            Start::Fresh {
+                why_not_snapshot: Some(why),
+            } => write!(f, "fresh ({why})"),
+            Start::MadeSnapshot { key } => write!(f, "made snapshot {key}"),
+            Start::FromSnapshot { key } => write!(f, "from snapshot {key}"),
+        }
+    }
+}
+
+/// Why a snapshot cannot serve `guest`, if it cannot.
+pub(crate) fn unsupported(guest: &GuestDescription) -> Option<&'static str> {
+    if !guest.disks.is_empty() {
+        Some("ready snapshots of guests with disks are not supported yet")
+    } else if guest.cloud_init.enabled {
+        Some("ready snapshots of cloud-init guests are not supported yet")
+    } else if guest.boot.firmware == Firmware::Uefi {
+        Some("ready snapshots of UEFI guests are not supported yet")
+    } else {
+        None
+    }
+}
+
+/// The key of the snapshot a VM would start from: the guest-visible
+/// command line (its host endpoints blanked), the QEMU binary and its
+/// version, and the guest's files.
+pub(crate) fn key(
+    guest: &GuestDescription,
+    qemu: &Probe,
+    launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+) -> Result<SnapshotKey> {
+    let template = launch(&Endpoints {
+        qmp_socket: PathBuf::from("<qmp>"),
+        console_socket: PathBuf::from("<console>"),
+        ssh_port: 0,
+    });
+    let mut files: Vec<&Path> = vec![&qemu.path];
+    if let Some(kernel) = &guest.boot.kernel {
+        files.push(&kernel.kernel);
+        files.extend(kernel.initrd.as_deref());
+    }
+    let inputs = files
+        .into_iter()
+        .map(FileStamp::of)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|source| Error::Guest {
+            guest: guest.path.clone(),
+            source,
+        })?;
+    Ok(SnapshotKey {
+        guest: guest.name.clone(),
+        material: vec![
+            format!("qemu: {}", qemu.version_line),
+            format!("command line: {}", template.display()),
+        ],
+        inputs,
+    })
+}
+
+/// Starts `vm`'s QEMU from the ready snapshot for `key`, making it first
+/// when there is none. Where no snapshot can serve (the store cannot be
+/// written, saving or restoring fails), the guest boots and the reason
+/// is logged as a warning and returned in [`Start::Fresh`]. An error is
+/// returned only for what a fresh boot would fail on too (QEMU does not
+/// start, the guest never gets ready).
+pub(crate) async fn start(
+    vm: &mut Vm,
+    store: &SnapshotStore,
+    key: &SnapshotKey,
+    launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+) -> Result<(Instance, Start)> {
+    let id = key.id();
+    let why = match lookup(store, key).await {
+        Lookup::Found(snapshot) => match restore(vm, launch, &snapshot.state()).await {
+            Ok(instance) => return Ok((instance, Start::FromSnapshot { key: id })),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(snapshot.dir());
+                format!("restoring snapshot {id} failed, so it was removed: {e}")
+            }
+        },
+        Lookup::Rejected { reason } => {
+            tracing::warn!(
+                key = id,
+                reason,
+                "a damaged snapshot was removed; making it again"
+            );
+            match make_and_restore(vm, store, key, launch).await? {
+                Ok(started) => return Ok(started),
+                Err(why) => why,
+            }
+        }
+        Lookup::Missing => match make_and_restore(vm, store, key, launch).await? {
+            Ok(started) => return Ok(started),
+            Err(why) => why,
+        },
+    };
+    tracing::warn!(key = id, "{why}; booting fresh");
+    let instance = vm.start_instance_with(launch).await?;
+    Ok((
+        instance,
+        Start::Fresh {
+            why_not_snapshot: Some(why),
+        },
+    ))
+}
+
+/// Looks `key` up, checking the state's hash off the async threads.
+async fn lookup(store: &SnapshotStore, key: &SnapshotKey) -> Lookup {
+    let (store, key) = (store.clone(), key.clone());
+    tokio::task::spawn_blocking(move || store.lookup(&key))
+        .await
+        .unwrap_or(Lookup::Missing)
+}
+
+/// Makes the snapshot under its lock (or finds that another VM made it
+/// meanwhile) and restores from it. The inner error says why no snapshot
+/// serves; the outer one is the guest failing to get ready.
+async fn make_and_restore(
+    vm: &mut Vm,
+    store: &SnapshotStore,
+    key: &SnapshotKey,
+    launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+) -> Result<std::result::Result<(Instance, Start), String>> {
+    let id = key.id();
+    let cannot_store = |e: virtest_guest::Error| {
+        format!(
+            "no ready snapshot can be stored in `{}`: {}",
+            store.root().display(),
+            error_chain(&e)
+        )
+    };
+    let locking = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || store.lock(&key))
+    };
+    let _lock = match locking.await.expect("the lock task does not panic") {
+        Ok(lock) => lock,
+        Err(e) => return Ok(Err(cannot_store(e))),
+    };
+    let mut start = Start::FromSnapshot { key: id.clone() };
+    let snapshot = match lookup(store, key).await {
+        Lookup::Found(snapshot) => snapshot,
+        Lookup::Missing | Lookup::Rejected { .. } => {
+            let pending = match store.prepare(key) {
+                Ok(pending) => pending,
+                Err(e) => return Ok(Err(cannot_store(e))),
+            };
+            let began = Instant::now();
+            if let Err(why) = make(vm, launch, &pending.state()).await? {
+                return Ok(Err(why));
+            }
+            match pending.commit(store, began.elapsed()) {
+                Ok(snapshot) => {
+                    tracing::info!(
+                        key = id,
+                        size = snapshot.meta.state_size,
+                        elapsed = ?began.elapsed(),
+                        "made a ready snapshot"
+                    );
+                    start = Start::MadeSnapshot { key: id.clone() };
+                    snapshot
+                }
+                Err(e) => return Ok(Err(cannot_store(e))),
+            }
+        }
+    };
+    Ok(match restore(vm, launch, &snapshot.state()).await {
+        Ok(instance) => Ok((instance, start)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(snapshot.dir());
+            Err(format!(
+                "restoring snapshot {id} failed, so it was removed: {e}"
+            ))
+        }
+    })
+}
+
+/// Boots the guest as `vm`'s QEMU, waits until it is ready (as
+/// `login_remote` would: its ready signal, and for a guest whose
+/// readiness is its sshd, a login), then saves it into `state` and ends
+/// that QEMU. The inner error says why saving failed.
+async fn make(
+    vm: &mut Vm,
+    launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+    state: &Path,
+) -> Result<std::result::Result<(), String>> {
+    let maker = vm.start_instance_with(launch).await?;
+    tracing::debug!(pid = maker.pid(), "booting the guest to save it once ready");
+    vm.replace_instance(maker);
+    let deadline = vm.config().login_timeout;
+    match vm.config().guest.ready {
+        Ready::Ssh => vm.login_remote_within(deadline).await.map(drop)?,
+        Ready::Console(_) | Ready::CloudInit => vm.wait_ready_to_log_in(deadline).await?,
+    }
+    let qmp = vm.qmp()?.clone();
+    let saved = save(&qmp, state, vm.config().migrate_timeout).await;
+    drop(vm.take_instance());
+    Ok(saved)
+}
+
+/// Saves the stopped guest's state into `state` through a file
+/// descriptor QEMU gets over QMP, so the file is whole when QEMU says
+/// the migration completed.
+async fn save(qmp: &Qmp, state: &Path, deadline: Duration) -> std::result::Result<(), String> {
+    let file =
+        std::fs::File::create(state).map_err(|e| format!("creating `{}`: {e}", state.display()))?;
+    let qmp_error = |step: &str, e: virtest_qmp::Error| format!("saving the guest ({step}): {e}");
+    qmp.execute_with_fd("getfd", json!({"fdname": "virtest-snapshot"}), file.as_fd())
+        .await
+        .map_err(|e| qmp_error("getfd", e))?;
+    drop(file);
+    // QEMU 7.2 limits a migration to 32 MiB/s by default.
+    qmp.execute_raw(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 1u64 << 40}),
+    )
+    .await
+    .map_err(|e| qmp_error("migrate-set-parameters", e))?;
+    qmp.execute_raw("stop", Value::Null)
+        .await
+        .map_err(|e| qmp_error("stop", e))?;
+    qmp.execute_raw("migrate", json!({"uri": "fd:virtest-snapshot"}))
+        .await
+        .map_err(|e| qmp_error("migrate", e))?;
+    let began = Instant::now();
+    loop {
+        let info = qmp
+            .execute_raw("query-migrate", Value::Null)
+            .await
+            .map_err(|e| qmp_error("query-migrate", e))?;
+        match info["status"].as_str().unwrap_or_default() {
+            "completed" => return Ok(()),
+            status @ ("failed" | "cancelled") => {
+                let detail = info["error-desc"].as_str().unwrap_or("no reason given");
+                return Err(format!("saving the guest {status}: {detail}"));
+            }
+            _ if began.elapsed() > deadline => {
+                return Err(format!("saving the guest took over {deadline:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Starts QEMU with the guest's command line, incoming from `state`, and
+/// waits until the guest runs.
+async fn restore(
+    vm: &mut Vm,
+    launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+    state: &Path,
+) -> Result<Instance> {
+    let quoted = state.to_string_lossy().replace('\'', r"'\''");
+    let incoming = format!("exec:cat '{quoted}'");
+    let restoring =
+        move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming(&incoming, |e| e);
+    let instance = vm.start_instance_with(&restoring).await?;
+    let deadline = vm.config().start_timeout;
+    let began = Instant::now();
+    let qmp = instance.qmp().clone();
+    loop {
+        let status = tokio::select! {
+            status = qmp.execute_raw("query-status", Value::Null) => status.map_err(|source| Error::Qmp {
+                step: "`query-status` while restoring".into(),
+                source,
+            })?,
+            status = instance.exited() => {
+                return Err(instance.exit_error(status, "while restoring the snapshot"));
+            }
+        };
+        match status["status"].as_str().unwrap_or_default() {
+            "running" => return Ok(instance),
+            "paused" | "postmigrate" => {
+                qmp.execute_raw("cont", Value::Null)
+                    .await
+                    .map_err(|source| Error::Qmp {
+                        step: "`cont` after restoring".into(),
+                        source,
+                    })?;
+                return Ok(instance);
+            }
+            "inmigrate" if began.elapsed() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => {
+                return Err(Error::State {
+                    what: format!(
+                        "the restored VM is `{other}` after {:?}, not running",
+                        began.elapsed()
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// What a clone must not share with its siblings, refreshed over the
+/// first session: host entropy into the guest's pool, and the clock.
+pub(crate) async fn refresh(session: &SshSession) -> Result<()> {
+    let mut entropy = [0u8; 64];
+    getrandom(&mut entropy);
+    let escaped: String = entropy.iter().map(|b| format!("\\{b:03o}")).collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // Rounded: busybox's date takes whole seconds, so the clock is set
+    // within half a second (plus the command's latency).
+    let seconds = (now + Duration::from_millis(500)).as_secs();
+    let command = format!("printf '{escaped}' > /dev/urandom && date -u -s @{seconds} > /dev/null");
+    session
+        .run(&command)
+        .await
+        .map(drop)
+        .map_err(|e| Error::State {
+            what: format!(
+                "refreshing the restored guest's entropy and clock failed: {}",
+                error_chain(&e)
+            ),
+        })
+}
+
+/// Fills `bytes` from the host's RNG.
+fn getrandom(bytes: &mut [u8]) {
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(n, bytes.len() as isize, "getrandom fills a small buffer");
+}
+
+/// An error with its sources, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_says_how_the_vm_began() {
+        let key = "0123456789abcdef".to_string();
+        assert_eq!(
+            Start::MadeSnapshot { key: key.clone() }.to_string(),
+            "made snapshot 0123456789abcdef"
+        );
+        assert_eq!(
+            Start::FromSnapshot { key }.to_string(),
+            "from snapshot 0123456789abcdef"
+        );
+        let fresh = Start::Fresh {
+            why_not_snapshot: Some("boot=fresh".into()),
+        };
+        assert_eq!(fresh.to_string(), "fresh (boot=fresh)");
+        assert_eq!(BootMode::parse("snapshot"), Some(BootMode::Snapshot));
+        assert_eq!(BootMode::parse("sometimes"), None);
+    }
+
+    #[test]
+    fn only_diskless_bios_guests_without_cloud_init_have_snapshots_yet() {
+        let guest = |text: &str| {
+            GuestDescription::parse(text, Path::new("/guests/g/guest.toml"))
+                .unwrap()
+                .0
+        };
+        let login = "[login]\nuser = \"root\"\npassword = \"pw\"\n";
+        let kernel = format!("[boot]\nkernel = \"vmlinux\"\n{login}");
+        assert_eq!(unsupported(&guest(&kernel)), None);
+        let disk = format!("[[disks]]\npath = \"disk.qcow2\"\n{login}");
+        assert!(unsupported(&guest(&disk)).unwrap().contains("disks"));
+        let uefi = format!("[boot]\nkernel = \"vmlinux\"\nfirmware = \"uefi\"\n{login}");
+        assert!(unsupported(&guest(&uefi)).unwrap().contains("UEFI"));
+        let cloud = format!("{kernel}[cloud_init]\nenabled = true\n");
+        assert!(unsupported(&guest(&cloud)).unwrap().contains("cloud-init"));
+    }
+}
