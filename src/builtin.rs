@@ -23,10 +23,16 @@ async fn boot_id(t: &Test) -> Result<String, TestError> {
     Ok(out.stdout.trim().to_string())
 }
 
-/// Boots the guest, logs in, checks its kernel, shuts it down.
+/// Boots the guest (never from a snapshot), logs in, checks its kernel,
+/// shuts it down.
 pub struct Boot;
 
 impl VirtTest for Boot {
+    async fn setup(&mut self, t: &mut Test) -> TestResult {
+        t.vm.set_boot(BootMode::Fresh);
+        Ok(())
+    }
+
     async fn action(&mut self, t: &mut Test) -> TestResult {
         t.vm.power_on().await?;
         t.vm.login_remote().await?;
@@ -52,11 +58,16 @@ impl VirtTest for Boot {
     }
 }
 
-/// Reboots the guest from inside and by a reset; it must come back each
-/// time, as a new boot.
+/// Boots the guest, then reboots it from inside and by a reset; it must
+/// come back each time, as a new boot.
 pub struct Reboot;
 
 impl VirtTest for Reboot {
+    async fn setup(&mut self, t: &mut Test) -> TestResult {
+        t.vm.set_boot(BootMode::Fresh);
+        Ok(())
+    }
+
     async fn action(&mut self, t: &mut Test) -> TestResult {
         t.vm.power_on().await?;
         t.vm.login_remote().await?;

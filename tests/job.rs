@@ -112,6 +112,32 @@ fn a_job_of_boot_and_migration_over_every_transport() {
     }
     assert_eq!(raw["tests"][0]["status"], "PASS");
     assert!(stdout.contains("RESULTS    : PASS 8"), "{stdout}");
+    // Boot tests boot; the others start from one ready snapshot (made by
+    // the first that needed it, unless an earlier job made it).
+    let starts: Vec<&str> = json
+        .tests
+        .iter()
+        .map(|t| t.vm_start.as_deref().unwrap())
+        .collect();
+    assert_eq!(starts[..4], ["fresh"; 4], "{starts:?}");
+    let keys: std::collections::BTreeSet<&str> = starts[4..]
+        .iter()
+        .map(|s| {
+            s.strip_prefix("made snapshot ")
+                .or_else(|| s.strip_prefix("from snapshot "))
+                .unwrap_or_else(|| panic!("{s}"))
+        })
+        .collect();
+    assert_eq!(keys.len(), 1, "{starts:?}");
+    let made = starts.iter().filter(|s| s.starts_with("made")).count();
+    assert!(made <= 1, "{starts:?}");
+    let line = |test: &str, start: &str| {
+        stdout
+            .lines()
+            .any(|l| l.contains(test) && l.contains(": PASS (") && l.contains(start))
+    };
+    assert!(line("boot@", " s, fresh)"), "{stdout}");
+    assert!(line("migration@", " s, from snapshot "), "{stdout}");
 
     let xml = std::fs::read_to_string(job.join("results.xml")).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap();
@@ -514,6 +540,13 @@ fn bad_params_and_an_unwritable_results_dir_are_reported() {
     assert_eq!(code, Some(2));
     assert!(
         stderr.contains("`migration_iterations`") && stderr.contains("a whole number"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run(&["list", "-p", "boot=sometimes"], None);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("`boot` is `sometimes`") && stderr.contains("one of snapshot, fresh"),
         "{stderr}"
     );
 

@@ -27,6 +27,8 @@ pub enum Kind {
     MigrationMode,
     /// `true` or `false`.
     Bool,
+    /// `snapshot` or `fresh`.
+    Boot,
 }
 
 impl Kind {
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Accel => "one of auto, kvm, tcg",
             Kind::MigrationMode => "one of tcp, unix, exec, fd",
             Kind::Bool => "true or false",
+            Kind::Boot => "one of snapshot, fresh",
         }
     }
 
@@ -53,6 +56,7 @@ impl Kind {
                 .is_ok_and(|s| s >= 0.0 && s.is_finite()),
             Kind::Accel => matches!(value, "auto" | "kvm" | "tcg"),
             Kind::MigrationMode => matches!(value, "tcp" | "unix" | "exec" | "fd"),
+            Kind::Boot => virtest_vm::BootMode::parse(value).is_some(),
             Kind::Bool => matches!(value, "true" | "false"),
         }
     }
@@ -132,6 +136,12 @@ pub const KNOWN: &[Known] = &[
         default: "",
         kind: Kind::Seconds,
         help: "how long login_remote waits (the guest's login.timeout, else 60)",
+    },
+    Known {
+        name: "boot",
+        default: "snapshot",
+        kind: Kind::Boot,
+        help: "how VMs start: snapshot restores the guest's ready snapshot (made by the first VM that needs it), fresh boots; tests of booting always boot",
     },
     Known {
         name: "keep_disks",

@@ -62,8 +62,13 @@ impl Progress {
             .as_deref()
             .map(|r| format!(": {}", r.lines().next().unwrap_or("")))
             .unwrap_or_default();
+        let start = record
+            .vm_start
+            .as_deref()
+            .map(|start| format!(", {start}"))
+            .unwrap_or_default();
         println!(
-            " ({n}/{}) {}: {} ({:.2} s){reason}",
+            " ({n}/{}) {}: {} ({:.2} s{start}){reason}",
             board.total, record.name, record.status, record.time
         );
         board.draw();

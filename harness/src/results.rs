@@ -41,6 +41,10 @@ pub struct TestRecord {
     /// to look into).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept_disks: Vec<PathBuf>,
+    /// How the test's VM last started: `fresh`, `made snapshot KEY` or
+    /// `from snapshot KEY` (none when it never powered on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_start: Option<String>,
 }
 
 /// A job's `results.json`.
@@ -303,6 +307,7 @@ mod tests {
             params: BTreeMap::new(),
             whiteboard: String::new(),
             kept_disks: Vec::new(),
+            vm_start: None,
         };
         let results = JobResults::new(
             "abc",

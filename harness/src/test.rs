@@ -8,7 +8,7 @@ use std::time::Duration;
 use virtest_vm::{Login, Vm, VmConfig};
 
 use crate::outcome::{TestError, TestResult};
-use crate::params::Params;
+use crate::params::{ParamError, Params};
 
 /// A virtualization test: `setup`, `action`, and `cleanup`, which always
 /// runs (after a failure, a panic, a timeout or Ctrl-C too).
@@ -213,6 +213,12 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     config.login_timeout = params.seconds_or("login_timeout", config.login_timeout)?;
     config.migrate_timeout = params.seconds_or("migrate_timeout", Duration::from_secs(60))?;
     config.keep_disks = params.get_or("keep_disks", false)?;
+    let boot = params.get_str("boot").unwrap_or("snapshot");
+    config.boot = virtest_vm::BootMode::parse(boot).ok_or_else(|| ParamError::Type {
+        key: "boot".into(),
+        value: boot.into(),
+        expected: format!("one of {}", virtest_vm::BootMode::NAMES.join(", ")),
+    })?;
     config.log_dir = Some(log_dir.to_path_buf());
     Ok(config)
 }

@@ -208,6 +208,12 @@ impl Vm {
         &self.start
     }
 
+    /// Chooses how the next `power_on` starts the VM; a test of booting
+    /// sets [`BootMode::Fresh`] whatever its parameters say.
+    pub fn set_boot(&mut self, boot: BootMode) {
+        self.config.boot = boot;
+    }
+
     /// The host key logins must present, once known.
     pub fn host_key(&self) -> Option<&str> {
         self.host_key.as_deref()

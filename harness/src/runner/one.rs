@@ -78,11 +78,11 @@ impl TestRun {
             tracing::info!(test = %name, params = ?params.redacted(), "test starts");
             let mut t = match Test::new(&name, params.clone(), &dir) {
                 Ok(t) => t,
-                Err(e) => return (Err(e), Vec::new(), Vec::new()),
+                Err(e) => return Ended::early(e),
             };
             let timeout = match params.seconds_or("timeout", DEFAULT_TIMEOUT) {
                 Ok(timeout) => timeout,
-                Err(e) => return (Err(e.into()), Vec::new(), Vec::new()),
+                Err(e) => return Ended::early(e.into()),
             };
             let deadline = Instant::now() + timeout;
             set(&phase, "setup");
@@ -126,9 +126,23 @@ impl TestRun {
                 }
                 (outcome, Ok(())) => outcome,
             };
-            (outcome, t.warnings().to_vec(), kept_disks)
+            let vm_start = match t.vm.start() {
+                virtest_vm::Start::NotStarted => None,
+                start => Some(start.to_string()),
+            };
+            Ended {
+                outcome,
+                warnings: t.warnings().to_vec(),
+                kept_disks,
+                vm_start,
+            }
         };
-        let (outcome, warnings, kept_disks) = run.instrument(span.clone()).await;
+        let Ended {
+            outcome,
+            warnings,
+            kept_disks,
+            vm_start,
+        } = run.instrument(span.clone()).await;
         let (status, reason) = match outcome {
             Ok(()) if warnings.is_empty() => (Status::Pass, None),
             Ok(()) => (Status::Warn, Some(warnings.join("; "))),
@@ -137,7 +151,28 @@ impl TestRun {
         span.in_scope(|| tracing::info!(%status, "test ends"));
         let mut record = record(status, reason, warnings.join("\n"));
         record.kept_disks = kept_disks;
+        record.vm_start = vm_start;
         record
+    }
+}
+
+/// What running a test leaves besides its outcome.
+struct Ended {
+    outcome: TestResult,
+    warnings: Vec<String>,
+    kept_disks: Vec<PathBuf>,
+    vm_start: Option<String>,
+}
+
+impl Ended {
+    /// A test that ended before its VM existed.
+    fn early(error: TestError) -> Ended {
+        Ended {
+            outcome: Err(error),
+            warnings: Vec::new(),
+            kept_disks: Vec::new(),
+            vm_start: None,
+        }
     }
 }
 
@@ -220,6 +255,7 @@ fn record(
         params: params.redacted(),
         whiteboard,
         kept_disks: Vec::new(),
+        vm_start: None,
     }
 }
 
