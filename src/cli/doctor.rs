@@ -127,6 +127,23 @@ pub fn run(args: Args) -> CliResult {
         ),
     }
 
+    let store = virtest_guest::snapshots::SnapshotStore::in_cache(&home);
+    match store.list() {
+        Ok(snapshots) => {
+            let total: u64 = snapshots.iter().map(|s| s.meta.state_size).sum();
+            println!(
+                "Ready snapshots {}: {}, {:.1} MiB (`virtest snapshot prune` removes stale ones)",
+                store.root().display(),
+                snapshots.len(),
+                total as f64 / (1 << 20) as f64
+            );
+            for snapshot in &snapshots {
+                println!("  {}", super::snapshot::line(snapshot));
+            }
+        }
+        Err(e) => println!("Ready snapshots: cannot be listed: {e}"),
+    }
+
     fixes.dedup();
     if fixes.is_empty() {
         println!("\nEverything virtest needs is here.");

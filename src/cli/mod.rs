@@ -6,6 +6,7 @@ mod doctor;
 mod guest;
 mod results;
 mod run;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     Run(run::RunArgs),
     /// Summarize a job's results (the latest by default).
     Results(results::Args),
+    /// Ready snapshots, which VMs start from instead of booting: list,
+    /// make, prune.
+    Snapshot(snapshot::Args),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -50,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::List(args) => run::list(args),
         Command::Run(args) => run::run(args),
         Command::Results(args) => results::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
     };
     match result {
         Ok(code) => code,

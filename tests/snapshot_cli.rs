@@ -1,0 +1,92 @@
+//! `virtest snapshot make | list | prune` and `virtest doctor`'s line on
+//! snapshots, on a copy of the default guest in a cache of their own.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn virtest(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .env("VIRTEST_HOME", home)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn make_list_and_prune_in_a_cache_of_their_own() {
+    let _slot = common::guest_slots(1);
+    let home = tempfile::tempdir().unwrap();
+    // A copy of the default guest, to rebuild.
+    let guest = home.path().join("mine");
+    std::fs::create_dir(&guest).unwrap();
+    let original = common::description().path.parent().unwrap().to_path_buf();
+    for file in ["guest.toml", "vmlinux", "initramfs.cpio.gz", "id_ed25519"] {
+        std::fs::copy(original.join(file), guest.join(file)).unwrap();
+    }
+    let guest = guest.to_string_lossy().into_owned();
+
+    let (ok, stdout, stderr) = virtest(home.path(), &["snapshot", "list"]);
+    assert!(
+        ok && stdout.starts_with("no snapshots in "),
+        "{stdout}{stderr}"
+    );
+
+    let (ok, stdout, stderr) = virtest(home.path(), &["snapshot", "make", &guest]);
+    assert!(ok, "{stdout}{stderr}");
+    let key = stdout
+        .trim()
+        .strip_prefix("made snapshot ")
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    let (ok, stdout, _) = virtest(home.path(), &["snapshot", "make", &guest]);
+    assert!(ok);
+    assert_eq!(stdout.trim(), format!("snapshot {key} is current"));
+
+    let (ok, stdout, _) = virtest(home.path(), &["snapshot", "list"]);
+    assert!(ok);
+    let line = stdout.lines().find(|l| l.starts_with(&key)).unwrap();
+    assert!(line.contains(" MiB") && line.ends_with("current"), "{line}");
+    let (_, doctor, _) = virtest(home.path(), &["doctor"]);
+    assert!(
+        doctor.contains("Ready snapshots ") && doctor.contains(&key),
+        "{doctor}"
+    );
+
+    // Rebuilt: listed as stale, pruned.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let initrd = Path::new(&guest).join("initramfs.cpio.gz");
+    std::fs::write(&initrd, std::fs::read(&initrd).unwrap()).unwrap();
+    let (_, stdout, _) = virtest(home.path(), &["snapshot", "list"]);
+    assert!(
+        stdout.contains("stale: `") && stdout.contains("initramfs.cpio.gz"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = virtest(home.path(), &["snapshot", "prune"]);
+    assert!(
+        ok && stdout.contains(&key) && stdout.contains("1 removed"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = virtest(home.path(), &["snapshot", "list"]);
+    assert!(stdout.starts_with("no snapshots in "), "{stdout}");
+
+    // A guest no snapshot can serve yet says why.
+    let disk = home.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    common::write_guest_toml(home.path(), "[[disks]]\npath = \"disk.img\"\n");
+    let (ok, _, stderr) = virtest(
+        home.path(),
+        &["snapshot", "make", &home.path().to_string_lossy()],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("guests with disks are not supported yet"),
+        "{stderr}"
+    );
+}
