@@ -196,11 +196,28 @@ impl SnapshotStore {
     /// The snapshot for `key`, checked: its state file must have the size
     /// and SHA-256 its record says. One that fails the check is removed.
     pub fn lookup(&self, key: &SnapshotKey) -> Lookup {
+        match self.find(key) {
+            Lookup::Found(snapshot) => match snapshot.verify() {
+                Ok(()) => Lookup::Found(snapshot),
+                Err(reason) => {
+                    snapshot.remove();
+                    Lookup::Rejected { reason }
+                }
+            },
+            other => other,
+        }
+    }
+
+    /// The snapshot for `key` with the size its record says, its hash not
+    /// checked yet: call [`Snapshot::verify`] before the snapshot's guest
+    /// is used (while QEMU reads the state, say). One whose record cannot
+    /// be read or whose size is wrong is removed.
+    pub fn find(&self, key: &SnapshotKey) -> Lookup {
         let dir = self.root.join(key.id());
         if !dir.exists() {
             return Lookup::Missing;
         }
-        match Self::read(&dir).and_then(|snapshot| snapshot.verify().map(|()| snapshot)) {
+        match Self::read(&dir).and_then(|snapshot| snapshot.check_size().map(|()| snapshot)) {
             Ok(snapshot) => Lookup::Found(snapshot),
             Err(reason) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -305,7 +322,29 @@ impl SnapshotStore {
 }
 
 impl Snapshot {
-    fn verify(&self) -> std::result::Result<(), String> {
+    /// Checks that the state file has the size and SHA-256 the record
+    /// says; the error says what differs.
+    pub fn verify(&self) -> std::result::Result<(), String> {
+        self.check_size()?;
+        let path = self.state();
+        let sha256 = sha256_file(&path)
+            .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?;
+        if sha256 != self.meta.state_sha256 {
+            return Err(format!(
+                "its state `{}` has SHA-256 {sha256}, its record says {}",
+                path.display(),
+                self.meta.state_sha256
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the snapshot from the store.
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    fn check_size(&self) -> std::result::Result<(), String> {
         let path = self.state();
         let size = fs::metadata(&path)
             .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?
@@ -315,15 +354,6 @@ impl Snapshot {
                 "its state `{}` is {size} bytes, its record says {}",
                 path.display(),
                 self.meta.state_size
-            ));
-        }
-        let sha256 = sha256_file(&path)
-            .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?;
-        if sha256 != self.meta.state_sha256 {
-            return Err(format!(
-                "its state `{}` has SHA-256 {sha256}, its record says {}",
-                path.display(),
-                self.meta.state_sha256
             ));
         }
         Ok(())

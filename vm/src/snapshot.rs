@@ -153,14 +153,48 @@ pub(crate) async fn start(
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
 ) -> Result<(Instance, Start)> {
     let id = key.id();
-    let why = match lookup(store, key).await {
-        Lookup::Found(snapshot) => match restore(vm, launch, &snapshot.state()).await {
-            Ok(instance) => return Ok((instance, Start::FromSnapshot { key: id })),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(snapshot.dir());
-                format!("restoring snapshot {id} failed, so it was removed: {e}")
+    let found = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || store.find(&key))
+            .await
+            .unwrap_or(Lookup::Missing)
+    };
+    let why = match found {
+        Lookup::Found(snapshot) => {
+            // The hash is checked while QEMU loads the state: the VM is
+            // handed over only when both are done.
+            let state = snapshot.state();
+            let verifying = {
+                let snapshot = snapshot.clone();
+                tokio::task::spawn_blocking(move || snapshot.verify())
+            };
+            let restored = restore(vm, launch, &state).await;
+            let verified = verifying
+                .await
+                .unwrap_or_else(|e| Err(format!("checking it failed: {e}")));
+            match (verified, restored) {
+                (Ok(()), Ok(instance)) => {
+                    return Ok((instance, Start::FromSnapshot { key: id }));
+                }
+                (Err(reason), restored) => {
+                    drop(restored);
+                    snapshot.remove();
+                    tracing::warn!(
+                        key = id,
+                        reason,
+                        "a damaged snapshot was removed; making it again"
+                    );
+                    match make_and_restore(vm, store, key, launch).await? {
+                        Ok(started) => return Ok(started),
+                        Err(why) => why,
+                    }
+                }
+                (Ok(()), Err(e)) => {
+                    snapshot.remove();
+                    format!("restoring snapshot {id} failed, so it was removed: {e}")
+                }
             }
-        },
+        }
         Lookup::Rejected { reason } => {
             tracing::warn!(
                 key = id,
@@ -250,7 +284,7 @@ async fn make_and_restore(
     Ok(match restore(vm, launch, &snapshot.state()).await {
         Ok(instance) => Ok((instance, start)),
         Err(e) => {
-            let _ = std::fs::remove_dir_all(snapshot.dir());
+            snapshot.remove();
             Err(format!(
                 "restoring snapshot {id} failed, so it was removed: {e}"
             ))
