@@ -71,7 +71,7 @@ async fn main() -> Result<()> {
     );
     println!(
         "  snapshot: {:.1} MiB, made in {:.2} s (boot to ready and save; the first start took {make:.2} s with the restore)",
-        made.meta.state_size as f64 / (1 << 20) as f64,
+        made.size() as f64 / (1 << 20) as f64,
         made.meta.make_ms as f64 / 1000.0
     );
 

@@ -142,11 +142,21 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
         "#cloud-config\nbootcmd:\n  - [sh, -c, \"echo from-the-snippet > /run/virtest-snippet\"]\n",
     )
     .unwrap();
+    let store = tempfile::tempdir().unwrap();
     let mut config = config(logs.path());
     config.guest.boot.firmware = Firmware::Uefi;
     config.guest.cloud_init.user_data = vec![snippet];
+    // Started from a ready snapshot (made by this start): the variable
+    // store is frozen with it and copied back for the VM.
+    config.boot = BootMode::Snapshot;
+    config.snapshot_dir = Some(store.path().to_path_buf());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
+    assert!(
+        matches!(vm.start(), Start::MadeSnapshot { .. }),
+        "{}",
+        vm.start()
+    );
     let cmdline = vm.cmdline().unwrap().display();
     assert!(cmdline.contains("OVMF_CODE_4M.fd"), "{cmdline}");
     let vars = vm.disk_dir().unwrap().join("uefi-vars.fd");
@@ -181,6 +191,90 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
     );
     vm.remote().unwrap().run("shutdown -h now").await.unwrap();
     vm.power_off().await.unwrap();
+}
+
+/// Two VMs restored at once from one ready snapshot of the Debian guest:
+/// each on its own overlay over the frozen one (never written), not
+/// twins (random bytes, clock), and one of them migrated over every
+/// transport with its disk's content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_clones_start_from_one_snapshot_and_migrate() {
+    let _slots = common::guest_slots(2);
+    let (logs, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let base_sha = common::sha256(&base_image());
+    let config = |name: &str| {
+        let mut config = config(&logs.path().join(name));
+        config.boot = BootMode::Snapshot;
+        config.snapshot_dir = Some(store.path().to_path_buf());
+        config
+    };
+    let mut maker = Vm::new(config("maker"));
+    maker.power_on().await.unwrap();
+    let Start::MadeSnapshot { key } = maker.start().clone() else {
+        panic!("{}", maker.start())
+    };
+    maker.login_remote().await.unwrap();
+    maker.power_off().await.unwrap();
+    let frozen = store.path().join(&key).join("disk0.qcow2");
+    let frozen_sha = common::sha256(&frozen);
+
+    let started = async |name: &str| {
+        let mut vm = Vm::new(config(name));
+        vm.power_on().await.unwrap();
+        vm.login_remote().await.unwrap();
+        vm
+    };
+    let (mut a, b) = tokio::join!(started("a"), started("b"));
+    for vm in [&a, &b] {
+        assert_eq!(vm.start(), &Start::FromSnapshot { key: key.clone() });
+    }
+    let random = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+    assert_ne!(run(&a, random).await, run(&b, random).await, "twins");
+    for vm in [&a, &b] {
+        let guest: f64 = run(vm, "date +%s.%N").await.trim().parse().unwrap();
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (host - guest).abs() <= 1.5,
+            "guest clock {guest}, host {host}"
+        );
+    }
+    run(&a, "echo only-a > /root/mark && sync").await;
+    assert_eq!(
+        run(&b, "cat /root/mark 2>/dev/null || echo none")
+            .await
+            .trim(),
+        "none",
+        "the clones share a disk"
+    );
+    drop(b);
+    let boot_id = run(&a, "cat /proc/sys/kernel/random/boot_id").await;
+    for mode in MigrationMode::ALL {
+        a.migrate(mode).await.unwrap();
+        a.login_remote().await.unwrap();
+        assert_eq!(
+            run(&a, "cat /proc/sys/kernel/random/boot_id").await,
+            boot_id
+        );
+        assert_eq!(
+            run(&a, "cat /root/mark").await.trim(),
+            "only-a",
+            "after {mode}"
+        );
+    }
+    a.power_off().await.unwrap();
+    assert_eq!(
+        common::sha256(&frozen),
+        frozen_sha,
+        "the frozen disk was written"
+    );
+    assert_eq!(
+        common::sha256(&base_image()),
+        base_sha,
+        "the base image was written"
+    );
 }
 
 /// Runs `virtest run ARGS` into `results` and returns its job's results;

@@ -76,17 +76,32 @@ fn make_list_and_prune_in_a_cache_of_their_own() {
     let (_, stdout, _) = virtest(home.path(), &["snapshot", "list"]);
     assert!(stdout.starts_with("no snapshots in "), "{stdout}");
 
-    // A guest no snapshot can serve yet says why.
-    let disk = home.path().join("disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    common::write_guest_toml(home.path(), "[[disks]]\npath = \"disk.img\"\n");
+    // A guest with a disk: its overlay is frozen into the snapshot.
+    let disk_guest = home.path().join("with-disk");
+    std::fs::create_dir(&disk_guest).unwrap();
+    std::fs::write(disk_guest.join("disk.img"), vec![0u8; 1 << 20]).unwrap();
+    common::write_guest_toml(&disk_guest, "[[disks]]\npath = \"disk.img\"\n");
+    let disk_guest = disk_guest.to_string_lossy().into_owned();
+    let (ok, stdout, stderr) = virtest(home.path(), &["snapshot", "make", &disk_guest]);
+    assert!(
+        ok && stdout.starts_with("made snapshot "),
+        "{stdout}{stderr}"
+    );
+    let key = stdout.trim().strip_prefix("made snapshot ").unwrap();
+    let frozen = home.path().join("snapshots").join(key).join("disk0.qcow2");
+    assert!(frozen.is_file(), "{} is missing", frozen.display());
+
+    // A cloud-init guest logging in with a password has none, and says why.
+    let password_guest = home.path().join("cloud");
+    std::fs::create_dir(&password_guest).unwrap();
+    common::write_guest_toml(&password_guest, "[cloud_init]\nenabled = true\n");
     let (ok, _, stderr) = virtest(
         home.path(),
-        &["snapshot", "make", &home.path().to_string_lossy()],
+        &["snapshot", "make", &password_guest.to_string_lossy()],
     );
     assert!(!ok);
     assert!(
-        stderr.contains("guests with disks are not supported yet"),
+        stderr.contains("logging in with a password has no ready snapshot"),
         "{stderr}"
     );
 }

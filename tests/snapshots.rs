@@ -37,6 +37,11 @@ fn snapshot_dir(store: &Path) -> std::path::PathBuf {
     dirs[0].clone()
 }
 
+/// Snapshot files are read-only: makes one writable to damage it.
+fn writable(path: &Path) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+}
+
 async fn run(vm: &Vm, command: &str) -> String {
     let out = vm.remote().unwrap().run(command).await.unwrap();
     out.stdout.trim().to_string()
@@ -148,6 +153,7 @@ async fn a_damaged_snapshot_is_made_again_and_the_vm_starts() {
         }),
     ];
     for (what, damage) in damages {
+        writable(&state);
         damage(&state);
         let vm = started(&logs.path().join(what), store.path()).await;
         assert_eq!(
@@ -225,12 +231,15 @@ async fn a_snapshot_qemu_refuses_is_removed_and_the_vm_boots() {
     drop(started(&logs.path().join("maker"), store.path()).await);
     // A stream QEMU refuses, recorded as whole: it passes the checks.
     let dir = snapshot_dir(store.path());
+    writable(&dir.join("state"));
     std::fs::write(dir.join("state"), b"not a migration stream").unwrap();
     let meta_path = dir.join("meta.json");
     let mut meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-    meta["state_size"] = 22.into();
-    meta["state_sha256"] = common::sha256(&dir.join("state")).into();
+    let state = &mut meta["files"][0];
+    assert_eq!(state["name"], "state");
+    state["size"] = 22.into();
+    state["sha256"] = common::sha256(&dir.join("state")).into();
     std::fs::write(&meta_path, meta.to_string()).unwrap();
 
     let vm = started(&logs.path().join("vm"), store.path()).await;

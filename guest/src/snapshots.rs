@@ -2,9 +2,12 @@
 //! ready, keyed by everything that shapes it and checked before each use.
 //! The VM layer makes and restores them; this module only stores them.
 //!
-//! Layout under `<cache>/snapshots/`:
+//! Layout under `<cache>/snapshots/` (private: a guest's memory and seed
+//! may hold secrets):
 //! - `<key>/state`: QEMU's migration stream of the ready guest.
-//! - `<key>/meta.json`: [`SnapshotMeta`], the state's size and SHA-256
+//! - `<key>/disk0.qcow2`...: for a disk guest, the overlays as they were
+//!   when it was saved, frozen read-only; the seed and UEFI variables.
+//! - `<key>/meta.json`: [`SnapshotMeta`], each file's size and SHA-256
 //!   and what the key was made of.
 //! - `<key>.lock`: held while the snapshot is made, so it is made once.
 //!
@@ -22,6 +25,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +36,7 @@ use crate::error::{IoContext, Result};
 use crate::manifest::hex;
 
 /// The file holding the migration stream, in a snapshot's directory.
-const STATE: &str = "state";
+pub const STATE: &str = "state";
 /// The file holding [`SnapshotMeta`].
 const META: &str = "meta.json";
 
@@ -116,14 +120,23 @@ pub struct SnapshotMeta {
     pub created_unix: u64,
     /// How long making it took (boot to ready, then the save), in ms.
     pub make_ms: u64,
-    /// The size of the state file.
-    pub state_size: u64,
-    /// The SHA-256 of the state file, in hex.
-    pub state_sha256: String,
+    /// Its files: the state, and a disk guest's frozen disks.
+    pub files: Vec<SnapshotFile>,
     /// The key's material.
     pub material: Vec<String>,
     /// The key's input files, as they were.
     pub inputs: Vec<FileStamp>,
+}
+
+/// One file of a snapshot, as it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// Its name in the snapshot's directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, in hex.
+    pub sha256: String,
 }
 
 /// A snapshot in the store.
@@ -143,6 +156,11 @@ impl Snapshot {
     /// The snapshot's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Its files' total size.
+    pub fn size(&self) -> u64 {
+        self.meta.files.iter().map(|f| f.size).sum()
     }
 
     /// Why the snapshot is stale (an input file changed or is gone), if
@@ -245,6 +263,8 @@ impl SnapshotStore {
         let dir = self.root.join(format!(".{id}.part-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).io_context("creating", &dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .io_context("making private", &dir)?;
         Ok(PendingSnapshot {
             dir,
             target: self.root.join(&id),
@@ -322,19 +342,21 @@ impl SnapshotStore {
 }
 
 impl Snapshot {
-    /// Checks that the state file has the size and SHA-256 the record
-    /// says; the error says what differs.
+    /// Checks that each file has the size and SHA-256 the record says;
+    /// the error says what differs.
     pub fn verify(&self) -> std::result::Result<(), String> {
         self.check_size()?;
-        let path = self.state();
-        let sha256 = sha256_file(&path)
-            .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?;
-        if sha256 != self.meta.state_sha256 {
-            return Err(format!(
-                "its state `{}` has SHA-256 {sha256}, its record says {}",
-                path.display(),
-                self.meta.state_sha256
-            ));
+        for file in &self.meta.files {
+            let path = self.dir.join(&file.name);
+            let sha256 = sha256_file(&path)
+                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?;
+            if sha256 != file.sha256 {
+                return Err(format!(
+                    "its file `{}` has SHA-256 {sha256}, its record says {}",
+                    path.display(),
+                    file.sha256
+                ));
+            }
         }
         Ok(())
     }
@@ -345,16 +367,21 @@ impl Snapshot {
     }
 
     fn check_size(&self) -> std::result::Result<(), String> {
-        let path = self.state();
-        let size = fs::metadata(&path)
-            .map_err(|e| format!("its state `{}` cannot be read: {e}", path.display()))?
-            .len();
-        if size != self.meta.state_size {
-            return Err(format!(
-                "its state `{}` is {size} bytes, its record says {}",
-                path.display(),
-                self.meta.state_size
-            ));
+        if !self.meta.files.iter().any(|f| f.name == STATE) {
+            return Err("its record lists no state".into());
+        }
+        for file in &self.meta.files {
+            let path = self.dir.join(&file.name);
+            let size = fs::metadata(&path)
+                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?
+                .len();
+            if size != file.size {
+                return Err(format!(
+                    "its file `{}` is {size} bytes, its record says {}",
+                    path.display(),
+                    file.size
+                ));
+            }
         }
         Ok(())
     }
@@ -390,12 +417,33 @@ impl PendingSnapshot {
         self.dir.join(STATE)
     }
 
-    /// Records the state's size and hash, puts the snapshot in place, and
-    /// removes the same guest's snapshots that went stale.
+    /// The directory being filled: the state, and a disk guest's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records each file's size and hash and makes it read-only, puts the
+    /// snapshot in place, and removes the same guest's snapshots that
+    /// went stale.
     pub fn commit(mut self, store: &SnapshotStore, make_time: Duration) -> Result<Snapshot> {
-        let state = self.state();
-        let state_size = fs::metadata(&state).io_context("reading", &state)?.len();
-        let state_sha256 = sha256_file(&state).io_context("reading", &state)?;
+        let mut files = Vec::new();
+        let mut entries: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .io_context("listing", &self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let size = fs::metadata(&path).io_context("reading", &path)?.len();
+            let sha256 = sha256_file(&path).io_context("reading", &path)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
+                .io_context("making read-only", &path)?;
+            let name = path
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            files.push(SnapshotFile { name, size, sha256 });
+        }
         let meta = SnapshotMeta {
             key: self.key.id(),
             guest: self.key.guest.clone(),
@@ -404,8 +452,7 @@ impl PendingSnapshot {
                 .unwrap_or_default()
                 .as_secs(),
             make_ms: make_time.as_millis() as u64,
-            state_size,
-            state_sha256,
+            files,
             material: self.key.material.clone(),
             inputs: self.key.inputs.clone(),
         };
@@ -485,6 +532,10 @@ mod tests {
         assert_eq!(found.meta, made.meta);
         assert_eq!(fs::read(found.state()).unwrap(), b"stream");
         assert_eq!(store.list().unwrap().len(), 1);
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(found.dir()), 0o700, "a snapshot may hold secrets");
+        assert_eq!(mode(&found.state()), 0o444, "a snapshot is never written");
+        assert_eq!(found.size(), 6);
     }
 
     #[test]
@@ -497,6 +548,7 @@ mod tests {
             (b"stReam".as_slice(), "has SHA-256"),
         ] {
             let made = make(&store, &key, b"stream");
+            fs::set_permissions(made.state(), fs::Permissions::from_mode(0o644)).unwrap();
             fs::write(made.state(), damage).unwrap();
             let Lookup::Rejected { reason } = store.lookup(&key) else {
                 panic!("a damaged state was used")

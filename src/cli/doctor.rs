@@ -130,7 +130,7 @@ pub fn run(args: Args) -> CliResult {
     let store = virtest_guest::snapshots::SnapshotStore::in_cache(&home);
     match store.list() {
         Ok(snapshots) => {
-            let total: u64 = snapshots.iter().map(|s| s.meta.state_size).sum();
+            let total: u64 = snapshots.iter().map(|s| s.size()).sum();
             println!(
                 "Ready snapshots {}: {}, {:.1} MiB (`virtest snapshot prune` removes stale ones)",
                 store.root().display(),

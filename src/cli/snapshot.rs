@@ -70,7 +70,7 @@ fn list(store: &SnapshotStore) -> CliResult {
     for snapshot in &snapshots {
         println!("{}", line(snapshot));
     }
-    let total: u64 = snapshots.iter().map(|s| s.meta.state_size).sum();
+    let total: u64 = snapshots.iter().map(|s| s.size()).sum();
     println!(
         "{} snapshots, {} in {}",
         snapshots.len(),
@@ -101,7 +101,7 @@ pub fn line(snapshot: &Snapshot) -> String {
         "{:<16}  {:<12} {:>9} {:>8} {:>7.1} s  {state}",
         meta.key,
         meta.guest,
-        mib(meta.state_size),
+        mib(snapshot.size()),
         age,
         meta.make_ms as f64 / 1000.0
     )

@@ -54,6 +54,11 @@ pub(crate) struct VmDisks {
     /// disks end up in a test's results.
     seed_has_secret: bool,
     keep: bool,
+    /// qemu-img, to make overlays again over a snapshot's disks.
+    qemu_img: PathBuf,
+    /// The files the disk state is made from: the base images, the UEFI
+    /// code and variable template (what a snapshot's key must cover).
+    sources: Vec<PathBuf>,
 }
 
 impl Drop for VmDisks {
@@ -89,6 +94,8 @@ impl VmDisks {
             seed: None,
             seed_has_secret: false,
             keep: false,
+            qemu_img: qemu_img.to_path_buf(),
+            sources: Vec::new(),
         };
         for (index, disk) in guest.disks.iter().enumerate() {
             let base = match &disk.source {
@@ -101,10 +108,15 @@ impl VmDisks {
                 base_format: disk.format,
             };
             create_overlay(qemu_img, &overlay).await?;
+            disks.sources.push(overlay.base.clone());
             disks.overlays.push(overlay);
         }
         if guest.boot.firmware == Firmware::Uefi {
-            disks.uefi = Some(uefi_files(&ovmf_dir(), dir)?);
+            let ovmf = ovmf_dir();
+            disks.uefi = Some(uefi_files(&ovmf, dir)?);
+            disks
+                .sources
+                .extend([ovmf.join(OVMF_CODE), ovmf.join(OVMF_VARS)]);
         }
         if let Some(seed) = seed {
             let path = dir.join("seed.img");
@@ -142,6 +154,64 @@ impl VmDisks {
     /// Keeps the files when the VM is dropped.
     pub(crate) fn keep(&mut self) {
         self.keep = true;
+    }
+
+    /// Whether there is anything a snapshot must freeze (overlays, UEFI
+    /// variables, a seed).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.overlays.is_empty() && self.uefi.is_none() && self.seed.is_none()
+    }
+
+    /// The base images and UEFI files the disk state is made from.
+    pub(crate) fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// Moves the overlays into `snapshot` (a snapshot being made, once
+    /// QEMU has ended) and copies the seed and the UEFI variables there,
+    /// under the names the VM uses. The VM's overlays are gone until
+    /// [`VmDisks::adopt`].
+    pub(crate) fn freeze_into(&self, snapshot: &Path) -> std::io::Result<()> {
+        for overlay in &self.overlays {
+            let to = snapshot.join(overlay.path.file_name().expect("a file"));
+            if std::fs::rename(&overlay.path, &to).is_err() {
+                // Another filesystem: copy, then remove.
+                std::fs::copy(&overlay.path, &to)?;
+                std::fs::remove_file(&overlay.path)?;
+            }
+        }
+        for file in self.uefi.iter().map(|u| &u.vars).chain(&self.seed) {
+            std::fs::copy(file, snapshot.join(file.file_name().expect("a file")))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the VM's disk state the one frozen in `snapshot`: each
+    /// overlay made again over the snapshot's (read-only) copy, the seed
+    /// and UEFI variables copied from it. What the VM wrote before is
+    /// discarded.
+    pub(crate) async fn adopt(&mut self, snapshot: &Path) -> Result<()> {
+        for overlay in &mut self.overlays {
+            let frozen = snapshot.join(overlay.path.file_name().expect("a file"));
+            let _ = std::fs::remove_file(&overlay.path);
+            overlay.base = frozen;
+            overlay.base_format = DiskFormat::Qcow2;
+            create_overlay(&self.qemu_img, overlay).await?;
+        }
+        for file in self.uefi.iter().map(|u| &u.vars).chain(&self.seed) {
+            let from = snapshot.join(file.file_name().expect("a file"));
+            let io_error = |source| Error::Io {
+                what: "copying a snapshot's file to",
+                path: file.clone(),
+                source,
+            };
+            // The snapshot's copy is read-only; the VM's must not be.
+            let _ = std::fs::remove_file(file);
+            std::fs::copy(&from, file).map_err(io_error)?;
+            std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(io_error)?;
+        }
+        Ok(())
     }
 }
 

@@ -16,13 +16,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use virtest_guest::GuestDescription;
-use virtest_guest::description::{Firmware, Ready};
-use virtest_guest::snapshots::{FileStamp, Lookup, SnapshotKey, SnapshotStore};
+use virtest_guest::cloud_init::Seed;
+use virtest_guest::description::Ready;
+use virtest_guest::snapshots::{
+    FileStamp, Lookup, PendingSnapshot, Snapshot, SnapshotKey, SnapshotStore,
+};
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::binary::Probe;
 use virtest_qmp::Qmp;
 use virtest_remote::SshSession;
 
+use crate::disks::VmDisks;
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Instance};
 use crate::vm::Vm;
@@ -91,17 +95,13 @@ impl fmt::Display for Start {
     }
 }
 
-/// Why a snapshot cannot serve `guest`, if it cannot.
-pub(crate) fn unsupported(guest: &GuestDescription) -> Option<&'static str> {
-    if !guest.disks.is_empty() {
-        Some("ready snapshots of guests with disks are not supported yet")
-    } else if guest.cloud_init.enabled {
-        Some("ready snapshots of cloud-init guests are not supported yet")
-    } else if guest.boot.firmware == Firmware::Uefi {
-        Some("ready snapshots of UEFI guests are not supported yet")
-    } else {
-        None
-    }
+/// Why a snapshot cannot serve a VM of `guest`, if it cannot: a
+/// cloud-init guest whose seed carries a password (the password would
+/// shape the snapshot's key, which reports show).
+pub(crate) fn unsupported(guest: &GuestDescription, seed_password: bool) -> Option<&'static str> {
+    (guest.cloud_init.enabled && seed_password).then_some(
+        "a cloud-init guest logging in with a password has no ready snapshot (the password would shape its key)",
+    )
 }
 
 /// The key of the snapshot a VM would start from: the guest-visible
@@ -111,16 +111,35 @@ pub(crate) fn key(
     guest: &GuestDescription,
     qemu: &Probe,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+    disks: Option<&VmDisks>,
+    seed: Option<&Seed>,
 ) -> Result<SnapshotKey> {
-    let template = launch(&Endpoints {
+    let mut template = launch(&Endpoints {
         qmp_socket: PathBuf::from("<qmp>"),
         console_socket: PathBuf::from("<console>"),
         ssh_port: 0,
-    });
+    })
+    .display();
+    if let Some(disks) = disks {
+        template = template.replace(&*disks.dir().to_string_lossy(), "<disks>");
+    }
     let mut files: Vec<&Path> = vec![&qemu.path];
     if let Some(kernel) = &guest.boot.kernel {
         files.push(&kernel.kernel);
         files.extend(kernel.initrd.as_deref());
+    }
+    files.extend(disks.iter().flat_map(|d| d.sources()).map(PathBuf::as_path));
+    let mut material = vec![
+        format!("qemu: {}", qemu.version_line),
+        format!("command line: {template}"),
+    ];
+    if let Some(seed) = seed {
+        material.push(format!(
+            "cloud-init: user {}, keys {}",
+            seed.user,
+            seed.authorized_keys.join(" | ")
+        ));
+        files.extend(seed.user_data.iter().map(PathBuf::as_path));
     }
     let inputs = files
         .into_iter()
@@ -132,20 +151,17 @@ pub(crate) fn key(
         })?;
     Ok(SnapshotKey {
         guest: guest.name.clone(),
-        material: vec![
-            format!("qemu: {}", qemu.version_line),
-            format!("command line: {}", template.display()),
-        ],
+        material,
         inputs,
     })
 }
 
 /// Starts `vm`'s QEMU from the ready snapshot for `key`, making it first
 /// when there is none. Where no snapshot can serve (the store cannot be
-/// written, saving or restoring fails), the guest boots and the reason
-/// is logged as a warning and returned in [`Start::Fresh`]. An error is
-/// returned only for what a fresh boot would fail on too (QEMU does not
-/// start, the guest never gets ready).
+/// written, saving or restoring fails), the guest boots from its own
+/// disks made anew, and the reason is logged as a warning and returned in
+/// [`Start::Fresh`]. An error is returned only for what a fresh boot
+/// would fail on too (QEMU does not start, the guest never gets ready).
 pub(crate) async fn start(
     vm: &mut Vm,
     store: &SnapshotStore,
@@ -159,59 +175,38 @@ pub(crate) async fn start(
             .await
             .unwrap_or(Lookup::Missing)
     };
-    let why = match found {
-        Lookup::Found(snapshot) => {
-            // The hash is checked while QEMU loads the state: the VM is
-            // handed over only when both are done.
-            let state = snapshot.state();
-            let verifying = {
-                let snapshot = snapshot.clone();
-                tokio::task::spawn_blocking(move || snapshot.verify())
-            };
-            let restored = restore(vm, launch, &state).await;
-            let verified = verifying
-                .await
-                .unwrap_or_else(|e| Err(format!("checking it failed: {e}")));
-            match (verified, restored) {
-                (Ok(()), Ok(instance)) => {
-                    return Ok((instance, Start::FromSnapshot { key: id }));
-                }
-                (Err(reason), restored) => {
-                    drop(restored);
-                    snapshot.remove();
-                    tracing::warn!(
-                        key = id,
-                        reason,
-                        "a damaged snapshot was removed; making it again"
-                    );
-                    match make_and_restore(vm, store, key, launch).await? {
-                        Ok(started) => return Ok(started),
-                        Err(why) => why,
-                    }
-                }
-                (Ok(()), Err(e)) => {
-                    snapshot.remove();
-                    format!("restoring snapshot {id} failed, so it was removed: {e}")
-                }
+    let outcome = match found {
+        Lookup::Found(snapshot) => match restore_checked(vm, launch, &snapshot).await? {
+            Restored::Started(instance) => {
+                return Ok((instance, Start::FromSnapshot { key: id }));
             }
-        }
+            Restored::Damaged(reason) => {
+                tracing::warn!(
+                    key = id,
+                    reason,
+                    "a damaged snapshot was removed; making it again"
+                );
+                vm.recreate_disks().await?;
+                make_and_restore(vm, store, key, launch).await?
+            }
+            Restored::Refused(why) => Err(why),
+        },
         Lookup::Rejected { reason } => {
             tracing::warn!(
                 key = id,
                 reason,
                 "a damaged snapshot was removed; making it again"
             );
-            match make_and_restore(vm, store, key, launch).await? {
-                Ok(started) => return Ok(started),
-                Err(why) => why,
-            }
+            make_and_restore(vm, store, key, launch).await?
         }
-        Lookup::Missing => match make_and_restore(vm, store, key, launch).await? {
-            Ok(started) => return Ok(started),
-            Err(why) => why,
-        },
+        Lookup::Missing => make_and_restore(vm, store, key, launch).await?,
+    };
+    let why = match outcome {
+        Ok(started) => return Ok(started),
+        Err(why) => why,
     };
     tracing::warn!(key = id, "{why}; booting fresh");
+    vm.recreate_disks().await?;
     let instance = vm.start_instance_with(launch).await?;
     Ok((
         instance,
@@ -221,12 +216,50 @@ pub(crate) async fn start(
     ))
 }
 
-/// Looks `key` up, checking the state's hash off the async threads.
-async fn lookup(store: &SnapshotStore, key: &SnapshotKey) -> Lookup {
-    let (store, key) = (store.clone(), key.clone());
-    tokio::task::spawn_blocking(move || store.lookup(&key))
+/// What restoring a found snapshot came to.
+enum Restored {
+    /// The VM runs from it.
+    Started(Instance),
+    /// A file of it does not match its record; it was removed.
+    Damaged(String),
+    /// QEMU refused it; it was removed.
+    Refused(String),
+}
+
+/// Restores from `snapshot`, checking its files' hashes while QEMU loads
+/// the state: the VM is handed over only when both are done. A disk
+/// guest's disks become the snapshot's first.
+async fn restore_checked(
+    vm: &mut Vm,
+    launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+    snapshot: &Snapshot,
+) -> Result<Restored> {
+    let verifying = {
+        let snapshot = snapshot.clone();
+        tokio::task::spawn_blocking(move || snapshot.verify())
+    };
+    let restored = match vm.adopt_disks(snapshot.dir()).await {
+        Ok(()) => restore(vm, launch, &snapshot.state()).await,
+        Err(e) => Err(e),
+    };
+    let verified = verifying
         .await
-        .unwrap_or(Lookup::Missing)
+        .unwrap_or_else(|e| Err(format!("checking it failed: {e}")));
+    Ok(match (verified, restored) {
+        (Ok(()), Ok(instance)) => Restored::Started(instance),
+        (Err(reason), restored) => {
+            drop(restored);
+            snapshot.remove();
+            Restored::Damaged(reason)
+        }
+        (Ok(()), Err(e)) => {
+            snapshot.remove();
+            let id = &snapshot.meta.key;
+            Restored::Refused(format!(
+                "restoring snapshot {id} failed, so it was removed: {e}"
+            ))
+        }
+    })
 }
 
 /// Makes the snapshot under its lock (or finds that another VM made it
@@ -239,11 +272,11 @@ async fn make_and_restore(
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
 ) -> Result<std::result::Result<(Instance, Start), String>> {
     let id = key.id();
-    let cannot_store = |e: virtest_guest::Error| {
+    let cannot_store = |e: &dyn std::error::Error| {
         format!(
             "no ready snapshot can be stored in `{}`: {}",
             store.root().display(),
-            error_chain(&e)
+            error_chain(e)
         )
     };
     let locking = {
@@ -252,54 +285,54 @@ async fn make_and_restore(
     };
     let _lock = match locking.await.expect("the lock task does not panic") {
         Ok(lock) => lock,
-        Err(e) => return Ok(Err(cannot_store(e))),
+        Err(e) => return Ok(Err(cannot_store(&e))),
     };
-    let mut start = Start::FromSnapshot { key: id.clone() };
-    let snapshot = match lookup(store, key).await {
-        Lookup::Found(snapshot) => snapshot,
-        Lookup::Missing | Lookup::Rejected { .. } => {
-            let pending = match store.prepare(key) {
-                Ok(pending) => pending,
-                Err(e) => return Ok(Err(cannot_store(e))),
-            };
-            let began = Instant::now();
-            if let Err(why) = make(vm, launch, &pending.state()).await? {
-                return Ok(Err(why));
-            }
-            match pending.commit(store, began.elapsed()) {
-                Ok(snapshot) => {
-                    tracing::info!(
-                        key = id,
-                        size = snapshot.meta.state_size,
-                        elapsed = ?began.elapsed(),
-                        "made a ready snapshot"
-                    );
-                    start = Start::MadeSnapshot { key: id.clone() };
-                    snapshot
-                }
-                Err(e) => return Ok(Err(cannot_store(e))),
-            }
-        }
+    // Another VM may have made it while this one waited for the lock.
+    let found = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || store.find(&key))
+            .await
+            .unwrap_or(Lookup::Missing)
     };
-    Ok(match restore(vm, launch, &snapshot.state()).await {
-        Ok(instance) => Ok((instance, start)),
-        Err(e) => {
-            snapshot.remove();
-            Err(format!(
-                "restoring snapshot {id} failed, so it was removed: {e}"
-            ))
-        }
+    if let Lookup::Found(snapshot) = found {
+        return Ok(match restore_checked(vm, launch, &snapshot).await? {
+            Restored::Started(instance) => Ok((instance, Start::FromSnapshot { key: id })),
+            Restored::Damaged(why) | Restored::Refused(why) => Err(why),
+        });
+    }
+    let pending = match store.prepare(key) {
+        Ok(pending) => pending,
+        Err(e) => return Ok(Err(cannot_store(&e))),
+    };
+    let began = Instant::now();
+    if let Err(why) = make(vm, launch, &pending).await? {
+        return Ok(Err(why));
+    }
+    let snapshot = match pending.commit(store, began.elapsed()) {
+        Ok(snapshot) => snapshot,
+        Err(e) => return Ok(Err(cannot_store(&e))),
+    };
+    tracing::info!(
+        key = id,
+        size = snapshot.size(),
+        elapsed = ?began.elapsed(),
+        "made a ready snapshot"
+    );
+    Ok(match restore_checked(vm, launch, &snapshot).await? {
+        Restored::Started(instance) => Ok((instance, Start::MadeSnapshot { key: id })),
+        Restored::Damaged(why) | Restored::Refused(why) => Err(why),
     })
 }
 
 /// Boots the guest as `vm`'s QEMU, waits until it is ready (as
 /// `login_remote` would: its ready signal, and for a guest whose
-/// readiness is its sshd, a login), then saves it into `state` and ends
-/// that QEMU. The inner error says why saving failed.
+/// readiness is its sshd, a login), saves it into the pending snapshot,
+/// ends that QEMU, and moves the VM's disk state (overlays, seed, UEFI
+/// variables) into the snapshot. The inner error says why saving failed.
 async fn make(
     vm: &mut Vm,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
-    state: &Path,
+    pending: &PendingSnapshot,
 ) -> Result<std::result::Result<(), String>> {
     let maker = vm.start_instance_with(launch).await?;
     tracing::debug!(pid = maker.pid(), "booting the guest to save it once ready");
@@ -310,8 +343,19 @@ async fn make(
         Ready::Console(_) | Ready::CloudInit => vm.wait_ready_to_log_in(deadline).await?,
     }
     let qmp = vm.qmp()?.clone();
-    let saved = save(&qmp, state, vm.config().migrate_timeout).await;
-    drop(vm.take_instance());
+    let saved = save(&qmp, &pending.state(), vm.config().migrate_timeout).await;
+    if let Some(maker) = vm.take_instance() {
+        // Saved and stopped: nothing is lost by killing it.
+        drop(maker);
+    }
+    if saved.is_ok()
+        && let Err(e) = vm.freeze_disks_into(pending.dir())
+    {
+        return Ok(Err(format!(
+            "the guest's disks could not be moved into `{}`: {e}",
+            pending.dir().display()
+        )));
+    }
     Ok(saved)
 }
 
@@ -478,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn only_diskless_bios_guests_without_cloud_init_have_snapshots_yet() {
+    fn only_a_password_in_a_cloud_init_seed_keeps_a_guest_from_snapshots() {
         let guest = |text: &str| {
             GuestDescription::parse(text, Path::new("/guests/g/guest.toml"))
                 .unwrap()
@@ -486,12 +530,15 @@ mod tests {
         };
         let login = "[login]\nuser = \"root\"\npassword = \"pw\"\n";
         let kernel = format!("[boot]\nkernel = \"vmlinux\"\n{login}");
-        assert_eq!(unsupported(&guest(&kernel)), None);
+        assert_eq!(unsupported(&guest(&kernel), true), None);
         let disk = format!("[[disks]]\npath = \"disk.qcow2\"\n{login}");
-        assert!(unsupported(&guest(&disk)).unwrap().contains("disks"));
-        let uefi = format!("[boot]\nkernel = \"vmlinux\"\nfirmware = \"uefi\"\n{login}");
-        assert!(unsupported(&guest(&uefi)).unwrap().contains("UEFI"));
-        let cloud = format!("{kernel}[cloud_init]\nenabled = true\n");
-        assert!(unsupported(&guest(&cloud)).unwrap().contains("cloud-init"));
+        assert_eq!(unsupported(&guest(&disk), true), None);
+        let cloud = format!("{disk}[cloud_init]\nenabled = true\n");
+        assert_eq!(unsupported(&guest(&cloud), false), None);
+        assert!(
+            unsupported(&guest(&cloud), true)
+                .unwrap()
+                .contains("password")
+        );
     }
 }

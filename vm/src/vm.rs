@@ -258,15 +258,16 @@ impl Vm {
                 source,
             })?;
         }
-        if self.disks.is_none() {
+        let first_power_on = self.disks.is_none();
+        if first_power_on {
             self.disks = Some(self.create_disks().await?);
         }
         let config = self.config.clone();
         let disks = self.disks.as_ref().expect("made above");
         let (overlays, uefi) = (disks.overlays().to_vec(), disks.uefi().cloned());
         let seed = disks.seed().map(Path::to_path_buf);
-        let generation_id = self.config.boot == BootMode::Snapshot
-            && snapshot::unsupported(&config.guest).is_none();
+        let generation_id =
+            self.config.boot == BootMode::Snapshot && self.snapshot_unsupported().is_none();
         let launch = move |endpoints: &Endpoints| {
             let mut cmdline = GuestLaunch {
                 guest: &config.guest,
@@ -299,7 +300,10 @@ impl Vm {
                     why_not_snapshot: None,
                 },
             ),
-            BootMode::Snapshot => self.start_from_snapshot(&binary, &launch).await?,
+            BootMode::Snapshot => {
+                self.start_from_snapshot(&binary, &launch, first_power_on)
+                    .await?
+            }
         };
         let restored = matches!(
             start,
@@ -320,17 +324,20 @@ impl Vm {
     }
 
     /// Starts from the guest's ready snapshot where one can serve, else
-    /// boots (saying why).
+    /// boots (saying why). A VM with disks restores only at its first
+    /// power_on: later, its disks hold what it wrote, and it boots them.
     async fn start_from_snapshot(
         &mut self,
         qemu: &Path,
         launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+        first_power_on: bool,
     ) -> Result<(Instance, Start)> {
-        let store = match (
-            &self.config.snapshot_dir,
-            snapshot::unsupported(&self.config.guest),
-        ) {
+        let has_disks = self.disks.as_ref().is_some_and(|d| !d.is_empty());
+        let store = match (&self.config.snapshot_dir, self.snapshot_unsupported()) {
             (_, Some(why)) => Err(why.to_string()),
+            _ if has_disks && !first_power_on => Err(
+                "the VM's disks hold what it wrote since its first start, so it boots them".into(),
+            ),
             (Some(dir), None) => Ok(SnapshotStore::new(dir)),
             (None, None) => virtest_guest::cache::default_home()
                 .map(|home| SnapshotStore::in_cache(&home))
@@ -339,7 +346,17 @@ impl Vm {
         match store {
             Ok(store) => {
                 let probe = binary::probe(qemu).map_err(Error::Qemu)?;
-                let key = snapshot::key(&self.config.guest, &probe, launch)?;
+                let seed = match self.config.guest.cloud_init.enabled {
+                    true => Some(self.seed()?),
+                    false => None,
+                };
+                let key = snapshot::key(
+                    &self.config.guest,
+                    &probe,
+                    launch,
+                    self.disks.as_ref(),
+                    seed.as_ref(),
+                )?;
                 snapshot::start(self, &store, &key, launch).await
             }
             Err(why) => {
@@ -349,6 +366,41 @@ impl Vm {
                 Ok((instance, Start::Fresh { why_not_snapshot }))
             }
         }
+    }
+
+    /// Why no snapshot can serve this VM, if none can.
+    fn snapshot_unsupported(&self) -> Option<&'static str> {
+        let seed_password = matches!(self.config.login, Login::Password(_))
+            || self.config.guest.login.password.is_some();
+        snapshot::unsupported(&self.config.guest, seed_password)
+    }
+
+    /// Makes the VM's disk state the one frozen in a snapshot (nothing
+    /// for a guest without disks).
+    pub(crate) async fn adopt_disks(&mut self, snapshot: &Path) -> Result<()> {
+        match &mut self.disks {
+            Some(disks) => disks.adopt(snapshot).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Moves the VM's disk state into a snapshot being made (QEMU has
+    /// ended).
+    pub(crate) fn freeze_disks_into(&self, snapshot: &Path) -> std::io::Result<()> {
+        match &self.disks {
+            Some(disks) => disks.freeze_into(snapshot),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the VM's disk state anew from the guest's images, for a
+    /// boot after a snapshot start fell through.
+    pub(crate) async fn recreate_disks(&mut self) -> Result<()> {
+        if self.disks.as_ref().is_some_and(|d| !d.is_empty()) {
+            self.disks = None;
+            self.disks = Some(self.create_disks().await?);
+        }
+        Ok(())
     }
 
     /// The overlays over the guest's disks and its UEFI variables, in the
