@@ -194,6 +194,43 @@ fn a_job_of_boot_and_migration_over_every_transport() {
     assert!(summary.contains("PASS 8"), "{summary}");
 }
 
+/// A ready snapshot that cannot be stored: the VM boots, and the test
+/// says why as a warning (WARN, the reason naming the path).
+#[test]
+fn a_snapshot_that_cannot_be_stored_is_a_warning() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = common::description().path.clone();
+    let output = virtest()
+        .env("VIRTEST_HOME", "/etc/hostname/virtest")
+        .args(["run", "migration", "-p", "migration_iterations=1", "-p"])
+        .arg(format!("guest={}", guest.display()))
+        .arg("--results-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let json =
+        JobResults::load(&std::fs::canonicalize(tmp.path().join("latest")).unwrap()).unwrap();
+    let test = &json.tests[0];
+    assert_eq!(test.status, Status::Warn, "{stdout}");
+    let reason = test.fail_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("its ready snapshot failed")
+            && reason.contains("/etc/hostname/virtest/snapshots"),
+        "{reason}"
+    );
+    assert!(
+        test.vm_start
+            .as_deref()
+            .unwrap()
+            .starts_with("fresh, its snapshot failed"),
+        "{:?}",
+        test.vm_start
+    );
+}
+
 /// Where the cleanup of these tests leaves its mark.
 /// A password listed in a params file makes variants without showing
 /// itself: not in test names, directories, results, logs or the output.

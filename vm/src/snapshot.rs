@@ -5,9 +5,10 @@
 //! [`virtest_guest::snapshots`]; this module makes and restores.
 //!
 //! A restored clone shares the saved kernel's state. What it must not
-//! share is refreshed: the `vmgenid` device every VM has gives each QEMU
-//! a new generation id, on which Linux reseeds its RNG at once; the first
-//! login also writes host entropy into `/dev/urandom` and sets the clock.
+//! share is refreshed: the `vmgenid` device of every VM that may start
+//! from a snapshot gives each QEMU a new generation id, on which Linux
+//! reseeds its RNG at once; the first login also writes host entropy into
+//! `/dev/urandom` and sets the clock.
 
 use std::fmt;
 use std::os::fd::AsFd;
@@ -62,10 +63,17 @@ pub enum Start {
     /// Not powered on yet.
     #[default]
     NotStarted,
-    /// Booted; with why, when a snapshot was asked for.
+    /// Booted; with why, when a snapshot was asked for but none can
+    /// serve this VM.
     Fresh {
-        /// Why no snapshot served.
+        /// Why no snapshot serves.
         why_not_snapshot: Option<String>,
+    },
+    /// Booted because its snapshot failed: the store cannot be written,
+    /// saving failed, or QEMU refused the snapshot (then removed).
+    SnapshotFailed {
+        /// What failed.
+        why: String,
     },
     /// Booted, saved as a ready snapshot, and restored from it.
     MadeSnapshot {
@@ -89,6 +97,7 @@ impl fmt::Display for Start {
             Start::Fresh {
                 why_not_snapshot: Some(why),
             } => write!(f, "fresh ({why})"),
+            Start::SnapshotFailed { why } => write!(f, "fresh, its snapshot failed: {why}"),
             Start::MadeSnapshot { key } => write!(f, "made snapshot {key}"),
             Start::FromSnapshot { key } => write!(f, "from snapshot {key}"),
         }
@@ -157,10 +166,10 @@ pub(crate) fn key(
 }
 
 /// Starts `vm`'s QEMU from the ready snapshot for `key`, making it first
-/// when there is none. Where no snapshot can serve (the store cannot be
+/// when there is none. Where the snapshot fails (the store cannot be
 /// written, saving or restoring fails), the guest boots from its own
 /// disks made anew, and the reason is logged as a warning and returned in
-/// [`Start::Fresh`]. An error is returned only for what a fresh boot
+/// [`Start::SnapshotFailed`]. An error is returned only for what a fresh boot
 /// would fail on too (QEMU does not start, the guest never gets ready).
 pub(crate) async fn start(
     vm: &mut Vm,
@@ -208,12 +217,7 @@ pub(crate) async fn start(
     tracing::warn!(key = id, "{why}; booting fresh");
     vm.recreate_disks().await?;
     let instance = vm.start_instance_with(launch).await?;
-    Ok((
-        instance,
-        Start::Fresh {
-            why_not_snapshot: Some(why),
-        },
-    ))
+    Ok((instance, Start::SnapshotFailed { why }))
 }
 
 /// What restoring a found snapshot came to.

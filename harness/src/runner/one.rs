@@ -126,13 +126,19 @@ impl TestRun {
                 }
                 (outcome, Ok(())) => outcome,
             };
+            let mut warnings = t.warnings().to_vec();
             let vm_start = match t.vm.start() {
                 virtest_vm::Start::NotStarted => None,
-                start => Some(start.to_string()),
+                start => {
+                    if let virtest_vm::Start::SnapshotFailed { why } = start {
+                        warnings.push(format!("the VM booted: its ready snapshot failed: {why}"));
+                    }
+                    Some(start.to_string())
+                }
             };
             Ended {
                 outcome,
-                warnings: t.warnings().to_vec(),
+                warnings,
                 kept_disks,
                 vm_start,
             }
