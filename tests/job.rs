@@ -609,6 +609,30 @@ fn bad_params_and_an_unwritable_results_dir_are_reported() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("virtest list"), "{stderr}");
 
+    // A runtime directory other users can reach is refused, named.
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("virtest")).unwrap();
+    std::fs::set_permissions(
+        xdg.join("virtest"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let results = tmp.path().join("results");
+    let out = virtest()
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .args(["run", "boot", "--results-dir"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let job = JobResults::load(&std::fs::canonicalize(results.join("latest")).unwrap()).unwrap();
+    let reason = job.tests[0].fail_reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&format!("`{}`", xdg.join("virtest").display()))
+            && reason.contains("its mode is 0777"),
+        "{reason}"
+    );
+
     // One good name beside a typo runs nothing and names the typo.
     let (code, stderr) = run(&["run", "boot", "nosuchtest"], None);
     assert_eq!(code, Some(2));

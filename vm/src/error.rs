@@ -35,6 +35,9 @@ pub enum Error {
         /// The file looked for.
         missing: PathBuf,
     },
+    /// The directory for the VM's sockets is refused or cannot be made.
+    #[error(transparent)]
+    RuntimeDir(#[from] crate::dirs::RuntimeDirError),
     /// A file or directory of the VM could not be made or written.
     #[error("{what} `{path}`")]
     Io {

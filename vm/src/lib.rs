@@ -50,6 +50,7 @@ mod vm;
 
 pub use config::{Login, VmConfig};
 pub use console::{Console, ConsoleCursor};
+pub use dirs::RuntimeDirError;
 pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
 pub use instance::{Endpoints, Instance};

@@ -251,13 +251,12 @@ impl Vm {
             binary::find(BinaryKind::System, self.config.qemu.as_deref()).map_err(Error::Qemu)?;
         let accel = self.choose_accel(&qemu)?;
         let binary = qemu.clone();
-        for dir in [&self.runtime_dir, &self.log_dir] {
-            dirs::create_private(dir).map_err(|source| Error::Io {
-                what: "creating the VM directory",
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        dirs::create_runtime_dir(&self.runtime_dir)?;
+        dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
+            what: "creating the VM directory",
+            path: self.log_dir.clone(),
+            source,
+        })?;
         let first_power_on = self.disks.is_none();
         if first_power_on {
             self.disks = Some(self.create_disks().await?);
