@@ -379,3 +379,56 @@ async fn a_vm_that_is_off_cannot_migrate() {
     let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
     assert!(error.to_string().contains("must be running"), "{error}");
 }
+
+/// A results disk that fills: the migration completes and the VM keeps
+/// working on the destination, but the call fails, saying the report was
+/// not written, and leaves no partial file. Needs root (a small tmpfs).
+#[tokio::test]
+async fn a_report_that_cannot_be_written_fails_the_migration_call() {
+    let _slot = common::guest_slots(1);
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let mut vm = running_vm(mount.path()).await;
+    let (boot_id, _) = identity(&vm).await;
+    // Fill the disk: whatever is left goes to the filler.
+    let filler = mount.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+    let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
+    let Error::ReportNotSaved { report, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(report.total_time_ms > 0);
+    assert!(
+        error.to_string().contains("runs on the destination"),
+        "{error}"
+    );
+    assert_eq!(vm.pid(), Some(report.destination_pid));
+    std::fs::remove_file(&filler).unwrap();
+    vm.login_remote().await.unwrap();
+    assert_eq!(identity(&vm).await.0, boot_id);
+    let leftovers: Vec<_> = std::fs::read_dir(mount.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("migration-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    vm.power_off().await.unwrap();
+}

@@ -215,14 +215,18 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// Writes `path` through a temporary file beside it and a rename.
+/// Writes `path` through a temporary file beside it and a rename; on an
+/// error (a full disk, say) the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Seconds since the epoch.
@@ -327,6 +331,22 @@ mod tests {
         assert!(xml.contains("name=\"t&lt;&amp;&gt;\""));
         assert!(xml.contains("message=\"&quot;x&quot; &lt; y\""));
         assert!(!results.success());
+    }
+
+    #[test]
+    fn a_write_that_fails_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename cannot replace a directory that holds a file: the
+        // write got as far as the temporary file.
+        let target = dir.path().join("results.json");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), b"").unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["results.json"], "a temporary file was left");
     }
 
     #[test]

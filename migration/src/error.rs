@@ -73,6 +73,21 @@ pub enum Error {
         /// The last status seen.
         last_status: String,
     },
+    /// The migration completed (the VM runs on the destination) but its
+    /// report could not be written: the test's evidence is lost, so the
+    /// call does not pass for a success.
+    #[error(
+        "the migration completed and the VM runs on the destination, but its report could not be written into `{dir}`"
+    )]
+    ReportNotSaved {
+        /// The VM's log directory.
+        dir: std::path::PathBuf,
+        /// The report, as it would have been saved.
+        report: Box<crate::report::MigrationReport>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The destination did not run the guest after the migration.
     #[error("the destination is `{state}` after the migration completed, not running")]
     NotRunning {

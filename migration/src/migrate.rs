@@ -130,8 +130,13 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         wall.elapsed()
             .saturating_sub(Duration::from_millis(report.total_time_ms)),
     );
-    if let Err(e) = report.save(vm.log_dir()) {
-        tracing::warn!(error = %e, "the migration report could not be saved");
+    if let Err(source) = report.save(vm.log_dir()) {
+        tracing::error!(error = %source, "the migration report could not be saved");
+        return Err(Error::ReportNotSaved {
+            dir: vm.log_dir().to_path_buf(),
+            report: Box::new(report),
+            source,
+        });
     }
     tracing::info!(
         total_ms = report.total_time_ms,

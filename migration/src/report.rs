@@ -96,15 +96,20 @@ impl MigrationReport {
     }
 
     /// Writes the report as `migration-<n>.json` in `dir` (the first free
-    /// n), atomically; returns the path.
+    /// n), atomically; returns the path. On an error (a full disk, say)
+    /// nothing is left behind.
     pub fn save(&self, dir: &Path) -> std::io::Result<PathBuf> {
         let n = (1..)
             .find(|n| !dir.join(format!("migration-{n}.json")).exists())
             .expect("a free number");
         let path = dir.join(format!("migration-{n}.json"));
         let tmp = dir.join(format!(".migration-{n}.json.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, &path)?;
+        let written = std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         Ok(path)
     }
 }
@@ -148,5 +153,69 @@ mod tests {
         let back: MigrationReport =
             serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
         assert_eq!(back, report);
+    }
+
+    /// A 16 KiB tmpfs, unmounted when dropped; `None` where mounting is
+    /// not allowed (not root).
+    struct TinyFs(tempfile::TempDir);
+
+    impl TinyFs {
+        fn mount() -> Option<TinyFs> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            mounted.then_some(TinyFs(dir))
+        }
+    }
+
+    impl Drop for TinyFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_report_on_a_full_disk_is_an_error_and_leaves_nothing() {
+        let Some(fs) = TinyFs::mount() else {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        };
+        let dir = fs.0.path();
+        // Three of the four pages taken; the report needs more than one.
+        std::fs::write(dir.join("filler"), vec![0u8; 12 * 1024]).unwrap();
+        let report = MigrationReport {
+            mode: MigrationMode::Tcp,
+            capabilities: vec![],
+            timeline: (0..200)
+                .map(|n| StatusChange {
+                    status: "active".into(),
+                    at_ms: n as f64,
+                })
+                .collect(),
+            total_time_ms: 1,
+            downtime_ms: 1,
+            setup_time_ms: 1,
+            ram: RamFigures::default(),
+            max_cpu_throttle_percentage: 0,
+            throughput_mib_s: 0.0,
+            wall_ms: 0.0,
+            overhead_ms: 0.0,
+            source_pid: 1,
+            destination_pid: 2,
+        };
+        let error = report.save(dir).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["filler"], "a partial file was left");
     }
 }
