@@ -163,3 +163,27 @@ async fn actions_on_a_vm_that_is_off_say_so() {
     assert!(vm.pause().await.is_err());
     assert!(matches!(vm.remote(), Err(Error::NoRemote)));
 }
+
+/// A command on a session whose guest went away (its QEMU killed) says
+/// that the connection is gone, not libssh2's error number.
+#[tokio::test]
+async fn a_command_after_the_guest_went_away_says_so() {
+    let _slot = common::guest_slots(1);
+    let mut vm = Vm::new(config());
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let pid = vm.pid().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(common::eventually(Duration::from_secs(5), || {
+        !common::alive(pid)
+    }));
+    let error = vm.remote().unwrap().run("true").await.unwrap_err();
+    let text = chain(&error);
+    assert!(
+        text.contains("running `true` over SSH failed: the connection to the guest is gone"),
+        "{text}"
+    );
+    assert!(!text.contains("Session(-"), "{text}");
+    vm.power_off().await.unwrap();
+}

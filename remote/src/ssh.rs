@@ -283,18 +283,18 @@ impl SshSession {
             let mut channel = session
                 .channel_session()
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(describe(&e)))?;
             channel
                 .exec(command)
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(describe(&e)))?;
             if let Some(input) = input {
                 channel
                     .write_all(input)
                     .await
                     .map_err(|e| fail(format!("writing its input: {e}")))?;
             }
-            channel.send_eof().await.map_err(|e| fail(e.to_string()))?;
+            channel.send_eof().await.map_err(|e| fail(describe(&e)))?;
             let mut stderr_stream = channel.stderr();
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             let on_line = std::sync::Mutex::new(on_line);
@@ -310,11 +310,8 @@ impl SshSession {
             );
             out.and(err)
                 .map_err(|e| fail(format!("reading its output: {e}")))?;
-            channel
-                .wait_close()
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let exit_status = channel.exit_status().map_err(|e| fail(e.to_string()))?;
+            channel.wait_close().await.map_err(|e| fail(describe(&e)))?;
+            let exit_status = channel.exit_status().map_err(|e| fail(describe(&e)))?;
             Ok(RawOutput {
                 stdout,
                 stderr,
@@ -330,6 +327,28 @@ impl SshSession {
                     after: options.timeout,
                 })
             })
+    }
+}
+
+/// An SSH library error in words: a connection the guest closed (it
+/// powered off, rebooted, or its QEMU ended) says so, instead of
+/// libssh2's error number.
+fn describe(error: &async_ssh2_lite::Error) -> String {
+    use async_ssh2_lite::ssh2::ErrorCode;
+    // libssh2's codes for a socket that failed or closed.
+    const SOCKET_SEND: i32 = -7;
+    const SOCKET_DISCONNECT: i32 = -13;
+    const SOCKET_RECV: i32 = -43;
+    match error {
+        async_ssh2_lite::Error::Ssh2(e) => match e.code() {
+            ErrorCode::Session(SOCKET_SEND | SOCKET_DISCONNECT | SOCKET_RECV) => format!(
+                "the connection to the guest is gone (it powered off or rebooted, or its QEMU ended): {}",
+                e.message()
+            ),
+            _ => e.message().to_string(),
+        },
+        async_ssh2_lite::Error::Io(e) => e.to_string(),
+        async_ssh2_lite::Error::Other(e) => e.to_string(),
     }
 }
 
