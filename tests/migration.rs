@@ -432,3 +432,45 @@ async fn a_report_that_cannot_be_written_fails_the_migration_call() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     vm.power_off().await.unwrap();
 }
+
+/// A source killed mid-migration: the error names QEMU's exit (killed by
+/// SIGKILL), not the QMP socket that closed with it.
+#[tokio::test]
+async fn a_source_killed_mid_migration_is_named() {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
+    let killer = tokio::task::spawn_blocking(move || {
+        common::eventually(Duration::from_secs(30), || {
+            common::processes_with(&runtime)
+                .iter()
+                .any(|&p| p != source)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signalling a QEMU of this test.
+        unsafe { libc::kill(source as i32, libc::SIGKILL) };
+    });
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(4 << 20);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    killer.await.unwrap();
+    let Error::SourceDied { status } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(status),
+        Some(9)
+    );
+    assert!(
+        error.to_string().contains("the source QEMU exited"),
+        "{error}"
+    );
+    assert!(
+        qemus(&vm).is_empty(),
+        "the destination outlived the failed migration"
+    );
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}

@@ -58,7 +58,7 @@ pub enum Error {
         stderr_tail: String,
     },
     /// The source QEMU exited during the migration: the guest is lost.
-    #[error("the source QEMU exited ({status}) during the migration")]
+    #[error("the source QEMU exited ({status}) during the migration; the guest is lost")]
     SourceDied {
         /// How it exited.
         status: ExitStatus,

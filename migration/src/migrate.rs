@@ -288,11 +288,19 @@ async fn follow(
                 }
             }
             event = events.next() => {
-                let event = event.map_err(|source| Error::Qmp {
-                    side: "source",
-                    step: "following the migration".into(),
-                    source,
-                })?;
+                let event = match event {
+                    Ok(event) => event,
+                    // QMP closes as QEMU exits: name the exit, not the
+                    // socket.
+                    Err(error) => match source.wait_exit(Duration::from_secs(2)).await {
+                        Some(status) => return Err(Error::SourceDied { status }),
+                        None => return Err(Error::Qmp {
+                            side: "source",
+                            step: "following the migration".into(),
+                            source: error,
+                        }),
+                    },
+                };
                 if event.name != "MIGRATION" {
                     continue;
                 }
