@@ -640,3 +640,22 @@ fn bad_params_and_an_unwritable_results_dir_are_reported() {
     assert!(stderr.contains("no test matches `nosuchtest`"), "{stderr}");
     assert!(!stderr.contains("`boot`"), "{stderr}");
 }
+
+/// `virtest results` on a job killed mid-run (its results.json written
+/// while it ran) says the job is incomplete and exits non-zero.
+#[test]
+fn results_of_a_killed_job_are_marked_incomplete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job-2026-11-28T01.00.00-0000000");
+    std::fs::create_dir(&job).unwrap();
+    JobResults::partial("0000000", job.join("job.log"), 0.0, Vec::new(), 3)
+        .write(&job)
+        .unwrap();
+    let out = virtest().arg("results").arg(&job).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("INCOMPLETE") && stdout.contains("3 of its 3 tests have no result"),
+        "{stdout}"
+    );
+}

@@ -74,8 +74,21 @@ pub struct JobResults {
     pub warn: usize,
     /// INTERRUPTED.
     pub interrupt: usize,
+    /// How many tests the job planned (its `tests` fall short while it
+    /// runs, or when it was killed).
+    #[serde(default)]
+    pub planned: usize,
+    /// Whether the job ended and wrote its last results (false while it
+    /// runs, and for good when it was killed).
+    #[serde(default = "ended")]
+    pub complete: bool,
     /// Every test, in order.
     pub tests: Vec<TestRecord>,
+}
+
+/// Results written before `complete` existed were written at the end.
+fn ended() -> bool {
+    true
 }
 
 impl JobResults {
@@ -95,13 +108,36 @@ impl JobResults {
             cancel: count(Status::Cancel),
             warn: count(Status::Warn),
             interrupt: count(Status::Interrupted),
+            planned: tests.len(),
+            complete: true,
             tests,
         }
     }
 
-    /// Whether every test ended in a successful status.
+    /// The results so far of a job still running `planned` tests.
+    pub fn partial(
+        job_id: &str,
+        debuglog: PathBuf,
+        start: f64,
+        tests: Vec<TestRecord>,
+        planned: usize,
+    ) -> JobResults {
+        JobResults {
+            planned,
+            complete: false,
+            ..JobResults::new(job_id, debuglog, start, tests)
+        }
+    }
+
+    /// Tests the job planned but did not record: it was killed.
+    pub fn missing(&self) -> usize {
+        self.planned.saturating_sub(self.tests.len())
+    }
+
+    /// Whether the job ended and every test ended in a successful
+    /// status.
     pub fn success(&self) -> bool {
-        self.tests.iter().all(|t| t.status.is_success())
+        self.complete && self.tests.iter().all(|t| t.status.is_success())
     }
 
     /// Reads a job's `results.json`.
@@ -285,9 +321,45 @@ fn timestamp(seconds: u64) -> String {
     )
 }
 
+/// A record of test `t<&>` ending in `status`, for unit tests.
+#[cfg(test)]
+pub(crate) fn record_for_tests(status: Status, reason: Option<&str>) -> TestRecord {
+    TestRecord {
+        id: "1-t".into(),
+        name: "t<&>".into(),
+        status,
+        fail_reason: reason.map(String::from),
+        logdir: "/r".into(),
+        logfile: "/r/debug.log".into(),
+        start: 0.0,
+        end: 1.0,
+        time: 1.0,
+        params: BTreeMap::new(),
+        whiteboard: String::new(),
+        kept_disks: Vec::new(),
+        vm_start: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_that_did_not_end_is_incomplete_and_not_a_success() {
+        let tests = vec![record_for_tests(Status::Pass, None)];
+        let partial = JobResults::partial("abc", "/r/job.log".into(), now(), tests.clone(), 3);
+        assert!(!partial.complete);
+        assert_eq!(partial.missing(), 2);
+        assert!(!partial.success(), "a killed job is not a success");
+        let ended = JobResults::new("abc", "/r/job.log".into(), now(), tests);
+        assert!(ended.complete && ended.success());
+        // Results written before `complete` existed were written at the end.
+        let mut old = serde_json::to_value(&ended).unwrap();
+        old.as_object_mut().unwrap().remove("complete");
+        let old: JobResults = serde_json::from_value(old).unwrap();
+        assert!(old.complete);
+    }
 
     #[test]
     fn timestamps_are_calendar_dates() {
@@ -298,21 +370,7 @@ mod tests {
 
     #[test]
     fn junit_escapes_and_counts() {
-        let record = |status, reason: Option<&str>| TestRecord {
-            id: "1-t".into(),
-            name: "t<&>".into(),
-            status,
-            fail_reason: reason.map(String::from),
-            logdir: "/r".into(),
-            logfile: "/r/debug.log".into(),
-            start: 0.0,
-            end: 1.0,
-            time: 1.0,
-            params: BTreeMap::new(),
-            whiteboard: String::new(),
-            kept_disks: Vec::new(),
-            vm_start: None,
-        };
+        let record = record_for_tests;
         let results = JobResults::new(
             "abc",
             "/r/job.log".into(),

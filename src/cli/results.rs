@@ -43,6 +43,13 @@ pub fn run(args: Args) -> CliResult {
     }
     println!("{}", results.summary());
     println!("JOB TIME   : {:.2} s", results.time);
+    if !results.complete {
+        println!(
+            "INCOMPLETE : the job did not end (killed, or still running): {} of its {} tests have no result",
+            results.missing(),
+            results.planned
+        );
+    }
     Ok(if results.success() {
         ExitCode::SUCCESS
     } else {

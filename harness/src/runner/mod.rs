@@ -18,6 +18,7 @@ use crate::logging::{LogLayer, Phase};
 use crate::params::{ParamError, ParamSources, Params};
 use crate::progress::Progress;
 use crate::results::{self, JobResults, TestRecord};
+use crate::status::Status;
 use crate::test::TestDef;
 
 /// Which tests to run, as libtest selects them.
@@ -176,7 +177,7 @@ pub async fn run_job(
     let (layer, sinks) = LogLayer::new(file);
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     let start = results::now();
-    JobResults::new(&job_id, job_log.clone(), start, Vec::new())
+    JobResults::partial(&job_id, job_log.clone(), start, Vec::new(), planned.len())
         .write(&dir)
         .map_err(unwritable)?;
     let total = planned.len();
@@ -242,7 +243,8 @@ pub async fn run_job(
         records.push((n, record));
         records.sort_by_key(|(n, _)| *n);
         let so_far = records.iter().map(|(_, r)| r.clone()).collect();
-        if let Err(e) = JobResults::new(&job_id, job_log.clone(), start, so_far).write(&dir) {
+        let partial = JobResults::partial(&job_id, job_log.clone(), start, so_far, total);
+        if let Err(e) = partial.write(&dir) {
             eprintln!("virtest: writing results failed: {e}");
         }
     }
@@ -264,6 +266,20 @@ pub async fn run_job(
         .with_subscriber(dispatch)
         .await;
     Ok(Job { dir, results })
+}
+
+/// SKIP and CANCEL are libtest's "ignored", as JUnit counts them skipped.
+fn is_ignored(status: Status) -> bool {
+    matches!(status, Status::Skip | Status::Cancel)
+}
+
+/// Passed, failed and ignored, as libtest's summary line counts them.
+fn libtest_counts(results: &JobResults) -> (usize, usize, usize) {
+    let count =
+        |keep: &dyn Fn(Status) -> bool| results.tests.iter().filter(|t| keep(t.status)).count();
+    let ignored = count(&|s| is_ignored(s));
+    let passed = count(&|s| s.is_success() && !is_ignored(s));
+    (passed, results.tests.len() - passed - ignored, ignored)
 }
 
 /// A test name made safe as a directory name.
@@ -313,24 +329,19 @@ pub fn run_and_report(
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     let results = &job.results;
     for test in &results.tests {
-        let verdict = if test.status.is_success() {
-            "ok"
-        } else {
-            "FAILED"
+        let verdict = match test.status {
+            status if is_ignored(status) => "ignored",
+            status if status.is_success() => "ok",
+            _ => "FAILED",
         };
         println!("test {} ... {verdict}", test.name);
     }
     println!("\n{}", results.summary());
     println!("JOB LOG    : {}", results.debuglog.display());
     println!("JOB TIME   : {:.2} s", results.time);
-    let passed = results
-        .tests
-        .iter()
-        .filter(|t| t.status.is_success())
-        .count();
-    let failed = results.total - passed;
+    let (passed, failed, skipped) = libtest_counts(results);
     println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
+        "\ntest result: {}. {passed} passed; {failed} failed; {skipped} ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
         if results.success() { "ok" } else { "FAILED" },
         results.time
     );
@@ -338,5 +349,32 @@ pub fn run_and_report(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(101)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::record_for_tests;
+
+    #[test]
+    fn libtest_counts_skips_and_cancels_as_junit_does() {
+        let tests = [
+            Status::Pass,
+            Status::Warn,
+            Status::Skip,
+            Status::Cancel,
+            Status::Fail,
+        ]
+        .into_iter()
+        .map(|status| record_for_tests(status, Some("why")))
+        .collect();
+        let results = JobResults::new("abc", "/r/job.log".into(), 0.0, tests);
+        assert_eq!(libtest_counts(&results), (2, 1, 2));
+        assert!(
+            results.junit().contains("skipped=\"2\""),
+            "{}",
+            results.junit()
+        );
     }
 }
