@@ -354,6 +354,40 @@ impl VirtTest for BadCleanup {
     }
 }
 
+struct HungCommand;
+impl VirtTest for HungCommand {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        t.vm.remote()?.run("sleep 600").await?;
+        Ok(())
+    }
+}
+
+/// A test that times out in a command names the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_in_a_guest_command_names_the_command() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let defs = vec![TestDef::new("HungCommand", || HungCommand)];
+    let sources = ParamSources {
+        file: None,
+        assignments: vec!["timeout=20".into()],
+    };
+    let (planned, _) = runner::plan(&defs, &sources, &Filter::default()).unwrap();
+    let options = JobOptions {
+        results_dir: tmp.path().to_path_buf(),
+        max_parallel: 1,
+    };
+    let job = runner::run_job(&defs, planned, &options).await.unwrap();
+    let test = &job.results.tests[0];
+    assert_eq!(test.status, Status::Interrupted);
+    assert_eq!(
+        test.fail_reason.as_deref(),
+        Some("timed out after 20s while running `sleep 600` in the guest")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_reasons_and_cleanup_after_panics_and_timeouts() {
     let _slots = common::guest_slots(2);

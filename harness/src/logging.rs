@@ -72,16 +72,21 @@ struct PhaseMark {
     before: String,
 }
 
-/// The phase each VM span stands for.
-fn phase_of(span: &str) -> Option<&'static str> {
-    match span {
-        "power_on" => Some("booting"),
-        "login_remote" => Some("logging in"),
-        "migrate" => Some("migrating"),
-        "reboot" => Some("rebooting"),
-        "power_off" => Some("powering off"),
-        _ => None,
-    }
+/// The phase each VM or remote span stands for.
+fn phase_of(span: &str, fields: &FieldText) -> Option<String> {
+    let phase = match span {
+        "power_on" => "booting",
+        "login_remote" => "logging in",
+        "migrate" => "migrating",
+        "reboot" => "rebooting",
+        "power_off" => "powering off",
+        "run" => {
+            let command = fields.command.as_deref().unwrap_or("a command");
+            return Some(format!("running `{command}` in the guest"));
+        }
+        _ => return None,
+    };
+    Some(phase.to_string())
 }
 
 impl<S> Layer<S> for LogLayer
@@ -97,11 +102,10 @@ where
             if let Some(sink) = fields.key.and_then(|key| self.tests.get(key)) {
                 span.extensions_mut().insert(sink);
             }
-        } else if let Some(phase) = phase_of(name)
+        } else if let Some(phase) = phase_of(name, &fields)
             && let Some(sink) = test_sink(&ctx, id)
         {
-            let before =
-                std::mem::replace(&mut *sink.phase.lock().expect("phase"), phase.to_string());
+            let before = std::mem::replace(&mut *sink.phase.lock().expect("phase"), phase);
             span.extensions_mut().insert(PhaseMark {
                 phase: sink.phase.clone(),
                 before,
@@ -190,6 +194,8 @@ struct FieldText {
     text: String,
     key: Option<u64>,
     progress: Option<f64>,
+    /// A remote command's `command` field.
+    command: Option<String>,
 }
 
 impl Visit for FieldText {
@@ -197,6 +203,9 @@ impl Visit for FieldText {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
+            if field.name() == "command" {
+                self.command = Some(format!("{value:?}"));
+            }
             let _ = write!(self.text, " {}={value:?}", field.name());
         }
     }
@@ -205,6 +214,9 @@ impl Visit for FieldText {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
+            if field.name() == "command" {
+                self.command = Some(value.to_string());
+            }
             let _ = write!(self.text, " {}={value}", field.name());
         }
     }

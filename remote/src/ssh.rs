@@ -319,7 +319,10 @@ impl SshSession {
                 duration: start.elapsed(),
             })
         };
-        tokio::time::timeout(options.timeout, exec.instrument(self.span.clone()))
+        // Its own span, so that a harness can say which command a test
+        // is waiting on.
+        let span = tracing::debug_span!(parent: &self.span, "run", command = %command);
+        tokio::time::timeout(options.timeout, exec.instrument(span))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Timeout {

@@ -86,11 +86,17 @@ impl TestRun {
             };
             let deadline = Instant::now() + timeout;
             set(&phase, "setup");
-            let mut outcome =
-                guarded(test.setup(&mut t), deadline, timeout, interrupt.clone()).await;
+            let mut outcome = guarded(
+                test.setup(&mut t),
+                deadline,
+                timeout,
+                interrupt.clone(),
+                &phase,
+            )
+            .await;
             if outcome.is_ok() {
                 set(&phase, "running");
-                outcome = guarded(test.action(&mut t), deadline, timeout, interrupt).await;
+                outcome = guarded(test.action(&mut t), deadline, timeout, interrupt, &phase).await;
             }
             if let Err(e) = &outcome {
                 tracing::warn!(status = %e.status, reason = %e.reason, "the test did not pass");
@@ -102,6 +108,7 @@ impl TestRun {
                 Instant::now() + CLEANUP_TIMEOUT,
                 CLEANUP_TIMEOUT,
                 never,
+                &phase,
             )
             .await;
             if t.vm.is_on() {
@@ -187,12 +194,14 @@ fn set(phase: &Phase, now: &str) {
 }
 
 /// A phase, bounded by the deadline and the interrupt; a panic in it is
-/// a FAIL with where it happened.
+/// a FAIL with where it happened. A timeout says what the test was doing
+/// when it was more than its phase (a command in the guest, a boot...).
 async fn guarded(
     phase: impl Future<Output = TestResult>,
     deadline: Instant,
     timeout: Duration,
     mut interrupt: Interrupt,
+    doing: &Phase,
 ) -> TestResult {
     let interrupted = async {
         loop {
@@ -209,10 +218,18 @@ async fn guarded(
             Ok(result) => result,
             Err(payload) => Err(fail(panics::describe(&*payload))),
         },
-        _ = tokio::time::sleep_until(deadline.into()) => Err(TestError::new(
-            Status::Interrupted,
-            format!("timed out after {timeout:?}"),
-        )),
+        // Read when the deadline passes, before the phase's future (and
+        // the spans that say what it does) is dropped.
+        doing = async {
+            tokio::time::sleep_until(deadline.into()).await;
+            doing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        } => {
+            let reason = match doing.as_str() {
+                "setup" | "running" | "cleanup" => format!("timed out after {timeout:?}"),
+                doing => format!("timed out after {timeout:?} while {doing}"),
+            };
+            Err(TestError::new(Status::Interrupted, reason))
+        }
         signal = interrupted => Err(TestError::new(
             Status::Interrupted,
             format!("interrupted by {signal}"),
