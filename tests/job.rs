@@ -485,7 +485,10 @@ fn sigint_child() {
     let results = std::env::var("VIRTEST_SIGINT_RESULTS").expect(
         "not a test of its own: sigint_to_a_job_leaves_results_and_no_qemu runs it in a child process",
     );
-    let defs = vec![TestDef::new("SlowAction", || SlowAction)];
+    let defs = match std::env::var("VIRTEST_SIGINT_CLEANUP").as_deref() {
+        Ok("hang") => vec![TestDef::new("SlowAction", || HangingCleanup)],
+        _ => vec![TestDef::new("SlowAction", || SlowAction)],
+    };
     let sources = ParamSources::default();
     let (mut planned, _) = runner::plan(&defs, &sources, &Filter::default()).unwrap();
     // Two copies, one at a time: the second never starts.
@@ -499,29 +502,94 @@ fn sigint_child() {
     let _ = runner::run_and_report(&defs, planned, &options);
 }
 
-#[test]
-fn sigint_to_a_job_leaves_results_and_no_qemu() {
-    let _slot = common::guest_slots(1);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// A test whose cleanup hangs, with its VM on.
+struct HangingCleanup;
+impl VirtTest for HangingCleanup {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok(())
+    }
+    async fn cleanup(&mut self, _t: &mut Test) -> TestResult {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok(())
+    }
+}
+
+/// Starts `sigint_child` (with `cleanup` = `hang` or not) writing into
+/// `results`; returns it once its test's QEMU runs, and QEMU's pid.
+fn sigint_job(results: &Path, cleanup: &str) -> (std::process::Child, u32) {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["sigint_child", "--exact", "--ignored", "--nocapture"])
-        .env("VIRTEST_SIGINT_RESULTS", tmp.path())
+        .env("VIRTEST_SIGINT_RESULTS", results)
+        .env("VIRTEST_SIGINT_CLEANUP", cleanup)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
     // Wait until the test's QEMU runs: a child of the job's process.
-    let qemu = {
-        let mut found = None;
-        assert!(common::eventually(Duration::from_secs(30), || {
-            found = children_of(pid).into_iter().find(|p| is_qemu(*p));
-            found.is_some()
-        }));
-        found.unwrap()
+    let mut found = None;
+    assert!(common::eventually(Duration::from_secs(60), || {
+        found = children_of(pid).into_iter().find(|p| is_qemu(*p));
+        found.is_some()
+    }));
+    (child, found.unwrap())
+}
+
+/// A second SIGINT cuts a hanging cleanup short (the VM is killed, the
+/// results written); a third exits at once, leaving no QEMU.
+#[test]
+fn a_second_sigint_cuts_cleanup_short_and_a_third_exits() {
+    let _slot = common::guest_slots(1);
+    let signal_after = |child: &std::process::Child, pause: u64| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(pause));
     };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, qemu) = sigint_job(tmp.path(), "hang");
+    let began = std::time::Instant::now();
+    signal_after(&child, 500);
+    signal_after(&child, 0);
+    child.wait().unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(!common::alive(qemu), "QEMU {qemu} outlived the job");
+    let job = std::fs::canonicalize(tmp.path().join("latest")).unwrap();
+    let results = JobResults::load(&job).unwrap();
+    assert!(results.complete, "the results were not written at the end");
+    assert_eq!(
+        results.tests[0].fail_reason.as_deref(),
+        Some("interrupted by SIGINT")
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, qemu) = sigint_job(tmp.path(), "hang");
+    // Quick enough that the job is still killing its VM at the third.
+    for _ in 0..3 {
+        signal_after(&child, 20);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        common::eventually(Duration::from_secs(5), || !common::alive(qemu)),
+        "QEMU {qemu} outlived the job"
+    );
+    let job = std::fs::canonicalize(tmp.path().join("latest")).unwrap();
+    assert!(!JobResults::load(&job).unwrap().complete);
+}
+
+#[test]
+fn sigint_to_a_job_leaves_results_and_no_qemu() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, qemu) = sigint_job(tmp.path(), "");
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut lines = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         lines.push(line.unwrap());

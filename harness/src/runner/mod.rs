@@ -184,7 +184,8 @@ pub async fn run_job(
     let progress = Progress::new(total);
     let ticker = progress.spawn_ticker();
     let (interrupt_tx, interrupt) = watch::channel(None::<&'static str>);
-    let signals = tokio::spawn(one::forward_signals(interrupt_tx));
+    let (hurry_tx, hurry) = watch::channel(None::<&'static str>);
+    let signals = tokio::spawn(one::forward_signals(interrupt_tx, hurry_tx));
     let slots = Arc::new(Semaphore::new(options.max_parallel.max(1)));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     async {
@@ -216,6 +217,7 @@ pub async fn run_job(
             for run in runs {
                 let slot = slots.clone().acquire_owned().await.expect("never closed");
                 let interrupt = interrupt.clone();
+                let hurry = hurry.clone();
                 let done_tx = done_tx.clone();
                 let progress = progress.clone();
                 let sinks = sinks.clone();
@@ -228,7 +230,7 @@ pub async fn run_job(
                     } else {
                         let phase = Phase::default();
                         progress.started(n, &run.name, phase.clone());
-                        run.execute(interrupt, sinks, phase)
+                        run.execute(interrupt, hurry, sinks, phase)
                             .with_subscriber(dispatch)
                             .await
                     };

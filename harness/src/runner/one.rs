@@ -42,6 +42,7 @@ impl TestRun {
     pub(crate) async fn execute(
         self,
         interrupt: Interrupt,
+        hurry: Interrupt,
         sinks: Sinks,
         phase: Phase,
     ) -> TestRecord {
@@ -102,12 +103,12 @@ impl TestRun {
                 tracing::warn!(status = %e.status, reason = %e.reason, "the test did not pass");
             }
             set(&phase, "cleanup");
-            let never = watch::channel(None).1;
+            // A second signal cuts cleanup short.
             let cleanup = guarded(
                 test.cleanup(&mut t),
                 Instant::now() + CLEANUP_TIMEOUT,
                 CLEANUP_TIMEOUT,
-                never,
+                hurry,
                 &phase,
             )
             .await;
@@ -283,7 +284,10 @@ fn record(
 }
 
 /// Sends SIGINT or SIGTERM, when one comes, to every test.
-pub(crate) async fn forward_signals(tx: watch::Sender<Option<&'static str>>) {
+pub(crate) async fn forward_signals(
+    interrupt: watch::Sender<Option<&'static str>>,
+    hurry: watch::Sender<Option<&'static str>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -291,10 +295,30 @@ pub(crate) async fn forward_signals(tx: watch::Sender<Option<&'static str>>) {
     ) else {
         return;
     };
-    let name = tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    let mut next = async || {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     };
-    eprintln!("virtest: {name}: interrupting the running tests; their cleanup runs");
-    let _ = tx.send(Some(name));
+    let name = next().await;
+    eprintln!(
+        "virtest: {name}: interrupting the running tests; their cleanup runs (again to cut it short)"
+    );
+    let _ = interrupt.send(Some(name));
+    let name = next().await;
+    eprintln!(
+        "virtest: {name} again: cutting cleanup short, killing the VMs and writing the results (again to exit at once)"
+    );
+    let _ = hurry.send(Some(if name == "SIGINT" {
+        "a second SIGINT"
+    } else {
+        "a second SIGTERM"
+    }));
+    let name = next().await;
+    eprintln!(
+        "virtest: {name} a third time: exiting now; the results so far are in the job directory"
+    );
+    // QEMU dies with this process (its parent-death signal).
+    std::process::exit(130);
 }
