@@ -474,3 +474,49 @@ async fn a_source_killed_mid_migration_is_named() {
     );
     vm.power_off_within(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A source stopped (SIGSTOP) mid-migration: the call ends near its own
+/// deadline, not minutes later, and says only what it verified: the
+/// source did not answer. Continued, the source runs the guest again.
+#[tokio::test]
+async fn a_stopped_source_ends_the_migration_at_its_deadline() {
+    let _slot = common::guest_slots(2);
+    let logs = tempfile::tempdir().unwrap();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
+    let stopper = tokio::task::spawn_blocking(move || {
+        common::eventually(Duration::from_secs(30), || {
+            common::processes_with(&runtime)
+                .iter()
+                .any(|&p| p != source)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signalling a QEMU of this test.
+        unsafe { libc::kill(source as i32, libc::SIGSTOP) };
+    });
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(4 << 20);
+    spec.timeout = Duration::from_secs(10);
+    let began = std::time::Instant::now();
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let took = began.elapsed();
+    stopper.await.unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(source as i32, libc::SIGCONT) };
+    assert!(
+        matches!(
+            error,
+            Error::Timeout {
+                source_answers: false,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("does not answer"), "{error}");
+    assert!(took < Duration::from_secs(25), "the call took {took:?}");
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}

@@ -65,13 +65,20 @@ pub enum Error {
     },
     /// The migration did not complete in time and was cancelled.
     #[error(
-        "the migration did not complete within {after:?} (last status `{last_status}`); it was cancelled and the source VM keeps running"
+        "the migration did not complete within {after:?} (last status `{last_status}`); {}",
+        if *source_answers {
+            "it was cancelled and the source VM keeps running"
+        } else {
+            "cancelling it was asked, but the source QEMU does not answer (stopped or hung), so whether it runs is unknown"
+        }
     )]
     Timeout {
         /// The deadline.
         after: Duration,
         /// The last status seen.
         last_status: String,
+        /// Whether the source answered QMP after the cancel (it runs).
+        source_answers: bool,
     },
     /// The migration completed (the VM runs on the destination) but its
     /// report could not be written: the test's evidence is lost, so the

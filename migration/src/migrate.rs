@@ -118,7 +118,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         Err(error) => Err(error),
     };
     if let Err(error) = handed_over {
-        return Err(recover_source(vm, destination, source_state, error).await);
+        return Err(recover_source(vm, destination, source_state, error, RECOVERY).await);
     }
     report.take_figures(&final_figures(&source_qmp).await?);
     let old = vm.replace_instance(destination);
@@ -275,7 +275,11 @@ async fn follow(
     loop {
         tokio::select! {
             _ = progress.tick() => {
-                if let Ok(info) = qmp.execute_raw("query-migrate", Value::Null).await {
+                // Bounded: a source that stopped answering must not hold
+                // this loop past its deadline.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let query = qmp.execute_raw_within("query-migrate", Value::Null, left.min(PROGRESS_QUERY));
+                if let Ok(info) = query.await {
                     let throttle = info["cpu-throttle-percentage"].as_u64().unwrap_or(0);
                     report.max_cpu_throttle_percentage = report.max_cpu_throttle_percentage.max(throttle);
                     let ram = &info["ram"];
@@ -314,7 +318,7 @@ async fn follow(
                 match status.as_str() {
                     "completed" => return Ok(()),
                     "failed" | "cancelled" => {
-                        let info = qmp.execute_raw("query-migrate", Value::Null).await;
+                        let info = qmp.execute_raw_within("query-migrate", Value::Null, PROGRESS_QUERY).await;
                         let reason = info
                             .ok()
                             .and_then(|i| i["error-desc"].as_str().map(String::from))
@@ -323,7 +327,8 @@ async fn follow(
                     }
                     "active" if spec.postcopy && !switched => {
                         switched = true;
-                        qmp.execute_raw("migrate-start-postcopy", Value::Null)
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        qmp.execute_raw_within("migrate-start-postcopy", Value::Null, left)
                             .await
                             .map_err(|source| Error::Qmp {
                                 side: "source",
@@ -340,7 +345,7 @@ async fn follow(
             }
             status = source.exited() => return Err(Error::SourceDied { status }),
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(Error::Timeout { after: spec.timeout, last_status: last });
+                return Err(Error::Timeout { after: spec.timeout, last_status: last, source_answers: true });
             }
         }
     }
@@ -379,13 +384,21 @@ async fn destination_runs(
     Ok(())
 }
 
+/// How long a progress query may take.
+const PROGRESS_QUERY: Duration = Duration::from_secs(2);
+/// How long recovering the source after a failed migration may take, all
+/// its QMP calls together.
+const RECOVERY: Duration = Duration::from_secs(10);
+
 /// After a failed migration: cancels what may still run, kills the
-/// destination, and makes sure the source runs as before. Returns `error`.
+/// destination, and makes sure the source runs as before, all within
+/// `budget`. Returns `error`, told whether the source was seen running.
 async fn recover_source(
     vm: &Vm,
     destination: Instance,
     source_state: VmState,
     error: Error,
+    budget: Duration,
 ) -> Error {
     drop(destination);
     if matches!(error, Error::SourceDied { .. }) {
@@ -394,32 +407,54 @@ async fn recover_source(
     let Ok(qmp) = vm.qmp() else {
         return error;
     };
-    let quick = Duration::from_secs(5);
+    let deadline = Instant::now() + budget;
+    let within = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(2))
+    };
     let _ = qmp
-        .execute_raw_within("migrate_cancel", Value::Null, quick)
+        .execute_raw_within("migrate_cancel", Value::Null, within())
         .await;
     // Cancelling takes effect asynchronously.
-    for _ in 0..500 {
+    while Instant::now() < deadline {
         let info = qmp
-            .execute_raw_within("query-migrate", Value::Null, quick)
+            .execute_raw_within("query-migrate", Value::Null, within())
             .await;
         let status = info.as_ref().map(|i| i["status"].as_str().unwrap_or(""));
-        if !matches!(
-            status,
-            Ok("setup" | "active" | "cancelling" | "device" | "pre-switchover")
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if source_state == VmState::Running {
-        let state = vm.state().await.ok();
-        if state != Some(VmState::Running) {
-            tracing::info!(?state, "resuming the source after the failed migration");
-            let _ = qmp.execute_raw_within("cont", Value::Null, quick).await;
+        match status {
+            Ok("setup" | "active" | "cancelling" | "device" | "pre-switchover") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(_) => break,
+            // Not answering: stop asking.
+            Err(_) => break,
         }
     }
-    error
+    let status = async || {
+        let query = qmp.execute_raw_within("query-status", Value::Null, within());
+        query
+            .await
+            .ok()
+            .and_then(|s| s["status"].as_str().map(String::from))
+    };
+    let mut state = status().await;
+    if source_state == VmState::Running && state.as_deref().is_some_and(|s| s != "running") {
+        tracing::info!(?state, "resuming the source after the failed migration");
+        let _ = qmp.execute_raw_within("cont", Value::Null, within()).await;
+        state = status().await;
+    }
+    let answered = state.is_some();
+    match error {
+        Error::Timeout {
+            after, last_status, ..
+        } => Error::Timeout {
+            after,
+            last_status,
+            source_answers: answered,
+        },
+        other => other,
+    }
 }
 
 /// `query-migrate` on the completed source, re-asked while QEMU's totals
