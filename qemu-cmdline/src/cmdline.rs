@@ -236,7 +236,7 @@ impl QemuCmdline {
         (cmd, warnings)
     }
 
-    /// Parses a command line written as text (a template file): words
+    /// Parses a command line written as text (a file, a log line): words
     /// split as a shell would, with quotes and backslash-newlines. A first
     /// word that is not an option is the binary; else `default_binary`.
     pub fn parse_text(

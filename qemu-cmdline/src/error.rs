@@ -51,14 +51,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A template file that cannot be read or split into words.
-    #[error("QEMU template `{path}`: {reason}")]
-    Template {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// An accelerator name that is not one of auto, kvm, tcg.
     #[error("unknown accelerator `{0}`; valid: auto, kvm, tcg")]
     UnknownAccel(String),

@@ -4,15 +4,15 @@
 //! the kind of value it takes ([`Arg`]): property lists ([`Props`], with
 //! QEMU's comma escaping), plain values, flags, and options this crate
 //! does not model, kept verbatim. It renders to an argv, parses back from
-//! one (or from a template file), validates ids and references, merges
-//! with a user template, and clones itself for the destination of a live
-//! migration. Pure and fast: no tokio.
+//! one (or from text a shell would split), validates ids and references,
+//! and clones itself for the destination of a live migration. Pure and
+//! fast: no tokio.
 //!
 //! # Layout
 //!
 //! - [`cmdline`]: the command line, builders, parse and render.
 //! - [`args`], [`props`], [`hostfwd`]: options, property lists, port forwards.
-//! - `validate`, `template`, [`incoming`]: checks, template merge, migration clone.
+//! - `validate`, [`incoming`]: checks, the clone for a migration.
 //! - [`binary`]: find `qemu-system-*`, `qemu-img`; probe version,
 //!   accelerators and machine types (cached per binary).
 //! - [`accel`]: choose KVM or TCG for `accel=auto|kvm|tcg`, with a reason.
@@ -52,7 +52,6 @@ pub mod error;
 pub mod hostfwd;
 pub mod incoming;
 pub mod props;
-mod template;
 mod validate;
 
 pub use args::{Arg, FlagOption, PropsOption, ValueOption};
