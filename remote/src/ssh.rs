@@ -110,6 +110,12 @@ impl SshSession {
             let stream = TokioTcpStream::connect(addr)
                 .await
                 .map_err(|source| Error::Connect { addr, source })?;
+            // SSH sends small packets and waits for answers: Nagle's
+            // algorithm meeting the guest's delayed ACK cost ~40 ms a
+            // command.
+            stream
+                .set_nodelay(true)
+                .map_err(|source| Error::Connect { addr, source })?;
             let mut session = AsyncSession::new(stream, None).map_err(|e| Error::Handshake {
                 addr,
                 reason: e.to_string(),
