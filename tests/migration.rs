@@ -8,9 +8,12 @@ use std::time::Duration;
 use virtest::migration::{Error, Migrate, MigrationMode, MigrationReport, MigrationSpec};
 use virtest::vm::{Vm, VmConfig};
 
+/// A VM of the default guest, logged in. It starts from the cache's
+/// ready snapshot: these tests are about migrating, not booting.
 async fn running_vm(logs: &std::path::Path) -> Vm {
     let mut config = VmConfig::new(common::description().clone());
     config.log_dir = Some(logs.to_path_buf());
+    config.boot = virtest::vm::BootMode::Snapshot;
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
