@@ -178,14 +178,9 @@ pub(crate) async fn start(
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
 ) -> Result<(Instance, Start)> {
     let id = key.id();
-    let found = {
-        let (store, key) = (store.clone(), key.clone());
-        tokio::task::spawn_blocking(move || store.find(&key))
-            .await
-            .unwrap_or(Lookup::Missing)
-    };
+    let found = find(store, key).await;
     let outcome = match found {
-        Lookup::Found(snapshot) => match restore_checked(vm, launch, &snapshot).await? {
+        Lookup::Found(snapshot) => match restore_checked(vm, launch, &snapshot).await {
             Restored::Started(instance) => {
                 return Ok((instance, Start::FromSnapshot { key: id }));
             }
@@ -220,6 +215,15 @@ pub(crate) async fn start(
     Ok((instance, Start::SnapshotFailed { why }))
 }
 
+/// Finds `key`'s snapshot (reading its record and file sizes) off the
+/// async threads.
+async fn find(store: &SnapshotStore, key: &SnapshotKey) -> Lookup {
+    let (store, key) = (store.clone(), key.clone());
+    tokio::task::spawn_blocking(move || store.find(&key))
+        .await
+        .unwrap_or(Lookup::Missing)
+}
+
 /// What restoring a found snapshot came to.
 enum Restored {
     /// The VM runs from it.
@@ -237,7 +241,7 @@ async fn restore_checked(
     vm: &mut Vm,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     snapshot: &Snapshot,
-) -> Result<Restored> {
+) -> Restored {
     let verifying = {
         let snapshot = snapshot.clone();
         tokio::task::spawn_blocking(move || snapshot.verify())
@@ -249,7 +253,7 @@ async fn restore_checked(
     let verified = verifying
         .await
         .unwrap_or_else(|e| Err(format!("checking it failed: {e}")));
-    Ok(match (verified, restored) {
+    match (verified, restored) {
         (Ok(()), Ok(instance)) => Restored::Started(instance),
         (Err(reason), restored) => {
             drop(restored);
@@ -263,7 +267,7 @@ async fn restore_checked(
                 "restoring snapshot {id} failed, so it was removed: {e}"
             ))
         }
-    })
+    }
 }
 
 /// Makes the snapshot under its lock (or finds that another VM made it
@@ -292,14 +296,9 @@ async fn make_and_restore(
         Err(e) => return Ok(Err(cannot_store(&e))),
     };
     // Another VM may have made it while this one waited for the lock.
-    let found = {
-        let (store, key) = (store.clone(), key.clone());
-        tokio::task::spawn_blocking(move || store.find(&key))
-            .await
-            .unwrap_or(Lookup::Missing)
-    };
+    let found = find(store, key).await;
     if let Lookup::Found(snapshot) = found {
-        return Ok(match restore_checked(vm, launch, &snapshot).await? {
+        return Ok(match restore_checked(vm, launch, &snapshot).await {
             Restored::Started(instance) => Ok((instance, Start::FromSnapshot { key: id })),
             Restored::Damaged(why) | Restored::Refused(why) => Err(why),
         });
@@ -322,7 +321,7 @@ async fn make_and_restore(
         elapsed = ?began.elapsed(),
         "made a ready snapshot"
     );
-    Ok(match restore_checked(vm, launch, &snapshot).await? {
+    Ok(match restore_checked(vm, launch, &snapshot).await {
         Restored::Started(instance) => Ok((instance, Start::MadeSnapshot { key: id })),
         Restored::Damaged(why) | Restored::Refused(why) => Err(why),
     })
