@@ -31,7 +31,12 @@ pub fn ensure_writable(dir: &Path) -> Result<()> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(not_writable)?;
-    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    // Unique per call: threads of one process probe the same directory
+    // at once (two VMs wanting one snapshot), and one must not remove
+    // the other's probe.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".write-probe-{}-{n}", std::process::id()));
     std::fs::write(&probe, b"").map_err(not_writable)?;
     std::fs::remove_file(&probe).map_err(not_writable)
 }
@@ -39,6 +44,20 @@ pub fn ensure_writable(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_probing_one_directory_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            let probes: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| (0..200).try_for_each(|_| ensure_writable(dir.path()))))
+                .collect();
+            for probe in probes {
+                probe.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn a_dir_under_a_file_is_not_writable() {
