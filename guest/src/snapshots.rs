@@ -174,10 +174,11 @@ impl Snapshot {
     }
 }
 
-/// What [`SnapshotStore::lookup`] found.
+/// What [`SnapshotStore::lookup`] or [`SnapshotStore::find`] found.
 #[derive(Debug)]
 pub enum Lookup {
-    /// A whole snapshot whose state matches its record.
+    /// A snapshot whose files have the sizes its record says (and, from
+    /// `lookup`, the hashes).
     Found(Snapshot),
     /// None for this key.
     Missing,
