@@ -44,11 +44,7 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     let base = base_image();
     let base_sha = common::sha256(&base);
     let logs = tempfile::tempdir().unwrap();
-    // From the cache's ready snapshot (made here, by a boot, when this
-    // test runs first): the clones and built-in tests below restore it.
-    let mut config = config(logs.path());
-    config.boot = BootMode::Snapshot;
-    let mut vm = Vm::new(config);
+    let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
     let host_key = vm.host_key().expect("pinned at first login").to_string();

@@ -460,26 +460,33 @@ async fn restore(
 /// What a clone must not share with its siblings, refreshed over the
 /// first session: host entropy into the guest's pool, and the clock.
 pub(crate) async fn refresh(session: &SshSession) -> Result<()> {
+    let failed = |e: virtest_remote::Error| Error::State {
+        what: format!(
+            "refreshing the restored guest's entropy and clock failed: {}",
+            error_chain(&e)
+        ),
+    };
     let mut entropy = [0u8; 64];
     getrandom(&mut entropy);
     let escaped: String = entropy.iter().map(|b| format!("\\{b:03o}")).collect();
-    let now = SystemTime::now()
+    // The clock is set to the host's time plus the one-way latency of a
+    // command, measured just before: under load a command reaches the
+    // guest a good part of a second after it is sent.
+    let sent = Instant::now();
+    session.run("true").await.map_err(failed)?;
+    let one_way = sent.elapsed() / 2;
+    let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    // Rounded: busybox's date takes whole seconds, so the clock is set
-    // within half a second (plus the command's latency).
-    let seconds = (now + Duration::from_millis(500)).as_secs();
-    let command = format!("printf '{escaped}' > /dev/urandom && date -u -s @{seconds} > /dev/null");
-    session
-        .run(&command)
-        .await
-        .map(drop)
-        .map_err(|e| Error::State {
-            what: format!(
-                "refreshing the restored guest's entropy and clock failed: {}",
-                error_chain(&e)
-            ),
-        })
+        .unwrap_or_default()
+        + one_way;
+    let (seconds, nanos) = (at.as_secs(), at.subsec_nanos());
+    // GNU date takes fractions; busybox's only whole seconds (rounded).
+    let rounded = (at + Duration::from_millis(500)).as_secs();
+    let command = format!(
+        "printf '{escaped}' > /dev/urandom && \
+         {{ date -u -s @{seconds}.{nanos:09} || date -u -s @{rounded}; }} > /dev/null 2>&1"
+    );
+    session.run(&command).await.map(drop).map_err(failed)
 }
 
 /// Fills `bytes` from the host's RNG.
