@@ -248,6 +248,37 @@ async fn multifd_and_xbzrle_complete() {
 
 /// After a failed migration: the same QEMU, still running, still
 /// answering over the same session, and no destination left.
+/// Which QEMU of a migrating VM a signal goes to.
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Once `vm`'s next migration has a destination and its stream has
+/// flowed for 1.5 s, sends `signal` to the QEMU on `side`; the task
+/// returns that QEMU's pid.
+fn signal_mid_migration(vm: &Vm, side: Side, signal: i32) -> tokio::task::JoinHandle<u32> {
+    let source = vm.pid().unwrap();
+    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut destination = None;
+        common::eventually(Duration::from_secs(30), || {
+            destination = common::processes_with(&runtime)
+                .into_iter()
+                .find(|&p| p != source);
+            destination.is_some()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = match side {
+            Side::Source => source,
+            Side::Destination => destination.expect("no destination started"),
+        };
+        // SAFETY: signalling a QEMU of this test.
+        unsafe { libc::kill(pid as i32, signal) };
+        pid
+    })
+}
+
 async fn source_survives(vm: &Vm, source: u32) {
     assert_eq!(vm.pid(), Some(source));
     assert_eq!(vm.state().await.unwrap(), virtest::vm::VmState::Running);
@@ -267,22 +298,7 @@ async fn a_destination_killed_mid_migration_leaves_the_source_running() {
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     let source = vm.pid().unwrap();
-    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
-    // Kill the destination once the stream flows.
-    let killer = tokio::task::spawn_blocking(move || {
-        let mut destination = None;
-        common::eventually(Duration::from_secs(30), || {
-            destination = common::processes_with(&runtime)
-                .into_iter()
-                .find(|&p| p != source);
-            destination.is_some()
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        let pid = destination.expect("no destination started");
-        // SAFETY: signalling a QEMU of this test.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        pid
-    });
+    let killer = signal_mid_migration(&vm, Side::Destination, libc::SIGKILL);
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
     spec.max_bandwidth = Some(4 << 20);
     let error = vm.migrate_with(&spec).await.unwrap_err();
@@ -444,18 +460,7 @@ async fn a_source_killed_mid_migration_is_named() {
     let logs = tempfile::tempdir().unwrap();
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
-    let source = vm.pid().unwrap();
-    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
-    let killer = tokio::task::spawn_blocking(move || {
-        common::eventually(Duration::from_secs(30), || {
-            common::processes_with(&runtime)
-                .iter()
-                .any(|&p| p != source)
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: signalling a QEMU of this test.
-        unsafe { libc::kill(source as i32, libc::SIGKILL) };
-    });
+    let killer = signal_mid_migration(&vm, Side::Source, libc::SIGKILL);
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
     spec.max_bandwidth = Some(4 << 20);
     let error = vm.migrate_with(&spec).await.unwrap_err();
@@ -488,17 +493,7 @@ async fn a_stopped_source_ends_the_migration_at_its_deadline() {
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     let source = vm.pid().unwrap();
-    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
-    let stopper = tokio::task::spawn_blocking(move || {
-        common::eventually(Duration::from_secs(30), || {
-            common::processes_with(&runtime)
-                .iter()
-                .any(|&p| p != source)
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: signalling a QEMU of this test.
-        unsafe { libc::kill(source as i32, libc::SIGSTOP) };
-    });
+    let stopper = signal_mid_migration(&vm, Side::Source, libc::SIGSTOP);
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
     spec.max_bandwidth = Some(4 << 20);
     spec.timeout = Duration::from_secs(10);

@@ -172,6 +172,50 @@ impl Snapshot {
             .find(|input| !input.is_current())
             .map(|input| format!("`{}` changed since it was made", input.path.display()))
     }
+
+    /// Checks that each file has the size and SHA-256 the record says;
+    /// the error says what differs.
+    pub fn verify(&self) -> std::result::Result<(), String> {
+        self.check_size()?;
+        for file in &self.meta.files {
+            let path = self.dir.join(&file.name);
+            let sha256 = sha256_file(&path)
+                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?;
+            if sha256 != file.sha256 {
+                return Err(format!(
+                    "its file `{}` has SHA-256 {sha256}, its record says {}",
+                    path.display(),
+                    file.sha256
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the snapshot from the store.
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    fn check_size(&self) -> std::result::Result<(), String> {
+        if !self.meta.files.iter().any(|f| f.name == STATE) {
+            return Err("its record lists no state".into());
+        }
+        for file in &self.meta.files {
+            let path = self.dir.join(&file.name);
+            let size = fs::metadata(&path)
+                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?
+                .len();
+            if size != file.size {
+                return Err(format!(
+                    "its file `{}` is {size} bytes, its record says {}",
+                    path.display(),
+                    file.size
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What [`SnapshotStore::lookup`] or [`SnapshotStore::find`] found.
@@ -339,52 +383,6 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             meta,
         })
-    }
-}
-
-impl Snapshot {
-    /// Checks that each file has the size and SHA-256 the record says;
-    /// the error says what differs.
-    pub fn verify(&self) -> std::result::Result<(), String> {
-        self.check_size()?;
-        for file in &self.meta.files {
-            let path = self.dir.join(&file.name);
-            let sha256 = sha256_file(&path)
-                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?;
-            if sha256 != file.sha256 {
-                return Err(format!(
-                    "its file `{}` has SHA-256 {sha256}, its record says {}",
-                    path.display(),
-                    file.sha256
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the snapshot from the store.
-    pub fn remove(&self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-
-    fn check_size(&self) -> std::result::Result<(), String> {
-        if !self.meta.files.iter().any(|f| f.name == STATE) {
-            return Err("its record lists no state".into());
-        }
-        for file in &self.meta.files {
-            let path = self.dir.join(&file.name);
-            let size = fs::metadata(&path)
-                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?
-                .len();
-            if size != file.size {
-                return Err(format!(
-                    "its file `{}` is {size} bytes, its record says {}",
-                    path.display(),
-                    file.size
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

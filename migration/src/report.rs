@@ -118,9 +118,9 @@ impl MigrationReport {
 mod tests {
     use super::*;
 
-    #[test]
-    fn figures_come_from_query_migrate() {
-        let mut report = MigrationReport {
+    /// A report with nothing measured yet.
+    fn blank_report() -> MigrationReport {
+        MigrationReport {
             mode: MigrationMode::Tcp,
             capabilities: vec![],
             timeline: vec![],
@@ -134,7 +134,12 @@ mod tests {
             overhead_ms: 0.0,
             source_pid: 1,
             destination_pid: 2,
-        };
+        }
+    }
+
+    #[test]
+    fn figures_come_from_query_migrate() {
+        let mut report = blank_report();
         report.take_figures(&serde_json::json!({
             "status": "completed", "total-time": 500, "downtime": 20, "setup-time": 3,
             "ram": {"transferred": 52428800, "remaining": 0, "total": 268435456,
@@ -189,26 +194,13 @@ mod tests {
         let dir = fs.0.path();
         // Three of the four pages taken; the report needs more than one.
         std::fs::write(dir.join("filler"), vec![0u8; 12 * 1024]).unwrap();
-        let report = MigrationReport {
-            mode: MigrationMode::Tcp,
-            capabilities: vec![],
-            timeline: (0..200)
-                .map(|n| StatusChange {
-                    status: "active".into(),
-                    at_ms: n as f64,
-                })
-                .collect(),
-            total_time_ms: 1,
-            downtime_ms: 1,
-            setup_time_ms: 1,
-            ram: RamFigures::default(),
-            max_cpu_throttle_percentage: 0,
-            throughput_mib_s: 0.0,
-            wall_ms: 0.0,
-            overhead_ms: 0.0,
-            source_pid: 1,
-            destination_pid: 2,
-        };
+        let mut report = blank_report();
+        report.timeline = (0..200)
+            .map(|n| StatusChange {
+                status: "active".into(),
+                at_ms: n as f64,
+            })
+            .collect();
         let error = report.save(dir).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
         let mut names: Vec<_> = std::fs::read_dir(dir)
