@@ -31,6 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         guest: &guest,
         qemu: binary::find(BinaryKind::System, None)?,
         accel: Chosen::Tcg,
+        qemu_version: Some(binary::probe(&binary::find(BinaryKind::System, None)?)?.version),
         memory_mib: None,
         ssh_host_port: port,
         cpus: None,

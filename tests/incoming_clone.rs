@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -14,18 +14,9 @@ use virtest::qemu_cmdline::{Endpoint, QemuCmdline};
 use virtest::qmp::{Options, Qmp};
 use virtest::vm::{ConsoleOutput, GuestLaunch};
 
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &QemuCmdline) -> Reaped {
+fn spawn(cmd: &QemuCmdline) -> common::Reaped {
     cmd.validate().unwrap();
-    Reaped(
+    common::Reaped(
         cmd.to_command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -49,6 +40,11 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         guest,
         qemu: binary::find(BinaryKind::System, None).unwrap(),
         accel: Chosen::Tcg,
+        qemu_version: Some(
+            binary::probe(&binary::find(BinaryKind::System, None).unwrap())
+                .unwrap()
+                .version,
+        ),
         memory_mib: None,
         ssh_host_port: common::free_port(),
         cpus: None,

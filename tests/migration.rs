@@ -56,7 +56,7 @@ fn check_report(report: &MigrationReport, mode: MigrationMode) {
 /// each destination takes over QMP, the console, the port and login.
 async fn migrate_over(mode: MigrationMode, times: usize) {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     let (boot_id, mut uptime) = identity(&vm).await;
     for round in 1..=times {
@@ -159,7 +159,7 @@ async fn dirty_memory(vm: &Vm) {
 /// through it with its workload still running.
 async fn converges_while_dirtying(mut spec: MigrationSpec, survives: bool) -> MigrationReport {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -230,7 +230,7 @@ async fn a_dirtying_guest_converges_with_postcopy() {
 #[tokio::test]
 async fn multifd_and_xbzrle_complete() {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     let mut multifd = MigrationSpec::new(MigrationMode::Tcp);
     multifd.multifd_channels = Some(2);
@@ -294,7 +294,7 @@ async fn source_survives(vm: &Vm, source: u32) {
 #[tokio::test]
 async fn a_destination_killed_mid_migration_leaves_the_source_running() {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     let source = vm.pid().unwrap();
@@ -331,7 +331,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[tokio::test]
 async fn a_destination_binary_that_exits_at_once_is_reported() {
     let _slot = common::guest_slots(1);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     let source = vm.pid().unwrap();
     let fake = logs.path().join("qemu-that-fails");
@@ -361,7 +361,7 @@ async fn a_destination_binary_that_exits_at_once_is_reported() {
 #[tokio::test]
 async fn a_migration_past_its_timeout_is_cancelled() {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     let source = vm.pid().unwrap();
@@ -457,7 +457,7 @@ async fn a_report_that_cannot_be_written_fails_the_migration_call() {
 #[tokio::test]
 async fn a_source_killed_mid_migration_is_named() {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     let killer = signal_mid_migration(&vm, Side::Source, libc::SIGKILL);
@@ -489,7 +489,7 @@ async fn a_source_killed_mid_migration_is_named() {
 #[tokio::test]
 async fn a_stopped_source_ends_the_migration_at_its_deadline() {
     let _slot = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = running_vm(logs.path()).await;
     dirty_memory(&vm).await;
     let source = vm.pid().unwrap();

@@ -60,7 +60,7 @@ async fn started(logs: &Path, store: &Path) -> Vm {
 #[tokio::test]
 async fn clones_are_not_twins() {
     let _slots = common::guest_slots(2);
-    let (logs, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (logs, store) = (common::test_logs(), tempfile::tempdir().unwrap());
     let (dir_a, dir_b) = (logs.path().join("a"), logs.path().join("b"));
     let (a, b) = tokio::join!(started(&dir_a, store.path()), started(&dir_b, store.path()));
     let key = key_of(a.start());
@@ -95,7 +95,7 @@ async fn clones_are_not_twins() {
 #[tokio::test]
 async fn a_restored_vm_reboots_and_migrates_over_every_transport() {
     let _slots = common::guest_slots(1);
-    let (logs, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (logs, store) = (common::test_logs(), tempfile::tempdir().unwrap());
     drop(started(&logs.path().join("maker"), store.path()).await);
     let mut vm = started(&logs.path().join("vm"), store.path()).await;
     assert!(matches!(vm.start(), Start::FromSnapshot { .. }));
@@ -132,7 +132,7 @@ async fn a_restored_vm_reboots_and_migrates_over_every_transport() {
 #[tokio::test]
 async fn a_damaged_snapshot_is_made_again_and_the_vm_starts() {
     let _slots = common::guest_slots(1);
-    let (logs, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (logs, store) = (common::test_logs(), tempfile::tempdir().unwrap());
     let key = key_of(
         started(&logs.path().join("maker"), store.path())
             .await
@@ -169,7 +169,7 @@ async fn a_damaged_snapshot_is_made_again_and_the_vm_starts() {
 #[tokio::test]
 async fn a_stale_snapshot_is_not_used() {
     let _slots = common::guest_slots(1);
-    let (logs, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (logs, store) = (common::test_logs(), tempfile::tempdir().unwrap());
     // A copy of the guest, to rebuild.
     let guest_dir = tempfile::tempdir().unwrap();
     let original = common::description();
@@ -228,7 +228,7 @@ async fn a_stale_snapshot_is_not_used() {
 #[tokio::test]
 async fn a_snapshot_qemu_refuses_is_removed_and_the_vm_boots() {
     let _slots = common::guest_slots(1);
-    let (logs, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (logs, store) = (common::test_logs(), tempfile::tempdir().unwrap());
     drop(started(&logs.path().join("maker"), store.path()).await);
     // A stream QEMU refuses, recorded as whole: it passes the checks.
     let dir = snapshot_dir(store.path());
@@ -258,7 +258,7 @@ async fn a_snapshot_qemu_refuses_is_removed_and_the_vm_boots() {
 #[tokio::test]
 async fn a_store_that_cannot_be_written_boots_fresh_and_says_where() {
     let _slots = common::guest_slots(1);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let file = logs.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
     let store = file.join("snapshots");

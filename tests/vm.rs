@@ -27,7 +27,7 @@ async fn boot_id(vm: &Vm) -> String {
 #[tokio::test]
 async fn the_guides_boot_test_leaves_logs_and_no_qemu() {
     let _slot = common::guest_slots(1);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = Vm::new(config(logs.path()));
     assert_eq!(vm.state().await.unwrap(), VmState::Off);
     vm.power_on().await.unwrap();
@@ -71,7 +71,7 @@ async fn the_guides_boot_test_leaves_logs_and_no_qemu() {
 #[tokio::test]
 async fn reboots_by_the_guest_and_forced_both_come_back() {
     let _slot = common::guest_slots(1);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
@@ -95,7 +95,7 @@ async fn reboots_by_the_guest_and_forced_both_come_back() {
 #[tokio::test]
 async fn a_paused_guest_clock_stalls_and_screendumps_are_png() {
     let _slot = common::guest_slots(1);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
@@ -176,7 +176,7 @@ fn check_png(data: &[u8]) -> (u32, u32) {
 #[tokio::test]
 async fn power_off_forces_a_hung_guest_and_a_frozen_qemu() {
     let _slot = common::guest_slots(1);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
     vm.wait_for_console(&common::guest().ready_marker, Duration::from_secs(60))
@@ -205,7 +205,7 @@ async fn power_off_forces_a_hung_guest_and_a_frozen_qemu() {
 #[tokio::test]
 async fn two_vms_run_at_once_on_distinct_ports() {
     let _slots = common::guest_slots(2);
-    let logs = tempfile::tempdir().unwrap();
+    let logs = common::test_logs();
     let mut a = Vm::new(config(&logs.path().join("a")));
     let mut b = Vm::new(config(&logs.path().join("b")));
     assert_ne!(a.id(), b.id());

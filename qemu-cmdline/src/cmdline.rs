@@ -124,6 +124,11 @@ impl QemuCmdline {
         self.set_props(PropsOption::Memory, Props::with_head(mib.to_string()))
     }
 
+    /// `-m SIZEk`, for a size that is not whole MiB.
+    pub fn memory_kib(&mut self, kib: u64) -> &mut QemuCmdline {
+        self.set_props(PropsOption::Memory, Props::with_head(format!("{kib}k")))
+    }
+
     /// `-smp N`.
     pub fn smp(&mut self, cpus: u32) -> &mut QemuCmdline {
         self.set_props(PropsOption::Smp, Props::with_head(cpus.to_string()))

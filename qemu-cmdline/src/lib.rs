@@ -16,6 +16,7 @@
 //! - [`binary`]: find `qemu-system-*`, `qemu-img`; probe version,
 //!   accelerators and machine types (cached per binary).
 //! - [`accel`]: choose KVM or TCG for `accel=auto|kvm|tcg`, with a reason.
+//! - [`quirks`]: defects of particular QEMU versions, and what avoids them.
 //!
 //! # Example
 //!
@@ -52,6 +53,7 @@ pub mod error;
 pub mod hostfwd;
 pub mod incoming;
 pub mod props;
+pub mod quirks;
 mod validate;
 
 pub use args::{Arg, FlagOption, PropsOption, ValueOption};

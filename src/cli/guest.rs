@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use virtest_qemu_cmdline::accel::Chosen;
+use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_vm::{ConsoleOutput, GuestLaunch, Overlay, UefiFiles};
 
 use super::CliResult;
@@ -78,6 +79,12 @@ fn check(spec: &str) -> CliResult {
         guest: &guest,
         qemu: "qemu-system-x86_64".into(),
         accel: Chosen::Tcg,
+        // The installed QEMU's, where there is one: the command line
+        // shown is the one this machine would run.
+        qemu_version: binary::find(BinaryKind::System, None)
+            .and_then(|qemu| binary::probe(&qemu))
+            .ok()
+            .map(|probe| probe.version),
         memory_mib: None,
         cpus: None,
         ssh_host_port: 0,

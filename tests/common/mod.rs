@@ -199,6 +199,11 @@ impl Qemu {
             guest: &guest,
             qemu: binary::find(BinaryKind::System, None).unwrap(),
             accel: Chosen::Tcg,
+            qemu_version: Some(
+                binary::probe(&binary::find(BinaryKind::System, None).unwrap())
+                    .unwrap()
+                    .version,
+            ),
             memory_mib: None,
             ssh_host_port: port,
             cpus: None,
@@ -273,5 +278,66 @@ impl Qemu {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// A test's log directory: removed when the test passes; kept when it
+/// panics, with the tail of every `console.log` under it printed, so a
+/// failure in CI shows what the guest last said.
+pub struct TestLogs(Option<tempfile::TempDir>);
+
+/// A fresh [`TestLogs`] directory.
+pub fn test_logs() -> TestLogs {
+    TestLogs(Some(tempfile::tempdir().unwrap()))
+}
+
+impl TestLogs {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for TestLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let dir = self.0.take().unwrap().keep();
+        eprintln!("the test's logs are kept in {}", dir.display());
+        for console in consoles_under(&dir) {
+            let text = std::fs::read(&console).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- last lines of {} ---", console.display());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn consoles_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(consoles_under(&path));
+        } else if path.file_name().is_some_and(|name| name == "console.log") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A child process killed and reaped when dropped, so a failing test
+/// leaves no QEMU behind.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use virtest_guest::GuestDescription;
 use virtest_guest::description::Firmware;
 use virtest_qemu_cmdline::accel::Chosen;
+use virtest_qemu_cmdline::binary::Version;
 use virtest_qemu_cmdline::cmdline::socket_chardev_props;
+use virtest_qemu_cmdline::quirks;
 use virtest_qemu_cmdline::{
     Arg, FlagOption, HostFwd, Props, PropsOption, QemuCmdline, ValueOption,
 };
@@ -40,6 +42,9 @@ pub struct GuestLaunch<'a> {
     pub qemu: PathBuf,
     /// The accelerator.
     pub accel: Chosen,
+    /// The QEMU binary's version, where known: some versions need a
+    /// workaround ([`virtest_qemu_cmdline::quirks`]).
+    pub qemu_version: Option<Version>,
     /// Memory in MiB (`None`: the guest's).
     pub memory_mib: Option<u32>,
     /// Processors (`None`: the guest's).
@@ -82,6 +87,7 @@ impl GuestLaunch<'_> {
     ///     guest,
     ///     qemu: "qemu-system-x86_64".into(),
     ///     accel: Chosen::Tcg,
+    ///     qemu_version: None,
     ///     memory_mib: None,
     ///     cpus: None,
     ///     ssh_host_port: 40022,
@@ -102,9 +108,15 @@ impl GuestLaunch<'_> {
         let machine = &guest.machine;
         let mut cmd = QemuCmdline::new(&self.qemu);
         cmd.machine(&machine.machine_type)
-            .accel(self.accel.as_str())
-            .memory_mib(self.memory_mib.unwrap_or(machine.memory_mib))
-            .flag(FlagOption::NoDefaults)
+            .accel(self.accel.as_str());
+        let mib = self.memory_mib.unwrap_or(machine.memory_mib);
+        match self.qemu_version {
+            Some(version) if quirks::tcg_migration_loses_writes(version, self.accel) => {
+                cmd.memory_kib(quirks::guest_ram_kib(mib, version, self.accel))
+            }
+            _ => cmd.memory_mib(mib),
+        };
+        cmd.flag(FlagOption::NoDefaults)
             .flag(FlagOption::NoUserConfig);
         cmd.push(Arg::Props(PropsOption::Display, Props::with_head("none")));
         if let (Firmware::Uefi, Some(uefi)) = (guest.boot.firmware, self.uefi) {

@@ -250,6 +250,7 @@ impl Vm {
         let qemu =
             binary::find(BinaryKind::System, self.config.qemu.as_deref()).map_err(Error::Qemu)?;
         let accel = self.choose_accel(&qemu)?;
+        let qemu_version = binary::probe(&qemu).map_err(Error::Qemu)?.version;
         let binary = qemu.clone();
         dirs::create_runtime_dir(&self.runtime_dir)?;
         dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
@@ -272,6 +273,7 @@ impl Vm {
                 guest: &config.guest,
                 qemu: qemu.clone(),
                 accel,
+                qemu_version: Some(qemu_version),
                 memory_mib: config.memory_mib,
                 cpus: config.cpus,
                 ssh_host_port: endpoints.ssh_port,
