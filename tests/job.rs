@@ -166,6 +166,12 @@ fn a_job_of_boot_and_migration_over_every_transport() {
             "{}",
             test.name
         );
+        // The default cleanup ends a VM whose disks are not kept at once:
+        // no guest shutdown to wait for.
+        if migrated {
+            let log = std::fs::read_to_string(dir.join("debug.log")).unwrap();
+            assert!(log.contains("powered off how=Quit"), "{log}");
+        }
         assert_eq!(test.params["guest_password"], "<redacted>");
     }
     for file in files(tmp.path()) {

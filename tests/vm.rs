@@ -127,7 +127,13 @@ async fn a_paused_guest_clock_stalls_and_screendumps_are_png() {
     let (width, height) = check_png(&std::fs::read(&png).unwrap());
     // VGA text mode: 80x25 cells of 9x16 pixels.
     assert_eq!((width, height), (720, 400));
-    vm.power_off().await.unwrap();
+    // No time for the guest: it is not asked to shut down.
+    assert_eq!(
+        vm.power_off_within(Duration::ZERO).await.unwrap(),
+        PowerOff::Quit
+    );
+    let qmp = std::fs::read_to_string(logs.path().join("qmp.log")).unwrap();
+    assert!(!qmp.contains("system_powerdown"), "{qmp}");
 }
 
 /// Checks a PNG's structure, chunk CRCs and image data size; returns its

@@ -43,12 +43,18 @@ pub trait VirtTest: Send + 'static {
     /// The test itself.
     fn action(&mut self, t: &mut Test) -> impl Future<Output = TestResult> + Send;
 
-    /// Cleans up; runs whatever happened before. The default powers the
-    /// VM off if it is on. The runner kills any VM still on after it.
+    /// Cleans up; runs whatever happened before. The default ends the
+    /// VM if it is on: at once (QMP `quit`) when nothing of it outlives
+    /// the test, gracefully (the guest shuts down) when `keep_disks`
+    /// keeps its disks, so they hold a cleanly shut down guest. The
+    /// runner kills any VM still on after it.
     fn cleanup(&mut self, t: &mut Test) -> impl Future<Output = TestResult> + Send {
         async move {
             if t.vm.is_on() {
-                t.vm.power_off().await?;
+                match t.vm.config().keep_disks {
+                    true => t.vm.power_off().await?,
+                    false => t.vm.power_off_within(Duration::ZERO).await?,
+                };
             }
             Ok(())
         }
