@@ -46,6 +46,7 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
                 .version,
         ),
         memory_mib: None,
+        forward_ports: &[],
         ssh_host_port: common::free_port(),
         cpus: None,
         console: ConsoleOutput::File(dir.path().join("console.log")),

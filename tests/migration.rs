@@ -518,3 +518,60 @@ async fn a_stopped_source_ends_the_migration_at_its_deadline() {
     source_survives(&vm, source).await;
     vm.power_off_within(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A guest port forwarded besides SSH: QEMU chooses the host port and
+/// the VM says which; after a migration the destination's QEMU forwards
+/// it on a port of its own, and the guest's server answers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_guest_port_follows_the_vm_across_a_migration() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut config = VmConfig::new(common::description().clone());
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.forward_ports = vec![8080];
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm.remote()
+        .unwrap()
+        .run(
+            "mkdir -p /tmp/www && cat /proc/sys/kernel/random/boot_id > /tmp/www/id \
+             && busybox httpd -p 8080 -h /tmp/www",
+        )
+        .await
+        .unwrap();
+    let (boot_id, _) = identity(&vm).await;
+    let first = vm.forwarded_port(8080).unwrap();
+    assert_ne!(Some(first), vm.ssh_port());
+    assert_eq!(http_get(first, "/id").await, boot_id);
+
+    vm.migrate(MigrationMode::Unix).await.unwrap();
+    let second = vm.forwarded_port(8080).unwrap();
+    assert_ne!(second, first, "the destination forwards its own port");
+    assert_eq!(http_get(second, "/id").await, boot_id);
+    assert_eq!(vm.forwarded_port(9999), None);
+    vm.power_off().await.unwrap();
+}
+
+/// The body of an HTTP/1.0 GET to 127.0.0.1:`port`, trimmed.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the guest's server answers within 30 s")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    body.trim().to_string()
+}

@@ -163,8 +163,9 @@ async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
 }
 
 /// The destination's command line: the source's, for `-incoming defer`,
-/// with the VM's endpoints moved to the destination's, and the
-/// destination binary if the spec names one.
+/// with the VM's sockets moved to the destination's, and the destination
+/// binary if the spec names one. Forwarded ports are asked as port 0, so
+/// the destination's QEMU chooses its own.
 fn destination_cmdline(
     source: &Instance,
     spec: &MigrationSpec,
@@ -178,7 +179,6 @@ fn destination_cmdline(
             Endpoint::Path(p) if p == from.console_socket => {
                 Endpoint::Path(to.console_socket.clone())
             }
-            Endpoint::Port(p) if p == from.ssh_port => Endpoint::Port(to.ssh_port),
             other => other,
         });
         if let Some(binary) = &binary {

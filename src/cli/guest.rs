@@ -87,6 +87,7 @@ fn check(spec: &str) -> CliResult {
             .map(|probe| probe.version),
         memory_mib: None,
         cpus: None,
+        forward_ports: &[],
         ssh_host_port: 0,
         console: ConsoleOutput::Connect("<vm>/console.sock".into()),
         vga: true,

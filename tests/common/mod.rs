@@ -205,6 +205,7 @@ impl Qemu {
                     .version,
             ),
             memory_mib: None,
+            forward_ports: &[],
             ssh_host_port: port,
             cpus: None,
             console: match console_socket {

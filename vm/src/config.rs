@@ -59,6 +59,9 @@ pub struct VmConfig {
     pub cpus: Option<u32>,
     /// More QEMU options, appended (devices, objects, ...).
     pub extra_args: Vec<Arg>,
+    /// Guest TCP ports forwarded from 127.0.0.1, besides SSH: ports QEMU
+    /// chooses, which [`crate::Vm::forwarded_port`] tells.
+    pub forward_ports: Vec<u16>,
     /// Give the guest a VGA card, which screendumps need.
     pub vga: bool,
     /// Where `console.log`, `qmp.log` and `qemu.log` go (`None`: the VM's
@@ -112,6 +115,7 @@ impl VmConfig {
             login: Login::Guest,
             qemu_img: None,
             keep_disks: false,
+            forward_ports: Vec::new(),
             graceful_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(30),
             destination_qemu: None,

@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
-use virtest_qemu_cmdline::QemuCmdline;
+use virtest_qemu_cmdline::{HostFwd, PropsOption, QemuCmdline};
 use virtest_qmp::Qmp;
 
 use crate::console::Console;
 use crate::error::{Error, Result};
-use crate::ports::free_port;
 use crate::process::Process;
-
-/// How many ports are tried when QEMU cannot bind the forwarded one.
-const PORT_ATTEMPTS: usize = 8;
 
 /// The host-side endpoints of one QEMU process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +24,30 @@ pub struct Endpoints {
     pub qmp_socket: PathBuf,
     /// The socket QEMU connects its serial console to.
     pub console_socket: PathBuf,
-    /// The host port forwarded to the guest's sshd.
-    pub ssh_port: u16,
+    /// The TCP ports QEMU forwards from 127.0.0.1 to the guest, as QEMU
+    /// bound them once it runs: the command line asks for port 0, so
+    /// QEMU chooses (nothing picks a free port and hands it over, which
+    /// another process could take in between).
+    pub forwards: Vec<Forward>,
+}
+
+impl Endpoints {
+    /// The host port forwarded to `guest_port`, if any.
+    pub fn host_port(&self, guest_port: u16) -> Option<u16> {
+        self.forwards
+            .iter()
+            .find(|f| f.guest_port == guest_port)
+            .map(|f| f.host_port)
+    }
+}
+
+/// One TCP port forward of QEMU's user networking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// The port on 127.0.0.1.
+    pub host_port: u16,
+    /// The guest's port.
+    pub guest_port: u16,
 }
 
 /// Where an instance's files go and who reads its console.
@@ -79,36 +97,47 @@ impl Drop for Instance {
 
 impl Instance {
     /// Starts QEMU with the command line `build` makes for a set of fresh
-    /// endpoints (named after `generation`), and connects its console and
-    /// QMP within `deadline`. When QEMU cannot bind the forwarded port,
-    /// tries again with another.
+    /// endpoints (named after `generation`), connects its console and QMP
+    /// within `deadline`, and reads which ports QEMU bound for the
+    /// command line's forwards (`info usernet`).
     pub(crate) async fn start(
         files: &Files<'_>,
         generation: u32,
         deadline: Duration,
         build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
-        let mut attempt = 1;
-        loop {
-            let endpoints = Endpoints {
-                qmp_socket: files.sockets.join(format!("qmp-{generation}.sock")),
-                console_socket: files.sockets.join(format!("console-{generation}.sock")),
-                ssh_port: free_port().map_err(|source| Error::Io {
-                    what: "finding a free port on",
-                    path: "127.0.0.1".into(),
+        let endpoints = Endpoints {
+            qmp_socket: files.sockets.join(format!("qmp-{generation}.sock")),
+            console_socket: files.sockets.join(format!("console-{generation}.sock")),
+            forwards: Vec::new(),
+        };
+        let mut instance =
+            Instance::start_once(files, &endpoints, deadline, build(&endpoints)).await?;
+        let asked = tcp_forwards(&instance.cmdline);
+        if !asked.is_empty() {
+            let step = "`info usernet` (which ports QEMU forwards)";
+            let info = instance
+                .qmp
+                .hmp("info usernet")
+                .await
+                .map_err(|source| Error::Qmp {
+                    step: step.into(),
                     source,
-                })?,
-            };
-            match Instance::start_once(files, &endpoints, deadline, build(&endpoints)).await {
-                Err(Error::Exited { stderr_tail, .. })
-                    if attempt < PORT_ATTEMPTS && stderr_tail.contains("host forwarding rule") =>
-                {
-                    tracing::debug!(port = endpoints.ssh_port, "port taken, trying another");
-                    attempt += 1;
-                }
-                result => return result,
+                })?;
+            let bound = forwards_in(&info);
+            if let Some(missing) = asked
+                .iter()
+                .find(|&&guest| !bound.iter().any(|f| f.guest_port == guest))
+            {
+                return Err(Error::State {
+                    what: format!(
+                        "QEMU forwards no host port to the guest's port {missing}; {step} said:\n{info}"
+                    ),
+                });
             }
+            instance.endpoints.forwards = bound;
         }
+        Ok(instance)
     }
 
     async fn start_once(
@@ -280,6 +309,35 @@ impl Instance {
     }
 }
 
+/// The guest ports of the command line's TCP forwards.
+fn tcp_forwards(cmdline: &QemuCmdline) -> Vec<u16> {
+    cmdline
+        .all_props(PropsOption::Netdev)
+        .flat_map(|props| props.entries())
+        .filter(|(key, _)| key == "hostfwd")
+        .filter_map(|(_, value)| value.as_deref()?.parse::<HostFwd>().ok())
+        .filter(|rule| !rule.udp)
+        .map(|rule| rule.guest_port)
+        .collect()
+}
+
+/// The TCP forwards in `info usernet`'s output, whose lines read
+/// `TCP[HOST_FORWARD]  8  127.0.0.1 33181  10.0.2.15  22  0  0`
+/// (protocol, descriptor, host address and port, guest address and
+/// port, queues).
+fn forwards_in(info: &str) -> Vec<Forward> {
+    info.lines()
+        .filter(|line| line.trim_start().starts_with("TCP[HOST_FORWARD]"))
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            Some(Forward {
+                host_port: words.get(3)?.parse().ok()?,
+                guest_port: words.get(5)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// QEMU exited `during` something: its status, output and command line.
 fn exit_error(
     status: std::process::ExitStatus,
@@ -309,5 +367,33 @@ fn log_tail(log: &Path, offset: u64) -> String {
         "(nothing)".into()
     } else {
         tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_come_from_info_usernet() {
+        // As QEMU 7.2 prints it, with a connection that is not a forward.
+        let info = "Hub -1 (net0):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]  13       127.0.0.1 33181       10.0.2.15    22     0     0\r\n  TCP[HOST_FORWARD]  14       127.0.0.1 40713       10.0.2.15  8080     0     0\r\n  TCP[ESTABLISHED]   21       10.0.2.15 40000        10.0.2.2    80     0     0\r\n";
+        let endpoints = Endpoints {
+            qmp_socket: "qmp.sock".into(),
+            console_socket: "console.sock".into(),
+            forwards: forwards_in(info),
+        };
+        assert_eq!(endpoints.host_port(22), Some(33181));
+        assert_eq!(endpoints.host_port(8080), Some(40713));
+        assert_eq!(endpoints.host_port(80), None);
+        assert!(forwards_in("garbage\nTCP[HOST_FORWARD] x y\n").is_empty());
+    }
+
+    #[test]
+    fn the_command_lines_tcp_forwards_are_found() {
+        let mut cmd = QemuCmdline::new("qemu");
+        cmd.user_netdev("net0", &[HostFwd::tcp(0, 22), HostFwd::tcp(0, 8080)]);
+        assert_eq!(tcp_forwards(&cmd), [22, 8080]);
+        assert!(tcp_forwards(&QemuCmdline::new("qemu")).is_empty());
     }
 }

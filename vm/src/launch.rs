@@ -49,8 +49,12 @@ pub struct GuestLaunch<'a> {
     pub memory_mib: Option<u32>,
     /// Processors (`None`: the guest's).
     pub cpus: Option<u32>,
-    /// The host port forwarded, on 127.0.0.1, to the guest's sshd.
+    /// The host port forwarded, on 127.0.0.1, to the guest's sshd (0:
+    /// QEMU chooses).
     pub ssh_host_port: u16,
+    /// More guest TCP ports forwarded from 127.0.0.1, each on a port QEMU
+    /// chooses.
+    pub forward_ports: &'a [u16],
     /// Where the serial console goes.
     pub console: ConsoleOutput,
     /// Give the guest a standard VGA card (needed for screendumps).
@@ -91,6 +95,7 @@ impl GuestLaunch<'_> {
     ///     memory_mib: None,
     ///     cpus: None,
     ///     ssh_host_port: 40022,
+    ///     forward_ports: &[],
     ///     console: ConsoleOutput::File("/tmp/console.log".into()),
     ///     vga: false,
     ///     qmp_socket: None,
@@ -199,11 +204,10 @@ impl GuestLaunch<'_> {
         if self.vga {
             cmd.device("VGA", &[]);
         }
-        cmd.user_netdev(
-            "net0",
-            &[HostFwd::tcp(self.ssh_host_port, guest.login.port)],
-        )
-        .device(&machine.net_device, &[("netdev", "net0")]);
+        let mut forwards = vec![HostFwd::tcp(self.ssh_host_port, guest.login.port)];
+        forwards.extend(self.forward_ports.iter().map(|&port| HostFwd::tcp(0, port)));
+        cmd.user_netdev("net0", &forwards)
+            .device(&machine.net_device, &[("netdev", "net0")]);
         cmd.device("virtio-rng-pci", &[]);
         if self.generation_id {
             cmd.device("vmgenid", &[("guid", "auto")]);

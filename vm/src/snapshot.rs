@@ -126,7 +126,7 @@ pub(crate) fn key(
     let mut template = launch(&Endpoints {
         qmp_socket: PathBuf::from("<qmp>"),
         console_socket: PathBuf::from("<console>"),
-        ssh_port: 0,
+        forwards: Vec::new(),
     })
     .display();
     if let Some(disks) = disks {

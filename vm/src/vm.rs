@@ -276,7 +276,8 @@ impl Vm {
                 qemu_version: Some(qemu_version),
                 memory_mib: config.memory_mib,
                 cpus: config.cpus,
-                ssh_host_port: endpoints.ssh_port,
+                ssh_host_port: 0,
+                forward_ports: &config.forward_ports,
                 console: ConsoleOutput::Connect(endpoints.console_socket.clone()),
                 vga: config.vga,
                 qmp_socket: Some(endpoints.qmp_socket.clone()),
@@ -314,7 +315,7 @@ impl Vm {
         self.refresh_pending = restored;
         tracing::info!(
             pid = instance.pid(),
-            ssh_port = instance.endpoints().ssh_port,
+            ssh_port = ?instance.endpoints().host_port(self.config.guest.login.port),
             accel = accel.as_str(),
             start = %start,
             "powered on"
@@ -565,7 +566,23 @@ impl Vm {
 
     /// The host port (on 127.0.0.1) forwarded to the guest's sshd.
     pub fn ssh_port(&self) -> Option<u16> {
-        self.instance.as_ref().map(|i| i.endpoints().ssh_port)
+        self.forwarded_port(self.config.guest.login.port)
+    }
+
+    /// The host port (on 127.0.0.1) forwarded to the guest's TCP port
+    /// `guest_port`: its sshd's, or one of [`VmConfig::forward_ports`].
+    /// QEMU chooses it, so it changes with each QEMU process (after a
+    /// migration, say): ask again rather than keep it.
+    ///
+    /// ```no_run
+    /// # async fn f(mut vm: virtest_vm::Vm) -> virtest_vm::Result<()> {
+    /// // With `forward_ports: vec![80]` in the VmConfig:
+    /// vm.power_on().await?;
+    /// let web = format!("http://127.0.0.1:{}/", vm.forwarded_port(80).unwrap());
+    /// # Ok(()) }
+    /// ```
+    pub fn forwarded_port(&self, guest_port: u16) -> Option<u16> {
+        self.instance.as_ref()?.endpoints().host_port(guest_port)
     }
 
     /// The QMP connection of the running QEMU: commands and events.
