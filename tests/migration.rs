@@ -193,12 +193,10 @@ async fn a_dirtying_guest_converges_with_auto_converge() {
 }
 
 /// What auto-converge must also give: the guest alive afterwards. Under
-/// TCG with QEMU 7.2 the throttled guest oopsed or locked up after the
-/// migration in 6 of 8 runs here (the same workload without throttling
-/// came through 3 of 3): a QEMU defect. Run it where KVM or a newer QEMU
-/// is: `cargo test --test migration -- --ignored`.
+/// TCG, QEMU 7.2 lost writes of the throttled guest (6 of 8 runs oopsed
+/// or locked up, 2 of 3 again when the guest RAM is not padded as
+/// `virtest_qemu_cmdline::quirks` says); padded, 4 of 4 came through.
 #[tokio::test]
-#[ignore = "QEMU 7.2 under TCG loses a guest throttled by auto-converge (see the doc comment)"]
 async fn a_guest_throttled_by_auto_converge_survives() {
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
     spec.auto_converge = true;
@@ -574,4 +572,28 @@ async fn http_get(port: u16, path: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     let (_, body) = response.split_once("\r\n\r\n").unwrap();
     body.trim().to_string()
+}
+
+/// Guests migrated while their kernel boots, at several points of the
+/// boot, all come up. (Under TCG, QEMU 7.2 lost about one in four until
+/// guest RAM was padded as `virtest_qemu_cmdline::quirks` says: 1 of 8
+/// here without it, 0 of 24 with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_migrated_mid_boot_come_up() {
+    let _slot = common::guest_slots(2);
+    for delay_ms in [0, 300, 600, 900] {
+        let logs = common::test_logs();
+        let mut config = VmConfig::new(common::description().clone());
+        config.log_dir = Some(logs.path().to_path_buf());
+        let mut vm = Vm::new(config);
+        vm.power_on().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let mut spec = MigrationSpec::new(MigrationMode::Unix);
+        spec.wait_for_boot = false;
+        vm.migrate_with(&spec).await.unwrap();
+        vm.login_remote_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("migrated {delay_ms} ms into its boot: {e}"));
+        vm.power_off_within(Duration::ZERO).await.unwrap();
+    }
 }

@@ -42,10 +42,10 @@ pub struct MigrationSpec {
     /// The destination's QEMU binary (`None`: the source's).
     pub destination_qemu: Option<PathBuf>,
     /// Wait for the guest's ready line before migrating a guest that is
-    /// still booting (on by default). QEMU 7.2 under TCG loses a guest
-    /// migrated during its early kernel boot about one time in four: it
-    /// stops right after "clocksource: Switched to clocksource", seen with
-    /// plain QEMU too. Turn it off to test exactly that.
+    /// still booting (on by default: a test's migration then meets a
+    /// booted guest). Turn it off to migrate mid-boot. (Under TCG, QEMU
+    /// before 9.0 lost about one guest in four migrated mid-boot, until
+    /// virtest padded guest RAM as `virtest_qemu_cmdline::quirks` says.)
     pub wait_for_boot: bool,
 }
 
