@@ -7,6 +7,7 @@
 
 use virtest::prelude::*;
 
+#[derive(Default)]
 struct Boot;
 
 impl VirtTest for Boot {

@@ -7,6 +7,7 @@
 
 use virtest::prelude::*;
 
+#[derive(Default)]
 struct Migration;
 
 impl VirtTest for Migration {

@@ -5,6 +5,7 @@
 //! ```no_run
 //! use virtest_harness::{Test, TestResult, VirtTest};
 //!
+//! #[derive(Default)]
 //! struct Boot;
 //!
 //! impl VirtTest for Boot {
@@ -47,15 +48,40 @@ pub use params::Params;
 pub use status::Status;
 pub use test::{Test, TestDef, VirtTest, vm_config};
 
-/// Makes a test binary of unit-struct tests, named after their types:
-/// `virtest::main!(Boot, Migration);`. The binary speaks libtest's
-/// command line, so `cargo test` and `cargo nextest run` drive it.
+/// Makes a test binary of tests named after their types:
+/// `virtest::main!(Boot, Migration);`. Each run of a test gets a new
+/// value from `Default::default()`, so a test may keep state in fields
+/// from `setup` through `cleanup`. The binary speaks libtest's command
+/// line, so `cargo test` and `cargo nextest run` drive it.
+///
+/// ```no_run
+/// use virtest_harness::{Test, TestResult, VirtTest};
+///
+/// #[derive(Default)]
+/// struct SameGuest {
+///     boot_id: String,
+/// }
+///
+/// impl VirtTest for SameGuest {
+///     async fn action(&mut self, t: &mut Test) -> TestResult {
+///         t.vm.power_on().await?;
+///         let remote = t.vm.login_remote().await?;
+///         self.boot_id = remote.run("cat /proc/sys/kernel/random/boot_id").await?.stdout;
+///         Ok(())
+///     }
+/// }
+///
+/// virtest_harness::main!(SameGuest);
+/// ```
 #[macro_export]
 macro_rules! main {
     ($($test:ident),+ $(,)?) => {
         fn main() -> ::std::process::ExitCode {
             $crate::libtest::main(vec![
-                $($crate::TestDef::new(stringify!($test), || $test)),+
+                $($crate::TestDef::new(
+                    stringify!($test),
+                    <$test as ::std::default::Default>::default,
+                )),+
             ])
         }
     };
