@@ -53,7 +53,7 @@ pub use console::{Console, ConsoleCursor};
 pub use dirs::RuntimeDirError;
 pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
-pub use instance::{Endpoints, Instance};
+pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use ports::free_port;
 pub use snapshot::{BootMode, Start};
