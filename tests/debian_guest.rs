@@ -548,7 +548,8 @@ async fn a_live_migration_carries_every_page_of_a_running_debian_guest() {
         cmdline.clone_for_incoming(&format!("exec:cat '{}'", state.display()), |endpoint| {
             match endpoint {
                 Endpoint::Path(p) => Endpoint::Path(dst_dir.join(p.file_name().unwrap())),
-                Endpoint::Port(_) => Endpoint::Port(common::free_port()),
+                // Forwards ask for port 0: QEMU chooses.
+                Endpoint::Port(port) => Endpoint::Port(port),
             }
         });
     dst_cmd.flag(FlagOption::Paused);
