@@ -19,20 +19,6 @@ fn virtest() -> Command {
     Command::new(env!("CARGO_BIN_EXE_virtest"))
 }
 
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_job_of_boot_and_migration_over_every_transport() {
     let _slots = common::guest_slots(2);
@@ -174,7 +160,7 @@ fn a_job_of_boot_and_migration_over_every_transport() {
         }
         assert_eq!(test.params["guest_password"], "<redacted>");
     }
-    for file in files(tmp.path()) {
+    for file in common::files_under(tmp.path()).unwrap() {
         if file == params {
             continue;
         }
@@ -282,7 +268,7 @@ fn listed_passwords_name_variants_by_place_and_appear_nowhere() {
             !stderr.contains(secret),
             "a password is on stderr:\n{stderr}"
         );
-        for file in files(&results) {
+        for file in common::files_under(&results).unwrap() {
             let name = file.to_string_lossy();
             assert!(!name.contains(secret), "a password names {name}");
             let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();

@@ -8,11 +8,17 @@ use std::time::Duration;
 use virtest::migration::{Error, Migrate, MigrationMode, MigrationReport, MigrationSpec};
 use virtest::vm::{Vm, VmConfig};
 
+/// A VM of the default guest, its logs in `logs`.
+fn config(logs: &std::path::Path) -> VmConfig {
+    let mut config = VmConfig::new(common::description().clone());
+    config.log_dir = Some(logs.to_path_buf());
+    config
+}
+
 /// A VM of the default guest, logged in. It starts from the cache's
 /// ready snapshot: these tests are about migrating, not booting.
 async fn running_vm(logs: &std::path::Path) -> Vm {
-    let mut config = VmConfig::new(common::description().clone());
-    config.log_dir = Some(logs.to_path_buf());
+    let mut config = config(logs);
     config.boot = virtest::vm::BootMode::Snapshot;
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
@@ -244,8 +250,6 @@ async fn multifd_and_xbzrle_complete() {
     vm.power_off_within(Duration::from_secs(5)).await.unwrap();
 }
 
-/// After a failed migration: the same QEMU, still running, still
-/// answering over the same session, and no destination left.
 /// Which QEMU of a migrating VM a signal goes to.
 enum Side {
     Source,
@@ -277,6 +281,8 @@ fn signal_mid_migration(vm: &Vm, side: Side, signal: i32) -> tokio::task::JoinHa
     })
 }
 
+/// After a failed migration: the same QEMU, still running, still
+/// answering over the same session, and no destination left.
 async fn source_survives(vm: &Vm, source: u32) {
     assert_eq!(vm.pid(), Some(source));
     assert_eq!(vm.state().await.unwrap(), virtest::vm::VmState::Running);
@@ -524,8 +530,7 @@ async fn a_stopped_source_ends_the_migration_at_its_deadline() {
 async fn a_forwarded_guest_port_follows_the_vm_across_a_migration() {
     let _slot = common::guest_slots(2);
     let logs = common::test_logs();
-    let mut config = VmConfig::new(common::description().clone());
-    config.log_dir = Some(logs.path().to_path_buf());
+    let mut config = config(logs.path());
     config.forward_ports = vec![8080];
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
@@ -583,9 +588,7 @@ async fn guests_migrated_mid_boot_come_up() {
     let _slot = common::guest_slots(2);
     for delay_ms in [0, 300, 600, 900] {
         let logs = common::test_logs();
-        let mut config = VmConfig::new(common::description().clone());
-        config.log_dir = Some(logs.path().to_path_buf());
-        let mut vm = Vm::new(config);
+        let mut vm = Vm::new(config(logs.path()));
         vm.power_on().await.unwrap();
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         let mut spec = MigrationSpec::new(MigrationMode::Unix);

@@ -305,7 +305,13 @@ impl Drop for TestLogs {
         }
         let dir = self.0.take().unwrap().keep();
         eprintln!("the test's logs are kept in {}", dir.display());
-        for console in consoles_under(&dir) {
+        let mut consoles: Vec<PathBuf> = files_under(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|path| path.file_name().is_some_and(|name| name == "console.log"))
+            .collect();
+        consoles.sort();
+        for console in consoles {
             let text = std::fs::read(&console).unwrap_or_default();
             let text = String::from_utf8_lossy(&text);
             let lines: Vec<&str> = text.lines().collect();
@@ -318,18 +324,22 @@ impl Drop for TestLogs {
     }
 }
 
-fn consoles_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
+/// Every file under `dir`, recursively, not following symlinks (a
+/// results directory's `latest` points into itself).
+pub fn files_under(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_symlink() {
+            continue;
+        }
         if path.is_dir() {
-            found.extend(consoles_under(&path));
-        } else if path.file_name().is_some_and(|name| name == "console.log") {
-            found.push(path);
+            out.extend(files_under(&path)?);
+        } else {
+            out.push(path);
         }
     }
-    found.sort();
-    found
+    Ok(out)
 }
 
 /// A child process killed and reaped when dropped, so a failing test
