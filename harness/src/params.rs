@@ -29,6 +29,8 @@ pub enum Kind {
     Bool,
     /// `snapshot` or `fresh`.
     Boot,
+    /// TCP ports, comma-separated (`80,443`); empty for none.
+    Ports,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::MigrationMode => "one of tcp, unix, exec, fd",
             Kind::Bool => "true or false",
             Kind::Boot => "one of snapshot, fresh",
+            Kind::Ports => "TCP ports 1-65535, comma-separated (80,443)",
         }
     }
 
@@ -58,6 +61,7 @@ impl Kind {
             Kind::MigrationMode => matches!(value, "tcp" | "unix" | "exec" | "fd"),
             Kind::Boot => virtest_vm::BootMode::parse(value).is_some(),
             Kind::Bool => matches!(value, "true" | "false"),
+            Kind::Ports => parse_ports(value).is_some(),
         }
     }
 }
@@ -144,6 +148,12 @@ pub const KNOWN: &[Known] = &[
         help: "how VMs start: snapshot restores the guest's ready snapshot (made by the first VM that needs it), fresh boots; tests of booting always boot",
     },
     Known {
+        name: "forward_ports",
+        default: "",
+        kind: Kind::Ports,
+        help: "guest TCP ports forwarded from 127.0.0.1 besides SSH, comma-separated; vm.forwarded_port(p) says where",
+    },
+    Known {
         name: "keep_disks",
         default: "false",
         kind: Kind::Bool,
@@ -174,6 +184,17 @@ pub const KNOWN: &[Known] = &[
         help: "per test: setup and action together (cleanup has its own 120 s)",
     },
 ];
+
+/// TCP ports, comma-separated (`80, 443`); `None` when one is not a port
+/// from 1 to 65535. Empty text is no ports.
+pub fn parse_ports(value: &str) -> Option<Vec<u16>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|port| !port.is_empty())
+        .map(|port| port.parse::<u16>().ok().filter(|&p| p != 0))
+        .collect()
+}
 
 /// Whether the framework knows `key`.
 fn is_known(key: &str) -> bool {
@@ -563,6 +584,19 @@ mod tests {
             let (_dir, sources) = sources_of("", "toml", &[assignment]);
             let error = sources.variants_with(&|_| None).unwrap_err().to_string();
             assert!(error.contains("at least 1"), "{error}");
+        }
+    }
+
+    #[test]
+    fn forwarded_ports_are_checked_before_any_test_runs() {
+        assert_eq!(parse_ports("80, 443"), Some(vec![80, 443]));
+        assert_eq!(parse_ports(""), Some(vec![]));
+        for bad in ["http", "0", "65536", "80;443"] {
+            assert_eq!(parse_ports(bad), None, "{bad}");
+            let assignment = format!("forward_ports={bad}");
+            let (_dir, sources) = sources_of("", "toml", &[&assignment]);
+            let error = sources.variants_with(&|_| None).unwrap_err().to_string();
+            assert!(error.contains("TCP ports 1-65535"), "{error}");
         }
     }
 

@@ -219,6 +219,14 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     config.login_timeout = params.seconds_or("login_timeout", config.login_timeout)?;
     config.migrate_timeout = params.seconds_or("migrate_timeout", Duration::from_secs(60))?;
     config.keep_disks = params.get_or("keep_disks", false)?;
+    if let Some(ports) = params.get_str("forward_ports") {
+        config.forward_ports =
+            crate::params::parse_ports(ports).ok_or_else(|| ParamError::Type {
+                key: "forward_ports".into(),
+                value: ports.into(),
+                expected: "TCP ports 1-65535, comma-separated (80,443)".into(),
+            })?;
+    }
     let boot = params.get_str("boot").unwrap_or("snapshot");
     config.boot = virtest_vm::BootMode::parse(boot).ok_or_else(|| ParamError::Type {
         key: "boot".into(),
