@@ -223,7 +223,6 @@ fn a_snapshot_that_cannot_be_stored_is_a_warning() {
     );
 }
 
-/// Where the cleanup of these tests leaves its mark.
 /// A password listed in a params file makes variants without showing
 /// itself: not in test names, directories, results, logs or the output.
 #[test]
@@ -277,6 +276,7 @@ fn listed_passwords_name_variants_by_place_and_appear_nowhere() {
     }
 }
 
+/// Where the cleanup of these tests leaves its mark.
 fn cleanup_mark(t: &Test) -> PathBuf {
     t.log_dir().join("cleanup-ran")
 }
@@ -354,6 +354,74 @@ impl VirtTest for HungCommand {
         t.vm.remote()?.run("sleep 600").await?;
         Ok(())
     }
+}
+
+/// Serves the guest's boot id on guest port 8080 and fetches it through
+/// the port the `forward_ports` parameter had forwarded.
+struct ServesHttp;
+impl VirtTest for ServesHttp {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        let boot_id =
+            t.vm.remote()?
+                .run(
+                    "mkdir -p /tmp/www && cat /proc/sys/kernel/random/boot_id | tee /tmp/www/id \
+                 && busybox httpd -p 8080 -h /tmp/www",
+                )
+                .await?
+                .stdout;
+        let Some(port) = t.vm.forwarded_port(8080) else {
+            return Err(fail("guest port 8080 is not forwarded"));
+        };
+        let body = http_get(port, "/id").await?;
+        ensure!(
+            body.trim() == boot_id.trim(),
+            "port {port} answered {body:?}, not the guest's boot id {boot_id:?}"
+        );
+        Ok(())
+    }
+}
+
+/// The body of an HTTP/1.0 GET to 127.0.0.1:`port`.
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(response))
+}
+
+/// `-p forward_ports=8080` forwards the guest port in a job's VMs; a port
+/// that is not one is refused before any test runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_ports_parameter_forwards_guest_ports() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let defs = vec![TestDef::new("ServesHttp", || ServesHttp)];
+    let sources = |ports: &str| ParamSources {
+        file: None,
+        assignments: vec![format!("forward_ports={ports}")],
+    };
+    let refused = runner::plan(&defs, &sources("http"), &Filter::default())
+        .err()
+        .expect("a port that is not one is refused");
+    assert!(refused.to_string().contains("forward_ports"), "{refused}");
+
+    let (planned, _) = runner::plan(&defs, &sources("8080"), &Filter::default()).unwrap();
+    let options = JobOptions {
+        results_dir: tmp.path().to_path_buf(),
+        max_parallel: 1,
+    };
+    let job = runner::run_job(&defs, planned, &options).await.unwrap();
+    let test = &job.results.tests[0];
+    assert_eq!(test.status, Status::Pass, "{:?}", test.fail_reason);
 }
 
 /// A test that times out in a command names the command.
