@@ -409,9 +409,9 @@ async fn the_forward_ports_parameter_forwards_guest_ports() {
         file: None,
         assignments: vec![format!("forward_ports={ports}")],
     };
-    let refused = runner::plan(&defs, &sources("http"), &Filter::default())
-        .err()
-        .expect("a port that is not one is refused");
+    let Err(refused) = runner::plan(&defs, &sources("http"), &Filter::default()) else {
+        panic!("a port that is not one is refused");
+    };
     assert!(refused.to_string().contains("forward_ports"), "{refused}");
 
     let (planned, _) = runner::plan(&defs, &sources("8080"), &Filter::default()).unwrap();
