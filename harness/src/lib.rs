@@ -28,11 +28,13 @@
 //! - `params`: [`Params`], the known parameters, params files, variants.
 //! - `runner`: planning, running in parallel, timeouts, signals.
 //! - `results`: the job directory, `results.json`, JUnit.
+//! - `evidence`: the failure bundle a failed test leaves.
 //! - `logging`: `job.log` and each test's `debug.log`.
 //! - `progress`: the live display.
 //! - `libtest`: the command line of a `main!` binary.
 #![deny(missing_docs)]
 
+mod evidence;
 pub mod libtest;
 mod logging;
 mod outcome;

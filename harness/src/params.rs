@@ -178,6 +178,12 @@ pub const KNOWN: &[Known] = &[
         help: "how long one migration may take before it is cancelled",
     },
     Known {
+        name: "evidence_timeout",
+        default: "30",
+        kind: Kind::Seconds,
+        help: "how long a failed test's failure bundle (screen, console, events, guest view) may take; 0 gathers none",
+    },
+    Known {
         name: "timeout",
         default: "600",
         kind: Kind::Seconds,

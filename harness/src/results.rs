@@ -45,6 +45,10 @@ pub struct TestRecord {
     /// `from snapshot KEY` (none when it never powered on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_start: Option<String>,
+    /// The failure bundle's files: what the VM showed when the test
+    /// failed (screen, console tail, QMP events, the guest's view).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<PathBuf>,
 }
 
 /// A job's `results.json`.
@@ -160,8 +164,21 @@ impl JobResults {
         )
     }
 
-    /// JUnit XML, as Jenkins and GitLab read it.
+    /// JUnit XML, as Jenkins and GitLab read it. A failed test's
+    /// failure bundle is attached (`[[ATTACHMENT|path]]` lines in its
+    /// `system-out`): absolute paths for Jenkins, relative to
+    /// `$CI_PROJECT_DIR` under GitLab CI, where GitLab looks for them.
     pub fn junit(&self) -> String {
+        self.junit_in(
+            std::env::var_os("CI_PROJECT_DIR")
+                .map(PathBuf::from)
+                .as_deref(),
+        )
+    }
+
+    /// [`JobResults::junit`], attachments relative to `project_dir` when
+    /// they lie in it.
+    fn junit_in(&self, project_dir: Option<&Path>) -> String {
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let failures = self.failures;
         let errors = self.errors + self.interrupt;
@@ -211,6 +228,16 @@ impl JobResults {
                 Status::Skip | Status::Cancel => {
                     let _ = write!(xml, "<skipped message=\"{status}: {reason}\"/>");
                 }
+            }
+            if !test.evidence.is_empty() {
+                let mut text = String::new();
+                for file in &test.evidence {
+                    let shown = project_dir
+                        .and_then(|dir| file.strip_prefix(dir).ok())
+                        .unwrap_or(file);
+                    let _ = writeln!(text, "[[ATTACHMENT|{}]]", shown.display());
+                }
+                let _ = write!(xml, "<system-out>{}</system-out>", escape(&text));
             }
             if !status.is_success() || status == Status::Warn {
                 let mut text = format!("logs: {}", test.logdir.display());
@@ -338,6 +365,7 @@ pub(crate) fn record_for_tests(status: Status, reason: Option<&str>) -> TestReco
         whiteboard: String::new(),
         kept_disks: Vec::new(),
         vm_start: None,
+        evidence: Vec::new(),
     }
 }
 
@@ -389,6 +417,31 @@ mod tests {
         assert!(xml.contains("name=\"t&lt;&amp;&gt;\""));
         assert!(xml.contains("message=\"&quot;x&quot; &lt; y\""));
         assert!(!results.success());
+    }
+
+    #[test]
+    fn a_failure_bundle_is_attached_where_jenkins_and_gitlab_look() {
+        let mut failed = record_for_tests(Status::Fail, Some("no"));
+        failed.evidence = vec![
+            "/builds/p/results/1-t/failure/screen.png".into(),
+            "/builds/p/results/1-t/failure/console-tail.txt".into(),
+        ];
+        let results = JobResults::new("abc", "/r/job.log".into(), now(), vec![failed]);
+        let jenkins = results.junit_in(None);
+        assert!(
+            jenkins.contains(
+                "<system-out>[[ATTACHMENT|/builds/p/results/1-t/failure/screen.png]]\n\
+                 [[ATTACHMENT|/builds/p/results/1-t/failure/console-tail.txt]]\n</system-out>"
+            ),
+            "{jenkins}"
+        );
+        let gitlab = results.junit_in(Some(Path::new("/builds/p")));
+        assert!(
+            gitlab.contains("[[ATTACHMENT|results/1-t/failure/screen.png]]"),
+            "{gitlab}"
+        );
+        let elsewhere = results.junit_in(Some(Path::new("/builds/q")));
+        assert!(elsewhere.contains("[[ATTACHMENT|/builds/p/"), "{elsewhere}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`codec`]: bytes to messages and back, no I/O.
 //! - [`Qmp`] (`client`): the connection, its reader task and commands.
 //! - [`Event`], [`EventCursor`], [`Subscription`] (`event`): the event log.
-//! - `transcript`: every line in and out, timestamped, to a writer you give.
+//! - [`transcript`]: every line in and out, timestamped, to a writer you
+//!   give; the events read back from one.
 //!
 //! # Example
 //!
@@ -53,7 +54,7 @@ pub mod codec;
 mod error;
 mod event;
 mod fdpass;
-mod transcript;
+pub mod transcript;
 
 pub use client::{DEFAULT_COMMAND_TIMEOUT, Greeting, Options, Qmp};
 pub use error::{Error, Result};

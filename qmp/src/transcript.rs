@@ -1,9 +1,34 @@
 //! The transcript: every line in and out, timestamped, to a writer the
-//! caller gives (the VM layer writes it to the test's `qmp.log`).
+//! caller gives (the VM layer writes it to the test's `qmp.log`), and
+//! reading the events back out of one.
 
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The events QEMU sent in transcript `text`, oldest first, as the JSON
+/// objects QEMU sent (each with its own `timestamp`). Lines that are not
+/// events, or are cut short, are skipped.
+///
+/// ```
+/// let text = "1.000001 -> {\"execute\": \"stop\"}\n\
+///             1.000002 <- {\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\n\
+///             1.000003 <- {\"return\": {}}\n";
+/// let events = virtest_qmp::transcript::events(text);
+/// assert_eq!(events.len(), 1);
+/// assert_eq!(events[0]["event"], "STOP");
+/// ```
+pub fn events(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|line| line.split_once(" <- "))
+        .filter_map(|(_, message)| serde_json::from_str::<serde_json::Value>(message).ok())
+        .filter(|message| {
+            message
+                .get("event")
+                .is_some_and(serde_json::Value::is_string)
+        })
+        .collect()
+}
 
 /// Which way a line went.
 #[derive(Debug, Clone, Copy)]

@@ -551,6 +551,12 @@ impl Vm {
         Ok(self.console.as_ref().expect("console set above"))
     }
 
+    /// Whether a QEMU was ever started for this VM (it may have ended
+    /// since): then it has a console and QMP events to show.
+    pub fn has_started_qemu(&self) -> bool {
+        self.generation > 0
+    }
+
     /// Whether QEMU is running.
     pub fn is_on(&self) -> bool {
         self.instance.as_ref().is_some_and(Instance::is_running)
@@ -752,6 +758,23 @@ impl Vm {
         )
         .await
         .map(drop)
+    }
+
+    /// The QMP events every QEMU of this VM sent, across power cycles and
+    /// migrations, oldest first: read back from `qmp.log`.
+    pub fn recorded_events(&self) -> Result<Vec<Value>> {
+        let path = self.log_dir.join("qmp.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(virtest_qmp::transcript::events(&String::from_utf8_lossy(
+                &bytes,
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(Error::Io {
+                what: "reading",
+                path,
+                source,
+            }),
+        }
     }
 
     /// Logs into the guest over SSH, waiting up to the configured login

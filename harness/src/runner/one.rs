@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::panics;
+use crate::evidence;
 use crate::logging::{Phase, Sinks, TEST_SPAN, TestSink};
 use crate::outcome::{TestError, TestResult, fail};
 use crate::params::Params;
@@ -99,8 +100,19 @@ impl TestRun {
                 set(&phase, "running");
                 outcome = guarded(test.action(&mut t), deadline, timeout, interrupt, &phase).await;
             }
+            let mut evidence = Vec::new();
             if let Err(e) = &outcome {
                 tracing::warn!(status = %e.status, reason = %e.reason, "the test did not pass");
+                set(&phase, "gathering the failure bundle");
+                let budget = params
+                    .seconds_or("evidence_timeout", evidence::DEFAULT_TIMEOUT)
+                    .unwrap_or(evidence::DEFAULT_TIMEOUT);
+                let bundle = dir.join(evidence::DIR);
+                // A second signal cuts it short, as it does cleanup.
+                evidence = tokio::select! {
+                    files = evidence::gather(&mut t.vm, &bundle, budget) => files,
+                    _ = signalled(hurry.clone()) => Vec::new(),
+                };
             }
             set(&phase, "cleanup");
             // A second signal cuts cleanup short.
@@ -149,6 +161,7 @@ impl TestRun {
                 warnings,
                 kept_disks,
                 vm_start,
+                evidence,
             }
         };
         let Ended {
@@ -156,6 +169,7 @@ impl TestRun {
             warnings,
             kept_disks,
             vm_start,
+            evidence,
         } = run.instrument(span.clone()).await;
         let (status, reason) = match outcome {
             Ok(()) if warnings.is_empty() => (Status::Pass, None),
@@ -166,6 +180,7 @@ impl TestRun {
         let mut record = record(status, reason, warnings.join("\n"));
         record.kept_disks = kept_disks;
         record.vm_start = vm_start;
+        record.evidence = evidence;
         record
     }
 }
@@ -176,6 +191,7 @@ struct Ended {
     warnings: Vec<String>,
     kept_disks: Vec<PathBuf>,
     vm_start: Option<String>,
+    evidence: Vec<PathBuf>,
 }
 
 impl Ended {
@@ -186,6 +202,7 @@ impl Ended {
             warnings: Vec::new(),
             kept_disks: Vec::new(),
             vm_start: None,
+            evidence: Vec::new(),
         }
     }
 }
@@ -201,19 +218,9 @@ async fn guarded(
     phase: impl Future<Output = TestResult>,
     deadline: Instant,
     timeout: Duration,
-    mut interrupt: Interrupt,
+    interrupt: Interrupt,
     doing: &Phase,
 ) -> TestResult {
-    let interrupted = async {
-        loop {
-            if let Some(signal) = *interrupt.borrow_and_update() {
-                return signal;
-            }
-            if interrupt.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
     tokio::select! {
         result = AssertUnwindSafe(phase).catch_unwind() => match result {
             Ok(result) => result,
@@ -231,10 +238,22 @@ async fn guarded(
             };
             Err(TestError::new(Status::Interrupted, reason))
         }
-        signal = interrupted => Err(TestError::new(
+        signal = signalled(interrupt) => Err(TestError::new(
             Status::Interrupted,
             format!("interrupted by {signal}"),
         )),
+    }
+}
+
+/// Which signal came, once one did (never, if the sender is gone).
+async fn signalled(mut interrupt: Interrupt) -> &'static str {
+    loop {
+        if let Some(signal) = *interrupt.borrow_and_update() {
+            return signal;
+        }
+        if interrupt.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -280,6 +299,7 @@ fn record(
         whiteboard,
         kept_disks: Vec::new(),
         vm_start: None,
+        evidence: Vec::new(),
     }
 }
 
