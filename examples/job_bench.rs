@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let options = JobOptions {
             results_dir: results.path().to_path_buf(),
             max_parallel: parallel,
+            ..JobOptions::new()
         };
         let mut walls = Vec::new();
         for _ in 0..runs {

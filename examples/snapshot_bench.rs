@@ -108,6 +108,7 @@ async fn main() -> Result<()> {
     let options = JobOptions {
         results_dir: results.path().to_path_buf(),
         max_parallel: 2,
+        ..JobOptions::new()
     };
     let mut medians = Vec::new();
     for boot in ["fresh", "snapshot"] {

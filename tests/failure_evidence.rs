@@ -65,6 +65,7 @@ async fn run_job(defs: Vec<TestDef>, params: &[String]) -> (tempfile::TempDir, J
     let options = JobOptions {
         results_dir: tmp.path().to_path_buf(),
         max_parallel: 1,
+        ..JobOptions::new()
     };
     let job = runner::run_job(&defs, planned, &options).await.unwrap();
     (tmp, job)

@@ -418,6 +418,7 @@ async fn the_forward_ports_parameter_forwards_guest_ports() {
     let options = JobOptions {
         results_dir: tmp.path().to_path_buf(),
         max_parallel: 1,
+        ..JobOptions::new()
     };
     let job = runner::run_job(&defs, planned, &options).await.unwrap();
     let test = &job.results.tests[0];
@@ -438,6 +439,7 @@ async fn a_timeout_in_a_guest_command_names_the_command() {
     let options = JobOptions {
         results_dir: tmp.path().to_path_buf(),
         max_parallel: 1,
+        ..JobOptions::new()
     };
     let job = runner::run_job(&defs, planned, &options).await.unwrap();
     let test = &job.results.tests[0];
@@ -468,6 +470,7 @@ async fn statuses_reasons_and_cleanup_after_panics_and_timeouts() {
     let options = JobOptions {
         results_dir: tmp.path().to_path_buf(),
         max_parallel: 2,
+        ..JobOptions::new()
     };
     let job = runner::run_job(&defs, planned, &options).await.unwrap();
     let by_name = |name: &str| job.results.tests.iter().find(|t| t.name == name).unwrap();
@@ -558,6 +561,7 @@ fn sigint_child() {
     let options = JobOptions {
         results_dir: results.into(),
         max_parallel: 1,
+        ..JobOptions::new()
     };
     let _ = runner::run_and_report(&defs, planned, &options);
 }

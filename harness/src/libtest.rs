@@ -70,6 +70,19 @@ struct Args {
     /// `job-results` in virtest's cache).
     #[arg(long)]
     results_dir: Option<PathBuf>,
+    /// Run a test that fails again, up to N times; one that then passes
+    /// is reported flaky (also `$VIRTEST_RETRIES`).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "VIRTEST_RETRIES",
+        allow_hyphen_values = true
+    )]
+    retries: Option<u32>,
+    /// Run each test N times, to hunt a flaky one; the summary counts
+    /// its passes (also `$VIRTEST_REPEAT`).
+    #[arg(long, value_name = "N", env = "VIRTEST_REPEAT", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: Option<u32>,
 }
 
 /// Runs a test binary made of `defs` with the process's arguments.
@@ -116,6 +129,8 @@ pub fn main(defs: Vec<TestDef>) -> ExitCode {
     if let Some(n) = args.max_parallel.or(args.test_threads) {
         options.max_parallel = n;
     }
+    options.retries = args.retries.unwrap_or(0);
+    options.repeat = args.repeat.unwrap_or(1);
     runner::run_and_report(&defs, planned, &options)
 }
 

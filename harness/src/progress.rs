@@ -57,19 +57,22 @@ impl Progress {
         board.running.remove(&n);
         board.done += 1;
         board.clear();
-        let reason = record
-            .fail_reason
-            .as_deref()
-            .map(|r| format!(": {}", r.lines().next().unwrap_or("")))
-            .unwrap_or_default();
-        let start = record
-            .vm_start
-            .as_deref()
-            .map(|start| format!(", {start}"))
-            .unwrap_or_default();
+        let flaky = match record.flaky {
+            true => format!(" [FLAKY: passed on retry {}]", record.retried.len()),
+            false => String::new(),
+        };
+        println!("{}{flaky}", line(n, board.total, record));
+        board.draw();
+    }
+
+    /// A test that did not succeed, and runs again.
+    pub(crate) fn retrying(&self, n: usize, record: &TestRecord, retry: usize, retries: u32) {
+        let mut board = self.board();
+        board.running.remove(&n);
+        board.clear();
         println!(
-            " ({n}/{}) {}: {} ({:.2} s{start}){reason}",
-            board.total, record.name, record.status, record.time
+            "{}; retrying ({retry} of {retries})",
+            line(n, board.total, record)
         );
         board.draw();
     }
@@ -94,6 +97,24 @@ impl Progress {
     pub(crate) fn finish(&self) {
         self.board().clear();
     }
+}
+
+/// ` (n/total) name: STATUS (time, start): first line of the reason`.
+fn line(n: usize, total: usize, record: &TestRecord) -> String {
+    let reason = record
+        .fail_reason
+        .as_deref()
+        .map(|r| format!(": {}", r.lines().next().unwrap_or("")))
+        .unwrap_or_default();
+    let start = record
+        .vm_start
+        .as_deref()
+        .map(|start| format!(", {start}"))
+        .unwrap_or_default();
+    format!(
+        " ({n}/{total}) {}: {} ({:.2} s{start}){reason}",
+        record.name, record.status, record.time
+    )
 }
 
 impl Board {

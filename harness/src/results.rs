@@ -49,6 +49,53 @@ pub struct TestRecord {
     /// failed (screen, console tail, QMP events, the guest's view).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<PathBuf>,
+    /// Earlier runs of this test that failed, oldest first, when
+    /// `--retries` ran it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried: Vec<Attempt>,
+    /// It passed only on a retry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flaky: bool,
+    /// The test this run repeats, under `--repeat` (`boot` for
+    /// `boot@repeat=2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_of: Option<String>,
+}
+
+/// A run of a test that failed and was retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// How it ended.
+    pub status: Status,
+    /// Why.
+    pub fail_reason: Option<String>,
+    /// Its directory (`<n>-<name>-retry<k>` after the first).
+    pub logdir: PathBuf,
+    /// Duration, seconds.
+    pub time: f64,
+}
+
+impl TestRecord {
+    /// This run as an attempt that will be retried.
+    pub fn as_attempt(&self) -> Attempt {
+        Attempt {
+            status: self.status,
+            fail_reason: self.fail_reason.clone(),
+            logdir: self.logdir.clone(),
+            time: self.time,
+        }
+    }
+}
+
+/// How often a test `--repeat` ran passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatCount {
+    /// The test (`boot`, or a variant's name).
+    pub name: String,
+    /// Its runs.
+    pub runs: usize,
+    /// Runs that succeeded.
+    pub passed: usize,
 }
 
 /// A job's `results.json`.
@@ -78,6 +125,13 @@ pub struct JobResults {
     pub warn: usize,
     /// INTERRUPTED.
     pub interrupt: usize,
+    /// Tests that passed only on a retry (counted in `pass` or `warn`
+    /// too).
+    #[serde(default)]
+    pub flaky: usize,
+    /// Pass counts of the tests `--repeat` ran, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<RepeatCount>,
     /// How many tests the job planned (its `tests` fall short while it
     /// runs, or when it was killed).
     #[serde(default)]
@@ -112,6 +166,8 @@ impl JobResults {
             cancel: count(Status::Cancel),
             warn: count(Status::Warn),
             interrupt: count(Status::Interrupted),
+            flaky: tests.iter().filter(|t| t.flaky).count(),
+            repeats: repeat_counts(&tests),
             planned: tests.len(),
             complete: true,
             tests,
@@ -150,9 +206,10 @@ impl JobResults {
         serde_json::from_slice(&text).map_err(std::io::Error::other)
     }
 
-    /// The one-line summary avocado prints.
+    /// The summary avocado prints, and, when there were any, the flaky
+    /// tests and the pass counts of repeated ones.
     pub fn summary(&self) -> String {
-        format!(
+        let mut summary = format!(
             "RESULTS    : PASS {} | ERROR {} | FAIL {} | SKIP {} | WARN {} | INTERRUPT {} | CANCEL {}",
             self.pass,
             self.errors,
@@ -161,7 +218,29 @@ impl JobResults {
             self.warn,
             self.interrupt,
             self.cancel
-        )
+        );
+        if self.flaky > 0 {
+            let names: Vec<&str> = self
+                .tests
+                .iter()
+                .filter(|t| t.flaky)
+                .map(|t| t.name.as_str())
+                .collect();
+            let _ = write!(
+                summary,
+                "\nFLAKY      : {} (passed on a retry): {}",
+                self.flaky,
+                names.join(", ")
+            );
+        }
+        for repeat in &self.repeats {
+            let _ = write!(
+                summary,
+                "\nREPEATED   : {}: passed {} of {} runs",
+                repeat.name, repeat.passed, repeat.runs
+            );
+        }
+        summary
     }
 
     /// JUnit XML, as Jenkins and GitLab read it. A failed test's
@@ -229,6 +308,27 @@ impl JobResults {
                     let _ = write!(xml, "<skipped message=\"{status}: {reason}\"/>");
                 }
             }
+            // Earlier failed runs, as Maven Surefire writes reruns:
+            // flakyFailure/flakyError in a test that passed on a retry,
+            // rerunFailure/rerunError in one that never did.
+            let prefix = if status.is_success() {
+                "flaky"
+            } else {
+                "rerun"
+            };
+            for attempt in &test.retried {
+                let kind = match attempt.status {
+                    Status::Fail => "Failure",
+                    _ => "Error",
+                };
+                let why = escape(attempt.fail_reason.as_deref().unwrap_or(""));
+                let _ = write!(
+                    xml,
+                    "<{prefix}{kind} type=\"{}\" message=\"{why}\"><system-out>logs: {}</system-out></{prefix}{kind}>",
+                    attempt.status,
+                    escape(&attempt.logdir.display().to_string())
+                );
+            }
             if !test.evidence.is_empty() {
                 let mut text = String::new();
                 for file in &test.evidence {
@@ -258,6 +358,31 @@ impl JobResults {
         write_atomic(&job_dir.join("results.json"), &json)?;
         write_atomic(&job_dir.join("results.xml"), self.junit().as_bytes())
     }
+}
+
+/// Runs and passes of each test `--repeat` ran, in the order they first
+/// appear.
+fn repeat_counts(tests: &[TestRecord]) -> Vec<RepeatCount> {
+    let mut counts: Vec<RepeatCount> = Vec::new();
+    for test in tests {
+        let Some(name) = &test.repeat_of else {
+            continue;
+        };
+        let at = match counts.iter().position(|c| &c.name == name) {
+            Some(at) => at,
+            None => {
+                counts.push(RepeatCount {
+                    name: name.clone(),
+                    runs: 0,
+                    passed: 0,
+                });
+                counts.len() - 1
+            }
+        };
+        counts[at].runs += 1;
+        counts[at].passed += usize::from(test.status.is_success());
+    }
+    counts
 }
 
 /// XML's five escapes, and control characters dropped.
@@ -366,6 +491,9 @@ pub(crate) fn record_for_tests(status: Status, reason: Option<&str>) -> TestReco
         kept_disks: Vec::new(),
         vm_start: None,
         evidence: Vec::new(),
+        retried: Vec::new(),
+        flaky: false,
+        repeat_of: None,
     }
 }
 

@@ -83,10 +83,13 @@ impl<T: VirtTest> DynTest for T {
     }
 }
 
+/// Makes a new value of a test, for each run of it (a retry too).
+pub(crate) type Maker = std::sync::Arc<dyn Fn() -> Box<dyn DynTest> + Send + Sync>;
+
 /// A test the runner can list and make: its name and a constructor.
 pub struct TestDef {
     name: String,
-    make: Box<dyn Fn() -> Box<dyn DynTest> + Send + Sync>,
+    make: Maker,
 }
 
 impl std::fmt::Debug for TestDef {
@@ -109,7 +112,7 @@ impl TestDef {
     pub fn new<T: VirtTest>(type_name: &str, make: fn() -> T) -> TestDef {
         TestDef {
             name: snake_case(type_name),
-            make: Box::new(move || Box::new(make())),
+            make: std::sync::Arc::new(move || Box::new(make())),
         }
     }
 
@@ -118,8 +121,8 @@ impl TestDef {
         &self.name
     }
 
-    pub(crate) fn make(&self) -> Box<dyn DynTest> {
-        (self.make)()
+    pub(crate) fn maker(&self) -> Maker {
+        self.make.clone()
     }
 }
 

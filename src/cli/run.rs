@@ -93,6 +93,19 @@ pub struct RunArgs {
     /// job-results in virtest's cache).
     #[arg(long)]
     results_dir: Option<PathBuf>,
+    /// Run a test that fails again, up to N times; one that then passes
+    /// is reported flaky (also `$VIRTEST_RETRIES`).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "VIRTEST_RETRIES",
+        allow_hyphen_values = true
+    )]
+    retries: Option<u32>,
+    /// Run each test N times, to hunt a flaky one; the summary counts
+    /// its passes (also `$VIRTEST_REPEAT`).
+    #[arg(long, value_name = "N", env = "VIRTEST_REPEAT", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: Option<u32>,
 }
 
 pub fn list(args: ListArgs) -> CliResult {
@@ -122,5 +135,7 @@ pub fn run(args: RunArgs) -> CliResult {
     if let Some(n) = args.max_parallel {
         options.max_parallel = n;
     }
+    options.retries = args.retries.unwrap_or(0);
+    options.repeat = args.repeat.unwrap_or(1);
     Ok(runner::run_and_report(&builtin::tests(), planned, &options))
 }

@@ -93,6 +93,36 @@ pub fn plan(
     Ok((planned, warnings))
 }
 
+/// Each of `planned` `times` times in a row, named `boot@repeat=2` (or
+/// `migration@migration_mode=tcp,repeat=2`); unchanged when once.
+///
+/// ```
+/// # use virtest_harness::{Params, runner::{Planned, repeated}};
+/// let boot = Planned { name: "boot".into(), def: 0, params: Params::default() };
+/// let names: Vec<_> = repeated(vec![boot], 2).into_iter().map(|(p, _)| p.name).collect();
+/// assert_eq!(names, ["boot@repeat=1", "boot@repeat=2"]);
+/// ```
+pub fn repeated(planned: Vec<Planned>, times: u32) -> Vec<(Planned, Option<String>)> {
+    if times <= 1 {
+        return planned.into_iter().map(|plan| (plan, None)).collect();
+    }
+    let mut runs = Vec::new();
+    for plan in planned {
+        let joint = if plan.name.contains('@') { ',' } else { '@' };
+        for k in 1..=times {
+            let name = format!("{}{joint}repeat={k}", plan.name);
+            runs.push((
+                Planned {
+                    name,
+                    ..plan.clone()
+                },
+                Some(plan.name.clone()),
+            ));
+        }
+    }
+    runs
+}
+
 /// How a job runs.
 #[derive(Debug, Clone)]
 pub struct JobOptions {
@@ -100,6 +130,12 @@ pub struct JobOptions {
     pub results_dir: PathBuf,
     /// How many tests run at once.
     pub max_parallel: usize,
+    /// How many times a test that did not succeed runs again (a test
+    /// that passes on a retry is reported flaky).
+    pub retries: u32,
+    /// How many times each test runs (`boot@repeat=1` ... `boot@repeat=N`
+    /// when more than once), to hunt a flaky one.
+    pub repeat: u32,
 }
 
 impl JobOptions {
@@ -117,6 +153,8 @@ impl JobOptions {
         JobOptions {
             results_dir,
             max_parallel: default_parallelism(),
+            retries: 0,
+            repeat: 1,
         }
     }
 }
@@ -180,6 +218,7 @@ pub async fn run_job(
     JobResults::partial(&job_id, job_log.clone(), start, Vec::new(), planned.len())
         .write(&dir)
         .map_err(unwritable)?;
+    let planned = repeated(planned, options.repeat);
     let total = planned.len();
     let progress = Progress::new(total);
     let ticker = progress.spawn_ticker();
@@ -196,7 +235,7 @@ pub async fn run_job(
     let runs: Vec<one::TestRun> = planned
         .into_iter()
         .enumerate()
-        .map(|(index, plan)| {
+        .map(|(index, (plan, repeat_of))| {
             let n = index + 1;
             one::TestRun {
                 n,
@@ -205,10 +244,12 @@ pub async fn run_job(
                     .join(format!("{n}-{}", dir_name(&plan.name))),
                 name: plan.name,
                 params: plan.params,
-                test: defs[plan.def].make(),
+                make: defs[plan.def].maker(),
+                repeat_of,
             }
         })
         .collect();
+    let retries = options.retries;
     // One task hands out the slots, so tests start in the planned order.
     let dispatcher = {
         let progress = progress.clone();
@@ -228,12 +269,19 @@ pub async fn run_job(
                     let record = if let Some(signal) = *interrupt.borrow() {
                         one::not_started(&run, signal)
                     } else {
-                        let phase = Phase::default();
-                        progress.started(n, &run.name, phase.clone());
-                        run.execute(interrupt, hurry, sinks, phase)
-                            .with_subscriber(dispatch)
-                            .await
+                        let attempts = Attempts {
+                            retries,
+                            interrupt,
+                            hurry,
+                            sinks,
+                            progress: progress.clone(),
+                            dispatch,
+                        };
+                        attempts.run(run).await
                     };
+                    // Said before the slot is freed, so with one slot a
+                    // test's result comes before the next one starts.
+                    progress.finished(n, &record);
                     let _ = done_tx.send((n, record));
                 });
             }
@@ -241,7 +289,6 @@ pub async fn run_job(
     };
     let mut records: Vec<(usize, TestRecord)> = Vec::new();
     while let Some((n, record)) = done_rx.recv().await {
-        progress.finished(n, &record);
         records.push((n, record));
         records.sort_by_key(|(n, _)| *n);
         let so_far = records.iter().map(|(_, r)| r.clone()).collect();
@@ -268,6 +315,71 @@ pub async fn run_job(
         .with_subscriber(dispatch)
         .await;
     Ok(Job { dir, results })
+}
+
+/// Running one test, and again while it fails and retries are left.
+struct Attempts {
+    retries: u32,
+    interrupt: one::Interrupt,
+    hurry: one::Interrupt,
+    sinks: crate::logging::Sinks,
+    progress: Progress,
+    dispatch: tracing::Dispatch,
+}
+
+impl Attempts {
+    /// The last run's record, with the failed runs before it; a retry
+    /// runs in `<dir>-retry<k>`, and none after the job was interrupted.
+    async fn run(self, first: one::TestRun) -> TestRecord {
+        let mut retried = Vec::new();
+        let base = first.dir.clone();
+        let mut run = first;
+        loop {
+            let next = (retried.len() < self.retries as usize).then(|| one::TestRun {
+                n: run.n,
+                dir: retry_dir(&base, retried.len() + 1),
+                name: run.name.clone(),
+                params: run.params.clone(),
+                make: run.make.clone(),
+                repeat_of: run.repeat_of.clone(),
+            });
+            let (n, phase) = (run.n, Phase::default());
+            self.progress.started(n, &run.name, phase.clone());
+            let mut record = run
+                .execute(
+                    self.interrupt.clone(),
+                    self.hurry.clone(),
+                    self.sinks.clone(),
+                    phase,
+                )
+                .with_subscriber(self.dispatch.clone())
+                .await;
+            let interrupted = self.interrupt.borrow().is_some();
+            match next {
+                Some(again) if !record.status.is_success() && !interrupted => {
+                    self.progress
+                        .retrying(n, &record, retried.len() + 1, self.retries);
+                    retried.push(record.as_attempt());
+                    run = again;
+                }
+                _ => {
+                    record.flaky = !retried.is_empty() && record.status.is_success();
+                    record.retried = retried;
+                    return record;
+                }
+            }
+        }
+    }
+}
+
+/// Where retry `k` of the test in `dir` runs: `<dir>-retry<k>`.
+fn retry_dir(dir: &std::path::Path, k: usize) -> PathBuf {
+    let mut name = dir
+        .file_name()
+        .map(|f| f.to_os_string())
+        .unwrap_or_default();
+    name.push(format!("-retry{k}"));
+    dir.with_file_name(name)
 }
 
 /// SKIP and CANCEL are libtest's "ignored", as JUnit counts them skipped.

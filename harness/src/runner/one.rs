@@ -18,7 +18,7 @@ use crate::outcome::{TestError, TestResult, fail};
 use crate::params::Params;
 use crate::results::{self, TestRecord};
 use crate::status::Status;
-use crate::test::{DynTest, Test};
+use crate::test::{Maker, Test};
 
 /// How long cleanup may take, whatever happened before.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -35,7 +35,9 @@ pub(crate) struct TestRun {
     pub name: String,
     pub params: Params,
     pub dir: PathBuf,
-    pub test: Box<dyn DynTest>,
+    pub make: Maker,
+    /// The name of the test this run repeats (`--repeat`).
+    pub repeat_of: Option<String>,
 }
 
 impl TestRun {
@@ -54,8 +56,10 @@ impl TestRun {
             name,
             params,
             dir,
-            mut test,
+            make,
+            repeat_of,
         } = self;
+        let mut test = make();
         let record = |status, reason: Option<String>, whiteboard: String| {
             record(&name, &params, &dir, start, status, reason, whiteboard)
         };
@@ -181,6 +185,7 @@ impl TestRun {
         record.kept_disks = kept_disks;
         record.vm_start = vm_start;
         record.evidence = evidence;
+        record.repeat_of = repeat_of;
         record
     }
 }
@@ -300,6 +305,9 @@ fn record(
         kept_disks: Vec::new(),
         vm_start: None,
         evidence: Vec::new(),
+        retried: Vec::new(),
+        flaky: false,
+        repeat_of: None,
     }
 }
 
