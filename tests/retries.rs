@@ -60,6 +60,7 @@ async fn job(defs: Vec<TestDef>, retries: u32, repeat: u32) -> (tempfile::TempDi
         max_parallel: 1,
         retries,
         repeat,
+        ..JobOptions::new()
     };
     let job = runner::run_job(&defs, planned, &options).await.unwrap();
     (tmp, job)

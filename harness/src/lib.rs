@@ -29,6 +29,7 @@
 //! - `runner`: planning, running in parallel, timeouts, signals.
 //! - `results`: the job directory, `results.json`, JUnit.
 //! - `evidence`: the failure bundle a failed test leaves.
+//! - `pause`: `--pause-on-failure`, and how to get into a paused VM.
 //! - `logging`: `job.log` and each test's `debug.log`.
 //! - `progress`: the live display.
 //! - `libtest`: the command line of a `main!` binary.
@@ -39,6 +40,7 @@ pub mod libtest;
 mod logging;
 mod outcome;
 pub mod params;
+pub mod pause;
 mod progress;
 pub mod results;
 pub mod runner;

@@ -83,6 +83,10 @@ struct Args {
     /// its passes (also `$VIRTEST_REPEAT`).
     #[arg(long, value_name = "N", env = "VIRTEST_REPEAT", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: Option<u32>,
+    /// Keep a failed test's VM running before its cleanup, print how to
+    /// get in (ssh, QMP, `virtest ssh`), and wait for Enter or Ctrl-C.
+    #[arg(long)]
+    pause_on_failure: bool,
 }
 
 /// Runs a test binary made of `defs` with the process's arguments.
@@ -131,6 +135,7 @@ pub fn main(defs: Vec<TestDef>) -> ExitCode {
     }
     options.retries = args.retries.unwrap_or(0);
     options.repeat = args.repeat.unwrap_or(1);
+    options.pause_on_failure = args.pause_on_failure;
     runner::run_and_report(&defs, planned, &options)
 }
 

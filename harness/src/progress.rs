@@ -24,6 +24,19 @@ struct Board {
     total: usize,
     done: usize,
     live: bool,
+    /// The live lines are held off (a pause's message is on screen).
+    held: bool,
+}
+
+/// Holds the live lines off until dropped: see [`Progress::hold`].
+pub(crate) struct Hold(Progress);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut board = self.0.board();
+        board.held = false;
+        board.draw();
+    }
 }
 
 impl Progress {
@@ -93,6 +106,15 @@ impl Progress {
         }))
     }
 
+    /// Clears the live lines and draws none until the guard drops, so a
+    /// message the user must read stays on screen.
+    pub(crate) fn hold(&self) -> Hold {
+        let mut board = self.board();
+        board.clear();
+        board.held = true;
+        Hold(self.clone())
+    }
+
     /// Removes the live lines (before the summary).
     pub(crate) fn finish(&self) {
         self.board().clear();
@@ -126,7 +148,7 @@ impl Board {
     }
 
     fn draw(&mut self) {
-        if !self.live {
+        if !self.live || self.held {
             return;
         }
         let mut out = String::new();

@@ -7,6 +7,7 @@ mod guest;
 mod results;
 mod run;
 mod snapshot;
+mod ssh;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,9 @@ enum Command {
     /// Ready snapshots, which VMs start from instead of booting: list,
     /// make, prune.
     Snapshot(snapshot::Args),
+    /// A shell in the VM of a test that pauses on its failure
+    /// (`virtest run --pause-on-failure`).
+    Ssh(ssh::Args),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -55,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Results(args) => results::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Ssh(args) => ssh::run(args),
     };
     match result {
         Ok(code) => code,

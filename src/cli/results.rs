@@ -58,11 +58,19 @@ pub fn run(args: Args) -> CliResult {
 }
 
 /// The job directory `job` names: a path, `latest`, or an id.
-fn find_job(results_dir: &std::path::Path, job: Option<&str>) -> Result<PathBuf, String> {
+pub(super) fn find_job(
+    results_dir: &std::path::Path,
+    job: Option<&str>,
+) -> Result<PathBuf, String> {
     let job = job.unwrap_or("latest");
     let direct = PathBuf::from(job);
     if direct.join("results.json").exists() {
         return Ok(direct);
+    }
+    if direct.is_dir() && job.contains('/') {
+        return Err(format!(
+            "`{job}` is not a job directory: it has no results.json (give a job's directory, id or `latest`)"
+        ));
     }
     let latest = results_dir.join(job);
     if latest.join("results.json").exists() {

@@ -57,4 +57,4 @@ pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use ports::free_port;
 pub use snapshot::{BootMode, Start};
-pub use vm::{PowerOff, Reboot, Vm, VmState};
+pub use vm::{PowerOff, Reboot, SshAccess, Vm, VmState};

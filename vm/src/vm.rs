@@ -53,6 +53,21 @@ pub enum Reboot {
     Forced,
 }
 
+/// How to log into a running guest by SSH, for a person: see
+/// [`Vm::ssh_access`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshAccess {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// The user.
+    pub user: String,
+    /// The private key, or `None` for a password login (the password is
+    /// not given out).
+    pub key: Option<PathBuf>,
+    /// The guest's host key (`ssh-ed25519 AAAA...`), once a login saw it.
+    pub host_key: Option<String>,
+}
+
 /// How `power_off` ended QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerOff {
@@ -868,6 +883,23 @@ impl Vm {
             }
             other => other,
         }
+    }
+
+    /// How a person logs into the running guest with OpenSSH: what
+    /// [`Vm::login_remote`] uses (`None` while off or when the guest has
+    /// no way in).
+    pub fn ssh_access(&self) -> Option<SshAccess> {
+        let port = self.ssh_port().filter(|_| self.is_on())?;
+        let config = self.ssh_config(port).ok()?;
+        Some(SshAccess {
+            port,
+            user: config.user,
+            key: match config.auth {
+                Auth::KeyFile(key) => Some(key),
+                Auth::Password(_) | Auth::Key(_) => None,
+            },
+            host_key: self.host_key.clone(),
+        })
     }
 
     fn ssh_config(&self, port: u16) -> Result<SshConfig> {

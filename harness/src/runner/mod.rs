@@ -6,6 +6,8 @@ mod guests;
 mod one;
 mod panics;
 
+pub(crate) use one::{Interrupt, signalled};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -136,6 +138,9 @@ pub struct JobOptions {
     /// How many times each test runs (`boot@repeat=1` ... `boot@repeat=N`
     /// when more than once), to hunt a flaky one.
     pub repeat: u32,
+    /// Keep a failed test's VM running before its cleanup, say how to
+    /// get in, and wait for Enter (or Ctrl-C).
+    pub pause_on_failure: bool,
 }
 
 impl JobOptions {
@@ -155,6 +160,7 @@ impl JobOptions {
             max_parallel: default_parallelism(),
             retries: 0,
             repeat: 1,
+            pause_on_failure: false,
         }
     }
 }
@@ -250,6 +256,9 @@ pub async fn run_job(
         })
         .collect();
     let retries = options.retries;
+    let pauser = options
+        .pause_on_failure
+        .then(|| Arc::new(crate::pause::Pauser::new(progress.clone())));
     // One task hands out the slots, so tests start in the planned order.
     let dispatcher = {
         let progress = progress.clone();
@@ -263,6 +272,7 @@ pub async fn run_job(
                 let progress = progress.clone();
                 let sinks = sinks.clone();
                 let dispatch = dispatch.clone();
+                let pauser = pauser.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let n = run.n;
@@ -276,6 +286,7 @@ pub async fn run_job(
                             sinks,
                             progress: progress.clone(),
                             dispatch,
+                            pauser,
                         };
                         attempts.run(run).await
                     };
@@ -325,6 +336,7 @@ struct Attempts {
     sinks: crate::logging::Sinks,
     progress: Progress,
     dispatch: tracing::Dispatch,
+    pauser: Option<Arc<crate::pause::Pauser>>,
 }
 
 impl Attempts {
@@ -351,6 +363,7 @@ impl Attempts {
                     self.hurry.clone(),
                     self.sinks.clone(),
                     phase,
+                    self.pauser.clone(),
                 )
                 .with_subscriber(self.dispatch.clone())
                 .await;
@@ -415,7 +428,10 @@ pub fn run_and_report(
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     let count = planned.len();
-    println!("\nrunning {count} tests");
+    println!(
+        "\nrunning {count} test{}",
+        if count == 1 { "" } else { "s" }
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.max_parallel.clamp(2, 16))
         .enable_all()

@@ -16,6 +16,7 @@ use crate::evidence;
 use crate::logging::{Phase, Sinks, TEST_SPAN, TestSink};
 use crate::outcome::{TestError, TestResult, fail};
 use crate::params::Params;
+use crate::pause::Pauser;
 use crate::results::{self, TestRecord};
 use crate::status::Status;
 use crate::test::{Maker, Test};
@@ -48,6 +49,7 @@ impl TestRun {
         hurry: Interrupt,
         sinks: Sinks,
         phase: Phase,
+        pauser: Option<Arc<Pauser>>,
     ) -> TestRecord {
         panics::install_hook();
         let start = results::now();
@@ -102,7 +104,14 @@ impl TestRun {
             .await;
             if outcome.is_ok() {
                 set(&phase, "running");
-                outcome = guarded(test.action(&mut t), deadline, timeout, interrupt, &phase).await;
+                outcome = guarded(
+                    test.action(&mut t),
+                    deadline,
+                    timeout,
+                    interrupt.clone(),
+                    &phase,
+                )
+                .await;
             }
             let mut evidence = Vec::new();
             if let Err(e) = &outcome {
@@ -117,6 +126,10 @@ impl TestRun {
                     files = evidence::gather(&mut t.vm, &bundle, budget) => files,
                     _ = signalled(hurry.clone()) => Vec::new(),
                 };
+                if let Some(pauser) = &pauser {
+                    set(&phase, "paused on its failure");
+                    pauser.pause(&name, &dir, &t.vm, interrupt.clone()).await;
+                }
             }
             set(&phase, "cleanup");
             // A second signal cuts cleanup short.
@@ -251,7 +264,7 @@ async fn guarded(
 }
 
 /// Which signal came, once one did (never, if the sender is gone).
-async fn signalled(mut interrupt: Interrupt) -> &'static str {
+pub(crate) async fn signalled(mut interrupt: Interrupt) -> &'static str {
     loop {
         if let Some(signal) = *interrupt.borrow_and_update() {
             return signal;

@@ -1,0 +1,232 @@
+//! `--pause-on-failure`: a failed test's VM keeps running before its
+//! cleanup, and the job says how to get in (an `ssh` command line that
+//! works as printed, the QMP socket, `virtest ssh JOB TEST`), until the
+//! user presses Enter or Ctrl-C. While it waits, `access.json` in the
+//! test's directory holds the same, for `virtest ssh`.
+
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc};
+use virtest_vm::{SshAccess, Vm};
+
+use crate::progress::Progress;
+use crate::runner::Interrupt;
+
+/// The file in a paused test's directory that says how to get in.
+pub const ACCESS_FILE: &str = "access.json";
+
+/// How to get into a paused test's VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmAccess {
+    /// The VM's name in the test (`vm` for `t.vm`).
+    pub vm: String,
+    /// Its QEMU's pid.
+    pub pid: u32,
+    /// An OpenSSH command line that logs in as printed (key, port, user,
+    /// the guest's host key pinned); `None` when the guest has no SSH
+    /// login.
+    pub ssh: Option<Vec<String>>,
+    /// Its QMP socket.
+    pub qmp_socket: PathBuf,
+}
+
+impl VmAccess {
+    /// The access of the paused test in `test_dir`, if it pauses now.
+    pub fn read(test_dir: &Path) -> std::io::Result<Vec<VmAccess>> {
+        let bytes = std::fs::read(test_dir.join(ACCESS_FILE))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+/// Pauses failed tests one at a time (their messages would mix), reading
+/// the user's Enter from stdin.
+pub(crate) struct Pauser {
+    /// The lines typed on stdin, once a pause first asked; `None` in it
+    /// when stdin is closed.
+    lines: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    progress: Progress,
+}
+
+impl Pauser {
+    pub(crate) fn new(progress: Progress) -> Pauser {
+        Pauser {
+            lines: Mutex::new(None),
+            progress,
+        }
+    }
+
+    /// Keeps `vm` of failed test `name` (its directory `dir`) running,
+    /// says how to get in, and waits for Enter or `interrupt`.
+    pub(crate) async fn pause(&self, name: &str, dir: &Path, vm: &Vm, interrupt: Interrupt) {
+        let mut lines = self.lines.lock().await;
+        let _quiet = self.progress.hold();
+        let Some(pid) = vm.pid().filter(|_| vm.is_on()) else {
+            println!("PAUSED     : {name} failed, but its VM is off: nothing to step into");
+            return;
+        };
+        let access = match access(dir, "vm", pid, vm) {
+            Ok(access) => access,
+            Err(e) => {
+                println!("PAUSED     : {name} failed; cannot write how to get in: {e}");
+                return;
+            }
+        };
+        println!("{}", announcement(name, dir, &access));
+        let lines = lines.get_or_insert_with(read_stdin_lines);
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(_) => println!("RESUMED    : {name}'s cleanup runs"),
+                None => println!("RESUMED    : stdin is closed: {name}'s cleanup runs"),
+            },
+            signal = crate::runner::signalled(interrupt) => {
+                println!("RESUMED    : {signal}: {name}'s cleanup runs");
+            }
+        }
+        let _ = std::fs::remove_file(dir.join(ACCESS_FILE));
+        let _ = std::fs::remove_file(dir.join(KNOWN_HOSTS));
+    }
+}
+
+/// The pinned host key of a paused test's VM.
+const KNOWN_HOSTS: &str = "known_hosts";
+
+/// Writes `access.json` (and the known_hosts file its ssh command pins)
+/// into `dir`.
+fn access(dir: &Path, name: &str, pid: u32, vm: &Vm) -> std::io::Result<VmAccess> {
+    let known_hosts = std::path::absolute(dir.join(KNOWN_HOSTS))?;
+    let ssh = vm.ssh_access().map(|ssh| {
+        if let Some(key) = &ssh.host_key {
+            let line = format!("[127.0.0.1]:{} {key}\n", ssh.port);
+            if let Err(e) = std::fs::write(&known_hosts, line) {
+                tracing::warn!(error = %e, "writing the paused VM's known_hosts");
+            }
+        }
+        ssh_command(&ssh, &known_hosts)
+    });
+    let qmp_socket = vm
+        .instance()
+        .map(|instance| instance.endpoints().qmp_socket.clone())
+        .map_err(std::io::Error::other)?;
+    let access = VmAccess {
+        vm: name.to_string(),
+        pid,
+        ssh,
+        qmp_socket,
+    };
+    let json = serde_json::to_vec_pretty(&[&access]).map_err(std::io::Error::other)?;
+    crate::results::write_atomic(&dir.join(ACCESS_FILE), &json)?;
+    Ok(access)
+}
+
+/// OpenSSH's command line for `ssh`: its key only, the host key pinned
+/// in `known_hosts` (accepted blindly only when no login saw it yet).
+fn ssh_command(ssh: &SshAccess, known_hosts: &Path) -> Vec<String> {
+    let mut argv = vec!["ssh".to_string(), "-p".into(), ssh.port.to_string()];
+    if let Some(key) = &ssh.key {
+        argv.extend(["-i".into(), key.display().to_string()]);
+        argv.extend(["-o".into(), "IdentitiesOnly=yes".into()]);
+    }
+    let (file, check) = match ssh.host_key {
+        Some(_) => (known_hosts.display().to_string(), "yes"),
+        None => ("/dev/null".to_string(), "no"),
+    };
+    argv.extend(["-o".into(), format!("UserKnownHostsFile={file}")]);
+    argv.extend(["-o".into(), format!("StrictHostKeyChecking={check}")]);
+    argv.extend(["-o".into(), "LogLevel=ERROR".into()]);
+    argv.push(format!("{}@127.0.0.1", ssh.user));
+    argv
+}
+
+/// What the user reads: each way in, then how to go on.
+fn announcement(name: &str, dir: &Path, access: &VmAccess) -> String {
+    let mut text =
+        format!("PAUSED     : {name} failed; its VM runs until you press Enter (or Ctrl-C)");
+    match &access.ssh {
+        Some(argv) => {
+            let line: Vec<String> = argv.iter().map(|a| shell_quoted(a)).collect();
+            let _ = write!(text, "\n  ssh      : {}", line.join(" "));
+        }
+        None => text.push_str("\n  ssh      : (the guest has no SSH login)"),
+    }
+    if let (Some(test), Some(job)) = (dir.file_name(), dir.parent().and_then(Path::parent)) {
+        let _ = write!(
+            text,
+            "\n             or: virtest ssh {} {}",
+            shell_quoted(&job.display().to_string()),
+            test.to_string_lossy()
+        );
+    }
+    let _ = write!(
+        text,
+        "\n  QMP      : {}\n  pid      : {}",
+        access.qmp_socket.display(),
+        access.pid
+    );
+    text
+}
+
+/// `text` as one word for a POSIX shell.
+fn shell_quoted(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// Lines typed on stdin, from a thread of their own (a read of stdin
+/// cannot be cancelled); the channel closes at end of input.
+fn read_stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ssh_command_pins_the_host_key_and_uses_only_the_key() {
+        let mut ssh = SshAccess {
+            port: 2222,
+            user: "root".into(),
+            key: Some("/k/id_ed25519".into()),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+        };
+        let argv = ssh_command(&ssh, Path::new("/t/known_hosts"));
+        assert_eq!(
+            argv.join(" "),
+            "ssh -p 2222 -i /k/id_ed25519 -o IdentitiesOnly=yes \
+             -o UserKnownHostsFile=/t/known_hosts -o StrictHostKeyChecking=yes \
+             -o LogLevel=ERROR root@127.0.0.1"
+        );
+        ssh.key = None;
+        ssh.host_key = None;
+        let argv = ssh_command(&ssh, Path::new("/t/known_hosts")).join(" ");
+        assert!(
+            argv.contains("UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"),
+            "{argv}"
+        );
+        assert!(!argv.contains("-i "), "{argv}");
+    }
+
+    #[test]
+    fn words_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(shell_quoted("/a/b-c_d.e"), "/a/b-c_d.e");
+        assert_eq!(shell_quoted("a b"), "'a b'");
+        assert_eq!(shell_quoted("it's"), r"'it'\''s'");
+        assert_eq!(shell_quoted(""), "''");
+    }
+}
