@@ -28,6 +28,7 @@
 //! - `params`: [`Params`], the known parameters, params files, variants.
 //! - `runner`: planning, running in parallel, timeouts, signals.
 //! - `results`: the job directory, `results.json`, JUnit.
+//! - `html`: `results.html`, the job for people.
 //! - `evidence`: the failure bundle a failed test leaves.
 //! - `pause`: `--pause-on-failure`, and how to get into a paused VM.
 //! - `logging`: `job.log` and each test's `debug.log`.
@@ -36,6 +37,7 @@
 #![deny(missing_docs)]
 
 mod evidence;
+mod html;
 pub mod libtest;
 mod logging;
 mod outcome;

@@ -352,11 +352,14 @@ impl JobResults {
         xml
     }
 
-    /// Writes `results.json` and `results.xml` into `job_dir`.
+    /// Writes `results.json`, `results.xml` and `results.html` into
+    /// `job_dir`.
     pub fn write(&self, job_dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         write_atomic(&job_dir.join("results.json"), &json)?;
-        write_atomic(&job_dir.join("results.xml"), self.junit().as_bytes())
+        write_atomic(&job_dir.join("results.xml"), self.junit().as_bytes())?;
+        let html = crate::html::render(self, job_dir);
+        write_atomic(&job_dir.join("results.html"), html.as_bytes())
     }
 }
 

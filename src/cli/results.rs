@@ -17,6 +17,10 @@ pub struct Args {
     /// Where job directories are (as for `virtest run`).
     #[arg(long)]
     results_dir: Option<PathBuf>,
+    /// Print the path of the job's `results.html` (to open in a browser)
+    /// instead of the summary.
+    #[arg(long)]
+    open: bool,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -26,6 +30,16 @@ pub fn run(args: Args) -> CliResult {
     let dir = find_job(&results_dir, args.job.as_deref())?;
     let results = JobResults::load(&dir)
         .map_err(|e| format!("cannot read `{}`: {e}", dir.join("results.json").display()))?;
+    if args.open {
+        let page = std::fs::canonicalize(dir.join("results.html")).map_err(|e| {
+            format!(
+                "job `{}` has no results.html ({e}): a job of a virtest before it had one",
+                dir.display()
+            )
+        })?;
+        println!("{}", page.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("JOB ID     : {}", results.job_id);
     println!("JOB DIR    : {}", dir.display());
     for test in &results.tests {
