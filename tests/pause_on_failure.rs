@@ -90,11 +90,14 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str, env: &[(&str, &Path)]) -> Tmux {
+        static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let tmux = Tmux {
-            socket: format!("virtest-test-{}", std::process::id()),
+            socket: format!("virtest-test-{}-{n}", std::process::id()),
         };
         let mut new = tmux.command();
-        new.args(["new-session", "-d", "-s", "job", "-x", "400", "-y", "60"]);
+        new.args(["new-session", "-d", "-s", "job", "-n", "main"]);
+        new.args(["-x", "400", "-y", "60"]);
         for (key, value) in env {
             new.arg("-e").arg(format!("{key}={}", value.display()));
         }
@@ -109,14 +112,9 @@ impl Tmux {
         command
     }
 
-    /// The pane's text, wrapped lines joined.
+    /// The text of the job's window, wrapped lines joined.
     fn screen(&self) -> String {
-        let output = self
-            .command()
-            .args(["capture-pane", "-p", "-J", "-S", "-500", "-t", "job"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.window_screen("main")
     }
 
     /// Waits until the screen shows `text`.
@@ -130,13 +128,52 @@ impl Tmux {
         screen
     }
 
-    fn press_enter(&self) {
+    /// Opens a window named `name` running `command`.
+    fn window(&self, name: &str, command: &str) {
         let status = self
             .command()
-            .args(["send-keys", "-t", "job", "Enter"])
+            .args(["new-window", "-t", "job", "-n", name, command])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The text of window `name`, wrapped lines joined.
+    fn window_screen(&self, name: &str) -> String {
+        let target = format!("job:{name}");
+        let output = self
+            .command()
+            .args(["capture-pane", "-p", "-J", "-S", "-500", "-t", &target])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits until window `name` shows `text` after what it showed
+    /// before (`shown`, its length in characters).
+    fn wait_in_window(&self, name: &str, text: &str, shown: usize) -> String {
+        let mut screen = String::new();
+        let seen = common::eventually(Duration::from_secs(60), || {
+            screen = self.window_screen(name);
+            screen.get(shown..).is_some_and(|new| new.contains(text))
+        });
+        assert!(seen, "no {text:?} in window {name}:\n{screen}");
+        screen
+    }
+
+    /// Types `keys` (tmux's key names) into `target` (`job`, `job:NAME`).
+    fn keys(&self, target: &str, keys: &[&str]) {
+        let status = self
+            .command()
+            .args(["send-keys", "-t", target])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn press_enter(&self) {
+        self.keys("job:main", &["Enter"]);
     }
 }
 
@@ -196,6 +233,27 @@ fn a_failed_test_pauses_with_working_ways_in() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // The serial console, from another terminal: log in at its prompt,
+    // run a command, leave with Ctrl-]; console.log records it all.
+    let attach = line_after(&screen, "console  :");
+    let attach = attach.split("   (").next().unwrap();
+    tmux.window(
+        "console",
+        &format!(
+            "{virtest} {} ; echo CONSOLE-LEFT; sleep 60",
+            attach.trim_start_matches("virtest ")
+        ),
+    );
+    let seen = tmux.wait_in_window("console", "login:", 0);
+    let password = &common::guest().credentials.password;
+    tmux.keys("job:console", &["root", "Enter"]);
+    let seen = tmux.wait_in_window("console", "Password:", seen.trim_end().len());
+    tmux.keys("job:console", &[password.as_str(), "Enter"]);
+    tmux.keys("job:console", &["echo console-$((6*7))", "Enter"]);
+    tmux.wait_in_window("console", "console-42", seen.trim_end().len());
+    tmux.keys("job:console", &["C-]"]);
+    tmux.wait_in_window("console", "CONSOLE-LEFT", 0);
+
     // The QMP socket is the running QEMU's: the migration's destination,
     // the VM's second QEMU.
     let qmp = PathBuf::from(line_after(&screen, "QMP      :"));
@@ -229,16 +287,20 @@ fn a_failed_test_pauses_with_working_ways_in() {
         Some("the guest is not as expected")
     );
 
-    // The job is over: `virtest ssh` says its VMs are gone, and which job.
-    let output = shell(&format!("{virtest} {virtest_ssh} -- true </dev/null"));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("no VM of test `1-fails_after_login`")
-            && stderr.contains(&job.display().to_string())
-            && stderr.contains("--pause-on-failure"),
-        "{stderr}"
-    );
+    // The job is over: `virtest ssh` and `virtest console` say its VMs
+    // are gone, and which job.
+    let console = virtest_ssh.replacen("ssh", "console", 1);
+    for command in [format!("{virtest_ssh} -- true"), console] {
+        let output = shell(&format!("{virtest} {command} </dev/null"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("no VM of test `1-fails_after_login`")
+                && stderr.contains(&job.display().to_string())
+                && stderr.contains("--pause-on-failure"),
+            "{stderr}"
+        );
+    }
 }
 
 /// Without a terminal to answer (stdin closed, as in CI), a pause goes
@@ -307,24 +369,26 @@ fn the_live_display_shows_each_running_test() {
     );
 }
 
-/// `virtest ssh` on bad input: a directory that is not a job, a test the
-/// job does not have.
+/// `virtest ssh`, `console` and `results` on bad input: a directory that
+/// is not a job, a test the job does not have.
 #[test]
 fn virtest_ssh_names_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();
     let virtest = || Command::new(env!("CARGO_BIN_EXE_virtest"));
-    let output = virtest()
-        .arg("ssh")
-        .arg(tmp.path())
-        .arg("boot")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr.contains("is not a job directory: it has no results.json"),
-        "{stderr}"
-    );
+    for args in [&["ssh", "boot"][..], &["console", "boot"], &["results"]] {
+        let output = virtest()
+            .arg(args[0])
+            .arg(tmp.path())
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not a job directory: it has no results.json"),
+            "{args:?}: {stderr}"
+        );
+    }
 
     let job = tmp.path().join("job-1");
     std::fs::create_dir_all(job.join("test-results/1-boot")).unwrap();

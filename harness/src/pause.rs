@@ -1,8 +1,9 @@
 //! `--pause-on-failure`: a failed test's VM keeps running before its
 //! cleanup, and the job says how to get in (an `ssh` command line that
-//! works as printed, the QMP socket, `virtest ssh JOB TEST`), until the
-//! user presses Enter or Ctrl-C. While it waits, `access.json` in the
-//! test's directory holds the same, for `virtest ssh`.
+//! works as printed, `virtest ssh JOB TEST`, its serial console through
+//! `virtest console JOB TEST`, the QMP socket), until the user presses
+//! Enter or Ctrl-C. While it waits, `access.json` in the test's directory
+//! holds the same, for `virtest ssh` and `virtest console`.
 
 use std::fmt::Write as _;
 use std::io::BufRead;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
-use virtest_vm::{SshAccess, Vm};
+use virtest_vm::{SharedConsole, SshAccess, Vm};
 
 use crate::progress::Progress;
 use crate::runner::Interrupt;
@@ -31,6 +32,9 @@ pub struct VmAccess {
     pub ssh: Option<Vec<String>>,
     /// Its QMP socket.
     pub qmp_socket: PathBuf,
+    /// Its serial console, shared for `virtest console` while it pauses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<PathBuf>,
 }
 
 impl VmAccess {
@@ -60,14 +64,27 @@ impl Pauser {
 
     /// Keeps `vm` of failed test `name` (its directory `dir`) running,
     /// says how to get in, and waits for Enter or `interrupt`.
-    pub(crate) async fn pause(&self, name: &str, dir: &Path, vm: &Vm, interrupt: Interrupt) {
+    pub(crate) async fn pause(&self, name: &str, dir: &Path, vm: &mut Vm, interrupt: Interrupt) {
         let mut lines = self.lines.lock().await;
         let _quiet = self.progress.hold();
         let Some(pid) = vm.pid().filter(|_| vm.is_on()) else {
             println!("PAUSED     : {name} failed, but its VM is off: nothing to step into");
             return;
         };
-        let access = match access(dir, "vm", pid, vm) {
+        let socket = vm.runtime_dir().join("console-shared.sock");
+        let shared = vm
+            .console()
+            .map_err(std::io::Error::other)
+            .and_then(|console| SharedConsole::new(console, &socket));
+        let shared = match shared {
+            Ok(shared) => Some(shared),
+            Err(e) => {
+                tracing::warn!(error = %e, "the paused VM's console cannot be shared");
+                None
+            }
+        };
+        let console_socket = shared.as_ref().map(|s| s.path().to_path_buf());
+        let access = match access(dir, "vm", pid, vm, console_socket) {
             Ok(access) => access,
             Err(e) => {
                 println!("PAUSED     : {name} failed; cannot write how to get in: {e}");
@@ -95,7 +112,13 @@ const KNOWN_HOSTS: &str = "known_hosts";
 
 /// Writes `access.json` (and the known_hosts file its ssh command pins)
 /// into `dir`.
-fn access(dir: &Path, name: &str, pid: u32, vm: &Vm) -> std::io::Result<VmAccess> {
+fn access(
+    dir: &Path,
+    name: &str,
+    pid: u32,
+    vm: &Vm,
+    console_socket: Option<PathBuf>,
+) -> std::io::Result<VmAccess> {
     let known_hosts = std::path::absolute(dir.join(KNOWN_HOSTS))?;
     let ssh = vm.ssh_access().map(|ssh| {
         if let Some(key) = &ssh.host_key {
@@ -115,6 +138,7 @@ fn access(dir: &Path, name: &str, pid: u32, vm: &Vm) -> std::io::Result<VmAccess
         pid,
         ssh,
         qmp_socket,
+        console_socket,
     };
     let json = serde_json::to_vec_pretty(&[&access]).map_err(std::io::Error::other)?;
     crate::results::write_atomic(&dir.join(ACCESS_FILE), &json)?;
@@ -151,12 +175,21 @@ fn announcement(name: &str, dir: &Path, access: &VmAccess) -> String {
         }
         None => text.push_str("\n  ssh      : (the guest has no SSH login)"),
     }
-    if let (Some(test), Some(job)) = (dir.file_name(), dir.parent().and_then(Path::parent)) {
+    let job_and_test = dir.parent().and_then(Path::parent).zip(dir.file_name());
+    let job_and_test = job_and_test.map(|(job, test)| {
+        format!(
+            "{} {}",
+            shell_quoted(&job.display().to_string()),
+            shell_quoted(&test.to_string_lossy())
+        )
+    });
+    if let Some(job_and_test) = &job_and_test {
+        let _ = write!(text, "\n             or: virtest ssh {job_and_test}");
+    }
+    if let (Some(job_and_test), Some(_)) = (&job_and_test, &access.console_socket) {
         let _ = write!(
             text,
-            "\n             or: virtest ssh {} {}",
-            shell_quoted(&job.display().to_string()),
-            test.to_string_lossy()
+            "\n  console  : virtest console {job_and_test}   (Ctrl-] leaves it)"
         );
     }
     let _ = write!(

@@ -4,10 +4,10 @@
 mod bootstrap;
 mod doctor;
 mod guest;
+mod paused;
 mod results;
 mod run;
 mod snapshot;
-mod ssh;
 
 use std::process::ExitCode;
 
@@ -44,7 +44,10 @@ enum Command {
     Snapshot(snapshot::Args),
     /// A shell in the VM of a test that pauses on its failure
     /// (`virtest run --pause-on-failure`).
-    Ssh(ssh::Args),
+    Ssh(paused::SshArgs),
+    /// The serial console of a test's VM while the test pauses on its
+    /// failure (Ctrl-] leaves).
+    Console(paused::ConsoleArgs),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -59,7 +62,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Results(args) => results::run(args),
         Command::Snapshot(args) => snapshot::run(args),
-        Command::Ssh(args) => ssh::run(args),
+        Command::Ssh(args) => paused::ssh(args),
+        Command::Console(args) => paused::console(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! The serial console of a VM: every byte the guest writes, to
-//! `console.log` and to a buffer that can be searched and waited on.
+//! `console.log` and to a buffer that can be searched and waited on; and
+//! bytes typed into it.
 //!
 //! QEMU connects its serial chardev to a socket we listen on, so nothing
 //! the guest prints before we read is lost. One [`Console`] outlives the
@@ -11,8 +12,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -36,6 +38,8 @@ struct Inner {
     log: Mutex<File>,
     /// The total number of bytes received, for waiters.
     length: watch::Sender<u64>,
+    /// The way into the running QEMU's serial port (the latest attached).
+    input: Mutex<Option<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>,
 }
 
 /// The newest output, starting at absolute offset `base`.
@@ -54,12 +58,17 @@ impl Console {
                 buffer: Mutex::new(Buffer::default()),
                 log: Mutex::new(file),
                 length: watch::channel(0).0,
+                input: Mutex::new(None),
             }),
         })
     }
 
-    /// Reads `stream` (QEMU's end of the serial port) until it closes.
-    pub(crate) fn attach(&self, mut stream: UnixStream) -> JoinHandle<()> {
+    /// Reads `stream` (QEMU's end of the serial port) until it closes;
+    /// what is typed goes to it from now on.
+    pub(crate) fn attach(&self, stream: UnixStream) -> JoinHandle<()> {
+        let (mut stream, input) = stream.into_split();
+        *self.inner.input.lock().expect("input lock") =
+            Some(Arc::new(tokio::sync::Mutex::new(input)));
         let console = self.clone();
         tokio::spawn(async move {
             let mut chunk = vec![0; 16 << 10];
@@ -122,6 +131,31 @@ impl Console {
         let text = self.text_since(ConsoleCursor(0)).replace('\r', "");
         let all: Vec<&str> = text.trim_end().lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Types `bytes` into the guest's serial port (the running QEMU's).
+    pub async fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let input = self.inner.input.lock().expect("input lock").clone();
+        let Some(input) = input else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no QEMU is attached to the console",
+            ));
+        };
+        let mut input = input.lock().await;
+        input.write_all(bytes).await
+    }
+
+    /// Waits for output after `since` and returns its bytes with the
+    /// cursor past them (what left memory before it was read is skipped).
+    pub async fn output_after(&self, since: ConsoleCursor) -> (Vec<u8>, ConsoleCursor) {
+        let mut changes = self.changes();
+        let _ = changes.wait_for(|&length| length > since.0).await;
+        let buffer = self.inner.buffer.lock().expect("console lock");
+        let start = since.0.saturating_sub(buffer.base) as usize;
+        let bytes = buffer.bytes.get(start..).unwrap_or_default().to_vec();
+        let end = ConsoleCursor(buffer.base + buffer.bytes.len() as u64);
+        (bytes, end)
     }
 
     /// A receiver that changes whenever output arrives.

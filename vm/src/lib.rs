@@ -20,7 +20,10 @@
 //! - `instance`: [`Instance`], one QEMU process with its console and QMP
 //!   connected; a VM has one, two during a migration.
 //! - `process`: spawning QEMU so that it never outlives its owner.
-//! - `console`: [`Console`], the serial output, logged and searchable.
+//! - `console`: [`Console`], the serial output, logged and searchable,
+//!   and input typed into it.
+//! - `console_share`: [`SharedConsole`], the console on a socket for
+//!   people (`virtest console`).
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store.
@@ -38,6 +41,7 @@
 
 mod config;
 mod console;
+mod console_share;
 mod dirs;
 mod disks;
 mod error;
@@ -50,6 +54,7 @@ mod vm;
 
 pub use config::{Login, VmConfig};
 pub use console::{Console, ConsoleCursor};
+pub use console_share::SharedConsole;
 pub use dirs::RuntimeDirError;
 pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};

@@ -128,7 +128,9 @@ impl TestRun {
                 };
                 if let Some(pauser) = &pauser {
                     set(&phase, "paused on its failure");
-                    pauser.pause(&name, &dir, &t.vm, interrupt.clone()).await;
+                    pauser
+                        .pause(&name, &dir, &mut t.vm, interrupt.clone())
+                        .await;
                 }
             }
             set(&phase, "cleanup");
