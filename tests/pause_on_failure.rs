@@ -67,9 +67,9 @@ fn child_job() {
     let _ = runner::run_and_report(&defs, planned, &options);
 }
 
-/// `child_job` in a terminal of its own; the screen says `JOB-EXITED`
-/// when it ends.
-fn child_in_tmux(job: &str, results: &Path) -> Tmux {
+/// `child_job` in a terminal of its own, `width` columns wide; the
+/// screen says `JOB-EXITED` when it ends.
+fn child_in_tmux(job: &str, results: &Path, width: u32) -> Tmux {
     let command = format!(
         "{} child_job --exact --ignored --nocapture; echo JOB-EXITED; sleep 60",
         std::env::current_exe().unwrap().display()
@@ -80,6 +80,7 @@ fn child_in_tmux(job: &str, results: &Path) -> Tmux {
             ("VIRTEST_CHILD_RESULTS", results),
             ("VIRTEST_CHILD_JOB", Path::new(job)),
         ],
+        width,
     )
 }
 
@@ -89,7 +90,8 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(command: &str, env: &[(&str, &Path)]) -> Tmux {
+    /// `command` in a terminal `width` columns wide.
+    fn start(command: &str, env: &[(&str, &Path)], width: u32) -> Tmux {
         static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let tmux = Tmux {
@@ -97,7 +99,7 @@ impl Tmux {
         };
         let mut new = tmux.command();
         new.args(["new-session", "-d", "-s", "job", "-n", "main"]);
-        new.args(["-x", "400", "-y", "60"]);
+        new.args(["-x", &width.to_string(), "-y", "60"]);
         for (key, value) in env {
             new.arg("-e").arg(format!("{key}={}", value.display()));
         }
@@ -202,7 +204,7 @@ fn a_failed_test_pauses_with_working_ways_in() {
     common::guest();
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("results");
-    let tmux = child_in_tmux("pause", &results);
+    let tmux = child_in_tmux("pause", &results, 400);
     let screen = tmux.wait_for("PAUSED     :", Duration::from_secs(180));
     assert!(
         screen.contains("fails_after_login failed; its VM runs until you press Enter"),
@@ -330,15 +332,16 @@ fn a_pause_with_stdin_closed_goes_on() {
     );
 }
 
-/// The live display in a terminal: a line per running test with what it
-/// does, the count, then each result and the summary.
+/// The live display in a terminal narrower than its lines: a line per
+/// running test with what it does (cut to the width, so redrawing it
+/// leaves nothing behind), the count, then each result and the summary.
 #[test]
 fn the_live_display_shows_each_running_test() {
     let _slots = common::guest_slots(2);
     common::guest();
     let tmp = tempfile::tempdir().unwrap();
-    let tmux = child_in_tmux("live", tmp.path());
-    let screen = tmux.wait_for("running `sleep 6` in the guest", Duration::from_secs(120));
+    let tmux = child_in_tmux("live", tmp.path(), 60);
+    let screen = tmux.wait_for("@repeat=2: running `sleep", Duration::from_secs(120));
     let live: Vec<&str> = screen
         .lines()
         .filter(|line| line.starts_with("   ("))
@@ -352,6 +355,9 @@ fn the_live_display_shows_each_running_test() {
         "{screen}"
     );
     assert!(screen.contains("0 of 2 done, 2 running"), "{screen}");
+    for line in &live {
+        assert!(line.chars().count() < 60, "wider than the terminal: {line}");
+    }
 
     let screen = tmux.wait_for("JOB-EXITED", Duration::from_secs(120));
     for n in 1..=2 {

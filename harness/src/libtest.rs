@@ -159,4 +159,19 @@ mod tests {
         assert!(run.exact && run.nocapture);
         assert_eq!(run.test_threads, Some(1));
     }
+
+    #[test]
+    fn retries_repeat_and_pause_parse_and_bad_counts_are_refused() {
+        let args = Args::parse_from(["bin", "--retries", "2", "--repeat=3", "--pause-on-failure"]);
+        assert_eq!((args.retries, args.repeat), (Some(2), Some(3)));
+        assert!(args.pause_on_failure);
+        for bad in [
+            &["--retries", "-1"][..],
+            &["--repeat", "0"],
+            &["--retries", "x"],
+        ] {
+            let error = Args::try_parse_from(["bin"].iter().chain(bad)).unwrap_err();
+            assert!(error.to_string().contains("invalid value"), "{error}");
+        }
+    }
 }

@@ -139,6 +139,28 @@ fn line(n: usize, total: usize, record: &TestRecord) -> String {
     )
 }
 
+/// The columns of the terminal on stdout (80 when it does not say).
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ only writes a `winsize` into the one given.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let asked = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    match (asked, size.ws_col) {
+        (0, columns) if columns > 0 => usize::from(columns),
+        _ => 80,
+    }
+}
+
+/// `line` on one row of `width` columns: control characters (a
+/// command's newlines) as spaces, cut with `…` when longer.
+fn fit(line: &str, width: usize) -> String {
+    let clean = line.chars().map(|c| if c.is_control() { ' ' } else { c });
+    let room = width.saturating_sub(1).max(10);
+    if line.chars().count() <= room {
+        return clean.collect();
+    }
+    clean.take(room - 1).chain(['…']).collect()
+}
+
 impl Board {
     fn clear(&mut self) {
         if self.live && self.drawn > 0 {
@@ -151,23 +173,45 @@ impl Board {
         if !self.live || self.held {
             return;
         }
+        // Each line fits the terminal's width: a wrapped one would take
+        // rows the next redraw does not clear.
+        let width = terminal_width();
         let mut out = String::new();
         for (n, (name, phase, since)) in &self.running {
             let phase = phase.lock().map(|p| p.clone()).unwrap_or_default();
-            out.push_str(&format!(
-                "   ({n}/{}) {name}: {phase} ({:.0} s)\n",
+            let line = format!(
+                "   ({n}/{}) {name}: {phase} ({:.0} s)",
                 self.total,
                 since.elapsed().as_secs_f64()
-            ));
+            );
+            out.push_str(&fit(&line, width));
+            out.push('\n');
         }
-        out.push_str(&format!(
-            "   {} of {} done, {} running\n",
+        let count = format!(
+            "   {} of {} done, {} running",
             self.done,
             self.total,
             self.running.len()
-        ));
+        );
+        out.push_str(&fit(&count, width));
+        out.push('\n');
         self.drawn = out.lines().count();
         print!("{out}");
         let _ = std::io::stdout().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn live_lines_fit_one_row() {
+        assert_eq!(fit("short", 80), "short");
+        let long = "x".repeat(100);
+        let cut = fit(&long, 60);
+        assert_eq!(cut.chars().count(), 59);
+        assert!(cut.ends_with('…'));
+        assert_eq!(fit("a\nb", 80), "a b");
     }
 }
