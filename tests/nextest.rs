@@ -56,3 +56,26 @@ fn two_hash_partitions_run_each_example_test_once() {
         .count();
     assert_eq!(jobs, 2);
 }
+
+/// nextest starts each test's binary itself: `VIRTEST_REPEAT` reaches it
+/// through the environment, and the test's job runs it that often.
+#[test]
+fn virtest_repeat_reaches_the_binaries_nextest_starts() {
+    let _slot = common::guest_slots(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["nextest", "run", "--example", "boot", "--color", "never"])
+        .env("VIRTEST_RESULTS", tmp.path())
+        .env("VIRTEST_REPEAT", "2")
+        .output()
+        .expect("cargo nextest (the cargo-nextest package) must be installed");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    let job = std::fs::canonicalize(tmp.path().join("latest")).unwrap();
+    let results = virtest::harness::results::JobResults::load(&job).unwrap();
+    let names: Vec<&str> = results.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["boot@repeat=1", "boot@repeat=2"]);
+    assert_eq!((results.repeats[0].runs, results.repeats[0].passed), (2, 2));
+}
