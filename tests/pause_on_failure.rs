@@ -56,7 +56,13 @@ fn child_job() {
         true => vec![TestDef::new("SleepsInGuest", SleepsInGuest::default)],
         false => vec![TestDef::new("FailsAfterLogin", FailsAfterLogin::default)],
     };
-    let (planned, _) = runner::plan(&defs, &ParamSources::default(), &Filter::default()).unwrap();
+    let sources = ParamSources {
+        file: None,
+        assignments: std::env::var("VIRTEST_CHILD_GUEST")
+            .map(|guest| vec![format!("guest={guest}")])
+            .unwrap_or_default(),
+    };
+    let (planned, _) = runner::plan(&defs, &sources, &Filter::default()).unwrap();
     let options = JobOptions {
         results_dir: results.into(),
         max_parallel: if live { 2 } else { 1 },
@@ -67,21 +73,19 @@ fn child_job() {
     let _ = runner::run_and_report(&defs, planned, &options);
 }
 
-/// `child_job` in a terminal of its own, `width` columns wide; the
-/// screen says `JOB-EXITED` when it ends.
-fn child_in_tmux(job: &str, results: &Path, width: u32) -> Tmux {
+/// `child_job` in a terminal of its own, `width` columns wide, on the
+/// default guest or `guest`; the screen says `JOB-EXITED` when it ends.
+fn child_in_tmux(job: &str, results: &Path, width: u32, guest: Option<&Path>) -> Tmux {
     let command = format!(
         "{} child_job --exact --ignored --nocapture; echo JOB-EXITED; sleep 60",
         std::env::current_exe().unwrap().display()
     );
-    Tmux::start(
-        &command,
-        &[
-            ("VIRTEST_CHILD_RESULTS", results),
-            ("VIRTEST_CHILD_JOB", Path::new(job)),
-        ],
-        width,
-    )
+    let mut env = vec![
+        ("VIRTEST_CHILD_RESULTS", results),
+        ("VIRTEST_CHILD_JOB", Path::new(job)),
+    ];
+    env.extend(guest.map(|guest| ("VIRTEST_CHILD_GUEST", guest)));
+    Tmux::start(&command, &env, width)
 }
 
 /// A tmux server of our own, killed when dropped.
@@ -204,7 +208,7 @@ fn a_failed_test_pauses_with_working_ways_in() {
     common::guest();
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("results");
-    let tmux = child_in_tmux("pause", &results, 400);
+    let tmux = child_in_tmux("pause", &results, 400, None);
     let screen = tmux.wait_for("PAUSED     :", Duration::from_secs(180));
     assert!(
         screen.contains("fails_after_login failed; its VM runs until you press Enter"),
@@ -305,6 +309,49 @@ fn a_failed_test_pauses_with_working_ways_in() {
     }
 }
 
+/// On the Debian guest (cloud-init, virtest's own key), after a
+/// migration: the printed ssh command and `virtest ssh` get in.
+#[test]
+fn a_paused_debian_guest_lets_you_in() {
+    let _slot = common::guest_slots(1);
+    let guest = common::debian().path.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let tmux = child_in_tmux("pause", tmp.path(), 400, Some(&guest));
+    let screen = tmux.wait_for("PAUSED     :", Duration::from_secs(300));
+    let ssh = line_after(&screen, "ssh      :");
+    let output = shell(&format!("{ssh} cat /tmp/mark </dev/null"));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "paused-guest\n",
+        "`{ssh}`: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let virtest = env!("CARGO_BIN_EXE_virtest");
+    let virtest_ssh = line_after(&screen, "or: virtest");
+    let output = shell(&format!(
+        "{virtest} {virtest_ssh} -- systemctl is-system-running --wait </dev/null"
+    ));
+    let state = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        ["running\n", "degraded\n"].contains(&state.as_ref()),
+        "{state}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pid = VmAccess::read(
+        &std::fs::canonicalize(tmp.path().join("latest"))
+            .unwrap()
+            .join("test-results/1-fails_after_login"),
+    )
+    .unwrap()[0]
+        .pid;
+    tmux.press_enter();
+    tmux.wait_for("JOB-EXITED", Duration::from_secs(120));
+    assert!(
+        common::eventually(Duration::from_secs(10), || !common::alive(pid)),
+        "QEMU {pid} is left"
+    );
+}
+
 /// Without a terminal to answer (stdin closed, as in CI), a pause goes
 /// on at once.
 #[test]
@@ -340,7 +387,7 @@ fn the_live_display_shows_each_running_test() {
     let _slots = common::guest_slots(2);
     common::guest();
     let tmp = tempfile::tempdir().unwrap();
-    let tmux = child_in_tmux("live", tmp.path(), 60);
+    let tmux = child_in_tmux("live", tmp.path(), 60, None);
     let screen = tmux.wait_for("@repeat=2: running `sleep", Duration::from_secs(120));
     let live: Vec<&str> = screen
         .lines()
