@@ -186,6 +186,40 @@ fn a_job_of_boot_and_migration_over_every_transport() {
     assert!(summary.contains("PASS 8"), "{summary}");
 }
 
+/// `migrate_max_bandwidth` (MiB/s) reaches QEMU's `max-bandwidth`; a
+/// bad value is refused before anything runs.
+#[test]
+fn the_migration_bandwidth_parameter_reaches_qemu() {
+    let _slot = common::guest_slots(1);
+    common::guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |value: &str| {
+        virtest()
+            .args(["run", "migration", "-p", "migration_iterations=1", "-p"])
+            .arg(format!("migrate_max_bandwidth={value}"))
+            .arg("--results-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let refused = run("fast");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("migrate_max_bandwidth"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let output = run("512");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let job = std::fs::canonicalize(tmp.path().join("latest")).unwrap();
+    let qmp = std::fs::read_to_string(job.join("test-results/1-migration/qmp.log")).unwrap();
+    assert!(qmp.contains("\"max-bandwidth\":536870912"), "{qmp}");
+}
+
 /// A ready snapshot that cannot be stored: the VM boots, and the test
 /// says why as a warning (WARN, the reason naming the path).
 #[test]

@@ -178,6 +178,12 @@ pub const KNOWN: &[Known] = &[
         help: "how long one migration may take before it is cancelled",
     },
     Known {
+        name: "migrate_max_bandwidth",
+        default: "",
+        kind: Kind::Positive,
+        help: "MiB/s a migration may use (QEMU's default: 128 in 7.2)",
+    },
+    Known {
         name: "evidence_timeout",
         default: "30",
         kind: Kind::Seconds,

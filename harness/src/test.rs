@@ -221,6 +221,9 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     }
     config.login_timeout = params.seconds_or("login_timeout", config.login_timeout)?;
     config.migrate_timeout = params.seconds_or("migrate_timeout", Duration::from_secs(60))?;
+    config.migrate_max_bandwidth = params
+        .get::<u64>("migrate_max_bandwidth")?
+        .map(|mib| mib << 20);
     config.keep_disks = params.get_or("keep_disks", false)?;
     if let Some(ports) = params.get_str("forward_ports") {
         config.forward_ports =

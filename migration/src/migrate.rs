@@ -46,6 +46,9 @@ impl Migrate for Vm {
     async fn migrate(&mut self, mode: MigrationMode) -> Result<MigrationReport> {
         let mut spec = MigrationSpec::new(mode);
         spec.timeout = self.config().migrate_timeout;
+        if let Some(bytes) = self.config().migrate_max_bandwidth {
+            spec.max_bandwidth = Some(bytes);
+        }
         spec.destination_qemu = self.config().destination_qemu.clone();
         self.migrate_with(&spec).await
     }

@@ -91,6 +91,9 @@ pub struct VmConfig {
     /// How long one migration may take before it is cancelled. Read by
     /// the migration layer.
     pub migrate_timeout: Duration,
+    /// The bandwidth `vm.migrate(mode)` may use, bytes per second (`None`:
+    /// QEMU's default). Read by the migration layer.
+    pub migrate_max_bandwidth: Option<u64>,
     /// Boot, or start from a ready snapshot ([`BootMode::Fresh`] here;
     /// the harness's `boot` parameter defaults to snapshots).
     pub boot: BootMode,
@@ -120,6 +123,7 @@ impl VmConfig {
             start_timeout: Duration::from_secs(30),
             destination_qemu: None,
             migrate_timeout: Duration::from_secs(60),
+            migrate_max_bandwidth: None,
             boot: BootMode::Fresh,
             snapshot_dir: None,
         }
