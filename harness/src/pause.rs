@@ -75,7 +75,7 @@ impl Pauser {
         let shared = vm
             .console()
             .map_err(std::io::Error::other)
-            .and_then(|console| SharedConsole::new(console, &socket));
+            .and_then(|console| SharedConsole::new(console, &socket, 20));
         let shared = match shared {
             Ok(shared) => Some(shared),
             Err(e) => {

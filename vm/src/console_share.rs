@@ -11,9 +11,6 @@ use tokio::task::JoinSet;
 
 use crate::console::Console;
 
-/// Lines of earlier output a client sees first.
-const CONTEXT_LINES: usize = 20;
-
 /// The shared console; dropping it closes the socket and every client.
 #[derive(Debug)]
 pub struct SharedConsole {
@@ -22,8 +19,13 @@ pub struct SharedConsole {
 }
 
 impl SharedConsole {
-    /// Shares `console` on a new socket at `path` (mode 0600).
-    pub fn new(console: &Console, path: &Path) -> std::io::Result<SharedConsole> {
+    /// Shares `console` on a new socket at `path` (mode 0600); each
+    /// client first sees the last `context_lines` lines.
+    pub fn new(
+        console: &Console,
+        path: &Path,
+        context_lines: usize,
+    ) -> std::io::Result<SharedConsole> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -32,7 +34,7 @@ impl SharedConsole {
         tasks.spawn(async move {
             let mut clients = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                clients.spawn(serve(console.clone(), stream));
+                clients.spawn(serve(console.clone(), stream, context_lines));
             }
         });
         Ok(SharedConsole {
@@ -55,10 +57,13 @@ impl Drop for SharedConsole {
 }
 
 /// One client: output to it, its input to the guest, until it leaves.
-async fn serve(console: Console, stream: UnixStream) {
+async fn serve(console: Console, stream: UnixStream, context_lines: usize) {
     let (mut from_client, mut to_client) = stream.into_split();
     let mut cursor = console.cursor();
-    let context = console.tail(CONTEXT_LINES).replace('\n', "\r\n");
+    let context = match context_lines {
+        0 => String::new(),
+        lines => console.tail(lines).replace('\n', "\r\n") + "\r\n",
+    };
     let output = async {
         to_client.write_all(context.as_bytes()).await?;
         loop {

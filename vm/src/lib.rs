@@ -23,7 +23,9 @@
 //! - `console`: [`Console`], the serial output, logged and searchable,
 //!   and input typed into it.
 //! - `console_share`: [`SharedConsole`], the console on a socket for
-//!   people (`virtest console`).
+//!   people (`virtest console`) and for [`Vm::serial`].
+//! - `serial`: [`Vm::serial`], a logged-in session on the serial
+//!   console, and `exec_command_and_wait_for_pattern`.
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store.
@@ -49,6 +51,7 @@ mod instance;
 mod launch;
 mod ports;
 mod process;
+mod serial;
 mod snapshot;
 mod vm;
 

@@ -112,6 +112,9 @@ pub struct Vm {
     // Dropped before the runtime directory is removed.
     instance: Option<Instance>,
     remote: Option<SshSession>,
+    /// The serial console session (`serial.rs`), until a power cycle or
+    /// reboot.
+    pub(crate) serial: Option<crate::serial::SerialLogin>,
     /// The overlays and firmware variables, made at the first power_on
     /// and dropped (removed) after QEMU.
     disks: Option<VmDisks>,
@@ -144,6 +147,7 @@ impl std::fmt::Debug for Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.remote = None;
+        self.serial = None;
         self.instance = None;
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
@@ -169,6 +173,7 @@ impl Vm {
             console: None,
             instance: None,
             remote: None,
+            serial: None,
             generation: 0,
             boot_cursor: ConsoleCursor::default(),
             ready_seen: false,
@@ -262,6 +267,7 @@ impl Vm {
         }
         self.instance = None;
         self.remote = None;
+        self.serial = None;
         let qemu =
             binary::find(BinaryKind::System, self.config.qemu.as_deref()).map_err(Error::Qemu)?;
         let accel = self.choose_accel(&qemu)?;
@@ -469,7 +475,7 @@ impl Vm {
     }
 
     /// The user `login_remote` logs in as.
-    fn login_user(&self) -> String {
+    pub(crate) fn login_user(&self) -> String {
         self.config
             .user
             .clone()
@@ -536,6 +542,7 @@ impl Vm {
     /// which ends its own).
     pub(crate) fn take_instance(&mut self) -> Option<Instance> {
         self.remote = None;
+        self.serial = None;
         self.instance.take()
     }
 
@@ -648,6 +655,7 @@ impl Vm {
     /// Resets the machine and returns at once; the guest boots again.
     pub async fn reset(&mut self) -> Result<()> {
         self.remote = None;
+        self.serial = None;
         let cursor = self.console()?.cursor();
         self.qmp_raw("system_reset", Value::Null).await?;
         self.boot_cursor = cursor;
@@ -660,6 +668,7 @@ impl Vm {
     /// [`Vm::login_remote`] afterwards.
     pub async fn reboot(&mut self, how: Reboot) -> Result<()> {
         let span = tracing::info_span!(parent: &self.span, "reboot");
+        self.serial = None;
         async {
             let cursor = self.console()?.cursor();
             let since = self.qmp()?.event_cursor();
@@ -945,6 +954,7 @@ impl Vm {
     pub async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
         let span = tracing::info_span!(parent: &self.span, "power_off");
         self.remote = None;
+        self.serial = None;
         let Some(mut instance) = self.instance.take() else {
             return Ok(PowerOff::AlreadyOff);
         };

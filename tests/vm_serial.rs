@@ -1,0 +1,107 @@
+//! `vm.serial()` and `vm.exec_command_and_wait_for_pattern`: the serial
+//! console of a running VM, logged in at its prompt, kept across a live
+//! migration, recorded in `console.log` all along; the error paths.
+
+mod common;
+
+use std::time::Duration;
+
+use virtest::prelude::*;
+use virtest::vm::{BootMode, Error, VmConfig};
+
+fn config(logs: &std::path::Path) -> VmConfig {
+    let mut config = VmConfig::new(common::description().clone());
+    config.log_dir = Some(logs.to_path_buf());
+    config.boot = BootMode::Snapshot;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serial_console_session_outlives_a_migration() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = Vm::new(config(logs.path()));
+    let off = vm.serial().await.unwrap_err();
+    assert!(matches!(off, Error::Off { .. }), "{off}");
+    vm.power_on().await.unwrap();
+
+    let serial = vm.serial().await.unwrap();
+    assert_eq!(serial.run("echo $((6*7))").await.unwrap().stdout, "42\n");
+    let failed = serial
+        .run_unchecked("exit 3", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(failed.exit_status, 3);
+    let boot_id = serial
+        .run("cat /proc/sys/kernel/random/boot_id")
+        .await
+        .unwrap()
+        .stdout;
+    vm.login_remote().await.unwrap();
+    let over_ssh = vm
+        .remote()
+        .unwrap()
+        .run("cat /proc/sys/kernel/random/boot_id")
+        .await
+        .unwrap()
+        .stdout;
+    assert_eq!(boot_id, over_ssh, "the console and SSH reach one guest");
+
+    let printed = vm
+        .exec_command_and_wait_for_pattern(
+            "echo mark-$((2+3))-done",
+            "mark-5-done",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(printed.ends_with("mark-5-done"), "{printed:?}");
+    let timeout = vm
+        .exec_command_and_wait_for_pattern("true", "never-printed", Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(timeout, Error::ConsoleTimeout { .. }), "{timeout}");
+
+    for mode in [MigrationMode::Unix, MigrationMode::Tcp] {
+        vm.migrate(mode).await.unwrap();
+        let serial = vm.serial().await.unwrap();
+        let after = serial
+            .run("cat /proc/sys/kernel/random/boot_id; echo after-$((40+2))")
+            .await
+            .unwrap()
+            .stdout;
+        assert_eq!(
+            after,
+            format!("{boot_id}after-42\n"),
+            "after a {mode} migration"
+        );
+    }
+
+    vm.power_off_within(Duration::ZERO).await.unwrap();
+    assert!(matches!(vm.serial().await, Err(Error::Off { .. })));
+    let log = std::fs::read_to_string(logs.path().join("console.log")).unwrap();
+    assert!(
+        log.contains("after-42") && log.contains("mark-5-done"),
+        "{log}"
+    );
+}
+
+/// A guest without a password (the built-in Debian guest logs in with
+/// virtest's key) says why the console cannot log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_without_a_password_says_so() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let mut config = VmConfig::new(common::debian().clone());
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.boot = BootMode::Snapshot;
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    let error = vm.serial().await.unwrap_err().to_string();
+    assert!(
+        error.contains("no password to log in on the serial console of guest `debian`")
+            && error.contains("guest_password"),
+        "{error}"
+    );
+    vm.power_off_within(Duration::ZERO).await.unwrap();
+}
