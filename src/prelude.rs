@@ -4,4 +4,5 @@ pub use virtest_harness::{
     Params, Status, Test, TestError, TestResult, VirtTest, cancel, ensure, fail, skip,
 };
 pub use virtest_migration::{Migrate, MigrationMode, MigrationReport, MigrationSpec};
+pub use virtest_remote::Session;
 pub use virtest_vm::{BootMode, PowerOff, Reboot, Start, Vm, VmConfig, VmState};

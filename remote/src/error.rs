@@ -71,6 +71,33 @@ pub enum Error {
         /// The deadline.
         after: Duration,
     },
+    /// A wait's condition did not hold before its deadline
+    /// (`wait_until_succeeds`, `wait_for_open_port`, `wait_for_unit`).
+    #[error(
+        "{what} did not happen within {after:?} ({tries} tries); the last try, `{}`, exited with status {}\nstderr (tail): {}\nstdout (tail): {}",
+        .last.command, .last.exit_status, tail(&.last.stderr), tail(&.last.stdout)
+    )]
+    NotYet {
+        /// What was waited for.
+        what: String,
+        /// The deadline.
+        after: Duration,
+        /// How many times it was tried.
+        tries: u32,
+        /// The last try.
+        last: Box<CmdResult>,
+    },
+    /// A command expected to fail (`fail`) succeeded.
+    #[error("command `{}` was expected to fail, but it succeeded\nstdout (tail): {}", .0.command, tail(&.0.stdout))]
+    Succeeded(Box<CmdResult>),
+    /// A systemd unit waited for failed.
+    #[error("systemd unit `{unit}` failed:\n{status}")]
+    UnitFailed {
+        /// The unit.
+        unit: String,
+        /// `systemctl status` of it.
+        status: String,
+    },
     /// The serial console did not do what was expected.
     #[error("serial console: {what}: {reason}")]
     Serial {
