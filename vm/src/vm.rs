@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracing::Instrument;
 use virtest_qemu_cmdline::QemuCmdline;
-use virtest_qemu_cmdline::accel::{self, Chosen, HostKvm};
-use virtest_qemu_cmdline::binary::{self, BinaryKind};
+use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
+use virtest_qemu_cmdline::binary::{self, BinaryKind, Version};
 use virtest_qmp::Qmp;
 use virtest_remote::{Auth, SshConfig, SshSession};
 
@@ -51,6 +51,18 @@ pub enum Reboot {
     Guest,
     /// QEMU resets the machine (`system_reset`), like a reset button.
     Forced,
+}
+
+/// The QEMU binary (`explicit`, else `$QEMU`, else PATH), the
+/// accelerator for `asked`, and QEMU's version. Blocking: it spawns QEMU
+/// to probe it (once per binary and process).
+fn resolve_qemu(explicit: Option<&Path>, asked: Accel) -> Result<(PathBuf, Chosen, Version)> {
+    let qemu = binary::find(BinaryKind::System, explicit).map_err(Error::Qemu)?;
+    let probe = binary::probe(&qemu).map_err(Error::Qemu)?;
+    let decision =
+        accel::choose(asked, &HostKvm::detect(), probe.has_accel("kvm")).map_err(Error::Qemu)?;
+    tracing::debug!(accel = decision.accel.as_str(), reason = %decision.reason, "accelerator");
+    Ok((qemu, decision.accel, probe.version))
 }
 
 /// How to log into a running guest by SSH, for a person: see
@@ -163,7 +175,11 @@ impl Vm {
             .clone()
             .unwrap_or_else(|| runtime_dir.clone());
         Vm {
-            span: tracing::info_span!("vm", id = %id),
+            span: tracing::info_span!(
+                "vm",
+                name = config.name.as_deref().unwrap_or("vm"),
+                id = %id
+            ),
             id,
             host_key: config.guest.login.host_key.clone(),
             disks: None,
@@ -268,10 +284,15 @@ impl Vm {
         self.instance = None;
         self.remote = None;
         self.serial = None;
-        let qemu =
-            binary::find(BinaryKind::System, self.config.qemu.as_deref()).map_err(Error::Qemu)?;
-        let accel = self.choose_accel(&qemu)?;
-        let qemu_version = binary::probe(&qemu).map_err(Error::Qemu)?.version;
+        // Finding and probing QEMU spawns it and waits: not on the async
+        // workers, which other tests' VMs share.
+        let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
+        let (qemu, accel, qemu_version) =
+            tokio::task::spawn_blocking(move || resolve_qemu(explicit.as_deref(), asked))
+                .await
+                .map_err(|e| Error::State {
+                    what: format!("finding QEMU failed: {e}"),
+                })??;
         let binary = qemu.clone();
         dirs::create_runtime_dir(&self.runtime_dir)?;
         dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
@@ -499,17 +520,6 @@ impl Vm {
         }
     }
 
-    fn choose_accel(&self, qemu: &Path) -> Result<Chosen> {
-        let probe = binary::probe(qemu).map_err(Error::Qemu)?;
-        let decision = accel::choose(
-            self.config.accel,
-            &HostKvm::detect(),
-            probe.has_accel("kvm"),
-        )
-        .map_err(Error::Qemu)?;
-        tracing::debug!(accel = decision.accel.as_str(), reason = %decision.reason, "accelerator");
-        Ok(decision.accel)
-    }
 
     /// Starts another QEMU process of this VM from the command line
     /// `build` makes for fresh endpoints, sharing the VM's console and
