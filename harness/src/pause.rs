@@ -62,36 +62,59 @@ impl Pauser {
         }
     }
 
-    /// Keeps `vm` of failed test `name` (its directory `dir`) running,
-    /// says how to get in, and waits for Enter or `interrupt`.
-    pub(crate) async fn pause(&self, name: &str, dir: &Path, vm: &mut Vm, interrupt: Interrupt) {
+    /// Keeps the VMs of failed test `name` (its directory `dir`)
+    /// running, says how to get into each, and waits for Enter or
+    /// `interrupt`.
+    pub(crate) async fn pause(
+        &self,
+        name: &str,
+        dir: &Path,
+        vms: Vec<(&str, &mut Vm)>,
+        interrupt: Interrupt,
+    ) {
         let mut lines = self.lines.lock().await;
         let _quiet = self.progress.hold();
-        let Some(pid) = vm.pid().filter(|_| vm.is_on()) else {
-            println!("PAUSED     : {name} failed, but its VM is off: nothing to step into");
+        let mut accesses = Vec::new();
+        // Each shared console lasts as long as the pause.
+        let mut shared_consoles = Vec::new();
+        for (vm_name, vm) in vms {
+            let Some(pid) = vm.pid().filter(|_| vm.is_on()) else {
+                continue;
+            };
+            let socket = vm.runtime_dir().join("console-shared.sock");
+            let shared = vm
+                .console()
+                .map_err(std::io::Error::other)
+                .and_then(|console| SharedConsole::new(console, &socket, 20));
+            let console_socket = match shared {
+                Ok(shared) => {
+                    let path = shared.path().to_path_buf();
+                    shared_consoles.push(shared);
+                    Some(path)
+                }
+                Err(e) => {
+                    tracing::warn!(vm = vm_name, error = %e, "a paused VM's console cannot be shared");
+                    None
+                }
+            };
+            match access(dir, vm_name, pid, vm, console_socket) {
+                Ok(access) => accesses.push(access),
+                Err(e) => {
+                    println!("PAUSED     : {name}: cannot say how to get into VM `{vm_name}`: {e}")
+                }
+            }
+        }
+        if accesses.is_empty() {
+            println!("PAUSED     : {name} failed, but no VM of it is on: nothing to step into");
             return;
-        };
-        let socket = vm.runtime_dir().join("console-shared.sock");
-        let shared = vm
-            .console()
+        }
+        let written = serde_json::to_vec_pretty(&accesses)
             .map_err(std::io::Error::other)
-            .and_then(|console| SharedConsole::new(console, &socket, 20));
-        let shared = match shared {
-            Ok(shared) => Some(shared),
-            Err(e) => {
-                tracing::warn!(error = %e, "the paused VM's console cannot be shared");
-                None
-            }
-        };
-        let console_socket = shared.as_ref().map(|s| s.path().to_path_buf());
-        let access = match access(dir, "vm", pid, vm, console_socket) {
-            Ok(access) => access,
-            Err(e) => {
-                println!("PAUSED     : {name} failed; cannot write how to get in: {e}");
-                return;
-            }
-        };
-        println!("{}", announcement(name, dir, &access));
+            .and_then(|json| crate::results::write_atomic(&dir.join(ACCESS_FILE), &json));
+        if let Err(e) = written {
+            println!("PAUSED     : {name}: cannot write {ACCESS_FILE}: {e}");
+        }
+        println!("{}", announcement(name, dir, &accesses));
         let lines = lines.get_or_insert_with(read_stdin_lines);
         tokio::select! {
             line = lines.recv() => match line {
@@ -102,16 +125,24 @@ impl Pauser {
                 println!("RESUMED    : {signal}: {name}'s cleanup runs");
             }
         }
+        drop(shared_consoles);
         let _ = std::fs::remove_file(dir.join(ACCESS_FILE));
-        let _ = std::fs::remove_file(dir.join(KNOWN_HOSTS));
+        for access in &accesses {
+            let _ = std::fs::remove_file(dir.join(known_hosts_name(&access.vm)));
+        }
     }
 }
 
-/// The pinned host key of a paused test's VM.
-const KNOWN_HOSTS: &str = "known_hosts";
+/// The known_hosts file of a paused VM, in the test's directory.
+fn known_hosts_name(vm: &str) -> String {
+    match vm {
+        "vm" => "known_hosts".to_string(),
+        other => format!("known_hosts-{other}"),
+    }
+}
 
-/// Writes `access.json` (and the known_hosts file its ssh command pins)
-/// into `dir`.
+/// How to get into `vm`; writes the known_hosts file its ssh command
+/// pins into `dir`.
 fn access(
     dir: &Path,
     name: &str,
@@ -119,7 +150,7 @@ fn access(
     vm: &Vm,
     console_socket: Option<PathBuf>,
 ) -> std::io::Result<VmAccess> {
-    let known_hosts = std::path::absolute(dir.join(KNOWN_HOSTS))?;
+    let known_hosts = std::path::absolute(dir.join(known_hosts_name(name)))?;
     let ssh = vm.ssh_access().map(|ssh| {
         if let Some(key) = &ssh.host_key {
             let line = format!("[127.0.0.1]:{} {key}\n", ssh.port);
@@ -133,16 +164,13 @@ fn access(
         .instance()
         .map(|instance| instance.endpoints().qmp_socket.clone())
         .map_err(std::io::Error::other)?;
-    let access = VmAccess {
+    Ok(VmAccess {
         vm: name.to_string(),
         pid,
         ssh,
         qmp_socket,
         console_socket,
-    };
-    let json = serde_json::to_vec_pretty(&[&access]).map_err(std::io::Error::other)?;
-    crate::results::write_atomic(&dir.join(ACCESS_FILE), &json)?;
-    Ok(access)
+    })
 }
 
 /// OpenSSH's command line for `ssh`: its key only, the host key pinned
@@ -164,17 +192,12 @@ fn ssh_command(ssh: &SshAccess, known_hosts: &Path) -> Vec<String> {
     argv
 }
 
-/// What the user reads: each way in, then how to go on.
-fn announcement(name: &str, dir: &Path, access: &VmAccess) -> String {
-    let mut text =
-        format!("PAUSED     : {name} failed; its VM runs until you press Enter (or Ctrl-C)");
-    match &access.ssh {
-        Some(argv) => {
-            let line: Vec<String> = argv.iter().map(|a| shell_quoted(a)).collect();
-            let _ = write!(text, "\n  ssh      : {}", line.join(" "));
-        }
-        None => text.push_str("\n  ssh      : (the guest has no SSH login)"),
-    }
+/// What the user reads: the ways into each VM.
+fn announcement(name: &str, dir: &Path, accesses: &[VmAccess]) -> String {
+    let mut text = match accesses {
+        [_] => format!("PAUSED     : {name} failed; its VM runs until you press Enter (or Ctrl-C)"),
+        _ => format!("PAUSED     : {name} failed; its VMs run until you press Enter (or Ctrl-C)"),
+    };
     let job_and_test = dir.parent().and_then(Path::parent).zip(dir.file_name());
     let job_and_test = job_and_test.map(|(job, test)| {
         format!(
@@ -183,21 +206,38 @@ fn announcement(name: &str, dir: &Path, access: &VmAccess) -> String {
             shell_quoted(&test.to_string_lossy())
         )
     });
-    if let Some(job_and_test) = &job_and_test {
-        let _ = write!(text, "\n             or: virtest ssh {job_and_test}");
-    }
-    if let (Some(job_and_test), Some(_)) = (&job_and_test, &access.console_socket) {
+    for access in accesses {
+        if accesses.len() > 1 {
+            let _ = write!(text, "\n VM `{}`:", access.vm);
+        }
+        match &access.ssh {
+            Some(argv) => {
+                let line: Vec<String> = argv.iter().map(|a| shell_quoted(a)).collect();
+                let _ = write!(text, "\n  ssh      : {}", line.join(" "));
+            }
+            None => text.push_str("\n  ssh      : (the guest has no SSH login)"),
+        }
+        let target = match (&job_and_test, access.vm.as_str()) {
+            (Some(job_and_test), "vm") => Some(job_and_test.clone()),
+            (Some(job_and_test), vm) => Some(format!("{job_and_test} {}", shell_quoted(vm))),
+            (None, _) => None,
+        };
+        if let Some(target) = &target {
+            let _ = write!(text, "\n             or: virtest ssh {target}");
+            if access.console_socket.is_some() {
+                let _ = write!(
+                    text,
+                    "\n  console  : virtest console {target}   (Ctrl-] leaves it)"
+                );
+            }
+        }
         let _ = write!(
             text,
-            "\n  console  : virtest console {job_and_test}   (Ctrl-] leaves it)"
+            "\n  QMP      : {}\n  pid      : {}",
+            access.qmp_socket.display(),
+            access.pid
         );
     }
-    let _ = write!(
-        text,
-        "\n  QMP      : {}\n  pid      : {}",
-        access.qmp_socket.display(),
-        access.pid
-    );
     text
 }
 

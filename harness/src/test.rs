@@ -43,18 +43,20 @@ pub trait VirtTest: Send + 'static {
     /// The test itself.
     fn action(&mut self, t: &mut Test) -> impl Future<Output = TestResult> + Send;
 
-    /// Cleans up; runs whatever happened before. The default ends the
-    /// VM if it is on: at once (QMP `quit`) when nothing of it outlives
+    /// Cleans up; runs whatever happened before. The default ends each
+    /// VM that is on: at once (QMP `quit`) when nothing of it outlives
     /// the test, gracefully (the guest shuts down) when `keep_disks`
     /// keeps its disks, so they hold a cleanly shut down guest. The
     /// runner kills any VM still on after it.
     fn cleanup(&mut self, t: &mut Test) -> impl Future<Output = TestResult> + Send {
         async move {
-            if t.vm.is_on() {
-                match t.vm.config().keep_disks {
-                    true => t.vm.power_off().await?,
-                    false => t.vm.power_off_within(Duration::ZERO).await?,
-                };
+            for (_, vm) in t.vms_mut() {
+                if vm.is_on() {
+                    match vm.config().keep_disks {
+                        true => vm.power_off().await?,
+                        false => vm.power_off_within(Duration::ZERO).await?,
+                    };
+                }
             }
             Ok(())
         }
@@ -141,15 +143,18 @@ fn snake_case(name: &str) -> String {
     out
 }
 
-/// What a test works with: its VM, its parameters, its log directory.
+/// What a test works with: its VM (and any it adds), its parameters, its
+/// log directory.
 pub struct Test {
-    /// The VM, made from the parameters, not powered on.
+    /// The VM, made from the parameters, not powered on; named `vm`.
     pub vm: Vm,
     /// The parameters of this run (one variant).
     pub params: Params,
     name: String,
     log_dir: PathBuf,
     warnings: Vec<String>,
+    /// VMs [`Test::add_vm`] added, in order.
+    added: Vec<(String, Vm)>,
 }
 
 impl Test {
@@ -163,7 +168,60 @@ impl Test {
             name: name.to_string(),
             log_dir: log_dir.to_path_buf(),
             warnings: Vec::new(),
+            added: Vec::new(),
         })
+    }
+
+    /// Adds a VM named `name`: made from the test's parameters with
+    /// `overrides` applied, logging under `vm-NAME/` in the test's
+    /// directory, not powered on. `t.vm` stays the first; the runner
+    /// gathers every VM's failure bundle and ends every VM after cleanup.
+    ///
+    /// ```no_run
+    /// # async fn f(t: &mut virtest_harness::Test) -> virtest_harness::TestResult {
+    /// let server = t.add_vm("server", &[("memory", "512")])?;
+    /// server.power_on().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_vm(&mut self, name: &str, overrides: &[(&str, &str)]) -> Result<&mut Vm, TestError> {
+        let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if name.is_empty() || !name.chars().all(fits) {
+            return Err(TestError::new(
+                crate::status::Status::Error,
+                format!("`{name}` cannot name a VM: use letters, digits, `-` and `_`"),
+            ));
+        }
+        if name == "vm" || self.added.iter().any(|(taken, _)| taken == name) {
+            return Err(TestError::new(
+                crate::status::Status::Error,
+                format!("the test already has a VM named `{name}`"),
+            ));
+        }
+        let mut params = self.params.clone();
+        for (key, value) in overrides {
+            params.set(*key, *value);
+        }
+        let mut config = vm_config(&params, &self.log_dir.join(format!("vm-{name}")))?;
+        config.name = Some(name.to_string());
+        self.added.push((name.to_string(), Vm::new(config)));
+        Ok(&mut self.added.last_mut().expect("pushed").1)
+    }
+
+    /// The VM named `name`: `vm` is [`Test::vm`], others were added.
+    pub fn vm_named(&mut self, name: &str) -> Option<&mut Vm> {
+        if name == "vm" {
+            return Some(&mut self.vm);
+        }
+        self.added
+            .iter_mut()
+            .find(|(added, _)| added == name)
+            .map(|(_, vm)| vm)
+    }
+
+    /// Every VM of the test with its name, `t.vm` (`vm`) first.
+    pub fn vms_mut(&mut self) -> impl Iterator<Item = (&str, &mut Vm)> {
+        std::iter::once(("vm", &mut self.vm))
+            .chain(self.added.iter_mut().map(|(name, vm)| (name.as_str(), vm)))
     }
 
     /// The test's name, with its variant.

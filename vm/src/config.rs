@@ -47,6 +47,9 @@ impl std::fmt::Debug for Login {
 /// ```
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// The VM's name in a test of several (`None`: `vm`); it names the
+    /// VM in every log line.
+    pub name: Option<String>,
     /// The guest: how it boots, its disks, how to log in, its machine.
     pub guest: GuestDescription,
     /// The QEMU binary (`None`: `$QEMU`, then `qemu-system-x86_64` on PATH).
@@ -114,6 +117,7 @@ impl VmConfig {
             extra_args: Vec::new(),
             vga: true,
             log_dir: None,
+            name: None,
             user: None,
             login: Login::Guest,
             qemu_img: None,

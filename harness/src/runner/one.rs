@@ -120,17 +120,27 @@ impl TestRun {
                 let budget = params
                     .seconds_or("evidence_timeout", evidence::DEFAULT_TIMEOUT)
                     .unwrap_or(evidence::DEFAULT_TIMEOUT);
-                let bundle = dir.join(evidence::DIR);
-                // A second signal cuts it short, as it does cleanup.
+                // Each VM's bundle: `failure/`, `failure/vm-NAME/`. A second
+                // signal cuts it short, as it does cleanup.
+                let gathering = async {
+                    let mut files = Vec::new();
+                    for (vm_name, vm) in t.vms_mut() {
+                        let mut bundle = dir.join(evidence::DIR);
+                        if vm_name != "vm" {
+                            bundle.push(format!("vm-{vm_name}"));
+                        }
+                        files.extend(evidence::gather(vm, &bundle, budget).await);
+                    }
+                    files
+                };
                 evidence = tokio::select! {
-                    files = evidence::gather(&mut t.vm, &bundle, budget) => files,
+                    files = gathering => files,
                     _ = signalled(hurry.clone()) => Vec::new(),
                 };
                 if let Some(pauser) = &pauser {
                     set(&phase, "paused on its failure");
-                    pauser
-                        .pause(&name, &dir, &mut t.vm, interrupt.clone())
-                        .await;
+                    let vms = t.vms_mut().collect();
+                    pauser.pause(&name, &dir, vms, interrupt.clone()).await;
                 }
             }
             set(&phase, "cleanup");
@@ -143,19 +153,20 @@ impl TestRun {
                 &phase,
             )
             .await;
-            if t.vm.is_on() {
-                tracing::warn!("the VM is still on after cleanup: killing it");
-                let _ = t.vm.power_off_within(Duration::ZERO).await;
-            }
             let failed = outcome.is_err() || cleanup.is_err();
-            let kept_disks = if failed || t.vm.config().keep_disks {
-                t.vm.keep_disks();
-                t.vm.overlays().iter().map(|o| o.path.clone()).collect()
-            } else {
-                Vec::new()
-            };
+            let mut kept_disks = Vec::new();
+            for (vm_name, vm) in t.vms_mut() {
+                if vm.is_on() {
+                    tracing::warn!(vm = vm_name, "a VM is still on after cleanup: killing it");
+                    let _ = vm.power_off_within(Duration::ZERO).await;
+                }
+                if failed || vm.config().keep_disks {
+                    vm.keep_disks();
+                    kept_disks.extend(vm.overlays().iter().map(|o| o.path.clone()));
+                }
+            }
             if !kept_disks.is_empty() {
-                tracing::info!(disks = ?kept_disks, "the VM's disk overlays are kept");
+                tracing::info!(disks = ?kept_disks, "the VMs' disk overlays are kept");
             }
             let outcome = match (outcome, cleanup) {
                 (Ok(()), Err(e)) => Err(TestError::new(e.status, format!("cleanup: {}", e.reason))),

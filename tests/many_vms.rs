@@ -1,0 +1,111 @@
+//! Several VMs in one test: `t.add_vm` makes more from the test's
+//! parameters, each logging under `vm-NAME/`; they reach each other's
+//! forwarded ports through the host, one of them migrates meanwhile, and
+//! the runner gathers every VM's failure bundle and ends them all.
+
+mod common;
+
+use std::path::Path;
+
+use virtest::harness::params::ParamSources;
+use virtest::harness::runner::{self, Filter, JobOptions};
+use virtest::harness::{Status, TestDef};
+use virtest::prelude::*;
+
+/// A server VM serves its boot id; `t.vm` fetches it through the host
+/// (user networking's 10.0.2.2 is the host's loopback), before and after
+/// the server migrates; then the test fails, to leave its evidence.
+#[derive(Default)]
+struct ServerAndClient;
+impl VirtTest for ServerAndClient {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        for bad in ["vm", "two words"] {
+            ensure!(t.add_vm(bad, &[]).is_err(), "`{bad}` named a VM");
+        }
+        let pids = t.log_dir().join("pids");
+        let server = t.add_vm("server", &[("forward_ports", "8080")])?;
+        server.power_on().await?;
+        let boot_id = server
+            .login_remote()
+            .await?
+            .run(
+                "mkdir -p /tmp/www && cat /proc/sys/kernel/random/boot_id | tee /tmp/www/id \
+                 && busybox httpd -p 8080 -h /tmp/www",
+            )
+            .await?
+            .stdout;
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        for round in 0..2 {
+            let server = t.vm_named("server").expect("added");
+            if round == 1 {
+                server.migrate(MigrationMode::Unix).await?;
+            }
+            let port = server.forwarded_port(8080).expect("forwarded");
+            let fetched =
+                t.vm.remote()?
+                    .wait_until_succeeds(
+                        &format!("wget -qO- http://10.0.2.2:{port}/id"),
+                        std::time::Duration::from_secs(30),
+                    )
+                    .await?
+                    .stdout;
+            ensure!(fetched == boot_id, "round {round}: fetched {fetched:?}");
+        }
+        let pid_list: Vec<String> = t
+            .vms_mut()
+            .map(|(name, vm)| format!("{name} {}", vm.pid().unwrap_or(0)))
+            .collect();
+        std::fs::write(pids, pid_list.join("\n"))?;
+        Err(fail("both VMs answered; failing to leave their evidence"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
+    let _slots = common::guest_slots(2);
+    common::guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let defs = vec![TestDef::new("ServerAndClient", ServerAndClient::default)];
+    let (planned, _) = runner::plan(&defs, &ParamSources::default(), &Filter::default()).unwrap();
+    let options = JobOptions {
+        results_dir: tmp.path().to_path_buf(),
+        max_parallel: 1,
+        ..JobOptions::new()
+    };
+    let job = runner::run_job(&defs, planned, &options).await.unwrap();
+    let test = &job.results.tests[0];
+    assert_eq!(
+        (test.status, test.fail_reason.as_deref()),
+        (
+            Status::Fail,
+            Some("both VMs answered; failing to leave their evidence")
+        )
+    );
+    let dir = &test.logdir;
+    for file in [
+        "failure/screen.png",
+        "failure/vm-server/screen.png",
+        "failure/vm-server/guest.txt",
+    ] {
+        assert!(
+            test.evidence.contains(&dir.join(file)),
+            "{file} not in {:?}",
+            test.evidence
+        );
+    }
+    let server_console = std::fs::read_to_string(dir.join("vm-server/console.log")).unwrap();
+    assert!(!server_console.is_empty());
+    assert!(Path::new(&dir.join("vm-server/qmp.log")).is_file());
+    let debug = std::fs::read_to_string(&test.logfile).unwrap();
+    assert!(
+        debug.contains("name=server"),
+        "the server's log lines name it"
+    );
+    for line in std::fs::read_to_string(dir.join("pids")).unwrap().lines() {
+        let (name, pid) = line.split_once(' ').unwrap();
+        let pid: u32 = pid.parse().unwrap();
+        assert!(pid > 0, "{name} was on");
+        assert!(!common::alive(pid), "VM {name}'s QEMU {pid} is left");
+    }
+}
