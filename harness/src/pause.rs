@@ -296,6 +296,42 @@ mod tests {
     }
 
     #[test]
+    fn each_paused_vm_gets_its_ways_in() {
+        let access = |vm: &str| VmAccess {
+            vm: vm.into(),
+            pid: 7,
+            ssh: Some(vec!["ssh".into(), format!("{vm}@127.0.0.1")]),
+            qmp_socket: format!("/run/{vm}.sock").into(),
+            console_socket: Some("/run/c.sock".into()),
+        };
+        let dir = Path::new("/r/job-1/test-results/2-t");
+        let one = announcement("t", dir, &[access("vm")]);
+        assert!(
+            one.starts_with("PAUSED     : t failed; its VM runs"),
+            "{one}"
+        );
+        assert!(one.contains("or: virtest ssh /r/job-1 2-t\n"), "{one}");
+        let two = announcement("t", dir, &[access("vm"), access("server")]);
+        assert!(
+            two.starts_with("PAUSED     : t failed; its VMs run"),
+            "{two}"
+        );
+        assert!(
+            two.contains("\n VM `server`:\n  ssh      : ssh server@127.0.0.1"),
+            "{two}"
+        );
+        assert!(
+            two.contains("or: virtest ssh /r/job-1 2-t server\n"),
+            "{two}"
+        );
+        assert!(
+            two.contains("virtest console /r/job-1 2-t server "),
+            "{two}"
+        );
+        assert!(two.contains("QMP      : /run/server.sock"), "{two}");
+    }
+
+    #[test]
     fn words_are_quoted_for_the_shell_only_when_needed() {
         assert_eq!(shell_quoted("/a/b-c_d.e"), "/a/b-c_d.e");
         assert_eq!(shell_quoted("a b"), "'a b'");

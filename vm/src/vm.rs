@@ -520,7 +520,6 @@ impl Vm {
         }
     }
 
-
     /// Starts another QEMU process of this VM from the command line
     /// `build` makes for fresh endpoints, sharing the VM's console and
     /// logs. For the migration layer, which starts a destination this way
