@@ -66,6 +66,12 @@ impl LogLayer {
 /// The fields of a span, as text, kept in its extensions.
 struct SpanFields(String);
 
+/// The name of the VM layer's spans (`vm{name=server id=...}`).
+const VM_SPAN: &str = "vm";
+
+/// A VM span's `name` field: which VM of the test.
+struct VmName(String);
+
 /// The phase a span set, and the one it replaced.
 struct PhaseMark {
     phase: Phase,
@@ -102,9 +108,22 @@ where
             if let Some(sink) = fields.key.and_then(|key| self.tests.get(key)) {
                 span.extensions_mut().insert(sink);
             }
+        } else if name == VM_SPAN {
+            if let Some(vm) = fields.name.clone() {
+                span.extensions_mut().insert(VmName(vm));
+            }
         } else if let Some(phase) = phase_of(name, &fields)
             && let Some(sink) = test_sink(&ctx, id)
         {
+            // In a test of several VMs, a phase says whose it is.
+            let vm = span
+                .scope()
+                .skip(1)
+                .find_map(|ancestor| ancestor.extensions().get::<VmName>().map(|n| n.0.clone()));
+            let phase = match vm {
+                Some(vm) if vm != "vm" => format!("{vm}: {phase}"),
+                _ => phase,
+            };
             let before = std::mem::replace(&mut *sink.phase.lock().expect("phase"), phase);
             span.extensions_mut().insert(PhaseMark {
                 phase: sink.phase.clone(),
@@ -196,6 +215,8 @@ struct FieldText {
     progress: Option<f64>,
     /// A remote command's `command` field.
     command: Option<String>,
+    /// A VM span's `name` field.
+    name: Option<String>,
 }
 
 impl Visit for FieldText {
@@ -214,8 +235,10 @@ impl Visit for FieldText {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            if field.name() == "command" {
-                self.command = Some(value.to_string());
+            match field.name() {
+                "command" => self.command = Some(value.to_string()),
+                "name" => self.name = Some(value.to_string()),
+                _ => {}
             }
             let _ = write!(self.text, " {}={value}", field.name());
         }
@@ -249,4 +272,41 @@ fn clock() -> String {
         day % 60,
         now.subsec_millis()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// The phase a test shows while `power_on` of a VM named `vm_name`
+    /// runs.
+    fn phase_while_booting(vm_name: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let (layer, sinks) = LogLayer::new(File::create(dir.path().join("job.log")).unwrap());
+        let phase = Phase::default();
+        sinks.register(
+            1,
+            TestSink {
+                log: Arc::new(Mutex::new(File::create(dir.path().join("debug.log")).unwrap())),
+                phase: phase.clone(),
+            },
+        );
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let test = tracing::info_span!(TEST_SPAN, key = 1u64);
+            let _test = test.enter();
+            let vm = tracing::info_span!("vm", name = vm_name, id = "abc");
+            let _vm = vm.enter();
+            let _booting = tracing::info_span!("power_on").entered();
+            phase.lock().unwrap().clone()
+        })
+    }
+
+    #[test]
+    fn a_phase_names_its_vm_when_the_test_has_several() {
+        assert_eq!(phase_while_booting("vm"), "booting");
+        assert_eq!(phase_while_booting("server"), "server: booting");
+    }
 }
