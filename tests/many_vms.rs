@@ -102,6 +102,17 @@ async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
         debug.contains("name=server"),
         "the server's log lines name it"
     );
+    let html = std::fs::read_to_string(job.dir.join("results.html")).unwrap();
+    assert_eq!(
+        html.matches("<img class=\"screen\"").count(),
+        2,
+        "both screens"
+    );
+    assert!(html.contains(">vm-server/screen.png</a>"), "{html}");
+    assert!(
+        html.contains("Migrations of VM server"),
+        "the server's migration"
+    );
     for line in std::fs::read_to_string(dir.join("pids")).unwrap().lines() {
         let (name, pid) = line.split_once(' ').unwrap();
         let pid: u32 = pid.parse().unwrap();

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use virtest_remote::RunOptions;
 use virtest_vm::Vm;
 
+use crate::test::Test;
+
 /// The bundle's directory, in the test's.
 pub(crate) const DIR: &str = "failure";
 
@@ -41,10 +43,30 @@ const GUEST_VIEW: &[&str] = &[
     "df -h",
 ];
 
+/// Gathers the bundle of each of `t`'s VMs into `failure/` (an added
+/// VM's into `failure/vm-NAME/`) of the test's directory `dir`, all
+/// within `budget`; returns the files.
+pub(crate) async fn gather_all(t: &mut Test, dir: &Path, budget: Duration) -> Vec<PathBuf> {
+    if budget.is_zero() {
+        return Vec::new();
+    }
+    let deadline = Instant::now() + budget;
+    let mut files = Vec::new();
+    for (name, vm) in t.vms_mut() {
+        let mut bundle = dir.join(DIR);
+        if name != "vm" {
+            bundle.push(format!("vm-{name}"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        files.extend(gather(vm, &bundle, left).await);
+    }
+    files
+}
+
 /// Gathers `vm`'s bundle into `dir` within `budget` and returns the
 /// files it holds (none when the VM never started a QEMU).
-pub(crate) async fn gather(vm: &mut Vm, dir: &Path, budget: Duration) -> Vec<PathBuf> {
-    if !vm.has_started_qemu() || budget.is_zero() {
+async fn gather(vm: &mut Vm, dir: &Path, budget: Duration) -> Vec<PathBuf> {
+    if !vm.has_started_qemu() {
         return Vec::new();
     }
     if let Err(e) = std::fs::create_dir_all(dir) {
@@ -56,9 +78,9 @@ pub(crate) async fn gather(vm: &mut Vm, dir: &Path, budget: Duration) -> Vec<Pat
     let deadline = Instant::now() + budget;
     let live = tokio::time::timeout_at(deadline, from_the_vm(vm, dir, deadline, &mut missing));
     if live.await.is_err() {
-        missing.push(format!(
-            "the rest: gathering ran out of its {budget:?} (the evidence_timeout parameter)"
-        ));
+        missing.push(
+            "the rest: gathering ran out of time (the evidence_timeout parameter)".to_string(),
+        );
     }
     recorded(vm, dir, &mut missing);
     if !missing.is_empty() {

@@ -138,7 +138,10 @@ fn row(page: &mut String, test: &TestRecord, job_dir: &Path) {
     );
     let mut detail = String::new();
     evidence(&mut detail, test, job_dir);
-    migrations(&mut detail, &test.logdir);
+    migrations(&mut detail, &test.logdir, "Migrations");
+    for (vm, dir) in added_vms(&test.logdir) {
+        migrations(&mut detail, &dir, &format!("Migrations of VM {vm}"));
+    }
     if !detail.is_empty() {
         let _ = writeln!(
             page,
@@ -177,13 +180,18 @@ fn evidence(out: &mut String, test: &TestRecord, job_dir: &Path) {
         return;
     }
     out.push_str("<p><b>When it failed:</b> ");
+    let bundle = test.logdir.join("failure");
+    // `screen.png`, or `vm-server/screen.png` for an added VM's.
+    let label = |file: &Path| {
+        file.strip_prefix(&bundle)
+            .unwrap_or(file)
+            .display()
+            .to_string()
+    };
     let links: Vec<String> = test
         .evidence
         .iter()
-        .map(|file| {
-            let name = file.file_name().unwrap_or_default().to_string_lossy();
-            link(job_dir, file, &name)
-        })
+        .map(|file| link(job_dir, file, &label(file)))
         .collect();
     out.push_str(&links.join(" "));
     out.push_str("</p>\n");
@@ -204,16 +212,33 @@ fn evidence(out: &mut String, test: &TestRecord, job_dir: &Path) {
         {
             let _ = writeln!(
                 out,
-                "<details><summary>console tail</summary><pre>{}</pre></details>",
+                "<details><summary>{}</summary><pre>{}</pre></details>",
+                escape(&label(file)),
                 escape(&text)
             );
         }
     }
 }
 
-/// The test's migrations (its `migration-<n>.json`): a timeline and a
-/// table of figures.
-fn migrations(out: &mut String, dir: &Path) {
+/// The VMs a test added, by name, with their directories (`vm-NAME/`).
+fn added_vms(test_dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut vms: Vec<(String, PathBuf)> = std::fs::read_dir(test_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let vm = name.strip_prefix("vm-")?.to_string();
+            entry.path().is_dir().then(|| (vm, entry.path()))
+        })
+        .collect();
+    vms.sort();
+    vms
+}
+
+/// A VM's migrations (the `migration-<n>.json` in `dir`) under `title`:
+/// a timeline and a table of figures.
+fn migrations(out: &mut String, dir: &Path, title: &str) {
     let reports: Vec<(usize, MigrationReport)> = (1..)
         .map(|n| (n, dir.join(format!("migration-{n}.json"))))
         .take_while(|(_, path)| path.is_file())
@@ -225,7 +250,7 @@ fn migrations(out: &mut String, dir: &Path) {
     if reports.is_empty() {
         return;
     }
-    let _ = writeln!(out, "<p><b>Migrations</b></p>");
+    let _ = writeln!(out, "<p><b>{}</b></p>", escape(title));
     out.push_str(&timeline(&reports));
     out.push_str(
         "<table><tr><th>#</th><th>transport</th><th>total</th><th>downtime</th><th>setup</th>\

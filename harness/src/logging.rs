@@ -289,7 +289,9 @@ mod tests {
         sinks.register(
             1,
             TestSink {
-                log: Arc::new(Mutex::new(File::create(dir.path().join("debug.log")).unwrap())),
+                log: Arc::new(Mutex::new(
+                    File::create(dir.path().join("debug.log")).unwrap(),
+                )),
                 phase: phase.clone(),
             },
         );

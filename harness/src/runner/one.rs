@@ -120,21 +120,9 @@ impl TestRun {
                 let budget = params
                     .seconds_or("evidence_timeout", evidence::DEFAULT_TIMEOUT)
                     .unwrap_or(evidence::DEFAULT_TIMEOUT);
-                // Each VM's bundle: `failure/`, `failure/vm-NAME/`. A second
-                // signal cuts it short, as it does cleanup.
-                let gathering = async {
-                    let mut files = Vec::new();
-                    for (vm_name, vm) in t.vms_mut() {
-                        let mut bundle = dir.join(evidence::DIR);
-                        if vm_name != "vm" {
-                            bundle.push(format!("vm-{vm_name}"));
-                        }
-                        files.extend(evidence::gather(vm, &bundle, budget).await);
-                    }
-                    files
-                };
+                // A second signal cuts it short, as it does cleanup.
                 evidence = tokio::select! {
-                    files = gathering => files,
+                    files = evidence::gather_all(&mut t, &dir, budget) => files,
                     _ = signalled(hurry.clone()) => Vec::new(),
                 };
                 if let Some(pauser) = &pauser {
