@@ -30,6 +30,16 @@ pub enum Error {
         /// QEMU's description.
         desc: String,
     },
+    /// The guest agent answered a command with an error.
+    #[error("guest agent command `{command}` failed: {class}: {desc}")]
+    AgentCommand {
+        /// The command's name.
+        command: String,
+        /// The agent's error class.
+        class: String,
+        /// The agent's description.
+        desc: String,
+    },
     /// The connection is closed; every command pending then gets this.
     #[error("the QMP connection is closed: {reason}")]
     Disconnected {

@@ -12,6 +12,8 @@
 //! - [`codec`]: bytes to messages and back, no I/O.
 //! - [`Qmp`] (`client`): the connection, its reader task and commands.
 //! - [`Event`], [`EventCursor`], [`Subscription`] (`event`): the event log.
+//! - [`Qga`] (`qga`): the guest agent's protocol: no greeting,
+//!   `guest-sync-delimited`, commands typed by `qapi`'s QGA schema.
 //! - [`transcript`]: every line in and out, timestamped, to a writer you
 //!   give; the events read back from one.
 //!
@@ -54,8 +56,10 @@ pub mod codec;
 mod error;
 mod event;
 mod fdpass;
+mod qga;
 pub mod transcript;
 
 pub use client::{DEFAULT_COMMAND_TIMEOUT, Greeting, Options, Qmp};
 pub use error::{Error, Result};
 pub use event::{Event, EventCursor, LOG_CAPACITY, Subscription};
+pub use qga::{DEFAULT_QGA_TIMEOUT, Qga};

@@ -1,0 +1,163 @@
+//! The guest agent's protocol against the real `qemu-ga` (Debian's
+//! qemu-guest-agent), run on the host on a unix socket of the test's:
+//! sync, typed commands, exec with output and status, errors; and the
+//! input a real agent never sends, from a fake one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use qapi::qga;
+use virtest_qmp::{Error, Qga};
+
+/// `qemu-ga` listening on `dir/qga.sock`, killed when dropped.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let socket = dir.join("qga.sock");
+        let child = Command::new("qemu-ga")
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&socket)
+            .arg("-t")
+            .arg(dir)
+            .spawn()
+            .expect("qemu-ga (Debian's qemu-guest-agent) is installed (.ci/install does it)");
+        Agent { child, socket }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_agent_answers_typed_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let qga = Qga::connect_unix(&agent.socket, Duration::from_secs(10))
+        .await
+        .unwrap();
+    qga.execute(qga::guest_ping {}).await.unwrap();
+    let info = qga.execute(qga::guest_info {}).await.unwrap();
+    assert!(info.version.starts_with("7."), "{}", info.version);
+    assert!(
+        info.supported_commands
+            .iter()
+            .any(|c| c.name == "guest-exec"),
+        "{:?}",
+        info.supported_commands
+    );
+
+    let started = qga
+        .execute(qga::guest_exec {
+            path: "/bin/sh".into(),
+            arg: Some(vec!["-c".into(), "echo out; echo err >&2; exit 3".into()]),
+            capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
+            env: None,
+            input_data: None,
+        })
+        .await
+        .unwrap();
+    let status = loop {
+        let status = qga
+            .execute(qga::guest_exec_status { pid: started.pid })
+            .await
+            .unwrap();
+        if status.exited {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.exitcode, Some(3));
+    assert_eq!(status.out_data.as_deref(), Some(&b"out\n"[..]));
+    assert_eq!(status.err_data.as_deref(), Some(&b"err\n"[..]));
+
+    let error = qga
+        .execute_raw_within(
+            "guest-no-such-command",
+            serde_json::Value::Null,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    match &error {
+        Error::AgentCommand { command, class, .. } => {
+            assert_eq!(command, "guest-no-such-command");
+            assert_eq!(class, "CommandNotFound");
+        }
+        other => panic!("{other}"),
+    }
+    // The connection still works after an error.
+    qga.execute(qga::guest_ping {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_agent_is_a_connect_error_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let error = Qga::connect_unix(&dir.path().join("none.sock"), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// A fake agent: answers the sync, then sends `reply` to the next
+/// command, or stays silent when it is empty.
+async fn fake_agent(socket: PathBuf, reply: &'static [u8]) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut sync = Vec::new();
+    reader.read_until(b'\n', &mut sync).await.unwrap();
+    // The client's 0xFF comes before the sync.
+    let sync: serde_json::Value = serde_json::from_slice(&sync[1..]).unwrap();
+    let id = sync["arguments"]["id"].as_u64().unwrap();
+    let mut answer = vec![0xff];
+    answer.extend(format!("{{\"return\": {id}}}\n").into_bytes());
+    writer.write_all(&answer).await.unwrap();
+    let mut command = Vec::new();
+    reader.read_until(b'\n', &mut command).await.unwrap();
+    if !reply.is_empty() {
+        writer.write_all(reply).await.unwrap();
+    }
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn garbage_and_silence_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("garbage.sock");
+    tokio::spawn(fake_agent(socket.clone(), b"not json at all\n"));
+    let qga = Qga::connect_unix(&socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let error = qga.execute(qga::guest_ping {}).await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Protocol(text) if text.contains("not JSON") && text.contains("not json at all")),
+        "{error}"
+    );
+
+    let socket = dir.path().join("silent.sock");
+    tokio::spawn(fake_agent(socket.clone(), b""));
+    let qga = Qga::connect_unix(&socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let error = qga
+        .execute_within(qga::guest_ping {}, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Timeout { what, .. } if what.contains("guest-ping")),
+        "{error}"
+    );
+}
