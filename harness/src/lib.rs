@@ -33,11 +33,13 @@
 //! - `pause`: `--pause-on-failure`, and how to get into a paused VM.
 //! - `logging`: `job.log` and each test's `debug.log`.
 //! - `progress`: the live display.
-//! - `libtest`: the command line of a `main!` binary.
+//! - `libtest`: the command line of a `main!` binary; `job_args`: the
+//!   job options it shares with `virtest run` ([`JobArgs`]).
 #![deny(missing_docs)]
 
 mod evidence;
 mod html;
+mod job_args;
 pub mod libtest;
 mod logging;
 mod outcome;
@@ -49,6 +51,7 @@ pub mod runner;
 mod status;
 mod test;
 
+pub use job_args::JobArgs;
 pub use outcome::{TestError, TestResult, cancel, fail, skip};
 pub use params::Params;
 pub use status::Status;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::job_args::JobArgs;
 use crate::params::ParamSources;
-use crate::runner::{self, Filter, JobOptions};
+use crate::runner::{self, Filter};
 use crate::test::TestDef;
 
 /// libtest's options, and virtest's.
@@ -63,30 +64,8 @@ struct Args {
     /// A params file (TOML or JSON); also `$VIRTEST_PARAMS`.
     #[arg(long, env = "VIRTEST_PARAMS")]
     params_file: Option<PathBuf>,
-    /// Tests at once (default: the number of cores).
-    #[arg(long)]
-    max_parallel: Option<usize>,
-    /// Where job directories go (default: `$VIRTEST_RESULTS`, else
-    /// `job-results` in virtest's cache).
-    #[arg(long)]
-    results_dir: Option<PathBuf>,
-    /// Run a test that fails again, up to N times; one that then passes
-    /// is reported flaky (also `$VIRTEST_RETRIES`).
-    #[arg(
-        long,
-        value_name = "N",
-        env = "VIRTEST_RETRIES",
-        allow_hyphen_values = true
-    )]
-    retries: Option<u32>,
-    /// Run each test N times, to hunt a flaky one; the summary counts
-    /// its passes (also `$VIRTEST_REPEAT`).
-    #[arg(long, value_name = "N", env = "VIRTEST_REPEAT", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..))]
-    repeat: Option<u32>,
-    /// Keep a failed test's VM running before its cleanup, print how to
-    /// get in (ssh, QMP, `virtest ssh`), and wait for Enter or Ctrl-C.
-    #[arg(long)]
-    pause_on_failure: bool,
+    #[command(flatten)]
+    job: JobArgs,
 }
 
 /// Runs a test binary made of `defs` with the process's arguments.
@@ -126,16 +105,10 @@ pub fn main(defs: Vec<TestDef>) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let mut options = JobOptions::new();
-    if let Some(dir) = args.results_dir {
-        options.results_dir = dir;
-    }
-    if let Some(n) = args.max_parallel.or(args.test_threads) {
+    let mut options = args.job.options();
+    if let (None, Some(n)) = (args.job.max_parallel, args.test_threads) {
         options.max_parallel = n;
     }
-    options.retries = args.retries.unwrap_or(0);
-    options.repeat = args.repeat.unwrap_or(1);
-    options.pause_on_failure = args.pause_on_failure;
     runner::run_and_report(&defs, planned, &options)
 }
 
@@ -163,8 +136,8 @@ mod tests {
     #[test]
     fn retries_repeat_and_pause_parse_and_bad_counts_are_refused() {
         let args = Args::parse_from(["bin", "--retries", "2", "--repeat=3", "--pause-on-failure"]);
-        assert_eq!((args.retries, args.repeat), (Some(2), Some(3)));
-        assert!(args.pause_on_failure);
+        assert_eq!((args.job.retries, args.job.repeat), (Some(2), Some(3)));
+        assert!(args.job.pause_on_failure);
         for bad in [
             &["--retries", "-1"][..],
             &["--repeat", "0"],

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use virtest_harness::JobArgs;
 use virtest_harness::params::ParamSources;
-use virtest_harness::runner::{self, Filter, JobOptions, Planned};
+use virtest_harness::runner::{self, Filter, Planned};
 
 use super::CliResult;
 use virtest::builtin;
@@ -86,30 +87,8 @@ pub struct ListArgs {
 pub struct RunArgs {
     #[command(flatten)]
     selection: Selection,
-    /// Tests at once (default: the number of cores).
-    #[arg(long)]
-    max_parallel: Option<usize>,
-    /// Where job directories go (default: $VIRTEST_RESULTS, else
-    /// job-results in virtest's cache).
-    #[arg(long)]
-    results_dir: Option<PathBuf>,
-    /// Run a test that fails again, up to N times; one that then passes
-    /// is reported flaky (also `$VIRTEST_RETRIES`).
-    #[arg(
-        long,
-        value_name = "N",
-        env = "VIRTEST_RETRIES",
-        allow_hyphen_values = true
-    )]
-    retries: Option<u32>,
-    /// Run each test N times, to hunt a flaky one; the summary counts
-    /// its passes (also `$VIRTEST_REPEAT`).
-    #[arg(long, value_name = "N", env = "VIRTEST_REPEAT", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..))]
-    repeat: Option<u32>,
-    /// Keep a failed test's VM running before its cleanup, print how to
-    /// get in (ssh, QMP, `virtest ssh`), and wait for Enter or Ctrl-C.
-    #[arg(long)]
-    pause_on_failure: bool,
+    #[command(flatten)]
+    job: JobArgs,
 }
 
 pub fn list(args: ListArgs) -> CliResult {
@@ -132,15 +111,6 @@ pub fn list(args: ListArgs) -> CliResult {
 
 pub fn run(args: RunArgs) -> CliResult {
     let planned = args.selection.plan()?;
-    let mut options = JobOptions::new();
-    if let Some(dir) = args.results_dir {
-        options.results_dir = dir;
-    }
-    if let Some(n) = args.max_parallel {
-        options.max_parallel = n;
-    }
-    options.retries = args.retries.unwrap_or(0);
-    options.repeat = args.repeat.unwrap_or(1);
-    options.pause_on_failure = args.pause_on_failure;
+    let options = args.job.options();
     Ok(runner::run_and_report(&builtin::tests(), planned, &options))
 }
