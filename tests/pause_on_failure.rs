@@ -272,8 +272,23 @@ fn a_failed_test_pauses_with_working_ways_in() {
     let pid = access[0].pid;
     assert!(common::alive(pid), "the VM runs while paused");
 
+    // A console still attached when the job goes on says so and ends.
+    tmux.window(
+        "console2",
+        &format!(
+            "{virtest} {} ; echo CONSOLE2-LEFT; sleep 60",
+            attach.trim_start_matches("virtest ")
+        ),
+    );
+    tmux.wait_in_window("console2", "Ctrl-] leaves", 0);
+
     tmux.press_enter();
     let screen = tmux.wait_for("JOB-EXITED", Duration::from_secs(120));
+    let console2 = tmux.wait_in_window("console2", "CONSOLE2-LEFT", 0);
+    assert!(
+        console2.contains("[the console closed: the job went on]"),
+        "{console2}"
+    );
     assert!(
         screen.contains("RESUMED    : fails_after_login's cleanup runs"),
         "{screen}"

@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use virtest_harness::pause::VmAccess;
@@ -85,16 +87,26 @@ pub fn console(args: ConsoleArgs) -> CliResult {
     let raw = RawTerminal::enter();
     eprint!("[the console of {test}; Ctrl-] leaves]\r\n");
     let mut output = stream.try_clone()?;
-    let printer = std::thread::spawn(move || {
-        let mut stdout = std::io::stdout();
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = output.read(&mut chunk) {
-            if n == 0 || stdout.write_all(&chunk[..n]).is_err() {
-                return;
+    let leaving = Arc::new(AtomicBool::new(false));
+    let printer = {
+        let (leaving, saved) = (leaving.clone(), raw.saved.clone());
+        std::thread::spawn(move || {
+            let mut stdout = std::io::stdout();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = output.read(&mut chunk) {
+                if n == 0 || stdout.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                let _ = stdout.flush();
             }
-            let _ = stdout.flush();
-        }
-    });
+            if !leaving.load(Ordering::SeqCst) {
+                // The job went on: no key needs pressing to see it.
+                restore_terminal(saved.as_deref());
+                eprintln!("\r\n[the console closed: the job went on]");
+                std::process::exit(0);
+            }
+        })
+    };
     let mut input = &stream;
     let mut chunk = [0u8; 1024];
     let mut stdin = std::io::stdin().lock();
@@ -121,6 +133,7 @@ pub fn console(args: ConsoleArgs) -> CliResult {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         std::thread::sleep(Duration::from_secs(2));
     }
+    leaving.store(true, Ordering::SeqCst);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = printer.join();
     drop(raw);
@@ -223,11 +236,16 @@ impl RawTerminal {
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        if let Some(saved) = &self.saved {
-            let _ = Command::new("stty")
-                .arg(saved)
-                .stdin(Stdio::inherit())
-                .status();
-        }
+        restore_terminal(self.saved.as_deref());
+    }
+}
+
+/// Puts back the terminal settings `stty -g` saved.
+fn restore_terminal(saved: Option<&str>) {
+    if let Some(saved) = saved {
+        let _ = Command::new("stty")
+            .arg(saved)
+            .stdin(Stdio::inherit())
+            .status();
     }
 }
