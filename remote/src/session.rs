@@ -115,7 +115,8 @@ pub trait Session: Sync {
             })
             .await;
             match waited {
-                Err(Error::NotYet { what, .. }) if what.ends_with("(failed)") => {
+                // A unit that failed stopped the wait at once.
+                Err(Error::NotYet { last, .. }) if last.stdout.trim() == "failed" => {
                     let shown = format!("systemctl status --no-pager --lines 20 {unit}");
                     let status = match self.run(&shown).await {
                         Ok(result) => result.stdout,
