@@ -584,6 +584,7 @@ fn sigint_child() {
     );
     let defs = match std::env::var("VIRTEST_SIGINT_CLEANUP").as_deref() {
         Ok("hang") => vec![TestDef::new("SlowAction", || HangingCleanup)],
+        Ok("stopped") => vec![TestDef::new("SlowAction", || StoppedVm)],
         _ => vec![TestDef::new("SlowAction", || SlowAction)],
     };
     let sources = ParamSources::default();
@@ -614,8 +615,36 @@ impl VirtTest for HangingCleanup {
     }
 }
 
-/// Starts `sigint_child` (with `cleanup` = `hang` or not) writing into
-/// `results`; returns it once its test's QEMU runs, and QEMU's pid.
+/// A test whose QEMU is stopped (SIGSTOP: QMP does not answer, so
+/// killing the VM takes a while) and whose cleanup hangs.
+struct StoppedVm;
+impl VirtTest for StoppedVm {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        let pid = t.vm.pid().expect("on");
+        // SAFETY: stopping the VM's own QEMU.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok(())
+    }
+    async fn cleanup(&mut self, _t: &mut Test) -> TestResult {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok(())
+    }
+}
+
+/// Whether process `pid` is stopped (`T` in its stat).
+fn is_stopped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        == Some("T")
+}
+
+/// Starts `sigint_child` (with `cleanup` = `hang`, `stopped` or not)
+/// writing into `results`; returns it once its test's VM is on (and, for
+/// `stopped`, its QEMU stopped), and QEMU's pid.
 fn sigint_job(results: &Path, cleanup: &str) -> (std::process::Child, u32) {
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["sigint_child", "--exact", "--ignored", "--nocapture"])
@@ -626,11 +655,17 @@ fn sigint_job(results: &Path, cleanup: &str) -> (std::process::Child, u32) {
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Wait until the test's QEMU runs: a child of the job's process.
+    // Wait until the test's VM is on (its power_on returned, so a signal
+    // interrupts a running VM, not its start) and find its QEMU: a child
+    // of the job's process.
+    let powered_on = || {
+        let test = results.join("latest/test-results/1-slow_action/debug.log");
+        std::fs::read_to_string(test).is_ok_and(|log| log.contains("powered on"))
+    };
     let mut found = None;
     assert!(common::eventually(Duration::from_secs(60), || {
         found = children_of(pid).into_iter().find(|p| is_qemu(*p));
-        found.is_some()
+        found.is_some_and(|qemu| cleanup != "stopped" || is_stopped(qemu)) && powered_on()
     }));
     (child, found.unwrap())
 }
@@ -666,8 +701,8 @@ fn a_second_sigint_cuts_cleanup_short_and_a_third_exits() {
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, qemu) = sigint_job(tmp.path(), "hang");
-    // Quick enough that the job is still killing its VM at the third.
+    // A stopped QEMU takes a while to kill: the third comes meanwhile.
+    let (mut child, qemu) = sigint_job(tmp.path(), "stopped");
     for _ in 0..3 {
         signal_after(&child, 20);
     }
@@ -740,8 +775,13 @@ fn children_of(parent: u32) -> Vec<u32> {
     out
 }
 
+/// Whether `pid` is a VM's QEMU, not one probed for its version or
+/// accelerators (`-version`, `-accel help`), which ends at once.
 fn is_qemu(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("qemu-system"))
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let runs_a_vm = cmdline.split(|&b| b == 0).any(|arg| arg == b"-chardev");
+    comm.starts_with("qemu-system") && runs_a_vm
 }
 
 #[test]
