@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use virtest_migration::MigrationReport;
 
-use crate::results::{JobResults, TestRecord};
+use crate::results::{JobResults, TestRecord, escape};
 use crate::status::Status;
 
 /// The largest screendump embedded; a larger one is linked.
@@ -349,22 +349,6 @@ fn link(job_dir: &Path, path: &Path, text: &str) -> String {
         escape(&target.display().to_string()),
         escape(text)
     )
-}
-
-/// HTML's escapes.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -388,8 +388,8 @@ fn repeat_counts(tests: &[TestRecord]) -> Vec<RepeatCount> {
     counts
 }
 
-/// XML's five escapes, and control characters dropped.
-fn escape(text: &str) -> String {
+/// XML's five escapes (HTML's too), and control characters dropped.
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
