@@ -90,6 +90,7 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
         qemu_version: Some(binary::probe(&binary::find(BinaryKind::System, None)?)?.version),
         memory_mib: None,
         forward_ports: &[],
+        networks: &[],
         ssh_host_port: std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port(),

@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         qemu_version: Some(binary::probe(&binary::find(BinaryKind::System, None)?)?.version),
         memory_mib: None,
         forward_ports: &[],
+        networks: &[],
         ssh_host_port: port,
         cpus: None,
         console: ConsoleOutput::File(console.clone()),

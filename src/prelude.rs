@@ -5,4 +5,4 @@ pub use virtest_harness::{
 };
 pub use virtest_migration::{Migrate, MigrationMode, MigrationReport, MigrationSpec};
 pub use virtest_remote::Session;
-pub use virtest_vm::{BootMode, PowerOff, Reboot, Start, Vm, VmConfig, VmState};
+pub use virtest_vm::{BootMode, Network, PowerOff, Reboot, Start, Vm, VmConfig, VmState};

@@ -7,9 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use virtest::harness::params::ParamSources;
 use virtest::harness::results::TestRecord;
-use virtest::harness::runner::{self, Filter, Job, JobOptions};
+use virtest::harness::runner::Job;
 use virtest::harness::{Status, TestDef};
 use virtest::prelude::*;
 
@@ -53,22 +52,6 @@ impl VirtTest for FailsWithAHungVm {
         ensure!(stopped.success(), "kill -STOP {pid} failed");
         Err(fail("the guest hung"))
     }
-}
-
-async fn run_job(defs: Vec<TestDef>, params: &[String]) -> (tempfile::TempDir, Job) {
-    let tmp = tempfile::tempdir().unwrap();
-    let sources = ParamSources {
-        file: None,
-        assignments: params.to_vec(),
-    };
-    let (planned, _) = runner::plan(&defs, &sources, &Filter::default()).unwrap();
-    let options = JobOptions {
-        results_dir: tmp.path().to_path_buf(),
-        max_parallel: 1,
-        ..JobOptions::new()
-    };
-    let job = runner::run_job(&defs, planned, &options).await.unwrap();
-    (tmp, job)
 }
 
 fn by_name<'a>(job: &'a Job, name: &str) -> &'a TestRecord {
@@ -193,7 +176,7 @@ async fn a_test_failing_after_a_migration_leaves_its_evidence() {
         TestDef::new("FailsAfterMigration", FailsAfterMigration::default),
         TestDef::new("FailsWithoutVm", FailsWithoutVm::default),
     ];
-    let (_tmp, job) = run_job(defs, &[]).await;
+    let (_tmp, job) = common::run_job(&defs, &[], 1).await;
     check_bundle_after_migration(&job, "inet 10.0.2.15");
     let early = by_name(&job, "fails_without_vm");
     assert_eq!(early.status, Status::Fail);
@@ -211,7 +194,7 @@ async fn a_failing_debian_test_leaves_the_journal_too() {
         "FailsAfterMigration",
         FailsAfterMigration::default,
     )];
-    let (_tmp, job) = run_job(defs, &[guest]).await;
+    let (_tmp, job) = common::run_job(&defs, &[&guest], 1).await;
     check_bundle_after_migration(&job, "inet 10.0.2.15");
     let test = by_name(&job, "fails_after_migration");
     let view = std::fs::read_to_string(test.logdir.join("failure/guest.txt")).unwrap();
@@ -231,7 +214,7 @@ async fn gathering_from_a_hung_vm_is_bounded() {
     let _slot = common::guest_slots(1);
     common::guest();
     let defs = vec![TestDef::new("FailsWithAHungVm", FailsWithAHungVm::default)];
-    let (_tmp, job) = run_job(defs, &["evidence_timeout=5".to_string()]).await;
+    let (_tmp, job) = common::run_job(&defs, &["evidence_timeout=5"], 1).await;
     let test = by_name(&job, "fails_with_a_hung_vm");
     assert_eq!(
         (test.status, test.fail_reason.as_deref()),

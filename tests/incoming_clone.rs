@@ -47,6 +47,7 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         ),
         memory_mib: None,
         forward_ports: &[],
+        networks: &[],
         ssh_host_port: common::free_port(),
         cpus: None,
         console: ConsoleOutput::File(dir.path().join("console.log")),

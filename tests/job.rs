@@ -463,19 +463,8 @@ async fn the_forward_ports_parameter_forwards_guest_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_in_a_guest_command_names_the_command() {
     let _slot = common::guest_slots(1);
-    let tmp = tempfile::tempdir().unwrap();
     let defs = vec![TestDef::new("HungCommand", || HungCommand)];
-    let sources = ParamSources {
-        file: None,
-        assignments: vec!["timeout=20".into()],
-    };
-    let (planned, _) = runner::plan(&defs, &sources, &Filter::default()).unwrap();
-    let options = JobOptions {
-        results_dir: tmp.path().to_path_buf(),
-        max_parallel: 1,
-        ..JobOptions::new()
-    };
-    let job = runner::run_job(&defs, planned, &options).await.unwrap();
+    let (_tmp, job) = common::run_job(&defs, &["timeout=20"], 1).await;
     let test = &job.results.tests[0];
     assert_eq!(test.status, Status::Interrupted);
     assert_eq!(
@@ -487,7 +476,6 @@ async fn a_timeout_in_a_guest_command_names_the_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_reasons_and_cleanup_after_panics_and_timeouts() {
     let _slots = common::guest_slots(2);
-    let tmp = tempfile::tempdir().unwrap();
     let defs = vec![
         TestDef::new("FailingCheck", || FailingCheck),
         TestDef::new("PanickingAction", || PanickingAction),
@@ -496,17 +484,7 @@ async fn statuses_reasons_and_cleanup_after_panics_and_timeouts() {
         TestDef::new("Warned", || Warned),
         TestDef::new("BadCleanup", || BadCleanup),
     ];
-    let sources = ParamSources {
-        file: None,
-        assignments: vec!["timeout=3".into()],
-    };
-    let (planned, _) = runner::plan(&defs, &sources, &Filter::default()).unwrap();
-    let options = JobOptions {
-        results_dir: tmp.path().to_path_buf(),
-        max_parallel: 2,
-        ..JobOptions::new()
-    };
-    let job = runner::run_job(&defs, planned, &options).await.unwrap();
+    let (_tmp, job) = common::run_job(&defs, &["timeout=3"], 2).await;
     let by_name = |name: &str| job.results.tests.iter().find(|t| t.name == name).unwrap();
     let status = |name| {
         (

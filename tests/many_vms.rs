@@ -7,8 +7,6 @@ mod common;
 
 use std::path::Path;
 
-use virtest::harness::params::ParamSources;
-use virtest::harness::runner::{self, Filter, JobOptions};
 use virtest::harness::{Status, TestDef};
 use virtest::prelude::*;
 
@@ -65,15 +63,8 @@ impl VirtTest for ServerAndClient {
 async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
     let _slots = common::guest_slots(2);
     common::guest();
-    let tmp = tempfile::tempdir().unwrap();
     let defs = vec![TestDef::new("ServerAndClient", ServerAndClient::default)];
-    let (planned, _) = runner::plan(&defs, &ParamSources::default(), &Filter::default()).unwrap();
-    let options = JobOptions {
-        results_dir: tmp.path().to_path_buf(),
-        max_parallel: 1,
-        ..JobOptions::new()
-    };
-    let job = runner::run_job(&defs, planned, &options).await.unwrap();
+    let (_tmp, job) = common::run_job(&defs, &[], 1).await;
     let test = &job.results.tests[0];
     assert_eq!(
         (test.status, test.fail_reason.as_deref()),

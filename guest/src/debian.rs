@@ -47,6 +47,9 @@ const PACKAGES: &[&str] = &[
     "qemu-guest-agent",
     "netbase",
     "iproute2",
+    // The same small tools as the default guest, so one test's commands
+    // run on both: nc, httpd, wget, usleep, sha256sum.
+    "busybox",
 ];
 
 /// The virtual disk's size; the image stores only what is used.

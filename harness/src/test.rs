@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use virtest_vm::{Login, Vm, VmConfig};
+use virtest_vm::{Login, Network, Vm, VmConfig};
 
 use crate::outcome::{TestError, TestResult};
 use crate::params::{ParamError, Params};
@@ -155,6 +155,8 @@ pub struct Test {
     warnings: Vec<String>,
     /// VMs [`Test::add_vm`] added, in order.
     added: Vec<(String, Vm)>,
+    /// Networks [`Test::add_network`] made, in order.
+    networks: Vec<Network>,
 }
 
 impl Test {
@@ -169,6 +171,7 @@ impl Test {
             log_dir: log_dir.to_path_buf(),
             warnings: Vec::new(),
             added: Vec::new(),
+            networks: Vec::new(),
         })
     }
 
@@ -205,6 +208,71 @@ impl Test {
         config.name = Some(name.to_string());
         self.added.push((name.to_string(), Vm::new(config)));
         Ok(&mut self.added.last_mut().expect("pushed").1)
+    }
+
+    /// Puts the VMs named in `members` (`vm` is [`Test::vm`]), still off,
+    /// on a new private network named `name`: an L2 segment of their own
+    /// with addresses `10.10.N.1`, `.2`, ... in `members`' order, the
+    /// test's `N`th network. Each VM keeps its user-mode NIC for SSH;
+    /// a VM that migrates stays on the network.
+    ///
+    /// ```no_run
+    /// # async fn f(t: &mut virtest_harness::Test) -> virtest_harness::TestResult {
+    /// t.add_vm("server", &[])?;
+    /// let lan = t.add_network("lan", &["server", "vm"])?;
+    /// let server = t.vm_named("server").expect("added");
+    /// let address = server.address(&lan).expect("on it");
+    /// server.power_on().await?;
+    /// t.vm.power_on().await?;
+    /// t.vm.login_remote().await?.run(&format!("ping -c 1 {address}")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_network(&mut self, name: &str, members: &[&str]) -> Result<Network, TestError> {
+        let refuse = |reason: String| {
+            TestError::new(
+                crate::status::Status::Error,
+                format!("network `{name}`: {reason}"),
+            )
+        };
+        if members.is_empty() {
+            return Err(refuse("a network needs at least one VM".into()));
+        }
+        if self.networks.iter().any(|n| n.name() == name) {
+            return Err(refuse("the test already has a network of that name".into()));
+        }
+        let index = u8::try_from(self.networks.len())
+            .map_err(|_| refuse("a test has 256 networks at most".into()))?;
+        for (i, member) in members.iter().enumerate() {
+            if members[..i].contains(member) {
+                return Err(refuse(format!("VM `{member}` is named twice")));
+            }
+            match self.vm_named(member) {
+                None => {
+                    return Err(refuse(format!(
+                        "the test has no VM named `{member}` (add it with add_vm first)"
+                    )));
+                }
+                Some(vm) if vm.has_started_qemu() => {
+                    return Err(refuse(format!(
+                        "VM `{member}` has been powered on: VMs join a network before their first power_on"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut network = Network::new(name, index)?;
+        for member in members {
+            network.join(self.vm_named(member).expect("checked above"))?;
+        }
+        tracing::info!(
+            network = name,
+            subnet = network.subnet(),
+            segment = %network.segment(),
+            members = members.join(", "),
+            "made a network"
+        );
+        self.networks.push(network.clone());
+        Ok(network)
     }
 
     /// The VM named `name`: `vm` is [`Test::vm`], others were added.

@@ -103,6 +103,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         overhead_ms: 0.0,
         source_pid,
         destination_pid: destination.pid(),
+        measurements: Default::default(),
+        file: None,
     };
     configure(&source_qmp, &destination_qmp, spec).await?;
     let transport = Transport::open(

@@ -1,5 +1,6 @@
 //! What a migration did, in QEMU's figures and ours.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,14 @@ pub struct MigrationReport {
     pub source_pid: u32,
     /// The destination QEMU's pid (the VM's QEMU after the call).
     pub destination_pid: u32,
+    /// What the test measured of this migration itself (the longest
+    /// stall of a stream through it, say), by name: see
+    /// [`MigrationReport::record`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub measurements: BTreeMap<String, f64>,
+    /// The file the report was saved to, once saved.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl MigrationReport {
@@ -96,21 +105,53 @@ impl MigrationReport {
     }
 
     /// Writes the report as `migration-<n>.json` in `dir` (the first free
-    /// n), atomically; returns the path. On an error (a full disk, say)
-    /// nothing is left behind.
-    pub fn save(&self, dir: &Path) -> std::io::Result<PathBuf> {
+    /// n), atomically, and remembers the file in [`MigrationReport::file`];
+    /// returns the path. On an error (a full disk, say) nothing is left
+    /// behind.
+    pub fn save(&mut self, dir: &Path) -> std::io::Result<PathBuf> {
         let n = (1..)
             .find(|n| !dir.join(format!("migration-{n}.json")).exists())
             .expect("a free number");
         let path = dir.join(format!("migration-{n}.json"));
-        let tmp = dir.join(format!(".migration-{n}.json.tmp"));
+        self.write_to(&path)?;
+        self.file = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Adds what the test measured of this migration (`name`, `value`)
+    /// to the report and its saved file, so the job's results show it
+    /// beside QEMU's figures.
+    ///
+    /// ```no_run
+    /// # async fn f(vm: &mut virtest_vm::Vm) -> Result<(), Box<dyn std::error::Error>> {
+    /// use virtest_migration::{Migrate, MigrationMode};
+    /// let mut report = vm.migrate(MigrationMode::Tcp).await?;
+    /// let stall_ms = 230.0; // measured in the guest
+    /// report.record("stream_stall_ms", stall_ms)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn record(&mut self, name: &str, value: f64) -> std::io::Result<()> {
+        self.measurements.insert(name.to_string(), value);
+        let file = self.file.clone().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the migration report was never saved",
+            )
+        })?;
+        self.write_to(&file)
+    }
+
+    /// Writes the report to `path` through a temporary file beside it.
+    fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
         let written = std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        Ok(path)
+        Ok(())
     }
 }
 
@@ -134,6 +175,8 @@ mod tests {
             overhead_ms: 0.0,
             source_pid: 1,
             destination_pid: 2,
+            measurements: BTreeMap::new(),
+            file: None,
         }
     }
 
@@ -155,9 +198,20 @@ mod tests {
         let first = report.save(dir.path()).unwrap();
         let second = report.save(dir.path()).unwrap();
         assert!(first.ends_with("migration-1.json") && second.ends_with("migration-2.json"));
-        let back: MigrationReport =
-            serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
-        assert_eq!(back, report);
+        let read = |path: &Path| -> MigrationReport {
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        };
+        assert_eq!(report.file.as_deref(), Some(second.as_path()));
+        let saved = MigrationReport {
+            file: None,
+            ..report.clone()
+        };
+        assert_eq!(read(&first), saved);
+        // A measurement goes into the file last saved, and only there.
+        report.record("stream_stall_ms", 412.5).unwrap();
+        assert_eq!(read(&second).measurements["stream_stall_ms"], 412.5);
+        assert!(read(&first).measurements.is_empty());
+        assert!(blank_report().record("x", 1.0).is_err(), "never saved");
     }
 
     /// A 16 KiB tmpfs, unmounted when dropped; `None` where mounting is

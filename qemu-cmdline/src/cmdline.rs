@@ -167,6 +167,21 @@ impl QemuCmdline {
         self.push(Arg::Props(PropsOption::Netdev, p))
     }
 
+    /// `-netdev socket,id=ID,mcast=GROUP:PORT,localaddr=127.0.0.1`: a
+    /// segment shared by every netdev on the same group, kept on the
+    /// host's loopback.
+    pub fn multicast_netdev(
+        &mut self,
+        id: &str,
+        group: std::net::SocketAddrV4,
+    ) -> &mut QemuCmdline {
+        let mut p = Props::with_head("socket");
+        p.set("id", id)
+            .set("mcast", group.to_string())
+            .set("localaddr", "127.0.0.1");
+        self.push(Arg::Props(PropsOption::Netdev, p))
+    }
+
     /// `-chardev socket,id=ID,path=PATH,server=on,wait=off`: a unix socket
     /// QEMU listens on.
     pub fn socket_chardev(&mut self, id: &str, path: &str) -> &mut QemuCmdline {

@@ -88,6 +88,7 @@ fn check(spec: &str) -> CliResult {
         memory_mib: None,
         cpus: None,
         forward_ports: &[],
+        networks: &[],
         ssh_host_port: 0,
         console: ConsoleOutput::Connect("<vm>/console.sock".into()),
         vga: true,

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
 use virtest::guest::{GuestDescription, Manifest, cache};
+use virtest::harness::TestDef;
+use virtest::harness::params::ParamSources;
+use virtest::harness::runner::{self, Filter, Job, JobOptions};
 use virtest::qemu_cmdline::accel::Chosen;
 use virtest::qemu_cmdline::binary::{self, BinaryKind};
 use virtest::vm::{ConsoleOutput, GuestLaunch};
@@ -206,6 +209,7 @@ impl Qemu {
             ),
             memory_mib: None,
             forward_ports: &[],
+            networks: &[],
             ssh_host_port: port,
             cpus: None,
             console: match console_socket {
@@ -351,4 +355,28 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs `defs` as one job with the parameters `assignments`
+/// (`key=value`), `max_parallel` tests at once, its results in a new
+/// temporary directory, returned with the job (the job's files go with
+/// it).
+pub async fn run_job(
+    defs: &[TestDef],
+    assignments: &[&str],
+    max_parallel: usize,
+) -> (tempfile::TempDir, Job) {
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = ParamSources {
+        file: None,
+        assignments: assignments.iter().map(|a| a.to_string()).collect(),
+    };
+    let (planned, _) = runner::plan(defs, &sources, &Filter::default()).unwrap();
+    let options = JobOptions {
+        results_dir: tmp.path().to_path_buf(),
+        max_parallel,
+        ..JobOptions::new()
+    };
+    let job = runner::run_job(defs, planned, &options).await.unwrap();
+    (tmp, job)
 }

@@ -65,6 +65,9 @@ pub struct VmConfig {
     /// Guest TCP ports forwarded from 127.0.0.1, besides SSH: ports QEMU
     /// chooses, which [`crate::Vm::forwarded_port`] tells.
     pub forward_ports: Vec<u16>,
+    /// The VM's NICs on private networks, besides its user-mode NIC
+    /// (added by [`crate::Network::join`]).
+    pub networks: Vec<crate::NetworkNic>,
     /// Give the guest a VGA card, which screendumps need.
     pub vga: bool,
     /// Where `console.log`, `qmp.log` and `qemu.log` go (`None`: the VM's
@@ -123,6 +126,7 @@ impl VmConfig {
             qemu_img: None,
             keep_disks: false,
             forward_ports: Vec::new(),
+            networks: Vec::new(),
             graceful_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(30),
             destination_qemu: None,

@@ -125,6 +125,14 @@ pub enum Error {
         /// The console's last lines.
         console_tail: String,
     },
+    /// A network cannot be made or joined, or a VM's address on it set.
+    #[error("network `{network}`: {reason}")]
+    Network {
+        /// The network's name.
+        network: String,
+        /// What went wrong, and what to do.
+        reason: String,
+    },
     /// A QMP command did not bring the VM to the expected state.
     #[error("{what}")]
     State {

@@ -14,6 +14,7 @@ use virtest_qemu_cmdline::{
 };
 
 use crate::disks::{Overlay, UefiFiles};
+use crate::network::NetworkNic;
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub struct GuestLaunch<'a> {
     /// More guest TCP ports forwarded from 127.0.0.1, each on a port QEMU
     /// chooses.
     pub forward_ports: &'a [u16],
+    /// NICs on private networks, after the user-mode one.
+    pub networks: &'a [NetworkNic],
     /// Where the serial console goes.
     pub console: ConsoleOutput,
     /// Give the guest a standard VGA card (needed for screendumps).
@@ -80,8 +83,8 @@ impl GuestLaunch<'_> {
     /// The command line: the guest's machine and devices, its firmware,
     /// its disks (through the VM's overlays), direct kernel boot when the
     /// guest has a kernel, user networking with sshd forwarded to
-    /// 127.0.0.1, a random-number device, and nothing QEMU would add by
-    /// default.
+    /// 127.0.0.1, a NIC on each private network, a random-number device,
+    /// and nothing QEMU would add by default.
     ///
     /// ```no_run
     /// # fn f(guest: &virtest_guest::GuestDescription) {
@@ -96,6 +99,7 @@ impl GuestLaunch<'_> {
     ///     cpus: None,
     ///     ssh_host_port: 40022,
     ///     forward_ports: &[],
+    ///     networks: &[],
     ///     console: ConsoleOutput::File("/tmp/console.log".into()),
     ///     vga: false,
     ///     qmp_socket: None,
@@ -208,6 +212,11 @@ impl GuestLaunch<'_> {
         forwards.extend(self.forward_ports.iter().map(|&port| HostFwd::tcp(0, port)));
         cmd.user_netdev("net0", &forwards)
             .device(&machine.net_device, &[("netdev", "net0")]);
+        for nic in self.networks {
+            let id = nic.netdev_id();
+            cmd.multicast_netdev(&id, nic.segment);
+            cmd.device(&machine.net_device, &[("netdev", &id), ("mac", &nic.mac)]);
+        }
         cmd.device("virtio-rng-pci", &[]);
         if self.generation_id {
             cmd.device("vmgenid", &[("guid", "auto")]);

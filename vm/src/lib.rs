@@ -27,6 +27,7 @@
 //! - `serial`: [`Vm::serial`], a logged-in session on the serial
 //!   console, and `exec_command_and_wait_for_pattern`.
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
+//! - `network`: [`Network`], private L2 segments between VMs.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store.
 //! - `snapshot`: ready snapshots: making one from a boot, starting from
@@ -49,6 +50,7 @@ mod disks;
 mod error;
 mod instance;
 mod launch;
+mod network;
 mod ports;
 mod process;
 mod serial;
@@ -63,6 +65,7 @@ pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
 pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
+pub use network::{Network, NetworkNic};
 pub use ports::free_port;
 pub use snapshot::{BootMode, Start};
 pub use vm::{PowerOff, Reboot, SshAccess, Vm, VmState};

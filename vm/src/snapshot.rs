@@ -30,6 +30,7 @@ use virtest_remote::SshSession;
 use crate::disks::VmDisks;
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Instance};
+use crate::network::NetworkNic;
 use crate::vm::Vm;
 
 /// How a VM's QEMU starts.
@@ -114,14 +115,15 @@ pub(crate) fn unsupported(guest: &GuestDescription, seed_password: bool) -> Opti
 }
 
 /// The key of the snapshot a VM would start from: the guest-visible
-/// command line (its host endpoints blanked), the QEMU binary and its
-/// version, and the guest's files.
+/// command line (its host endpoints and network segments blanked), the
+/// QEMU binary and its version, and the guest's files.
 pub(crate) fn key(
     guest: &GuestDescription,
     qemu: &Probe,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     disks: Option<&VmDisks>,
     seed: Option<&Seed>,
+    networks: &[NetworkNic],
 ) -> Result<SnapshotKey> {
     let mut template = launch(&Endpoints {
         qmp_socket: PathBuf::from("<qmp>"),
@@ -131,6 +133,12 @@ pub(crate) fn key(
     .display();
     if let Some(disks) = disks {
         template = template.replace(&*disks.dir().to_string_lossy(), "<disks>");
+    }
+    for nic in networks {
+        template = template.replace(
+            &format!("mcast={}", nic.segment),
+            &format!("mcast=<{}>", nic.network),
+        );
     }
     let mut files: Vec<&Path> = vec![&qemu.path];
     if let Some(kernel) = &guest.boot.kernel {

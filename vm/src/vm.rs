@@ -23,6 +23,7 @@ use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Files, Instance};
 use crate::launch::{ConsoleOutput, GuestLaunch};
+use crate::network::{self, Network, NetworkNic};
 use crate::snapshot::{self, BootMode, Start};
 
 /// What the VM is doing, as QEMU says (`query-status`).
@@ -198,6 +199,25 @@ impl Vm {
         }
     }
 
+    /// The VM's name in its test (`vm` unless [`VmConfig::name`] says).
+    pub fn name(&self) -> &str {
+        self.config.name.as_deref().unwrap_or("vm")
+    }
+
+    /// The VM's address on `network`, if it joined it.
+    pub fn address(&self, network: &Network) -> Option<Ipv4Addr> {
+        self.config
+            .networks
+            .iter()
+            .find(|nic| nic.network == network.name() && nic.segment == network.segment())
+            .map(|nic| nic.address)
+    }
+
+    /// Adds a NIC on a network (for [`Network::join`], which checks).
+    pub(crate) fn join_network(&mut self, nic: NetworkNic) {
+        self.config.networks.push(nic);
+    }
+
     /// The VM's short id (in its tracing span and runtime directory).
     pub fn id(&self) -> &str {
         &self.id
@@ -320,6 +340,7 @@ impl Vm {
                 cpus: config.cpus,
                 ssh_host_port: 0,
                 forward_ports: &config.forward_ports,
+                networks: &config.networks,
                 console: ConsoleOutput::Connect(endpoints.console_socket.clone()),
                 vga: config.vga,
                 qmp_socket: Some(endpoints.qmp_socket.clone()),
@@ -400,6 +421,7 @@ impl Vm {
                     launch,
                     self.disks.as_ref(),
                     seed.as_ref(),
+                    &self.config.networks,
                 )?;
                 snapshot::start(self, &store, &key, launch).await
             }
@@ -843,6 +865,9 @@ impl Vm {
                             Err(e) => tracing::warn!(error = %e, "the restored guest shares its clock with the snapshot"),
                         }
                     }
+                    if !self.config.networks.is_empty() {
+                        self.set_network_addresses(&session).await?;
+                    }
                     if self.host_key.is_none() {
                         tracing::info!(
                             fingerprint = session.host_key_fingerprint(),
@@ -872,6 +897,33 @@ impl Vm {
         .instrument(span)
         .await
         .map(|session| &*self.remote.insert(session))
+    }
+
+    /// Gives the guest its address on each of its networks; every login
+    /// does, so they hold after a reboot (setting one again is harmless).
+    async fn set_network_addresses(&self, session: &SshSession) -> Result<()> {
+        let script = network::address_script(&self.config.networks);
+        let names = || {
+            let names: Vec<&str> = self
+                .config
+                .networks
+                .iter()
+                .map(|n| n.network.as_str())
+                .collect();
+            names.join(", ")
+        };
+        match session.run(&script).await {
+            Ok(_) => {
+                tracing::debug!(networks = names(), "set the guest's network addresses");
+                Ok(())
+            }
+            Err(source) => Err(Error::Network {
+                network: names(),
+                reason: format!(
+                    "the guest's address could not be set (it needs `ip` and /sys/class/net): {source}"
+                ),
+            }),
+        }
     }
 
     /// Waits for the guest's ready signal, as `login_remote` does first;
