@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::stream;
+
 use std::time::Duration;
 
 use virtest::harness::runner::Job;
@@ -12,61 +14,11 @@ use virtest::harness::{Status, TestDef};
 use virtest::migration::MigrationReport;
 use virtest::prelude::*;
 
-/// The port the server streams on.
-const STREAM_PORT: u16 = 9000;
-
 /// The port the server's web server listens on.
 const HTTP_PORT: u16 = 8080;
 
 /// How long a guest-side wait may take.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The server streams base64 lines of random bytes, paced, until
-/// `/tmp/stop` exists, then a last `END` line; `/tmp/sent` keeps what it
-/// sent. Uses busybox only, which both guests have.
-const SERVER: &str = "while [ ! -e /tmp/stop ]; do busybox head -c 3072 /dev/urandom | busybox base64; \
-    busybox usleep 20000; done; echo END";
-
-/// The client keeps every line in `/tmp/got`, and when `END` comes writes
-/// `LINES LONGEST_GAP_SECONDS` to `/tmp/stall`: the gap between lines
-/// read by the guest's uptime clock, without a process per line.
-const CLIENT_AWK: &str = r#"BEGIN { last = -1; max = 0 }
-{ print > "/tmp/got"; n++
-  getline up < "/proc/uptime"; close("/proc/uptime"); split(up, f, " ")
-  if (last >= 0 && f[1] - last > max) max = f[1] - last; last = f[1] }
-/^END$/ { exit }
-END { close("/tmp/got"); printf "%d %.3f\n", n, max > "/tmp/stall.tmp"
-  close("/tmp/stall.tmp"); system("mv /tmp/stall.tmp /tmp/stall") }"#;
-
-/// The shell command that writes `script` to `file` and runs it in the
-/// background, detached from the SSH session.
-fn in_background(file: &str, script: &str) -> String {
-    format!("cat > {file} <<'EOF'\n{script}\nEOF\nsetsid sh {file} >/dev/null 2>&1 </dev/null &")
-}
-
-/// Starts the stream's server: it waits for the client on [`STREAM_PORT`].
-fn server_command() -> String {
-    let script =
-        format!("{{ {SERVER}; }} | busybox tee /tmp/sent | busybox nc -l -p {STREAM_PORT}");
-    format!(
-        "rm -f /tmp/stop /tmp/sent; {}",
-        in_background("/tmp/server.sh", &script)
-    )
-}
-
-/// Starts the stream's client against `server`. Its `nc` reads a FIFO
-/// it holds open itself, an input that never ends: at the end of its
-/// input it would shut the connection.
-fn client_command(server: std::net::Ipv4Addr) -> String {
-    let script = format!(
-        "cat > /tmp/client.awk <<'AWK'\n{CLIENT_AWK}\nAWK\n\
-         busybox nc {server} {STREAM_PORT} <>/tmp/hold | busybox awk -f /tmp/client.awk"
-    );
-    format!(
-        "rm -f /tmp/got /tmp/stall /tmp/stall.tmp /tmp/hold; busybox mkfifo /tmp/hold; {}",
-        in_background("/tmp/client.sh", &script)
-    )
-}
 
 /// Checks the bad ways to make a network: each is refused, and nothing
 /// is left half-joined.
@@ -171,46 +123,28 @@ async fn stream_through_migration(
     mode: MigrationMode,
     server_address: std::net::Ipv4Addr,
 ) -> Result<f64, TestError> {
-    let server = t.vm_named("server").expect("added");
-    let session = server.remote()?;
-    session.run(&server_command()).await?;
-    session.wait_for_open_port(STREAM_PORT, WAIT).await?;
-    let client = t.vm.remote()?;
-    client.run(&client_command(server_address)).await?;
-    client
-        .wait_until_succeeds("[ $(busybox wc -l < /tmp/got) -ge 50 ]", WAIT)
-        .await?;
-    let server = t.vm_named("server").expect("added");
-    let mut report: MigrationReport = server.migrate(mode).await?;
-    server.login_remote().await?.run("touch /tmp/stop").await?;
-    let client = t.vm.remote()?;
-    // `/tmp/stall` is written once `END` came: the server sent it all.
-    let stall = match client.wait_until_succeeds("cat /tmp/stall", WAIT).await {
-        Ok(done) => done.stdout,
-        Err(e) => {
-            let state = "busybox wc -l /tmp/got /tmp/sent; ls /tmp; ps; ip addr; cat /proc/net/tcp";
-            let client_state = client.run(state).await.map(|r| r.stdout);
-            let server = t.vm_named("server").expect("added");
-            let server_state = server.remote()?.run(state).await.map(|r| r.stdout);
-            return Err(fail(format!(
-                "{mode}: the stream did not end: {e}\nclient: {client_state:?}\nserver: {server_state:?}"
-            )));
-        }
-    };
-    let got = sha256(client, "/tmp/got").await?;
-    let server = t.vm_named("server").expect("added");
-    let sent = sha256(server.remote()?, "/tmp/sent").await?;
+    stream::start(server(t).remote()?, t.vm.remote()?, server_address).await?;
+    let migrating = t.vm_named("server").expect("added");
+    let mut report: MigrationReport = migrating.migrate(mode).await?;
+    stream::stop(migrating.login_remote().await?).await?;
+    let streamed = stream::finish(server(t).remote()?, t.vm.remote()?)
+        .await
+        .map_err(|e| fail(format!("{mode}: {e}")))?;
     ensure!(
-        got == sent,
-        "{mode}: the client got other bytes than the server sent ({got} != {sent})"
+        streamed.lines > 50,
+        "{mode}: only {} lines came",
+        streamed.lines
     );
-    let mut fields = stall.split_whitespace();
-    let lines: u64 = fields.next().unwrap_or("").parse()?;
-    let gap_s: f64 = fields.next().unwrap_or("").parse()?;
-    ensure!(lines > 50, "{mode}: only {lines} lines came");
-    let stall_ms = (gap_s * 1000.0).round();
-    report.record("stream_stall_ms", stall_ms)?;
-    Ok(stall_ms)
+    report.record("stream_stall_ms", streamed.stall_ms)?;
+    Ok(streamed.stall_ms)
+}
+
+/// The server VM.
+fn server(t: &Test) -> &Vm {
+    t.vms()
+        .find(|(name, _)| *name == "server")
+        .expect("added")
+        .1
 }
 
 /// The SHA-256 of `path` in the guest.

@@ -286,6 +286,20 @@ impl Test {
             .map(|(_, vm)| vm)
     }
 
+    /// Every VM of the test with its name, `t.vm` (`vm`) first: for
+    /// holding two VMs' sessions at once.
+    ///
+    /// ```no_run
+    /// # async fn f(t: &mut virtest_harness::Test) -> virtest_harness::TestResult {
+    /// let server = t.vms().find(|(name, _)| *name == "server").expect("added").1;
+    /// let (client, server) = (t.vm.remote()?, server.remote()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn vms(&self) -> impl Iterator<Item = (&str, &Vm)> {
+        std::iter::once(("vm", &self.vm))
+            .chain(self.added.iter().map(|(name, vm)| (name.as_str(), vm)))
+    }
+
     /// Every VM of the test with its name, `t.vm` (`vm`) first.
     pub fn vms_mut(&mut self) -> impl Iterator<Item = (&str, &mut Vm)> {
         std::iter::once(("vm", &mut self.vm))

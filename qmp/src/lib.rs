@@ -14,6 +14,8 @@
 //! - [`Event`], [`EventCursor`], [`Subscription`] (`event`): the event log.
 //! - [`Qga`] (`qga`): the guest agent's protocol: no greeting,
 //!   `guest-sync-delimited`, commands typed by `qapi`'s QGA schema.
+//! - [`AgentExec`] (`qga_ops`): what takes the agent several commands:
+//!   running a program to its end, reading and writing whole files.
 //! - [`transcript`]: every line in and out, timestamped, to a writer you
 //!   give; the events read back from one.
 //!
@@ -57,9 +59,11 @@ mod error;
 mod event;
 mod fdpass;
 mod qga;
+mod qga_ops;
 pub mod transcript;
 
 pub use client::{DEFAULT_COMMAND_TIMEOUT, Greeting, Options, Qmp};
 pub use error::{Error, Result};
 pub use event::{Event, EventCursor, LOG_CAPACITY, Subscription};
 pub use qga::{DEFAULT_QGA_TIMEOUT, Qga};
+pub use qga_ops::AgentExec;

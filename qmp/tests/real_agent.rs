@@ -55,29 +55,18 @@ async fn a_real_agent_answers_typed_commands() {
         info.supported_commands
     );
 
-    let started = qga
-        .execute(qga::guest_exec {
-            path: "/bin/sh".into(),
-            arg: Some(vec!["-c".into(), "echo out; echo err >&2; exit 3".into()]),
-            capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
-            env: None,
-            input_data: None,
-        })
+    let done = qga
+        .exec(
+            &["/bin/sh", "-c", "echo out; echo err >&2; exit 3"],
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
-    let status = loop {
-        let status = qga
-            .execute(qga::guest_exec_status { pid: started.pid })
-            .await
-            .unwrap();
-        if status.exited {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.exitcode, Some(3));
-    assert_eq!(status.out_data.as_deref(), Some(&b"out\n"[..]));
-    assert_eq!(status.err_data.as_deref(), Some(&b"err\n"[..]));
+    assert_eq!(
+        (done.exit_code, &done.stdout[..], &done.stderr[..]),
+        (Some(3), &b"out\n"[..], &b"err\n"[..])
+    );
+    assert!(!done.success());
 
     let error = qga
         .execute_raw_within(
@@ -95,6 +84,43 @@ async fn a_real_agent_answers_typed_commands() {
         other => panic!("{other}"),
     }
     // The connection still works after an error.
+    qga.execute(qga::guest_ping {}).await.unwrap();
+}
+
+/// A file written through the agent (several chunks) reads back the
+/// same; a missing file's error is the agent's; a program still running
+/// at its deadline is a timeout that names it.
+#[tokio::test]
+async fn files_round_trip_and_exec_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let qga = Qga::connect_unix(&agent.socket, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let path = dir.path().join("file");
+    let path = path.to_str().unwrap();
+    qga.write_file(path, &content).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), content);
+    assert_eq!(qga.read_file(path).await.unwrap(), content);
+    qga.write_file(path, b"short").await.unwrap();
+    assert_eq!(qga.read_file(path).await.unwrap(), b"short", "not replaced");
+
+    let missing = qga.read_file("/nonexistent/file").await.unwrap_err();
+    assert!(
+        matches!(&missing, Error::AgentCommand { command, .. } if command == "guest-file-open"),
+        "{missing}"
+    );
+    let start = std::time::Instant::now();
+    let slow = qga
+        .exec(&["sleep", "5"], Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&slow, Error::Timeout { what, .. } if what.contains("`sleep 5`")),
+        "{slow}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
     qga.execute(qga::guest_ping {}).await.unwrap();
 }
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
+pub mod stream;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
