@@ -98,6 +98,7 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
         console: ConsoleOutput::File(console.clone()),
         vga: false,
         qmp_socket: None,
+        agent_socket: None,
         allow_reboot: false,
         disks: &[],
         uefi: None,

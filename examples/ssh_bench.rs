@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         console: ConsoleOutput::File(console.clone()),
         vga: false,
         qmp_socket: None,
+        agent_socket: None,
         allow_reboot: false,
         disks: &[],
         uefi: None,

@@ -53,6 +53,7 @@ async fn the_default_guest_migrates_into_its_incoming_clone() {
         console: ConsoleOutput::File(dir.path().join("console.log")),
         vga: false,
         qmp_socket: Some(dir.path().join("qmp.sock")),
+        agent_socket: None,
         allow_reboot: false,
         disks: &[],
         uefi: None,

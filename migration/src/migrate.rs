@@ -184,6 +184,7 @@ fn destination_cmdline(
             Endpoint::Path(p) if p == from.console_socket => {
                 Endpoint::Path(to.console_socket.clone())
             }
+            Endpoint::Path(p) if p == from.agent_socket => Endpoint::Path(to.agent_socket.clone()),
             other => other,
         });
         if let Some(binary) = &binary {

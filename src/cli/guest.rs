@@ -93,6 +93,7 @@ fn check(spec: &str) -> CliResult {
         console: ConsoleOutput::Connect("<vm>/console.sock".into()),
         vga: true,
         qmp_socket: Some("<vm>/qmp.sock".into()),
+        agent_socket: None,
         allow_reboot: true,
         disks: &overlays,
         uefi: Some(&uefi),

@@ -223,6 +223,7 @@ impl Qemu {
             },
             vga: false,
             qmp_socket: None,
+            agent_socket: None,
             allow_reboot: reboot_allowed,
             disks: &[],
             uefi: None,

@@ -68,6 +68,10 @@ pub struct VmConfig {
     /// The VM's NICs on private networks, besides its user-mode NIC
     /// (added by [`crate::Network::join`]).
     pub networks: Vec<crate::NetworkNic>,
+    /// Give the guest a guest agent channel (the virtio-serial port
+    /// `org.qemu.guest_agent.0`) that [`crate::Vm::agent`] speaks to;
+    /// the guest must run `qemu-ga` on it.
+    pub agent: bool,
     /// Give the guest a VGA card, which screendumps need.
     pub vga: bool,
     /// Where `console.log`, `qmp.log` and `qemu.log` go (`None`: the VM's
@@ -127,6 +131,7 @@ impl VmConfig {
             keep_disks: false,
             forward_ports: Vec::new(),
             networks: Vec::new(),
+            agent: true,
             graceful_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(30),
             destination_qemu: None,

@@ -125,6 +125,15 @@ pub enum Error {
         /// The console's last lines.
         console_tail: String,
     },
+    /// The guest agent does not answer.
+    #[error("{reason}")]
+    Agent {
+        /// What happened, and what to do.
+        reason: String,
+        /// The protocol's error.
+        #[source]
+        source: Option<virtest_qmp::Error>,
+    },
     /// A network cannot be made or joined, or a VM's address on it set.
     #[error("network `{network}`: {reason}")]
     Network {

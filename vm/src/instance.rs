@@ -24,6 +24,8 @@ pub struct Endpoints {
     pub qmp_socket: PathBuf,
     /// The socket QEMU connects its serial console to.
     pub console_socket: PathBuf,
+    /// The socket QEMU serves the guest agent's channel on.
+    pub agent_socket: PathBuf,
     /// The TCP ports QEMU forwards from 127.0.0.1 to the guest, as QEMU
     /// bound them once it runs: the command line asks for port 0, so
     /// QEMU chooses (nothing picks a free port and hands it over, which
@@ -109,6 +111,7 @@ impl Instance {
         let endpoints = Endpoints {
             qmp_socket: files.sockets.join(format!("qmp-{generation}.sock")),
             console_socket: files.sockets.join(format!("console-{generation}.sock")),
+            agent_socket: files.sockets.join(format!("agent-{generation}.sock")),
             forwards: Vec::new(),
         };
         let mut instance =
@@ -147,7 +150,11 @@ impl Instance {
         cmdline: QemuCmdline,
     ) -> Result<Instance> {
         let started = Instant::now();
-        for socket in [&endpoints.qmp_socket, &endpoints.console_socket] {
+        for socket in [
+            &endpoints.qmp_socket,
+            &endpoints.console_socket,
+            &endpoints.agent_socket,
+        ] {
             let _ = std::fs::remove_file(socket);
         }
         let listener =
@@ -381,6 +388,7 @@ mod tests {
         let endpoints = Endpoints {
             qmp_socket: "qmp.sock".into(),
             console_socket: "console.sock".into(),
+            agent_socket: "agent.sock".into(),
             forwards: forwards_in(info),
         };
         assert_eq!(endpoints.host_port(22), Some(33181));

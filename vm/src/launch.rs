@@ -64,6 +64,9 @@ pub struct GuestLaunch<'a> {
     pub vga: bool,
     /// A unix socket QEMU serves QMP on, if any.
     pub qmp_socket: Option<PathBuf>,
+    /// A unix socket QEMU serves the guest agent's channel on, if any
+    /// (a virtio-serial port named `org.qemu.guest_agent.0`).
+    pub agent_socket: Option<PathBuf>,
     /// Whether a guest reboot restarts it (else QEMU exits).
     pub allow_reboot: bool,
     /// The VM's overlay of each of the guest's disks, in order (the base
@@ -103,6 +106,7 @@ impl GuestLaunch<'_> {
     ///     console: ConsoleOutput::File("/tmp/console.log".into()),
     ///     vga: false,
     ///     qmp_socket: None,
+    ///     agent_socket: None,
     ///     allow_reboot: false,
     ///     disks: &[],
     ///     uefi: None,
@@ -224,6 +228,17 @@ impl GuestLaunch<'_> {
         for device in &machine.devices {
             let props = Props::parse(device, true);
             cmd.push(Arg::Props(PropsOption::Device, props));
+        }
+        if let Some(socket) = &self.agent_socket {
+            cmd.push(Arg::Props(
+                PropsOption::Chardev,
+                socket_chardev_props("agent", &socket.to_string_lossy()),
+            ));
+            cmd.device("virtio-serial-pci", &[("id", "agent-serial")]);
+            cmd.device(
+                "virtserialport",
+                &[("chardev", "agent"), ("name", "org.qemu.guest_agent.0")],
+            );
         }
         if let Some(socket) = &self.qmp_socket {
             cmd.set_value(

@@ -16,6 +16,7 @@
 //! # Layout
 //!
 //! - `vm`: [`Vm`], its states and power operations.
+//! - `agent`: [`Vm::agent`], the guest agent over the VM's channel.
 //! - `config`: [`VmConfig`], what a VM is made from.
 //! - `instance`: [`Instance`], one QEMU process with its console and QMP
 //!   connected; a VM has one, two during a migration.
@@ -42,6 +43,7 @@
 //! group and reaps QEMU.
 #![deny(missing_docs)]
 
+mod agent;
 mod config;
 mod console;
 mod console_share;

@@ -128,6 +128,7 @@ pub(crate) fn key(
     let mut template = launch(&Endpoints {
         qmp_socket: PathBuf::from("<qmp>"),
         console_socket: PathBuf::from("<console>"),
+        agent_socket: PathBuf::from("<agent>"),
         forwards: Vec::new(),
     })
     .display();

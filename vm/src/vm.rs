@@ -128,6 +128,9 @@ pub struct Vm {
     /// The serial console session (`serial.rs`), until a power cycle or
     /// reboot.
     pub(crate) serial: Option<crate::serial::SerialLogin>,
+    /// The guest agent's connection (`agent.rs`), with the socket of the
+    /// QEMU process it is connected to.
+    pub(crate) agent: Option<(PathBuf, virtest_qmp::Qga)>,
     /// The overlays and firmware variables, made at the first power_on
     /// and dropped (removed) after QEMU.
     disks: Option<VmDisks>,
@@ -191,6 +194,7 @@ impl Vm {
             instance: None,
             remote: None,
             serial: None,
+            agent: None,
             generation: 0,
             boot_cursor: ConsoleCursor::default(),
             ready_seen: false,
@@ -344,6 +348,7 @@ impl Vm {
                 console: ConsoleOutput::Connect(endpoints.console_socket.clone()),
                 vga: config.vga,
                 qmp_socket: Some(endpoints.qmp_socket.clone()),
+                agent_socket: config.agent.then(|| endpoints.agent_socket.clone()),
                 allow_reboot: true,
                 disks: &overlays,
                 uefi: uefi.as_ref(),

@@ -1,0 +1,139 @@
+//! The guest agent through `vm.agent()`: on the Debian guest (which runs
+//! qemu-ga) a program's output and status, a file round trip checked over
+//! SSH, a filesystem freeze and thaw, and an unknown command's error, all
+//! again after a migration; on a guest with no agent, a clear error once
+//! the deadline passes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use virtest::migration::{Migrate, MigrationMode};
+use virtest::qmp::Error as QmpError;
+use virtest::vm::{BootMode, Error, Vm, VmConfig};
+
+/// What a command through the agent may take.
+const EXEC: Duration = Duration::from_secs(30);
+
+/// Everything the agent does, checked; `round` tells the runs apart.
+async fn exercise_the_agent(vm: &mut Vm, round: &str) {
+    let agent = vm.agent().await.unwrap();
+    agent.execute(qapi::qga::guest_ping {}).await.unwrap();
+    let info = agent.execute(qapi::qga::guest_info {}).await.unwrap();
+    assert!(info.version.starts_with("7."), "{}", info.version);
+
+    let done = agent
+        .exec(&["/bin/sh", "-c", "uname -s; echo oops >&2; exit 3"], EXEC)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.exit_code, &done.stdout[..], &done.stderr[..]),
+        (Some(3), &b"Linux\n"[..], &b"oops\n"[..]),
+        "{round}"
+    );
+
+    // Written through the agent, checked through SSH, read back.
+    let content: Vec<u8> = format!("{round}\n")
+        .into_bytes()
+        .into_iter()
+        .chain((0..150_000u32).map(|i| (i * 13 % 251) as u8))
+        .collect();
+    let path = "/tmp/through-the-agent";
+    agent.write_file(path, &content).await.unwrap();
+    assert_eq!(agent.read_file(path).await.unwrap(), content, "{round}");
+    let session = vm.login_remote().await.unwrap();
+    let head = session
+        .run(&format!("head -n 1 {path}; wc -c < {path}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        head.stdout,
+        format!("{round}\n{}\n", content.len()),
+        "{round}: the guest's view"
+    );
+
+    let agent = vm.agent().await.unwrap();
+    let frozen = agent
+        .execute(qapi::qga::guest_fsfreeze_freeze {})
+        .await
+        .unwrap();
+    assert!(frozen >= 1, "{round}: froze {frozen} filesystems");
+    let status = agent
+        .execute(qapi::qga::guest_fsfreeze_status {})
+        .await
+        .unwrap();
+    assert_eq!(status, qapi::qga::GuestFsfreezeStatus::frozen, "{round}");
+    let thawed = agent
+        .execute(qapi::qga::guest_fsfreeze_thaw {})
+        .await
+        .unwrap();
+    assert_eq!(thawed, frozen, "{round}");
+    // Writable again.
+    agent.write_file("/root/after-thaw", b"ok").await.unwrap();
+
+    let unknown = agent
+        .execute_raw_within("guest-no-such-command", serde_json::Value::Null, EXEC)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, QmpError::AgentCommand { class, .. } if class == "CommandNotFound"),
+        "{round}: {unknown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_guests_agent_works_before_and_after_migrations() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let mut config = VmConfig::new(common::debian().clone());
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.boot = BootMode::Snapshot;
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    exercise_the_agent(&mut vm, "before").await;
+    for mode in [MigrationMode::Tcp, MigrationMode::Fd] {
+        vm.migrate(mode).await.unwrap();
+        exercise_the_agent(&mut vm, mode.as_str()).await;
+    }
+    vm.power_off().await.unwrap();
+}
+
+/// The default guest runs no agent: the channel is there, nobody
+/// answers, and the error says what the guest needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_without_an_agent_is_a_clear_timeout() {
+    let _slot = common::guest_slots(1);
+    common::guest();
+    let logs = common::test_logs();
+    let mut config = VmConfig::default_guest().unwrap();
+    config.log_dir = Some(logs.path().to_path_buf());
+    let mut vm = Vm::new(config);
+    let off = vm.agent().await.unwrap_err();
+    assert!(matches!(off, Error::Off { .. }), "{off}");
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let start = Instant::now();
+    let error = vm.agent_within(Duration::from_secs(3)).await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        matches!(&error, Error::Agent { reason, .. } if reason.contains("qemu-ga")),
+        "{error}"
+    );
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+    vm.power_off_within(Duration::ZERO).await.unwrap();
+
+    let mut config = VmConfig::default_guest().unwrap();
+    config.agent = false;
+    config.log_dir = Some(logs.path().join("no-channel"));
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    let error = vm.agent().await.unwrap_err();
+    assert!(
+        error.to_string().contains("no guest agent channel"),
+        "{error}"
+    );
+    vm.power_off_within(Duration::ZERO).await.unwrap();
+}
