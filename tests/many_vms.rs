@@ -111,3 +111,66 @@ async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
         assert!(!common::alive(pid), "VM {name}'s QEMU {pid} is left");
     }
 }
+
+/// Three VMs on, then the action panics.
+#[derive(Default)]
+struct ThreeVmsThenAPanic;
+impl VirtTest for ThreeVmsThenAPanic {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.add_vm("second", &[])?;
+        t.add_vm("third", &[])?;
+        let mut pids = Vec::new();
+        for (name, vm) in t.vms_mut() {
+            vm.power_on().await?;
+            pids.push(format!("{name} {}", vm.pid().unwrap_or(0)));
+        }
+        std::fs::write(t.log_dir().join("pids"), pids.join("\n"))?;
+        panic!("the action panicked with three VMs on");
+    }
+}
+
+/// The default cleanup ends all three (each gets QMP `quit`), after
+/// each left its failure bundle; no QEMU is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_with_three_vms_on_cleans_up_all_three() {
+    let _slots = common::guest_slots(3);
+    common::guest();
+    let defs = vec![TestDef::new(
+        "ThreeVmsThenAPanic",
+        ThreeVmsThenAPanic::default,
+    )];
+    let (_tmp, job) = common::run_job(&defs, &[], 1).await;
+    let test = &job.results.tests[0];
+    assert_eq!(test.status, Status::Fail);
+    assert!(
+        test.fail_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the action panicked with three VMs on")),
+        "{:?}",
+        test.fail_reason
+    );
+    let dir = &test.logdir;
+    let pids = std::fs::read_to_string(dir.join("pids")).unwrap();
+    assert_eq!(pids.lines().count(), 3, "{pids}");
+    for line in pids.lines() {
+        let (name, pid) = line.split_once(' ').unwrap();
+        let pid: u32 = pid.parse().unwrap();
+        assert!(pid > 0, "{name} was on");
+        assert!(!common::alive(pid), "VM {name}'s QEMU {pid} is left");
+        let vm_dir = match name {
+            "vm" => dir.clone(),
+            other => dir.join(format!("vm-{other}")),
+        };
+        let qmp = std::fs::read_to_string(vm_dir.join("qmp.log")).unwrap();
+        assert!(qmp.contains("\"quit\""), "cleanup did not end {name}");
+        let bundle = match name {
+            "vm" => dir.join("failure/screen.png"),
+            other => dir.join(format!("failure/vm-{other}/screen.png")),
+        };
+        assert!(
+            test.evidence.contains(&bundle),
+            "{name}: {:?}",
+            test.evidence
+        );
+    }
+}

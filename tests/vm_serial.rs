@@ -46,6 +46,26 @@ async fn the_serial_console_session_outlives_a_migration() {
         .unwrap()
         .stdout;
     assert_eq!(boot_id, over_ssh, "the console and SSH reach one guest");
+    // With the network down (after SSH's command returned), the console
+    // still runs commands and tells their status.
+    vm.remote()
+        .unwrap()
+        .run("(sleep 1; ip link set eth0 down) >/dev/null 2>&1 &")
+        .await
+        .unwrap();
+    let serial = vm.serial().await.unwrap();
+    serial
+        .wait_until_succeeds(
+            "[ \"$(cat /sys/class/net/eth0/operstate)\" = down ]",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let failed = serial
+        .run_unchecked("false", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(failed.exit_status, 1);
 
     let printed = vm
         .exec_command_and_wait_for_pattern(
@@ -75,6 +95,11 @@ async fn the_serial_console_session_outlives_a_migration() {
             format!("{boot_id}after-42\n"),
             "after a {mode} migration"
         );
+        let operstate = serial
+            .run("cat /sys/class/net/eth0/operstate")
+            .await
+            .unwrap();
+        assert_eq!(operstate.stdout, "down\n", "the network stays down");
     }
 
     vm.power_off_within(Duration::ZERO).await.unwrap();
