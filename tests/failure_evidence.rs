@@ -37,6 +37,25 @@ impl VirtTest for FailsWithoutVm {
     }
 }
 
+/// Takes the guest's network down (SSH with it), then fails.
+#[derive(Default)]
+struct FailsWithItsNetworkDown;
+impl VirtTest for FailsWithItsNetworkDown {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        t.vm.power_on().await?;
+        t.vm.login_remote().await?;
+        t.vm.remote()?
+            .run(
+                "echo virtest-marker-network-down > /dev/kmsg; \
+                 (sleep 1; ip link set \"$(ip -o -4 route show default | cut -d' ' -f5)\" down) \
+                 >/dev/null 2>&1 &",
+            )
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        Err(fail("the guest's network went down"))
+    }
+}
+
 /// Stops its QEMU (SIGSTOP), then fails: QMP and SSH hang.
 #[derive(Default)]
 struct FailsWithAHungVm;
@@ -204,6 +223,31 @@ async fn a_failing_debian_test_leaves_the_journal_too() {
         .and_then(|rest| rest.split("[exit 0]").next())
         .unwrap_or_else(|| panic!("no journal that exited 0 in:\n{view}"));
     assert!(journal.contains("systemd[1]:"), "{journal}");
+}
+
+/// With its network down, the Debian guest's view comes through the
+/// guest agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ssh_the_guests_view_comes_through_the_agent() {
+    let _slot = common::guest_slots(1);
+    let guest = format!("guest={}", common::debian().path.display());
+    let defs = vec![TestDef::new(
+        "FailsWithItsNetworkDown",
+        FailsWithItsNetworkDown::default,
+    )];
+    let (_tmp, job) = common::run_job(&defs, &[&guest], 1).await;
+    let test = by_name(&job, "fails_with_its_network_down");
+    assert_eq!(
+        test.fail_reason.as_deref(),
+        Some("the guest's network went down")
+    );
+    let view = std::fs::read_to_string(test.logdir.join("failure/guest.txt")).unwrap();
+    assert!(view.starts_with("# through the guest agent: "), "{view}");
+    assert!(view.contains("virtest-marker-network-down"), "{view}");
+    assert!(
+        view.contains("state DOWN"),
+        "ip addr shows the link down:\n{view}"
+    );
 }
 
 /// A VM that hangs (its QEMU stopped): gathering ends within its budget,

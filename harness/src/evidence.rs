@@ -138,10 +138,22 @@ fn recorded(vm: &mut Vm, dir: &Path, missing: &mut Vec<String>) {
     }
 }
 
-/// The guest's answers to [`GUEST_VIEW`] through the test's session (or
-/// a new one, when the test had none or a migration ended it), each
-/// under its command and followed by its exit status.
+/// The guest's answers to [`GUEST_VIEW`], each under its command and
+/// followed by its exit status: through the test's session (or a new
+/// one, when the test had none or a migration ended it), else through
+/// the guest agent (when the guest's network is down, say).
 async fn guest_view(vm: &mut Vm, deadline: Instant) -> Result<String, String> {
+    let no_ssh = match guest_view_by_ssh(vm, deadline).await {
+        Ok(view) => return Ok(view),
+        Err(why) => why,
+    };
+    guest_view_by_agent(vm, deadline, &no_ssh)
+        .await
+        .map_err(|no_agent| format!("{no_ssh}; {no_agent}"))
+}
+
+/// [`GUEST_VIEW`] through the test's session, or a new one.
+async fn guest_view_by_ssh(vm: &mut Vm, deadline: Instant) -> Result<String, String> {
     if vm.remote().is_err() {
         vm.login_remote_within(piece_time(deadline))
             .await
@@ -168,6 +180,41 @@ async fn guest_view(vm: &mut Vm, deadline: Instant) -> Result<String, String> {
                 } else {
                     Err(format!("the session does not answer: {e}"))
                 };
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// [`GUEST_VIEW`] run by the guest agent, headed by why SSH was not used.
+async fn guest_view_by_agent(
+    vm: &mut Vm,
+    deadline: Instant,
+    no_ssh: &str,
+) -> Result<String, String> {
+    let agent = vm
+        .agent_within(piece_time(deadline))
+        .await
+        .map_err(|e| format!("no guest agent either: {e}"))?;
+    let first_line = no_ssh.lines().next().unwrap_or(no_ssh);
+    let mut view = format!("# through the guest agent: {first_line}\n\n");
+    for command in GUEST_VIEW {
+        let _ = writeln!(view, "$ {command}");
+        match agent
+            .exec(&["/bin/sh", "-c", command], piece_time(deadline))
+            .await
+        {
+            Ok(done) => {
+                view.push_str(&bounded(&String::from_utf8_lossy(&done.stdout)));
+                view.push_str(&bounded(&String::from_utf8_lossy(&done.stderr)));
+                let _ = match (done.exit_code, done.signal) {
+                    (Some(code), _) => writeln!(view, "[exit {code}]\n"),
+                    (None, signal) => writeln!(view, "[ended by signal {signal:?}]\n"),
+                };
+            }
+            Err(e) => {
+                let _ = writeln!(view, "[not run: {e}]");
+                return Ok(view);
             }
         }
     }
