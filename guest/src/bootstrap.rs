@@ -99,6 +99,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         modules_root: PathBuf::new(),
         busybox: Vec::new(),
         dropbear: Vec::new(),
+        qemu_ga: Vec::new(),
         lib_dirs: Vec::new(),
     };
     let host = opts.host.as_ref().unwrap_or(&empty_host);
@@ -130,9 +131,25 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         package: "dropbear-bin",
         tried,
     })?;
+    let qemu_ga_src = sources::binary(
+        opts.user.qemu_ga.as_deref(),
+        &host.qemu_ga,
+        sources::accept_elf,
+        apt,
+        "qemu-guest-agent",
+    )
+    .map_err(|tried| Error::MissingComponent {
+        what: "the guest agent (qemu-ga)",
+        flag: "--qemu-ga PATH",
+        package: "qemu-guest-agent",
+        tried,
+    })?;
     steps.done("locate");
 
-    let inputs = inputs_fingerprint(&[&kernel_src, &busybox_src, &dropbear_src], &secrets);
+    let inputs = inputs_fingerprint(
+        &[&kernel_src, &busybox_src, &dropbear_src, &qemu_ga_src],
+        &secrets,
+    );
     let guest_dir = cache::guest_dir(&opts.home, DEFAULT_GUEST);
     let reason = if opts.force {
         "a rebuild was asked for".to_string()
@@ -159,6 +176,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     let kernel = materialize(&kernel_src, apt, work.path(), "kernel")?;
     let busybox = materialize(&busybox_src, apt, work.path(), "busybox")?;
     let dropbear = materialize(&dropbear_src, apt, work.path(), "dropbear")?;
+    let qemu_ga = materialize(&qemu_ga_src, apt, work.path(), "qemu-ga")?;
     steps.done("fetch");
 
     let (kernel_image, modules_dir, release) = kernel_files(&kernel)?;
@@ -187,7 +205,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         }
     };
     let dropbear_bin = binary_in(&dropbear, "usr/sbin/dropbear");
-    let libraries = dropbear_libraries(&dropbear_bin, &dropbear, host, apt, work.path())?;
+    let qemu_ga_bin = binary_in(&qemu_ga, "usr/sbin/qemu-ga");
+    let mut libraries = libraries_of(&dropbear_bin, &dropbear, host, apt, work.path())?;
+    for library in libraries_of(&qemu_ga_bin, &qemu_ga, host, apt, work.path())? {
+        if !libraries.iter().any(|l| l.guest_path == library.guest_path) {
+            libraries.push(library);
+        }
+    }
     steps.done("resolve");
 
     fs::copy(&secrets.client_key_path, build.path().join("id_ed25519"))
@@ -202,6 +226,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         &RootfsSpec {
             busybox: &binary_in(&busybox, "bin/busybox"),
             dropbear: &dropbear_bin,
+            qemu_ga: &qemu_ga_bin,
             libraries: &libraries,
             modules: &modules,
             host_key: &secrets.dropbear_host_key(),
@@ -253,6 +278,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
             kernel: kernel_src.origin(),
             busybox: busybox_src.origin(),
             dropbear: dropbear_src.origin(),
+            qemu_ga: qemu_ga_src.origin(),
         },
         inputs,
         dir: guest_dir.clone(),
@@ -430,18 +456,18 @@ fn kernel_files(m: &Materialized) -> Result<(PathBuf, Option<PathBuf>, Option<St
     }
 }
 
-/// Dropbear's interpreter and libraries: from the host, then from the
+/// A binary's interpreter and libraries: from the host, then from the
 /// unpacked packages of its dependencies that the host lacks, one level
 /// of dependencies at a time.
-fn dropbear_libraries(
+fn libraries_of(
     binary: &Path,
-    dropbear: &Materialized,
+    materialized: &Materialized,
     host: &HostPaths,
     apt: Option<&Apt>,
     work: &Path,
 ) -> Result<Vec<GuestFile>> {
     let mut search: Vec<PathBuf> = host.lib_dirs.clone();
-    let mut frontier = match dropbear {
+    let mut frontier = match materialized {
         Materialized::Unpacked { root, package } => {
             search.extend(lib_dirs(root));
             package.depends.clone()

@@ -146,6 +146,8 @@ pub struct Sources {
     pub busybox: Origin,
     /// Dropbear.
     pub dropbear: Origin,
+    /// The guest agent.
+    pub qemu_ga: Origin,
 }
 
 impl Manifest {

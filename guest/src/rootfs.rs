@@ -25,7 +25,9 @@ pub struct RootfsSpec<'a> {
     pub busybox: &'a Path,
     /// The dropbear server binary.
     pub dropbear: &'a Path,
-    /// Dropbear's interpreter and libraries.
+    /// The guest agent binary.
+    pub qemu_ga: &'a Path,
+    /// The interpreter and libraries of dropbear and the agent.
     pub libraries: &'a [GuestFile],
     /// Modules in load order.
     pub modules: &'a [Module],
@@ -99,6 +101,7 @@ fn add_tree<W: Write>(cpio: &mut CpioWriter<W>, spec: &RootfsSpec<'_>) -> std::i
     cpio.symlink("bin/sh", "busybox")?;
     cpio.symlink("init", "bin/busybox")?;
     cpio.file("usr/sbin/dropbear", 0o755, &std::fs::read(spec.dropbear)?)?;
+    cpio.file("usr/sbin/qemu-ga", 0o755, &std::fs::read(spec.qemu_ga)?)?;
     for lib in spec.libraries {
         let path = lib.guest_path.trim_start_matches('/');
         cpio.file(path, 0o755, &std::fs::read(&lib.host_path)?)?;

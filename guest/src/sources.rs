@@ -99,6 +99,8 @@ pub struct UserPaths {
     pub busybox: Option<PathBuf>,
     /// A dropbear binary.
     pub dropbear: Option<PathBuf>,
+    /// A guest agent binary (`qemu-ga`).
+    pub qemu_ga: Option<PathBuf>,
 }
 
 /// Where host files are looked for; a field per component so tests can
@@ -113,6 +115,8 @@ pub struct HostPaths {
     pub busybox: Vec<PathBuf>,
     /// Candidate dropbear binaries.
     pub dropbear: Vec<PathBuf>,
+    /// Candidate guest agent binaries.
+    pub qemu_ga: Vec<PathBuf>,
     /// Library directories.
     pub lib_dirs: Vec<PathBuf>,
 }
@@ -125,6 +129,7 @@ impl Default for HostPaths {
             modules_root: "/lib/modules".into(),
             busybox: vec!["/bin/busybox".into(), "/usr/bin/busybox".into()],
             dropbear: vec!["/usr/sbin/dropbear".into()],
+            qemu_ga: vec!["/usr/sbin/qemu-ga".into(), "/usr/bin/qemu-ga".into()],
             lib_dirs: [
                 format!("/lib/{triple}"),
                 format!("/usr/lib/{triple}"),

@@ -26,6 +26,9 @@ pub struct Args {
     /// A dropbear binary to use.
     #[arg(long, value_name = "PATH")]
     dropbear: Option<PathBuf>,
+    /// A guest agent binary (qemu-ga) to use.
+    #[arg(long, value_name = "PATH")]
+    qemu_ga: Option<PathBuf>,
     /// Do not use files from the host.
     #[arg(long)]
     no_host: bool,
@@ -55,6 +58,7 @@ pub fn run(args: Args) -> CliResult {
     opts.user.modules = args.modules;
     opts.user.busybox = args.busybox;
     opts.user.dropbear = args.dropbear;
+    opts.user.qemu_ga = args.qemu_ga;
     opts.force = args.force;
     if args.no_host {
         opts.host = None;
