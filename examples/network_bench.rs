@@ -50,7 +50,7 @@ async fn main() -> Result<()> {
         false => VmConfig::default_guest()?,
     };
     config.boot = BootMode::Snapshot;
-    let mut lan = Network::new("lan", 0)?;
+    let lan = Network::new("lan", 0)?;
     let mut vms = Vec::new();
     for name in ["server", "client"] {
         let mut config = config.clone();

@@ -260,7 +260,7 @@ impl Test {
                 Some(_) => {}
             }
         }
-        let mut network = Network::new(name, index)?;
+        let network = Network::new(name, index)?;
         for member in members {
             network.join(self.vm_named(member).expect("checked above"))?;
         }

@@ -191,6 +191,26 @@ impl QemuCmdline {
         ))
     }
 
+    /// Removes every `-OPTION` whose id (`id`, or `node-name` for
+    /// `-blockdev`) is `id`; returns whether one was there.
+    ///
+    /// ```
+    /// use virtest_qemu_cmdline::{PropsOption, QemuCmdline};
+    /// let mut cmd = QemuCmdline::new("qemu");
+    /// cmd.device("virtio-blk-pci", &[("id", "data"), ("drive", "data")]);
+    /// assert!(cmd.remove_props(PropsOption::Device, "data"));
+    /// assert!(!cmd.remove_props(PropsOption::Device, "data"));
+    /// assert_eq!(cmd.display(), "qemu");
+    /// ```
+    pub fn remove_props(&mut self, option: PropsOption, id: &str) -> bool {
+        let key = option.id_key().unwrap_or("id");
+        let before = self.args.len();
+        self.args.retain(|arg| {
+            !matches!(arg, Arg::Props(o, props) if *o == option && props.get(key) == Some(id))
+        });
+        self.args.len() != before
+    }
+
     /// An option without a value.
     pub fn flag(&mut self, flag: FlagOption) -> &mut QemuCmdline {
         if !self.args.contains(&Arg::Flag(flag)) {

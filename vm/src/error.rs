@@ -134,6 +134,14 @@ pub enum Error {
         #[source]
         source: Option<virtest_qmp::Error>,
     },
+    /// A device cannot be hot-plugged or unplugged.
+    #[error("hot-plug of `{id}`: {reason}")]
+    Hotplug {
+        /// The device's id.
+        id: String,
+        /// What went wrong, and what to do.
+        reason: String,
+    },
     /// A network cannot be made or joined, or a VM's address on it set.
     #[error("network `{network}`: {reason}")]
     Network {

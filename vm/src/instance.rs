@@ -268,6 +268,12 @@ impl Instance {
         &self.cmdline
     }
 
+    /// The command line, to record what was hot-plugged since QEMU
+    /// started (a migration's destination starts from it).
+    pub(crate) fn cmdline_mut(&mut self) -> &mut QemuCmdline {
+        &mut self.cmdline
+    }
+
     /// Whether QEMU is still running.
     pub fn is_running(&self) -> bool {
         self.process.status().is_none()

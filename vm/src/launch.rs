@@ -222,6 +222,9 @@ impl GuestLaunch<'_> {
             cmd.device(&machine.net_device, &[("netdev", &id), ("mac", &nic.mac)]);
         }
         cmd.device("virtio-rng-pci", &[]);
+        for port in crate::hotplug::root_ports(&machine.machine_type) {
+            cmd.push(Arg::Props(PropsOption::Device, port));
+        }
         if self.generation_id {
             cmd.device("vmgenid", &[("guid", "auto")]);
         }

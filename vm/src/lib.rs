@@ -29,6 +29,7 @@
 //!   console, and `exec_command_and_wait_for_pattern`.
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
 //! - `network`: [`Network`], private L2 segments between VMs.
+//! - `hotplug`: [`Vm::hotplug_disk`], [`Vm::hotplug_nic`], [`Vm::unplug`].
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store.
 //! - `snapshot`: ready snapshots: making one from a boot, starting from
@@ -50,6 +51,7 @@ mod console_share;
 mod dirs;
 mod disks;
 mod error;
+mod hotplug;
 mod instance;
 mod launch;
 mod network;

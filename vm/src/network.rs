@@ -12,6 +12,7 @@
 //! and a ready snapshot of a VM on a network serves the next run's.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::vm::Vm;
@@ -22,12 +23,13 @@ const FIRST_HOST: u8 = 1;
 /// The members a network can hold (`.1` to `.254`).
 const MAX_MEMBERS: usize = 254;
 
-/// One private L2 segment that VMs join before they power on.
+/// One private L2 segment that VMs join before they power on (or
+/// running, with [`Vm::hotplug_nic`]). Clones are the same network.
 ///
 /// ```no_run
 /// # async fn f(server: &mut virtest_vm::Vm, client: &mut virtest_vm::Vm) -> virtest_vm::Result<()> {
 /// use virtest_vm::Network;
-/// let mut lan = Network::new("lan", 0)?;
+/// let lan = Network::new("lan", 0)?;
 /// lan.join(server)?;
 /// lan.join(client)?;
 /// server.power_on().await?;
@@ -42,7 +44,9 @@ pub struct Network {
     name: String,
     index: u8,
     segment: SocketAddrV4,
-    members: Vec<String>,
+    /// The names of the VMs on it, shared by clones: each address is
+    /// given once.
+    members: Arc<Mutex<Vec<String>>>,
 }
 
 /// A VM's NIC on a [`Network`], as its command line and login use it.
@@ -81,7 +85,7 @@ impl Network {
             name: name.to_string(),
             index,
             segment: fresh_segment()?,
-            members: Vec::new(),
+            members: Arc::default(),
         })
     }
 
@@ -101,44 +105,56 @@ impl Network {
     }
 
     /// The names of the VMs on the network, in the order they joined.
-    pub fn members(&self) -> &[String] {
-        &self.members
+    pub fn members(&self) -> Vec<String> {
+        self.members.lock().expect("never poisoned").clone()
     }
 
     /// Puts `vm`, still off, on the network: it gets a NIC on the segment
     /// and the next address, which this returns.
-    pub fn join(&mut self, vm: &mut Vm) -> Result<Ipv4Addr> {
+    pub fn join(&self, vm: &mut Vm) -> Result<Ipv4Addr> {
+        if vm.has_started_qemu() {
+            return Err(Error::Network {
+                network: self.name.clone(),
+                reason: format!(
+                    "VM `{}` has been powered on: VMs join a network before their first \
+                     power_on (or hot-plug a NIC: Vm::hotplug_nic)",
+                    vm.name()
+                ),
+            });
+        }
+        let nic = self.next_nic(vm)?;
+        let address = nic.address;
+        vm.join_network(nic);
+        Ok(address)
+    }
+
+    /// A NIC on the network for `vm`, with the next address.
+    pub(crate) fn next_nic(&self, vm: &Vm) -> Result<NetworkNic> {
         let name = vm.name().to_string();
         let refuse = |reason: String| Error::Network {
             network: self.name.clone(),
             reason,
         };
-        if vm.has_started_qemu() {
-            return Err(refuse(format!(
-                "VM `{name}` has been powered on: VMs join a network before their first power_on"
-            )));
-        }
-        if self.members.contains(&name) {
+        let mut members = self.members.lock().expect("never poisoned");
+        if members.contains(&name) {
             return Err(refuse(format!("VM `{name}` is on it already")));
         }
-        if vm.config().networks.iter().any(|n| n.network == self.name) {
+        if vm.nics().any(|n| n.network == self.name) {
             return Err(refuse(format!(
                 "VM `{name}` is on another network of that name"
             )));
         }
-        if self.members.len() == MAX_MEMBERS {
+        if members.len() == MAX_MEMBERS {
             return Err(refuse(format!("it holds {MAX_MEMBERS} VMs at most")));
         }
-        let host = FIRST_HOST + self.members.len() as u8;
-        let address = Ipv4Addr::new(10, 10, self.index, host);
-        vm.join_network(NetworkNic {
+        let host = FIRST_HOST + members.len() as u8;
+        members.push(name);
+        Ok(NetworkNic {
             network: self.name.clone(),
             segment: self.segment,
             mac: format!("52:54:00:0a:{:02x}:{host:02x}", self.index),
-            address,
-        });
-        self.members.push(name);
-        Ok(address)
+            address: Ipv4Addr::new(10, 10, self.index, host),
+        })
     }
 }
 

@@ -131,6 +131,9 @@ pub struct Vm {
     /// The guest agent's connection (`agent.rs`), with the socket of the
     /// QEMU process it is connected to.
     pub(crate) agent: Option<(PathBuf, virtest_qmp::Qga)>,
+    /// Devices hot-plugged into the running QEMU (`hotplug.rs`), until
+    /// it powers off.
+    pub(crate) hotplugged: Vec<crate::hotplug::Hotplugged>,
     /// The overlays and firmware variables, made at the first power_on
     /// and dropped (removed) after QEMU.
     disks: Option<VmDisks>,
@@ -195,6 +198,7 @@ impl Vm {
             remote: None,
             serial: None,
             agent: None,
+            hotplugged: Vec::new(),
             generation: 0,
             boot_cursor: ConsoleCursor::default(),
             ready_seen: false,
@@ -210,11 +214,18 @@ impl Vm {
 
     /// The VM's address on `network`, if it joined it.
     pub fn address(&self, network: &Network) -> Option<Ipv4Addr> {
+        self.nics()
+            .find(|nic| nic.network == network.name() && nic.segment == network.segment())
+            .map(|nic| nic.address)
+    }
+
+    /// The VM's NICs on private networks: those it started with, then
+    /// hot-plugged ones.
+    pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
         self.config
             .networks
             .iter()
-            .find(|nic| nic.network == network.name() && nic.segment == network.segment())
-            .map(|nic| nic.address)
+            .chain(self.hotplugged.iter().filter_map(|h| h.nic()))
     }
 
     /// Adds a NIC on a network (for [`Network::join`], which checks).
@@ -308,6 +319,7 @@ impl Vm {
         self.instance = None;
         self.remote = None;
         self.serial = None;
+        self.hotplugged.clear();
         // Finding and probing QEMU spawns it and waits: not on the async
         // workers, which other tests' VMs share.
         let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
@@ -580,6 +592,14 @@ impl Vm {
         self.remote = None;
         self.serial = None;
         self.instance.take()
+    }
+
+    /// The VM's current QEMU process, to change (its recorded command
+    /// line, after a hot-plug).
+    pub(crate) fn instance_mut(&mut self) -> Result<&mut Instance> {
+        self.instance.as_mut().ok_or(Error::Off {
+            action: "change the QEMU process",
+        })
     }
 
     /// The VM's current QEMU process.
@@ -870,7 +890,7 @@ impl Vm {
                             Err(e) => tracing::warn!(error = %e, "the restored guest shares its clock with the snapshot"),
                         }
                     }
-                    if !self.config.networks.is_empty() {
+                    if self.nics().next().is_some() {
                         self.set_network_addresses(&session).await?;
                     }
                     if self.host_key.is_none() {
@@ -907,14 +927,10 @@ impl Vm {
     /// Gives the guest its address on each of its networks; every login
     /// does, so they hold after a reboot (setting one again is harmless).
     async fn set_network_addresses(&self, session: &SshSession) -> Result<()> {
-        let script = network::address_script(&self.config.networks);
+        let nics: Vec<NetworkNic> = self.nics().cloned().collect();
+        let script = network::address_script(&nics);
         let names = || {
-            let names: Vec<&str> = self
-                .config
-                .networks
-                .iter()
-                .map(|n| n.network.as_str())
-                .collect();
+            let names: Vec<&str> = nics.iter().map(|n| n.network.as_str()).collect();
             names.join(", ")
         };
         match session.run(&script).await {
@@ -1070,7 +1086,7 @@ impl Vm {
     }
 
     /// A raw QMP command on the running QEMU.
-    async fn qmp_raw(&self, command: &str, args: Value) -> Result<Value> {
+    pub(crate) async fn qmp_raw(&self, command: &str, args: Value) -> Result<Value> {
         self.qmp()?
             .execute_raw(command, args)
             .await

@@ -1,0 +1,366 @@
+//! Hot-plugging into a running VM: a new disk ([`Vm::hotplug_disk`]) or
+//! a NIC on a private network ([`Vm::hotplug_nic`]), and taking either out
+//! ([`Vm::unplug`]). Each waits for what proves it done: the guest sees
+//! the device; on unplug, QEMU's `DEVICE_DELETED` (the guest let it go).
+//!
+//! A hot-plugged device is also written into the running QEMU's command
+//! line, so a migration's destination starts with it (on the same PCIe
+//! root port), and the migration carries its state. It lasts until the
+//! VM powers off: the next `power_on` starts without it, as hardware
+//! would. On a PCIe machine (q35) each VM has [`ROOT_PORTS`] spare root
+//! ports for this; on a PCI one (`pc`), devices go on the root bus.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use virtest_qemu_cmdline::binary::{self, BinaryKind};
+use virtest_qemu_cmdline::{Arg, Props, PropsOption};
+use virtest_remote::Session;
+
+use crate::error::{Error, Result};
+use crate::network::{self, Network, NetworkNic};
+use crate::vm::Vm;
+
+/// The spare PCIe root ports of a q35 VM.
+pub(crate) const ROOT_PORTS: usize = 4;
+
+/// How long the guest may take to see a device, or to let one go.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The id of spare root port `n`.
+pub(crate) fn root_port_id(n: usize) -> String {
+    format!("hotplug{n}")
+}
+
+/// Whether `machine_type` has a PCIe root complex, where hot-plugged
+/// devices need root ports.
+pub(crate) fn is_pcie(machine_type: &str) -> bool {
+    machine_type.contains("q35")
+}
+
+/// The `-device` arguments of the spare root ports (none on a PCI
+/// machine).
+pub(crate) fn root_ports(machine_type: &str) -> Vec<Props> {
+    if !is_pcie(machine_type) {
+        return Vec::new();
+    }
+    (0..ROOT_PORTS)
+        .map(|n| {
+            let mut props = Props::with_head("pcie-root-port");
+            props
+                .set("id", root_port_id(n))
+                .set("chassis", (n + 1).to_string());
+            props
+        })
+        .collect()
+}
+
+/// A device hot-plugged into the running QEMU.
+#[derive(Debug, Clone)]
+pub(crate) struct Hotplugged {
+    /// The device's id.
+    id: String,
+    /// The root port it is on (`None` on a PCI machine's root bus).
+    port: Option<usize>,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    /// A block node of the same name over a qcow2 file made for it.
+    Disk { file: PathBuf },
+    /// A NIC on a private network.
+    Nic(NetworkNic),
+}
+
+impl Hotplugged {
+    /// The NIC, for a hot-plugged one.
+    pub(crate) fn nic(&self) -> Option<&NetworkNic> {
+        match &self.backend {
+            Backend::Nic(nic) => Some(nic),
+            Backend::Disk { .. } => None,
+        }
+    }
+}
+
+impl Vm {
+    /// Hot-plugs a new, empty disk of `size_mib` MiB named `id`: a qcow2
+    /// file made for it beside the VM's sockets, on a virtio-blk device
+    /// whose serial number is `id`. Returns the guest's device
+    /// (`/dev/vdb`) once the guest sees it (logging in first if the test
+    /// has no session).
+    ///
+    /// ```no_run
+    /// # async fn f(vm: &mut virtest_vm::Vm) -> virtest_vm::Result<()> {
+    /// let device = vm.hotplug_disk("data", 64).await?;
+    /// vm.remote()?.run(&format!("mkfs.ext4 -q {device}")).await?;
+    /// vm.unplug("data").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn hotplug_disk(&mut self, id: &str, size_mib: u64) -> Result<String> {
+        let port = self.hotplug_slot(id)?;
+        let file = self.runtime_dir().join(format!("hotplug-{id}.qcow2"));
+        create_qcow2(self, &file, size_mib).await?;
+        let file_name = file.to_string_lossy().into_owned();
+        let mut blockdev = Props::new();
+        blockdev
+            .set("driver", "qcow2")
+            .set("node-name", id)
+            .set("file.driver", "file")
+            .set("file.filename", &file_name);
+        self.qmp_hotplug(
+            id,
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": id,
+                   "file": {"driver": "file", "filename": file_name}}),
+        )
+        .await?;
+        let mut device = Props::with_head("virtio-blk-pci");
+        device.set("id", id).set("drive", id).set("serial", id);
+        if let Err(e) = self.device_add(id, port, &mut device).await {
+            let _ = self.qmp_raw("blockdev-del", json!({"node-name": id})).await;
+            let _ = std::fs::remove_file(&file);
+            return Err(e);
+        }
+        self.record_hotplug(&[
+            Arg::Props(PropsOption::Blockdev, blockdev),
+            Arg::Props(PropsOption::Device, device),
+        ])?;
+        self.hotplugged.push(Hotplugged {
+            id: id.to_string(),
+            port,
+            backend: Backend::Disk { file },
+        });
+        let find = format!(
+            "for s in /sys/block/*/serial; do [ \"$(cat $s)\" = {id} ] && d=${{s%/serial}} && echo /dev/${{d##*/}} && exit 0; done; exit 1"
+        );
+        let found = self.wait_in_guest(id, &find).await?;
+        tracing::info!(parent: self.span(), id, device = found, size_mib, "hot-plugged a disk");
+        Ok(found)
+    }
+
+    /// Puts the running VM on `network`: hot-plugs a NIC on its segment
+    /// (the device is named after the network, for [`Vm::unplug`]) and
+    /// gives it the network's next address once the guest sees it, which
+    /// this returns; later logins set it again, as for a NIC the VM
+    /// started with.
+    pub async fn hotplug_nic(&mut self, network: &Network) -> Result<Ipv4Addr> {
+        let id = network.name().to_string();
+        let port = self.hotplug_slot(&id)?;
+        let nic = network.next_nic(self)?;
+        let mut netdev = Props::with_head("socket");
+        netdev
+            .set("id", nic.netdev_id())
+            .set("mcast", nic.segment.to_string())
+            .set("localaddr", "127.0.0.1");
+        self.qmp_hotplug(
+            &id,
+            "netdev_add",
+            json!({"type": "socket", "id": nic.netdev_id(),
+                   "mcast": nic.segment.to_string(), "localaddr": "127.0.0.1"}),
+        )
+        .await?;
+        let mut device = Props::with_head(self.config().guest.machine.net_device.clone());
+        device
+            .set("id", &id)
+            .set("netdev", nic.netdev_id())
+            .set("mac", &nic.mac);
+        if let Err(e) = self.device_add(&id, port, &mut device).await {
+            let _ = self
+                .qmp_raw("netdev_del", json!({"id": nic.netdev_id()}))
+                .await;
+            return Err(e);
+        }
+        self.record_hotplug(&[
+            Arg::Props(PropsOption::Netdev, netdev),
+            Arg::Props(PropsOption::Device, device),
+        ])?;
+        let address = nic.address;
+        let script = network::address_script(std::slice::from_ref(&nic));
+        self.hotplugged.push(Hotplugged {
+            id: id.clone(),
+            port,
+            backend: Backend::Nic(nic),
+        });
+        self.wait_in_guest(&id, &script).await?;
+        tracing::info!(parent: self.span(), network = id, %address, "hot-plugged a NIC");
+        Ok(address)
+    }
+
+    /// Takes out the hot-plugged device `id` (a disk's id, a NIC's
+    /// network name): asks QEMU to (`device_del`), waits until the guest
+    /// let it go (`DEVICE_DELETED`), then removes its block node or
+    /// netdev, and its disk file.
+    pub async fn unplug(&mut self, id: &str) -> Result<()> {
+        let Some(index) = self.hotplugged.iter().position(|h| h.id == id) else {
+            let known: Vec<&str> = self.hotplugged.iter().map(|h| h.id.as_str()).collect();
+            return Err(Error::Hotplug {
+                id: id.to_string(),
+                reason: format!(
+                    "the VM has no hot-plugged device of that name (it has: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            });
+        };
+        let qmp = self.qmp()?.clone();
+        let since = qmp.event_cursor();
+        self.qmp_hotplug(id, "device_del", json!({"id": id}))
+            .await?;
+        qmp.wait_event(
+            since,
+            "DEVICE_DELETED",
+            &json!({"device": id}),
+            GUEST_TIMEOUT,
+        )
+        .await
+        .map_err(|_| Error::Hotplug {
+            id: id.to_string(),
+            reason: format!(
+                "the guest did not let the device go within {GUEST_TIMEOUT:?} (no \
+                     DEVICE_DELETED): does it handle PCI hot-unplug?"
+            ),
+        })?;
+        let unplugged = self.hotplugged.remove(index);
+        let instance = self.instance_mut()?;
+        instance.cmdline_mut().remove_props(PropsOption::Device, id);
+        match &unplugged.backend {
+            Backend::Disk { file } => {
+                instance
+                    .cmdline_mut()
+                    .remove_props(PropsOption::Blockdev, id);
+                self.qmp_hotplug(id, "blockdev-del", json!({"node-name": id}))
+                    .await?;
+                let _ = std::fs::remove_file(file);
+            }
+            Backend::Nic(nic) => {
+                instance
+                    .cmdline_mut()
+                    .remove_props(PropsOption::Netdev, &nic.netdev_id());
+                self.qmp_hotplug(id, "netdev_del", json!({"id": nic.netdev_id()}))
+                    .await?;
+            }
+        }
+        tracing::info!(parent: self.span(), id, "unplugged");
+        Ok(())
+    }
+
+    /// Checks `id` and finds a free root port for it.
+    fn hotplug_slot(&self, id: &str) -> Result<Option<usize>> {
+        let refuse = |reason: String| Error::Hotplug {
+            id: id.to_string(),
+            reason,
+        };
+        let mut chars = id.chars();
+        let fits = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !fits {
+            return Err(refuse(
+                "an id is a letter, then letters, digits, `-` and `_`".into(),
+            ));
+        }
+        if !self.is_on() {
+            return Err(Error::Off { action: "hot-plug" });
+        }
+        if self.hotplugged.iter().any(|h| h.id == id) {
+            return Err(refuse("a hot-plugged device has that id already".into()));
+        }
+        if !is_pcie(&self.config().guest.machine.machine_type) {
+            return Ok(None);
+        }
+        (0..ROOT_PORTS)
+            .find(|n| !self.hotplugged.iter().any(|h| h.port == Some(*n)))
+            .map(Some)
+            .ok_or_else(|| {
+                refuse(format!(
+                    "all {ROOT_PORTS} hot-plug ports are taken: unplug a device first"
+                ))
+            })
+    }
+
+    /// `device_add` of `device` on root port `port`.
+    async fn device_add(&self, id: &str, port: Option<usize>, device: &mut Props) -> Result<()> {
+        if let Some(port) = port {
+            device.set("bus", root_port_id(port));
+        }
+        let mut args = serde_json::Map::new();
+        args.insert("driver".into(), json!(device.head().unwrap_or_default()));
+        for (key, value) in device.entries() {
+            args.insert(key.clone(), json!(value.as_deref().unwrap_or("on")));
+        }
+        self.qmp_hotplug(id, "device_add", Value::Object(args))
+            .await
+            .map(drop)
+    }
+
+    /// A QMP command of a hot-plug, its error naming the device.
+    async fn qmp_hotplug(&self, id: &str, command: &str, args: Value) -> Result<Value> {
+        self.qmp_raw(command, args)
+            .await
+            .map_err(|e| Error::Hotplug {
+                id: id.to_string(),
+                reason: format!("QEMU refused `{command}`: {e}"),
+            })
+    }
+
+    /// Writes `args` into the running QEMU's command line.
+    fn record_hotplug(&mut self, args: &[Arg]) -> Result<()> {
+        let cmdline = self.instance_mut()?.cmdline_mut();
+        for arg in args {
+            cmdline.push(arg.clone());
+        }
+        Ok(())
+    }
+
+    /// Runs `command` in the guest until it succeeds (logging in first
+    /// if needed); its output.
+    async fn wait_in_guest(&mut self, id: &str, command: &str) -> Result<String> {
+        if self.remote().is_err() {
+            self.login_remote().await?;
+        }
+        let started = Instant::now();
+        self.remote()?
+            .wait_until_succeeds(command, GUEST_TIMEOUT)
+            .await
+            .map(|done| done.stdout.trim().to_string())
+            .map_err(|e| Error::Hotplug {
+                id: id.to_string(),
+                reason: format!(
+                    "QEMU added the device but the guest did not show it within {:?}: {e}",
+                    started.elapsed()
+                ),
+            })
+    }
+}
+
+/// `qemu-img create -f qcow2 FILE SIZE`.
+async fn create_qcow2(vm: &Vm, file: &std::path::Path, size_mib: u64) -> Result<()> {
+    let qemu_img =
+        binary::find(BinaryKind::Img, vm.config().qemu_img.as_deref()).map_err(Error::Qemu)?;
+    let output = tokio::process::Command::new(&qemu_img)
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(file)
+        .arg(format!("{size_mib}M"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            binary: qemu_img.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::Disk {
+            path: file.to_path_buf(),
+            reason: format!(
+                "qemu-img could not make it: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
