@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use virtest::guest::description::Ready;
 use virtest::migration::{Migrate, MigrationMode};
 use virtest::qmp::Error as QmpError;
 use virtest::vm::{BootMode, Error, Vm, VmConfig};
@@ -164,5 +165,32 @@ async fn a_guest_without_an_agent_is_a_clear_timeout() {
         error.to_string().contains("no guest agent channel"),
         "{error}"
     );
+    vm.power_off_within(Duration::ZERO).await.unwrap();
+}
+
+/// A guest whose ready signal is its agent: `wait_ready` returns once
+/// the agent answers (it is then connected), and logins work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_answering_can_be_the_ready_signal() {
+    let _slot = common::guest_slots(1);
+    common::guest();
+    let logs = common::test_logs();
+    let mut config = VmConfig::default_guest().unwrap();
+    config.guest.ready = Ready::Agent;
+    config.log_dir = Some(logs.path().to_path_buf());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.wait_ready(Duration::from_secs(60)).await.unwrap();
+    // Connected by wait_ready: no time is needed.
+    let agent = vm.agent_within(Duration::from_millis(1)).await.unwrap();
+    agent.execute(qapi::qga::guest_ping {}).await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm.migrate(MigrationMode::Tcp).await.unwrap();
+    vm.agent()
+        .await
+        .unwrap()
+        .execute(qapi::qga::guest_ping {})
+        .await
+        .unwrap();
     vm.power_off_within(Duration::ZERO).await.unwrap();
 }

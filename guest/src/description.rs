@@ -18,7 +18,7 @@
 //! timeout = 120               # seconds login_remote waits
 //!
 //! [ready]
-//! wait_for = "ssh"            # console (with line = "..."), ssh, cloud-init
+//! wait_for = "ssh"            # console (with line = "..."), ssh, cloud-init, agent
 //!
 //! [machine]
 //! memory = 512
@@ -204,6 +204,8 @@ pub enum Ready {
     /// cloud-init's final stage has run the seed's per-boot script,
     /// which prints [`CLOUD_INIT_READY_LINE`] on the console.
     CloudInit,
+    /// The guest agent (`qemu-ga`) answers on the VM's agent channel.
+    Agent,
 }
 
 /// The NoCloud seed of a cloud-init guest.
@@ -360,6 +362,7 @@ pub(crate) enum ReadyKind {
     #[default]
     Ssh,
     CloudInit,
+    Agent,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -473,6 +476,7 @@ impl GuestFile {
                 return Err("`ready.wait_for = \"console\"` needs the text in `ready.line`".into());
             }
             (ReadyKind::Ssh, None) => Ready::Ssh,
+            (ReadyKind::Agent, None) => Ready::Agent,
             (ReadyKind::CloudInit, None) if self.cloud_init.enabled => Ready::CloudInit,
             (ReadyKind::CloudInit, None) => {
                 return Err(
@@ -691,6 +695,15 @@ qemu_args = ["-cpu", "max"]
         let error = parse(text).unwrap_err().to_string();
         assert!(error.contains("`disks[0].format`"), "{error}");
         assert!(error.contains("qcow2") && error.contains("raw"), "{error}");
+    }
+
+    #[test]
+    fn the_agent_can_be_the_ready_signal() {
+        let text = "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[ready]\nwait_for = \"agent\"\n";
+        assert_eq!(parse(text).unwrap().0.ready, Ready::Agent);
+        let with_line = format!("{text}line = \"x\"\n");
+        let error = parse(&with_line).unwrap_err().to_string();
+        assert!(error.contains("only for"), "{error}");
     }
 
     #[test]

@@ -352,7 +352,9 @@ async fn make(
     let deadline = vm.config().login_timeout;
     match vm.config().guest.ready {
         Ready::Ssh => vm.login_remote_within(deadline).await.map(drop)?,
-        Ready::Console(_) | Ready::CloudInit => vm.wait_ready_to_log_in(deadline).await?,
+        Ready::Console(_) | Ready::CloudInit | Ready::Agent => {
+            vm.wait_ready_to_log_in(deadline).await?
+        }
     }
     let qmp = vm.qmp()?.clone();
     let saved = save(&qmp, &pending.state(), vm.config().migrate_timeout).await;

@@ -807,14 +807,21 @@ impl Vm {
         }
     }
 
-    /// Waits for the guest's ready line in the current boot (at once when
-    /// it was seen already, or when the guest's readiness is its sshd
-    /// answering, which `login_remote` tries).
+    /// Waits until the guest is ready in the current boot: its ready line
+    /// (its own, or cloud-init's), or its agent answering; at once when
+    /// that was seen already, or when the guest's readiness is its sshd
+    /// answering, which `login_remote` tries.
     pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
         let marker = match &self.config.guest.ready {
             Ready::Console(line) => line.clone(),
             Ready::CloudInit => CLOUD_INIT_READY_LINE.to_string(),
             Ready::Ssh => return Ok(()),
+            Ready::Agent if self.ready_seen => return Ok(()),
+            Ready::Agent => {
+                self.agent_within(deadline).await?;
+                self.ready_seen = true;
+                return Ok(());
+            }
         };
         if self.ready_seen {
             return Ok(());
