@@ -600,3 +600,79 @@ async fn guests_migrated_mid_boot_come_up() {
         vm.power_off_within(Duration::ZERO).await.unwrap();
     }
 }
+
+/// An HMP monitor on `socket` answers with its banner.
+fn monitor_answers(socket: &std::path::Path) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        seen.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&seen).contains("(qemu)") {
+            return true;
+        }
+    }
+    false
+}
+
+/// Host endpoints the user put in `extra_args` (a monitor socket, a
+/// second NIC forwarding a fixed port) do not collide with the source's
+/// on the destination: it gets a copy of the socket named after its
+/// generation, and a forward on a port QEMU chose, which the VM tells.
+#[tokio::test]
+async fn a_users_own_host_endpoints_are_fresh_on_the_destination() {
+    use virtest::qemu_cmdline::{Arg, Props, PropsOption};
+    let _slot = common::guest_slots(1);
+    common::guest();
+    let logs = common::test_logs();
+    let sockets = tempfile::tempdir().unwrap();
+    let monitor = sockets.path().join("monitor.sock");
+    let port = common::free_port();
+    let mut config = config(logs.path());
+    config.extra_args = vec![
+        Arg::Props(
+            PropsOption::Chardev,
+            Props::parse(
+                &format!(
+                    "socket,id=usermon,path={},server=on,wait=off",
+                    monitor.display()
+                ),
+                true,
+            ),
+        ),
+        Arg::Props(
+            PropsOption::Mon,
+            Props::parse("chardev=usermon,mode=readline", false),
+        ),
+        Arg::Props(
+            PropsOption::Netdev,
+            Props::parse(
+                &format!("user,id=extra,hostfwd=tcp:127.0.0.1:{port}-:2222"),
+                true,
+            ),
+        ),
+        Arg::Props(
+            PropsOption::Device,
+            Props::parse("virtio-net-pci,netdev=extra", true),
+        ),
+    ];
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    assert!(monitor_answers(&monitor));
+    assert_eq!(vm.forwarded_port(2222), Some(port));
+    for (generation, mode) in [(2, MigrationMode::Unix), (3, MigrationMode::Tcp)] {
+        vm.migrate(mode).await.unwrap();
+        let copy = sockets.path().join(format!("monitor.g{generation}.sock"));
+        assert!(monitor_answers(&copy), "{mode}: {}", copy.display());
+        let moved = vm.forwarded_port(2222).unwrap();
+        assert_ne!(moved, 0, "{mode}");
+    }
+    vm.login_remote().await.unwrap();
+    vm.power_off_within(Duration::ZERO).await.unwrap();
+}

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tracing::Instrument;
-use virtest_qemu_cmdline::Endpoint;
 use virtest_qmp::Qmp;
 use virtest_vm::{Endpoints, Instance, Vm, VmState};
 
@@ -179,14 +178,7 @@ fn destination_cmdline(
     let from = source.endpoints().clone();
     let binary = spec.destination_qemu.clone();
     move |to: &Endpoints| {
-        let mut clone = cmdline.clone_for_incoming("defer", |endpoint| match endpoint {
-            Endpoint::Path(p) if p == from.qmp_socket => Endpoint::Path(to.qmp_socket.clone()),
-            Endpoint::Path(p) if p == from.console_socket => {
-                Endpoint::Path(to.console_socket.clone())
-            }
-            Endpoint::Path(p) if p == from.agent_socket => Endpoint::Path(to.agent_socket.clone()),
-            other => other,
-        });
+        let mut clone = cmdline.clone_for_incoming("defer", from.remap_to(to));
         if let Some(binary) = &binary {
             clone.binary = binary.clone();
         }

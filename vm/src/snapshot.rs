@@ -129,6 +129,7 @@ pub(crate) fn key(
         qmp_socket: PathBuf::from("<qmp>"),
         console_socket: PathBuf::from("<console>"),
         agent_socket: PathBuf::from("<agent>"),
+        generation: 0,
         forwards: Vec::new(),
     })
     .display();
