@@ -192,7 +192,7 @@ pub(crate) async fn start(
     let outcome = match found {
         Lookup::Found(snapshot) => match restore_checked(vm, launch, &snapshot).await {
             Restored::Started(instance) => {
-                return Ok((instance, Start::FromSnapshot { key: id }));
+                return Ok((*instance, Start::FromSnapshot { key: id }));
             }
             Restored::Damaged(reason) => {
                 tracing::warn!(
@@ -237,7 +237,7 @@ async fn find(store: &SnapshotStore, key: &SnapshotKey) -> Lookup {
 /// What restoring a found snapshot came to.
 enum Restored {
     /// The VM runs from it.
-    Started(Instance),
+    Started(Box<Instance>),
     /// A file of it does not match its record; it was removed.
     Damaged(String),
     /// QEMU refused it; it was removed.
@@ -264,7 +264,7 @@ async fn restore_checked(
         .await
         .unwrap_or_else(|e| Err(format!("checking it failed: {e}")));
     match (verified, restored) {
-        (Ok(()), Ok(instance)) => Restored::Started(instance),
+        (Ok(()), Ok(instance)) => Restored::Started(Box::new(instance)),
         (Err(reason), restored) => {
             drop(restored);
             snapshot.remove();
@@ -309,7 +309,7 @@ async fn make_and_restore(
     let found = find(store, key).await;
     if let Lookup::Found(snapshot) = found {
         return Ok(match restore_checked(vm, launch, &snapshot).await {
-            Restored::Started(instance) => Ok((instance, Start::FromSnapshot { key: id })),
+            Restored::Started(instance) => Ok((*instance, Start::FromSnapshot { key: id })),
             Restored::Damaged(why) | Restored::Refused(why) => Err(why),
         });
     }
@@ -332,7 +332,7 @@ async fn make_and_restore(
         "made a ready snapshot"
     );
     Ok(match restore_checked(vm, launch, &snapshot).await {
-        Restored::Started(instance) => Ok((instance, Start::MadeSnapshot { key: id })),
+        Restored::Started(instance) => Ok((*instance, Start::MadeSnapshot { key: id })),
         Restored::Damaged(why) | Restored::Refused(why) => Err(why),
     })
 }
