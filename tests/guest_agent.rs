@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use virtest::guest::description::Ready;
 use virtest::migration::{Migrate, MigrationMode};
 use virtest::qmp::Error as QmpError;
-use virtest::vm::{BootMode, Error, Vm, VmConfig};
+use virtest::vm::{BootMode, Error, PowerOff, Vm, VmConfig};
 
 /// What a command through the agent may take.
 const EXEC: Duration = Duration::from_secs(30);
@@ -23,6 +23,25 @@ async fn exercise_the_agent(vm: &mut Vm, round: &str, freezes: bool) {
     agent.execute(qapi::qga::guest_ping {}).await.unwrap();
     let info = agent.execute(qapi::qga::guest_info {}).await.unwrap();
     assert!(info.version.starts_with("7."), "{}", info.version);
+    let os = agent.execute(qapi::qga::guest_get_osinfo {}).await.unwrap();
+    assert_eq!(
+        os.kernel_release.as_deref().map(|r| r.ends_with("-amd64")),
+        Some(true),
+        "{os:?}"
+    );
+    let interfaces = agent
+        .execute(qapi::qga::guest_network_get_interfaces {})
+        .await
+        .unwrap();
+    let addresses: Vec<String> = interfaces
+        .iter()
+        .flat_map(|i| i.ip_addresses.iter().flatten())
+        .map(|a| a.ip_address.clone())
+        .collect();
+    assert!(
+        addresses.iter().any(|a| a == "10.0.2.15"),
+        "{round}: {addresses:?}"
+    );
 
     let done = agent
         .exec(&["/bin/sh", "-c", "uname -s; echo oops >&2; exit 3"], EXEC)
@@ -122,7 +141,20 @@ async fn the_default_guests_agent_works_before_and_after_migrations() {
         vm.migrate(mode).await.unwrap();
         exercise_the_agent(&mut vm, mode.as_str(), false).await;
     }
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    // Asked through the agent, the guest powers off and QEMU exits.
+    vm.agent()
+        .await
+        .unwrap()
+        .shutdown("powerdown")
+        .await
+        .unwrap();
+    let exited = vm
+        .instance()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60))
+        .await;
+    assert!(exited.is_some(), "the guest did not power off");
+    assert_eq!(vm.power_off().await.unwrap(), PowerOff::ByGuest);
 }
 
 /// With its agent stopped, the channel is there and nobody answers: the

@@ -1,5 +1,6 @@
 //! Hot-plug: a disk written, carried through migrations and read back on
-//! the destination, then unplugged; a NIC put on a private network while
+//! the destination, then unplugged, beside a device (an RNG) the guest
+//! binds a driver to; a NIC put on a private network while
 //! the VM runs, reached through it before and after a migration, then
 //! unplugged; and the bad inputs, each a clear error.
 
@@ -40,6 +41,18 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
     let bad = vm.hotplug_disk("two words", 8).await.unwrap_err();
     assert!(matches!(bad, Error::Hotplug { .. }), "{bad}");
 
+    let refused = vm
+        .hotplug_device("no-such-driver", "x", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("QEMU refused `device_add`"),
+        "{refused}"
+    );
+    let rng = vm
+        .hotplug_device("virtio-rng-pci", "rng1", &[])
+        .await
+        .unwrap();
     let device = vm.hotplug_disk("data", 64).await.unwrap();
     assert!(device.starts_with("/dev/vd"), "{device}");
     let again = vm.hotplug_disk("data", 8).await.unwrap_err();
@@ -64,8 +77,20 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
             read, written,
             "{mode}: the disk's content on the destination"
         );
+        let rng_there = run(&vm, &format!("ls /sys/bus/pci/devices/{rng}/driver")).await;
+        assert!(
+            !rng_there.is_empty(),
+            "{mode}: the hot-plugged RNG has no driver"
+        );
     }
 
+    vm.unplug("rng1").await.unwrap();
+    let rng_gone = run(
+        &vm,
+        &format!("[ -e /sys/bus/pci/devices/{rng} ] && echo there || echo gone"),
+    )
+    .await;
+    assert_eq!(rng_gone, "gone\n");
     vm.unplug("data").await.unwrap();
     let name = device.trim_start_matches("/dev/");
     let gone = run(

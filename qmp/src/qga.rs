@@ -148,6 +148,32 @@ impl Qga {
         answer(name, reply)
     }
 
+    /// Sends a command the agent does not answer when it succeeds
+    /// (`guest-shutdown`, `guest-suspend-*`): its error, if the agent
+    /// sends one within `error_wait`, else success. The next command
+    /// resynchronizes first.
+    pub(crate) async fn send_unanswered(
+        &self,
+        name: &str,
+        args: Value,
+        error_wait: Duration,
+    ) -> Result<()> {
+        let mut io = self.io.lock().await;
+        if io.desynced {
+            self.sync(&mut io, DEFAULT_QGA_TIMEOUT).await?;
+        }
+        let request = json!({ "execute": name, "arguments": args });
+        send(&mut io.writer, &request).await?;
+        io.desynced = true;
+        tracing::debug!(agent = %self.path, command = name, "guest agent command, no answer expected");
+        match tokio::time::timeout(error_wait, read_message(&mut io.reader)).await {
+            Ok(Ok(reply)) => answer(name, reply).map(drop),
+            // Closed: the guest went down as asked.
+            Ok(Err(Error::Disconnected { .. })) | Err(_) => Ok(()),
+            Ok(Err(other)) => Err(other),
+        }
+    }
+
     /// Resynchronizes: 0xFF, `guest-sync-delimited` with a fresh id, and
     /// everything up to the agent's 0xFF skipped.
     async fn sync(&self, io: &mut Io, deadline: Duration) -> Result<()> {

@@ -1,7 +1,8 @@
-//! What takes the guest agent several commands: running a program to its
-//! end with its output (`guest-exec`, then `guest-exec-status` until it
-//! exited), and reading or writing a whole file (`guest-file-open`, reads
-//! or writes in chunks, `guest-file-close`).
+//! What takes the guest agent more than one command and answer: running
+//! a program to its end with its output (`guest-exec`, then
+//! `guest-exec-status` until it exited), reading or writing a whole file
+//! (`guest-file-open`, reads or writes in chunks, `guest-file-close`),
+//! and a shutdown, which the agent does not answer.
 
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,18 @@ impl Qga {
         }
         .await;
         self.close(handle, write).await
+    }
+
+    /// Asks the guest to shut down (`powerdown`), halt or reboot
+    /// (`guest-shutdown`, which the agent answers only with an error): an
+    /// error the agent sends within a second, else `Ok` once asked.
+    pub async fn shutdown(&self, mode: &str) -> Result<()> {
+        self.send_unanswered(
+            "guest-shutdown",
+            serde_json::json!({ "mode": mode }),
+            Duration::from_secs(1),
+        )
+        .await
     }
 
     async fn open(&self, path: &str, mode: &str) -> Result<i64> {

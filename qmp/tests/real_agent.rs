@@ -85,6 +85,14 @@ async fn a_real_agent_answers_typed_commands() {
     }
     // The connection still works after an error.
     qga.execute(qga::guest_ping {}).await.unwrap();
+    // A shutdown is answered only when it fails: a bad mode's error
+    // comes back (a good mode would shut this host down).
+    let refused = qga.shutdown("sideways").await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::AgentCommand { command, .. } if command == "guest-shutdown"),
+        "{refused}"
+    );
+    qga.execute(qga::guest_ping {}).await.unwrap();
 }
 
 /// A file written through the agent (several chunks) reads back the

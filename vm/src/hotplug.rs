@@ -1,7 +1,8 @@
-//! Hot-plugging into a running VM: a new disk ([`Vm::hotplug_disk`]) or
-//! a NIC on a private network ([`Vm::hotplug_nic`]), and taking either out
-//! ([`Vm::unplug`]). Each waits for what proves it done: the guest sees
-//! the device; on unplug, QEMU's `DEVICE_DELETED` (the guest let it go).
+//! Hot-plugging into a running VM: any PCI device ([`Vm::hotplug_device`]),
+//! a new disk ([`Vm::hotplug_disk`]) or a NIC on a private network
+//! ([`Vm::hotplug_nic`]), and taking one out ([`Vm::unplug`]). Each waits
+//! for what proves it done: the guest sees the device; on unplug, QEMU's
+//! `DEVICE_DELETED` (the guest let it go).
 //!
 //! A hot-plugged device is also written into the running QEMU's command
 //! line, so a migration's destination starts with it (on the same PCIe
@@ -69,6 +70,8 @@ pub(crate) struct Hotplugged {
 
 #[derive(Debug, Clone)]
 enum Backend {
+    /// Nothing but the device.
+    None,
     /// A block node of the same name over a qcow2 file made for it.
     Disk { file: PathBuf },
     /// A NIC on a private network.
@@ -80,12 +83,53 @@ impl Hotplugged {
     pub(crate) fn nic(&self) -> Option<&NetworkNic> {
         match &self.backend {
             Backend::Nic(nic) => Some(nic),
-            Backend::Disk { .. } => None,
+            Backend::Disk { .. } | Backend::None => None,
         }
     }
 }
 
 impl Vm {
+    /// Hot-plugs a PCI device: QEMU's `driver` with id `id` and
+    /// `properties`. Returns its PCI address in the guest
+    /// (`0000:01:00.0`) once the guest has it in `/sys/bus/pci/devices`
+    /// (logging in first if the test has no session).
+    ///
+    /// ```no_run
+    /// # async fn f(vm: &mut virtest_vm::Vm) -> virtest_vm::Result<()> {
+    /// let address = vm.hotplug_device("virtio-rng-pci", "rng1", &[]).await?;
+    /// vm.unplug("rng1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn hotplug_device(
+        &mut self,
+        driver: &str,
+        id: &str,
+        properties: &[(&str, &str)],
+    ) -> Result<String> {
+        let port = self.hotplug_slot(id)?;
+        let mut device = Props::with_head(driver);
+        for (key, value) in properties {
+            device.set(key, *value);
+        }
+        device.set("id", id);
+        self.device_add(id, port, &mut device).await?;
+        self.record_hotplug(&[Arg::Props(PropsOption::Device, device)])?;
+        self.hotplugged.push(Hotplugged {
+            id: id.to_string(),
+            port,
+            backend: Backend::None,
+        });
+        let pci = self.qmp_hotplug(id, "query-pci", Value::Null).await?;
+        let address = guest_pci_address(&pci, id).ok_or_else(|| Error::Hotplug {
+            id: id.to_string(),
+            reason: "QEMU added it but `query-pci` does not list it: is it a PCI device?".into(),
+        })?;
+        self.wait_in_guest(id, &format!("[ -e /sys/bus/pci/devices/{address} ]"))
+            .await?;
+        tracing::info!(parent: self.span(), id, driver, address, "hot-plugged a device");
+        Ok(address)
+    }
+
     /// Hot-plugs a new, empty disk of `size_mib` MiB named `id`: a qcow2
     /// file made for it beside the VM's sockets, on a virtio-blk device
     /// whose serial number is `id`. Returns the guest's device
@@ -238,6 +282,7 @@ impl Vm {
                     .await?;
                 let _ = std::fs::remove_file(file);
             }
+            Backend::None => {}
             Backend::Nic(nic) => {
                 instance
                     .cmdline_mut()
@@ -338,6 +383,29 @@ impl Vm {
     }
 }
 
+/// The guest's PCI address (`0000:BB:SS.F`) of the device with id `id`
+/// in a `query-pci` reply, looking behind bridges and root ports.
+fn guest_pci_address(reply: &Value, id: &str) -> Option<String> {
+    fn search(devices: &Value, id: &str) -> Option<String> {
+        devices.as_array()?.iter().find_map(|device| {
+            if device["qdev_id"] == id {
+                let n = |key: &str| device[key].as_u64();
+                return Some(format!(
+                    "0000:{:02x}:{:02x}.{}",
+                    n("bus")?,
+                    n("slot")?,
+                    n("function")?
+                ));
+            }
+            search(&device["pci_bridge"]["devices"], id)
+        })
+    }
+    reply
+        .as_array()?
+        .iter()
+        .find_map(|bus| search(&bus["devices"], id))
+}
+
 /// `qemu-img create -f qcow2 FILE SIZE`.
 async fn create_qcow2(vm: &Vm, file: &std::path::Path, size_mib: u64) -> Result<()> {
     let qemu_img =
@@ -363,4 +431,30 @@ async fn create_qcow2(vm: &Vm, file: &std::path::Path, size_mib: u64) -> Result<
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_behind_a_root_port_has_its_secondary_bus() {
+        // As QEMU 7.2 answers `query-pci` for a q35 VM (trimmed).
+        let reply = json!([{"bus": 0, "devices": [
+            {"bus": 0, "slot": 1, "function": 0, "qdev_id": "", "pci_bridge": null},
+            {"bus": 0, "slot": 5, "function": 0, "qdev_id": "hotplug0",
+             "pci_bridge": {"bus": {"number": 1}, "devices": [
+                {"bus": 1, "slot": 0, "function": 0, "qdev_id": "rng1"}]}}
+        ]}]);
+        assert_eq!(
+            guest_pci_address(&reply, "rng1").as_deref(),
+            Some("0000:01:00.0")
+        );
+        assert_eq!(
+            guest_pci_address(&reply, "hotplug0").as_deref(),
+            Some("0000:00:05.0")
+        );
+        assert_eq!(guest_pci_address(&reply, "nosuch"), None);
+        assert_eq!(guest_pci_address(&json!("garbage"), "rng1"), None);
+    }
 }
