@@ -125,8 +125,8 @@ async fn a_hot_plugged_disk_survives_migrations_on_the_debian_guest() {
 }
 
 /// A client joins the server's network running; it fetches from the
-/// server through the new NIC before and after it migrates, then lets it
-/// go.
+/// server through the new NIC before and after it migrates, the server
+/// reaches it through the NIC after the migration, then it lets it go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
     let _slots = common::guest_slots(2);
@@ -175,6 +175,15 @@ async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
         "served\n",
         "after the migration"
     );
+    // And the other way: the server reaches the migrated guest through
+    // its hot-plugged NIC.
+    run(
+        &client,
+        "mkdir -p /tmp/www && echo client > /tmp/www/id && busybox httpd -p 8080 -h /tmp/www",
+    )
+    .await;
+    let back = run(&server, &format!("wget -qO- http://{address}:8080/id")).await;
+    assert_eq!(back, "client\n");
 
     client.unplug("lan").await.unwrap();
     let mac_left = run(&client, "cat /sys/class/net/*/address").await;
