@@ -141,8 +141,18 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Kills and reaps. On a worker of a multi-threaded tokio runtime the
+    /// wait is announced to tokio (`block_in_place`), which moves the
+    /// worker's other tasks elsewhere: a QEMU slow to die (its reap can
+    /// take up to 5 s) stalls no other test's VMs.
     fn drop(&mut self) {
-        self.kill_and_reap();
+        let on_async_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        match on_async_worker {
+            true => tokio::task::block_in_place(|| self.kill_and_reap()),
+            false => self.kill_and_reap(),
+        }
     }
 }
 
@@ -177,7 +187,10 @@ mod tests {
         assert_eq!(process.wait().await.code(), Some(3));
     }
 
-    #[tokio::test]
+    /// On a worker of a multi-threaded runtime (the runner's), where the
+    /// drop waits through `block_in_place`; the other tests here drop on
+    /// a current-thread runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn drop_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("grandchild");
