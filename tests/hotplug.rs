@@ -189,6 +189,8 @@ async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
     let mac_left = run(&client, "cat /sys/class/net/*/address").await;
     assert!(!mac_left.contains("52:54:00:0a:00:02"), "{mac_left}");
     assert_eq!(client.address(&lan), None);
+    // Its address was given back: plugged again, it gets the same one.
+    assert_eq!(client.hotplug_nic(&lan).await.unwrap(), address);
     for vm in [&mut server, &mut client] {
         vm.power_off_within(Duration::ZERO).await.unwrap();
     }

@@ -74,15 +74,23 @@ enum Backend {
     None,
     /// A block node of the same name over a qcow2 file made for it.
     Disk { file: PathBuf },
-    /// A NIC on a private network.
-    Nic(NetworkNic),
+    /// A NIC on a private network, which it leaves when unplugged.
+    Nic(NetworkNic, Network),
 }
 
 impl Hotplugged {
+    /// Takes back what the device held beyond QEMU: a NIC's address on
+    /// its network (for a VM named `vm_name`).
+    pub(crate) fn release(&self, vm_name: &str) {
+        if let Backend::Nic(_, network) = &self.backend {
+            network.release(vm_name);
+        }
+    }
+
     /// The NIC, for a hot-plugged one.
     pub(crate) fn nic(&self) -> Option<&NetworkNic> {
         match &self.backend {
-            Backend::Nic(nic) => Some(nic),
+            Backend::Nic(nic, _) => Some(nic),
             Backend::Disk { .. } | Backend::None => None,
         }
     }
@@ -154,13 +162,18 @@ impl Vm {
             .set("node-name", id)
             .set("file.driver", "file")
             .set("file.filename", &file_name);
-        self.qmp_hotplug(
-            id,
-            "blockdev-add",
-            json!({"driver": "qcow2", "node-name": id,
-                   "file": {"driver": "file", "filename": file_name}}),
-        )
-        .await?;
+        let added = self
+            .qmp_hotplug(
+                id,
+                "blockdev-add",
+                json!({"driver": "qcow2", "node-name": id,
+                       "file": {"driver": "file", "filename": file_name}}),
+            )
+            .await;
+        if let Err(e) = added {
+            let _ = std::fs::remove_file(&file);
+            return Err(e);
+        }
         let mut device = Props::with_head("virtio-blk-pci");
         device.set("id", id).set("drive", id).set("serial", id);
         if let Err(e) = self.device_add(id, port, &mut device).await {
@@ -194,13 +207,32 @@ impl Vm {
         let id = network.name().to_string();
         let port = self.hotplug_slot(&id)?;
         let nic = network.next_nic(self)?;
+        let plugged = self.plug_nic(&id, port, &nic).await;
+        if let Err(e) = plugged {
+            network.release(self.name());
+            return Err(e);
+        }
+        let address = nic.address;
+        let script = network::address_script(std::slice::from_ref(&nic));
+        self.hotplugged.push(Hotplugged {
+            id: id.clone(),
+            port,
+            backend: Backend::Nic(nic, network.clone()),
+        });
+        self.wait_in_guest(&id, &script).await?;
+        tracing::info!(parent: self.span(), network = id, %address, "hot-plugged a NIC");
+        Ok(address)
+    }
+
+    /// The netdev and device of `nic`, added and recorded.
+    async fn plug_nic(&mut self, id: &str, port: Option<usize>, nic: &NetworkNic) -> Result<()> {
         let mut netdev = Props::with_head("socket");
         netdev
             .set("id", nic.netdev_id())
             .set("mcast", nic.segment.to_string())
             .set("localaddr", "127.0.0.1");
         self.qmp_hotplug(
-            &id,
+            id,
             "netdev_add",
             json!({"type": "socket", "id": nic.netdev_id(),
                    "mcast": nic.segment.to_string(), "localaddr": "127.0.0.1"}),
@@ -208,10 +240,10 @@ impl Vm {
         .await?;
         let mut device = Props::with_head(self.config().guest.machine.net_device.clone());
         device
-            .set("id", &id)
+            .set("id", id)
             .set("netdev", nic.netdev_id())
             .set("mac", &nic.mac);
-        if let Err(e) = self.device_add(&id, port, &mut device).await {
+        if let Err(e) = self.device_add(id, port, &mut device).await {
             let _ = self
                 .qmp_raw("netdev_del", json!({"id": nic.netdev_id()}))
                 .await;
@@ -220,17 +252,7 @@ impl Vm {
         self.record_hotplug(&[
             Arg::Props(PropsOption::Netdev, netdev),
             Arg::Props(PropsOption::Device, device),
-        ])?;
-        let address = nic.address;
-        let script = network::address_script(std::slice::from_ref(&nic));
-        self.hotplugged.push(Hotplugged {
-            id: id.clone(),
-            port,
-            backend: Backend::Nic(nic),
-        });
-        self.wait_in_guest(&id, &script).await?;
-        tracing::info!(parent: self.span(), network = id, %address, "hot-plugged a NIC");
-        Ok(address)
+        ])
     }
 
     /// Takes out the hot-plugged device `id` (a disk's id, a NIC's
@@ -283,10 +305,11 @@ impl Vm {
                 let _ = std::fs::remove_file(file);
             }
             Backend::None => {}
-            Backend::Nic(nic) => {
+            Backend::Nic(nic, _) => {
                 instance
                     .cmdline_mut()
                     .remove_props(PropsOption::Netdev, &nic.netdev_id());
+                unplugged.release(self.name());
                 self.qmp_hotplug(id, "netdev_del", json!({"id": nic.netdev_id()}))
                     .await?;
             }

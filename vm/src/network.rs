@@ -20,8 +20,8 @@ use crate::vm::Vm;
 /// The first host address of a network's subnet.
 const FIRST_HOST: u8 = 1;
 
-/// The members a network can hold (`.1` to `.254`).
-const MAX_MEMBERS: usize = 254;
+/// The last host address of a network's subnet.
+const LAST_HOST: u8 = 254;
 
 /// One private L2 segment that VMs join before they power on (or
 /// running, with [`Vm::hotplug_nic`]). Clones are the same network.
@@ -44,9 +44,9 @@ pub struct Network {
     name: String,
     index: u8,
     segment: SocketAddrV4,
-    /// The names of the VMs on it, shared by clones: each address is
-    /// given once.
-    members: Arc<Mutex<Vec<String>>>,
+    /// The VMs on it by name, with the host number of each one's
+    /// address; shared by clones, so each address is given once.
+    members: Arc<Mutex<Vec<(String, u8)>>>,
 }
 
 /// A VM's NIC on a [`Network`], as its command line and login use it.
@@ -70,15 +70,17 @@ impl NetworkNic {
 }
 
 impl Network {
-    /// A network named `name` (letters, digits, `-`, `_`), the `index`th
-    /// of its test (0 to 255: its subnet is `10.10.index.0/24`), on a
-    /// multicast group of its own.
+    /// A network named `name` (a letter, then letters, digits, `-` and
+    /// `_`: it names QEMU devices), the `index`th of its test (0 to 255:
+    /// its subnet is `10.10.index.0/24`), on a multicast group of its own.
     pub fn new(name: &str, index: u8) -> Result<Network> {
-        let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if name.is_empty() || !name.chars().all(fits) {
+        let mut chars = name.chars();
+        let fits = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !fits {
             return Err(Error::Network {
                 network: name.to_string(),
-                reason: "a network's name is letters, digits, `-` and `_`".into(),
+                reason: "a network's name is a letter, then letters, digits, `-` and `_`".into(),
             });
         }
         Ok(Network {
@@ -106,7 +108,8 @@ impl Network {
 
     /// The names of the VMs on the network, in the order they joined.
     pub fn members(&self) -> Vec<String> {
-        self.members.lock().expect("never poisoned").clone()
+        let members = self.members.lock().expect("never poisoned");
+        members.iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// Puts `vm`, still off, on the network: it gets a NIC on the segment
@@ -128,7 +131,7 @@ impl Network {
         Ok(address)
     }
 
-    /// A NIC on the network for `vm`, with the next address.
+    /// A NIC on the network for `vm`, with the lowest free address.
     pub(crate) fn next_nic(&self, vm: &Vm) -> Result<NetworkNic> {
         let name = vm.name().to_string();
         let refuse = |reason: String| Error::Network {
@@ -136,7 +139,7 @@ impl Network {
             reason,
         };
         let mut members = self.members.lock().expect("never poisoned");
-        if members.contains(&name) {
+        if members.iter().any(|(member, _)| *member == name) {
             return Err(refuse(format!("VM `{name}` is on it already")));
         }
         if vm.nics().any(|n| n.network == self.name) {
@@ -144,17 +147,27 @@ impl Network {
                 "VM `{name}` is on another network of that name"
             )));
         }
-        if members.len() == MAX_MEMBERS {
-            return Err(refuse(format!("it holds {MAX_MEMBERS} VMs at most")));
-        }
-        let host = FIRST_HOST + members.len() as u8;
-        members.push(name);
+        let free = (FIRST_HOST..=LAST_HOST).find(|n| !members.iter().any(|(_, host)| host == n));
+        let Some(host) = free else {
+            return Err(refuse(format!(
+                "it holds {} VMs at most",
+                LAST_HOST - FIRST_HOST + 1
+            )));
+        };
+        members.push((name, host));
         Ok(NetworkNic {
             network: self.name.clone(),
             segment: self.segment,
             mac: format!("52:54:00:0a:{:02x}:{host:02x}", self.index),
             address: Ipv4Addr::new(10, 10, self.index, host),
         })
+    }
+
+    /// Takes `vm_name` off the network (its hot-plugged NIC is gone, or
+    /// never came): its address is free again.
+    pub(crate) fn release(&self, vm_name: &str) {
+        let mut members = self.members.lock().expect("never poisoned");
+        members.retain(|(member, _)| member != vm_name);
     }
 }
 
@@ -211,11 +224,49 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for bad in ["", "two words", "a,b", "x=y"] {
+        for bad in ["", "two words", "a,b", "x=y", "1lan", "-lan"] {
             assert!(Network::new(bad, 0).is_err(), "{bad:?}");
         }
         let lan = Network::new("lan-1", 3).unwrap();
         assert_eq!(lan.subnet(), "10.10.3.0/24");
+    }
+
+    /// A VM that is never started, named `name`.
+    fn vm(name: &str) -> Vm {
+        let text = "[boot]\nkernel = \"vmlinux\"\n[login]\nuser = \"root\"\npassword = \"pw\"\n";
+        let (guest, _) =
+            virtest_guest::GuestDescription::parse(text, std::path::Path::new("/g/guest.toml"))
+                .unwrap();
+        let mut config = crate::VmConfig::new(guest);
+        config.name = Some(name.into());
+        Vm::new(config)
+    }
+
+    #[test]
+    fn addresses_are_given_once_and_freed_on_release() {
+        let lan = Network::new("lan", 2).unwrap();
+        let clone = lan.clone();
+        let (mut a, mut b, c) = (vm("a"), vm("b"), vm("c"));
+        assert_eq!(lan.join(&mut a).unwrap(), Ipv4Addr::new(10, 10, 2, 1));
+        assert_eq!(
+            clone.join(&mut b).unwrap(),
+            Ipv4Addr::new(10, 10, 2, 2),
+            "clones share"
+        );
+        assert_eq!(b.config().networks[0].mac, "52:54:00:0a:02:02");
+        let again = lan.join(&mut a).unwrap_err().to_string();
+        assert!(again.contains("on it already"), "{again}");
+        // A hot-plugged NIC that went away frees its address, and only it.
+        let nic = lan.next_nic(&c).unwrap();
+        assert_eq!(nic.address, Ipv4Addr::new(10, 10, 2, 3));
+        lan.release("c");
+        lan.release("a");
+        assert_eq!(lan.members(), ["b"]);
+        assert_eq!(
+            lan.next_nic(&c).unwrap().address,
+            Ipv4Addr::new(10, 10, 2, 1)
+        );
+        assert_eq!(lan.members(), ["b", "c"]);
     }
 
     #[test]

@@ -319,7 +319,9 @@ impl Vm {
         self.instance = None;
         self.remote = None;
         self.serial = None;
-        self.hotplugged.clear();
+        for device in std::mem::take(&mut self.hotplugged) {
+            device.release(self.name());
+        }
         // Finding and probing QEMU spawns it and waits: not on the async
         // workers, which other tests' VMs share.
         let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
