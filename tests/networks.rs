@@ -82,7 +82,7 @@ impl VirtTest for StreamThroughMigrations {
                  && busybox httpd -p {HTTP_PORT} -h /tmp/www"
             ))
             .await?;
-        let served = sha256(server.remote()?, "/tmp/www/blob").await?;
+        let served = stream::sha256(server.remote()?, "/tmp/www/blob").await?;
         t.vm.power_on().await?;
         t.vm.login_remote().await?;
         let fetched = t
@@ -145,19 +145,6 @@ fn server(t: &Test) -> &Vm {
         .find(|(name, _)| *name == "server")
         .expect("added")
         .1
-}
-
-/// The SHA-256 of `path` in the guest.
-async fn sha256(session: &impl Session, path: &str) -> Result<String, TestError> {
-    let out = session
-        .run(&format!("busybox sha256sum {path}"))
-        .await?
-        .stdout;
-    Ok(out
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string())
 }
 
 fn defs() -> Vec<TestDef> {

@@ -143,7 +143,7 @@ pub async fn finish(server: &impl Session, client: &impl Session) -> Result<Stre
 }
 
 /// The SHA-256 of `path` in the guest.
-async fn sha256(session: &impl Session, path: &str) -> Result<String, StreamError> {
+pub async fn sha256(session: &impl Session, path: &str) -> Result<String, StreamError> {
     let out = session
         .run(&format!("busybox sha256sum {path}"))
         .await?
