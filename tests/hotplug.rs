@@ -49,8 +49,13 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
         refused.to_string().contains("QEMU refused `device_add`"),
         "{refused}"
     );
+    // Numbers as text, as on a command line.
     let rng = vm
-        .hotplug_device("virtio-rng-pci", "rng1", &[])
+        .hotplug_device(
+            "virtio-rng-pci",
+            "rng1",
+            &[("max-bytes", "65536"), ("period", "1000")],
+        )
         .await
         .unwrap();
     let device = vm.hotplug_disk("data", 64).await.unwrap();

@@ -352,18 +352,29 @@ impl Vm {
     }
 
     /// `device_add` of `device` on root port `port`.
+    ///
+    /// Through HMP's `device_add`, which parses properties as the command
+    /// line does: QMP's wants each in its JSON type (a number for
+    /// `num-queues=4`), which a string of text does not tell.
     async fn device_add(&self, id: &str, port: Option<usize>, device: &mut Props) -> Result<()> {
         if let Some(port) = port {
             device.set("bus", root_port_id(port));
         }
-        let mut args = serde_json::Map::new();
-        args.insert("driver".into(), json!(device.head().unwrap_or_default()));
-        for (key, value) in device.entries() {
-            args.insert(key.clone(), json!(value.as_deref().unwrap_or("on")));
-        }
-        self.qmp_hotplug(id, "device_add", Value::Object(args))
+        let said = self
+            .qmp()?
+            .hmp(&format!("device_add {device}"))
             .await
-            .map(drop)
+            .map_err(|e| Error::Hotplug {
+                id: id.to_string(),
+                reason: format!("QEMU refused `device_add`: {e}"),
+            })?;
+        match said.trim() {
+            "" => Ok(()),
+            error => Err(Error::Hotplug {
+                id: id.to_string(),
+                reason: format!("QEMU refused `device_add`: {error}"),
+            }),
+        }
     }
 
     /// A QMP command of a hot-plug, its error naming the device.
