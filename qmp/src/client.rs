@@ -273,20 +273,10 @@ impl Qmp {
     /// # Ok(()) }
     /// ```
     pub async fn execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
-        let args = serde_json::to_value(&command)
-            .map_err(|e| Error::Protocol(format!("`{}` does not serialize: {e}", C::NAME)))?;
-        let args = if args.as_object().is_some_and(|o| o.is_empty()) {
-            Value::Null
-        } else {
-            args
-        };
-        let value = self.execute_raw(C::NAME, args).await?;
-        serde_json::from_value(value).map_err(|e| {
-            Error::Protocol(format!(
-                "the reply to `{}` does not fit its schema type: {e}",
-                C::NAME
-            ))
-        })
+        let value = self
+            .execute_raw(C::NAME, codec::command_args(&command)?)
+            .await?;
+        codec::typed_reply::<C>(value, "the reply")
     }
 
     /// Runs any command by name, with JSON arguments (`null` for none).

@@ -4,7 +4,9 @@
 //! have arrived and returns the first whole message and how many bytes it
 //! used, or `None` when more bytes are needed. It is lenient where QEMU
 //! may be newer than us (unknown events and fields pass through as JSON)
-//! and strict only where the line cannot be a QMP message.
+//! and strict only where the line cannot be a QMP message. Typed commands
+//! (`qapi`'s, of QMP and of the guest agent) become JSON arguments and
+//! their replies typed values here, for both clients.
 
 use serde_json::{Map, Value};
 
@@ -182,6 +184,27 @@ pub fn encode_command(name: &str, arguments: &Value, id: Option<&Value>) -> Vec<
     let mut line = serde_json::to_vec(&Value::Object(object)).expect("JSON values serialize");
     line.push(b'\n');
     line
+}
+
+/// A typed command's arguments as JSON: `null` when it has none.
+pub(crate) fn command_args<C: qapi::Command>(command: &C) -> crate::Result<Value> {
+    let args = serde_json::to_value(command)
+        .map_err(|e| crate::Error::Protocol(format!("`{}` does not serialize: {e}", C::NAME)))?;
+    Ok(match args.as_object().is_some_and(|o| o.is_empty()) {
+        true => Value::Null,
+        false => args,
+    })
+}
+
+/// A typed command's reply, read from its JSON; `whose` names the peer
+/// in the error (`the reply`, `the agent's reply`).
+pub(crate) fn typed_reply<C: qapi::Command>(value: Value, whose: &str) -> crate::Result<C::Ok> {
+    serde_json::from_value(value).map_err(|e| {
+        crate::Error::Protocol(format!(
+            "{whose} to `{}` does not fit its schema type: {e}",
+            C::NAME
+        ))
+    })
 }
 
 #[cfg(test)]

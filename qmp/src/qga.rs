@@ -30,6 +30,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
 
+use crate::codec;
 use crate::error::{Error, Result};
 
 /// How long a command may take unless told (`guest-exec` returns at
@@ -103,15 +104,9 @@ impl Qga {
         command: C,
         deadline: Duration,
     ) -> Result<C::Ok> {
-        let args = serde_json::to_value(&command)
-            .map_err(|e| Error::Protocol(format!("`{}` does not serialize: {e}", C::NAME)))?;
+        let args = codec::command_args(&command)?;
         let value = self.execute_raw_within(C::NAME, args, deadline).await?;
-        serde_json::from_value(value).map_err(|e| {
-            Error::Protocol(format!(
-                "the agent's reply to `{}` does not fit its schema type: {e}",
-                C::NAME
-            ))
-        })
+        codec::typed_reply::<C>(value, "the agent's reply")
     }
 
     /// Runs any command by name with JSON arguments (`null` or `{}` for
