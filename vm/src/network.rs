@@ -7,12 +7,16 @@
 //!
 //! Addresses are static and deterministic: network `index` of a test is
 //! `10.10.index.0/24`, its members `.1`, `.2`, ... in the order they
-//! joined, each with a MAC made the same way. Each login sets them in the
-//! guest (the NIC is found by its MAC), so they hold after a reboot too,
-//! and a ready snapshot of a VM on a network serves the next run's.
+//! joined (a hot-plugged NIC's address is free again once it is gone),
+//! each with a MAC made the same way. Each login sets them in the guest
+//! (the NIC is found by its MAC, [`Vm::set_network_addresses`]), so they
+//! hold after a reboot too, and a ready snapshot of a VM on a network
+//! serves the next run's.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
+
+use virtest_remote::SshSession;
 
 use crate::error::{Error, Result};
 use crate::vm::Vm;
@@ -168,6 +172,47 @@ impl Network {
     pub(crate) fn release(&self, vm_name: &str) {
         let mut members = self.members.lock().expect("never poisoned");
         members.retain(|(member, _)| member != vm_name);
+    }
+}
+
+impl Vm {
+    /// The VM's address on `network`, if it joined it.
+    pub fn address(&self, network: &Network) -> Option<Ipv4Addr> {
+        self.nics()
+            .find(|nic| nic.network == network.name() && nic.segment == network.segment())
+            .map(|nic| nic.address)
+    }
+
+    /// The VM's NICs on private networks: those it started with, then
+    /// hot-plugged ones.
+    pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
+        self.config()
+            .networks
+            .iter()
+            .chain(self.hotplugged.iter().filter_map(|h| h.nic()))
+    }
+
+    /// Gives the guest its address on each of its networks; every login
+    /// does, so they hold after a reboot (setting one again is harmless).
+    pub(crate) async fn set_network_addresses(&self, session: &SshSession) -> Result<()> {
+        let nics: Vec<NetworkNic> = self.nics().cloned().collect();
+        let script = address_script(&nics);
+        let names = || {
+            let names: Vec<&str> = nics.iter().map(|n| n.network.as_str()).collect();
+            names.join(", ")
+        };
+        match session.run(&script).await {
+            Ok(_) => {
+                tracing::debug!(networks = names(), "set the guest's network addresses");
+                Ok(())
+            }
+            Err(source) => Err(Error::Network {
+                network: names(),
+                reason: format!(
+                    "the guest's address could not be set (it needs `ip` and /sys/class/net): {source}"
+                ),
+            }),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Files, Instance};
 use crate::launch::{ConsoleOutput, GuestLaunch};
-use crate::network::{self, Network, NetworkNic};
+use crate::network::NetworkNic;
 use crate::snapshot::{self, BootMode, Start};
 
 /// What the VM is doing, as QEMU says (`query-status`).
@@ -212,23 +212,7 @@ impl Vm {
         self.config.name.as_deref().unwrap_or("vm")
     }
 
-    /// The VM's address on `network`, if it joined it.
-    pub fn address(&self, network: &Network) -> Option<Ipv4Addr> {
-        self.nics()
-            .find(|nic| nic.network == network.name() && nic.segment == network.segment())
-            .map(|nic| nic.address)
-    }
-
-    /// The VM's NICs on private networks: those it started with, then
-    /// hot-plugged ones.
-    pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
-        self.config
-            .networks
-            .iter()
-            .chain(self.hotplugged.iter().filter_map(|h| h.nic()))
-    }
-
-    /// Adds a NIC on a network (for [`Network::join`], which checks).
+    /// Adds a NIC on a network (for [`crate::Network::join`], which checks).
     pub(crate) fn join_network(&mut self, nic: NetworkNic) {
         self.config.networks.push(nic);
     }
@@ -931,29 +915,6 @@ impl Vm {
         .instrument(span)
         .await
         .map(|session| &*self.remote.insert(session))
-    }
-
-    /// Gives the guest its address on each of its networks; every login
-    /// does, so they hold after a reboot (setting one again is harmless).
-    async fn set_network_addresses(&self, session: &SshSession) -> Result<()> {
-        let nics: Vec<NetworkNic> = self.nics().cloned().collect();
-        let script = network::address_script(&nics);
-        let names = || {
-            let names: Vec<&str> = nics.iter().map(|n| n.network.as_str()).collect();
-            names.join(", ")
-        };
-        match session.run(&script).await {
-            Ok(_) => {
-                tracing::debug!(networks = names(), "set the guest's network addresses");
-                Ok(())
-            }
-            Err(source) => Err(Error::Network {
-                network: names(),
-                reason: format!(
-                    "the guest's address could not be set (it needs `ip` and /sys/class/net): {source}"
-                ),
-            }),
-        }
     }
 
     /// Waits for the guest's ready signal, as `login_remote` does first;
