@@ -108,14 +108,19 @@ async fn freeze_and_thaw(agent: &virtest::qmp::Qga, round: &str) {
     agent.write_file("/root/after-thaw", b"ok").await.unwrap();
 }
 
+/// A VM of `config` whose logs go to `logs`.
+fn logging_to(mut config: VmConfig, logs: &std::path::Path) -> Vm {
+    config.log_dir = Some(logs.to_path_buf());
+    Vm::new(config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debian_guests_agent_works_before_and_after_migrations() {
     let _slot = common::guest_slots(1);
     let logs = common::test_logs();
     let mut config = VmConfig::new(common::debian().clone());
-    config.log_dir = Some(logs.path().to_path_buf());
     config.boot = BootMode::Snapshot;
-    let mut vm = Vm::new(config);
+    let mut vm = logging_to(config, logs.path());
     vm.power_on().await.unwrap();
     exercise_the_agent(&mut vm, "before", true).await;
     for mode in [MigrationMode::Tcp, MigrationMode::Fd] {
@@ -130,9 +135,7 @@ async fn the_default_guests_agent_works_before_and_after_migrations() {
     let _slot = common::guest_slots(1);
     common::guest();
     let logs = common::test_logs();
-    let mut config = VmConfig::default_guest().unwrap();
-    config.log_dir = Some(logs.path().to_path_buf());
-    let mut vm = Vm::new(config);
+    let mut vm = logging_to(VmConfig::default_guest().unwrap(), logs.path());
     let off = vm.agent().await.unwrap_err();
     assert!(matches!(off, Error::Off { .. }), "{off}");
     vm.power_on().await.unwrap();
@@ -164,9 +167,7 @@ async fn a_guest_without_an_agent_is_a_clear_timeout() {
     let _slot = common::guest_slots(1);
     common::guest();
     let logs = common::test_logs();
-    let mut config = VmConfig::default_guest().unwrap();
-    config.log_dir = Some(logs.path().to_path_buf());
-    let mut vm = Vm::new(config);
+    let mut vm = logging_to(VmConfig::default_guest().unwrap(), logs.path());
     vm.power_on().await.unwrap();
     vm.login_remote()
         .await
@@ -189,8 +190,7 @@ async fn a_guest_without_an_agent_is_a_clear_timeout() {
 
     let mut config = VmConfig::default_guest().unwrap();
     config.agent = false;
-    config.log_dir = Some(logs.path().join("no-channel"));
-    let mut vm = Vm::new(config);
+    let mut vm = logging_to(config, &logs.path().join("no-channel"));
     vm.power_on().await.unwrap();
     let error = vm.agent().await.unwrap_err();
     assert!(
@@ -209,8 +209,7 @@ async fn the_agent_answering_can_be_the_ready_signal() {
     let logs = common::test_logs();
     let mut config = VmConfig::default_guest().unwrap();
     config.guest.ready = Ready::Agent;
-    config.log_dir = Some(logs.path().to_path_buf());
-    let mut vm = Vm::new(config);
+    let mut vm = logging_to(config, logs.path());
     vm.power_on().await.unwrap();
     vm.wait_ready(Duration::from_secs(60)).await.unwrap();
     // Connected by wait_ready: no time is needed.
