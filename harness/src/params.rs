@@ -181,7 +181,7 @@ pub const KNOWN: &[Known] = &[
         name: "migrate_max_bandwidth",
         default: "",
         kind: Kind::Positive,
-        help: "MiB/s a migration may use (QEMU's default: 128 in 7.2)",
+        help: "MiB/s a migration may use (default: no cap, since it stays on this host)",
     },
     Known {
         name: "evidence_timeout",

@@ -3,10 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use qapi::Enum;
+use qapi::qmp::{
+    MigrateSetParameters, MigrationCapabilityStatus, MigrationInfo, MigrationStatus, RunState,
+    cont, migrate_cancel, migrate_set_capabilities, migrate_set_parameters, migrate_start_postcopy,
+    query_migrate, query_migrate_parameters, query_status, quit,
+};
+use serde_json::Value;
 use tracing::Instrument;
 use virtest_qmp::Qmp;
-use virtest_vm::{Endpoints, Instance, Vm, VmState};
+use virtest_vm::{Endpoints, HOST_LOCAL_BANDWIDTH, Instance, Vm, VmState};
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
@@ -27,8 +33,10 @@ use crate::transport::Transport;
 /// # Ok(()) }
 /// ```
 pub trait Migrate {
-    /// Migrates over `mode` with QEMU's defaults, and the timeout and
-    /// destination binary of the VM's config (60 s, the source's).
+    /// Migrates over `mode` with QEMU's defaults, except for what the
+    /// VM's config sets: the timeout (60 s), the bandwidth (no cap: see
+    /// [`virtest_vm::HOST_LOCAL_BANDWIDTH`]) and the destination binary
+    /// (the source's).
     fn migrate(
         &mut self,
         mode: MigrationMode,
@@ -188,39 +196,32 @@ fn destination_cmdline(
 
 /// Capabilities on both sides, parameters where they apply.
 async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Result<()> {
-    let capabilities: Vec<Value> = spec
+    let capabilities: Vec<_> = spec
         .capabilities()
         .into_iter()
-        .map(|(c, on)| json!({"capability": c, "state": on}))
+        .map(|(capability, state)| MigrationCapabilityStatus { capability, state })
         .collect();
-    let mut source_params = serde_json::Map::new();
-    let mut destination_params = serde_json::Map::new();
     // Set every time: a source keeps what an earlier, failed migration
     // set. Unset values take the fresh destination's, QEMU's defaults.
     let defaults = destination
-        .execute_raw("query-migrate-parameters", Value::Null)
+        .execute(query_migrate_parameters {})
         .await
         .map_err(|source| Error::Qmp {
             side: "destination",
             step: "`query-migrate-parameters`".into(),
             source,
         })?;
-    for (name, asked) in [
-        ("max-bandwidth", spec.max_bandwidth),
-        ("downtime-limit", spec.downtime_limit_ms),
-    ] {
-        let value = asked.map(Value::from).unwrap_or(defaults[name].clone());
-        if !value.is_null() {
-            source_params.insert(name.into(), value);
-        }
-    }
-    if let Some(bytes) = spec.xbzrle_cache_bytes {
-        source_params.insert("xbzrle-cache-size".into(), json!(bytes));
-    }
-    if let Some(channels) = spec.multifd_channels {
-        source_params.insert("multifd-channels".into(), json!(channels));
-        destination_params.insert("multifd-channels".into(), json!(channels));
-    }
+    let source_params = MigrateSetParameters {
+        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(HOST_LOCAL_BANDWIDTH)),
+        downtime_limit: spec.downtime_limit_ms.or(defaults.downtime_limit),
+        xbzrle_cache_size: spec.xbzrle_cache_bytes,
+        multifd_channels: spec.multifd_channels,
+        ..MigrateSetParameters::default()
+    };
+    let destination_params = MigrateSetParameters {
+        multifd_channels: spec.multifd_channels,
+        ..MigrateSetParameters::default()
+    };
     for (side, qmp, params) in [
         ("source", source, source_params),
         ("destination", destination, destination_params),
@@ -229,17 +230,14 @@ async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Res
             let step = step.to_string();
             move |source| Error::Qmp { side, step, source }
         };
-        qmp.execute_raw(
-            "migrate-set-capabilities",
-            json!({ "capabilities": capabilities }),
-        )
+        qmp.execute(migrate_set_capabilities {
+            capabilities: capabilities.clone(),
+        })
         .await
         .map_err(failed("`migrate-set-capabilities`"))?;
-        if !params.is_empty() {
-            qmp.execute_raw("migrate-set-parameters", Value::Object(params))
-                .await
-                .map_err(failed("`migrate-set-parameters`"))?;
-        }
+        qmp.execute(migrate_set_parameters(params))
+            .await
+            .map_err(failed("`migrate-set-parameters`"))?;
     }
     Ok(())
 }
@@ -258,16 +256,20 @@ async fn follow(
     let qmp = source.qmp();
     let mut events = qmp.subscribe();
     let uri = &transport.source_uri;
-    qmp.execute_raw("migrate", json!({ "uri": uri }))
-        .await
-        .map_err(|source| Error::Qmp {
-            side: "source",
-            step: format!("`migrate` to `{uri}`"),
-            source,
-        })?;
+    let command = qapi::qmp::migrate {
+        uri: Some(uri.clone()),
+        channels: None,
+        detach: None,
+        resume: None,
+    };
+    qmp.execute(command).await.map_err(|source| Error::Qmp {
+        side: "source",
+        step: format!("`migrate` to `{uri}`"),
+        source,
+    })?;
     let deadline = tokio::time::Instant::from_std(wall) + spec.timeout;
     let mut switched = false;
-    let mut last = String::from("setup");
+    let mut last = MigrationStatus::setup;
     // Only for the progress display: statuses come from the events.
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -276,15 +278,12 @@ async fn follow(
                 // Bounded: a source that stopped answering must not hold
                 // this loop past its deadline.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let query = qmp.execute_raw_within("query-migrate", Value::Null, left.min(PROGRESS_QUERY));
+                let query = qmp.execute_within(query_migrate {}, left.min(PROGRESS_QUERY));
                 if let Ok(info) = query.await {
-                    let throttle = info["cpu-throttle-percentage"].as_u64().unwrap_or(0);
+                    let throttle = info.cpu_throttle_percentage.unwrap_or(0).max(0) as u64;
                     report.max_cpu_throttle_percentage = report.max_cpu_throttle_percentage.max(throttle);
-                    let ram = &info["ram"];
-                    if let (Some(total), Some(remaining)) = (ram["total"].as_u64(), ram["remaining"].as_u64())
-                        && total > 0
-                    {
-                        let done = 100.0 * total.saturating_sub(remaining) as f64 / total as f64;
+                    if let Some(ram) = info.ram.filter(|ram| ram.total > 0) {
+                        let done = 100.0 * (ram.total - ram.remaining.min(ram.total)) as f64 / ram.total as f64;
                         tracing::debug!(progress = done, "migration progress");
                     }
                 }
@@ -303,30 +302,30 @@ async fn follow(
                         }),
                     },
                 };
-                if event.name != "MIGRATION" {
+                let Some(qapi::qmp::Event::MIGRATION { data, .. }) = event.typed() else {
                     continue;
-                }
-                let status = event.data["status"].as_str().unwrap_or("?").to_string();
+                };
+                let status = data.status;
                 report.timeline.push(StatusChange {
-                    status: status.clone(),
+                    status: status.name().to_string(),
                     at_ms: millis(wall.elapsed()),
                 });
-                tracing::debug!(%status, "migration status");
-                last = status.clone();
-                match status.as_str() {
-                    "completed" => return Ok(()),
-                    "failed" | "cancelled" => {
-                        let info = qmp.execute_raw_within("query-migrate", Value::Null, PROGRESS_QUERY).await;
+                tracing::debug!(status = status.name(), "migration status");
+                last = status;
+                match status {
+                    MigrationStatus::completed => return Ok(()),
+                    MigrationStatus::failed | MigrationStatus::cancelled => {
+                        let info = qmp.execute_within(query_migrate {}, PROGRESS_QUERY).await;
                         let reason = info
                             .ok()
-                            .and_then(|i| i["error-desc"].as_str().map(String::from))
+                            .and_then(|info| info.error_desc)
                             .unwrap_or_else(|| "QEMU gave no reason".into());
-                        return Err(Error::Failed { status, reason });
+                        return Err(Error::Failed { status: status.name().to_string(), reason });
                     }
-                    "active" if spec.postcopy && !switched => {
+                    MigrationStatus::active if spec.postcopy && !switched => {
                         switched = true;
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        qmp.execute_raw_within("migrate-start-postcopy", Value::Null, left)
+                        qmp.execute_within(migrate_start_postcopy {}, left)
                             .await
                             .map_err(|source| Error::Qmp {
                                 side: "source",
@@ -343,7 +342,7 @@ async fn follow(
             }
             status = source.exited() => return Err(Error::SourceDied { status }),
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(Error::Timeout { after: spec.timeout, last_status: last, source_answers: true });
+                return Err(Error::Timeout { after: spec.timeout, last_status: last.name().to_string(), source_answers: true });
             }
         }
     }
@@ -371,12 +370,12 @@ async fn destination_runs(
         .await
         .map_err(failed("waiting for the guest to resume"))?;
     let status = qmp
-        .execute_raw("query-status", Value::Null)
+        .execute(query_status {})
         .await
         .map_err(failed("`query-status`"))?;
-    if status["status"] != "running" {
+    if status.status != RunState::running {
         return Err(Error::NotRunning {
-            state: status["status"].as_str().unwrap_or("?").to_string(),
+            state: status.status.name().to_string(),
         });
     }
     Ok(())
@@ -411,17 +410,18 @@ async fn recover_source(
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(2))
     };
-    let _ = qmp
-        .execute_raw_within("migrate_cancel", Value::Null, within())
-        .await;
+    let _ = qmp.execute_within(migrate_cancel {}, within()).await;
     // Cancelling takes effect asynchronously.
     while Instant::now() < deadline {
-        let info = qmp
-            .execute_raw_within("query-migrate", Value::Null, within())
-            .await;
-        let status = info.as_ref().map(|i| i["status"].as_str().unwrap_or(""));
-        match status {
-            Ok("setup" | "active" | "cancelling" | "device" | "pre-switchover") => {
+        let info = qmp.execute_within(query_migrate {}, within()).await;
+        match info.map(|info| info.status) {
+            Ok(Some(
+                MigrationStatus::setup
+                | MigrationStatus::active
+                | MigrationStatus::cancelling
+                | MigrationStatus::device
+                | MigrationStatus::pre_switchover,
+            )) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(_) => break,
@@ -430,16 +430,13 @@ async fn recover_source(
         }
     }
     let status = async || {
-        let query = qmp.execute_raw_within("query-status", Value::Null, within());
-        query
-            .await
-            .ok()
-            .and_then(|s| s["status"].as_str().map(String::from))
+        let query = qmp.execute_within(query_status {}, within());
+        query.await.ok().map(|status| status.status)
     };
     let mut state = status().await;
-    if source_state == VmState::Running && state.as_deref().is_some_and(|s| s != "running") {
+    if source_state == VmState::Running && state.is_some_and(|s| s != RunState::running) {
         tracing::info!(?state, "resuming the source after the failed migration");
-        let _ = qmp.execute_raw_within("cont", Value::Null, within()).await;
+        let _ = qmp.execute_within(cont {}, within()).await;
         state = status().await;
     }
     let answered = state.is_some();
@@ -457,32 +454,31 @@ async fn recover_source(
 
 /// `query-migrate` on the completed source, re-asked while QEMU's totals
 /// still read 0.
-async fn final_figures(qmp: &Qmp) -> Result<Value> {
-    let mut info = Value::Null;
-    for _ in 0..100 {
-        info = qmp
-            .execute_raw("query-migrate", Value::Null)
+async fn final_figures(qmp: &Qmp) -> Result<MigrationInfo> {
+    let mut tries = 0;
+    loop {
+        let info = qmp
+            .execute(query_migrate {})
             .await
             .map_err(|source| Error::Qmp {
                 side: "source",
                 step: "`query-migrate`".into(),
                 source,
             })?;
-        if info["status"] == "completed" && info["total-time"].as_u64().unwrap_or(0) > 0 {
-            break;
+        tries += 1;
+        let totalled = info.status == Some(MigrationStatus::completed)
+            && info.total_time.is_some_and(|ms| ms > 0);
+        if totalled || tries == 100 {
+            return Ok(info);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(info)
 }
 
 /// Ends the old source: `quit`, then the kill of its drop.
 async fn retire(old: Instance) {
     let quick = Duration::from_secs(2);
-    let _ = old
-        .qmp()
-        .execute_raw_within("quit", Value::Null, quick)
-        .await;
+    let _ = old.qmp().execute_within(quit {}, quick).await;
     if old.wait_exit(Duration::from_secs(3)).await.is_none() {
         tracing::warn!(pid = old.pid(), "the old source did not quit; killing it");
     }

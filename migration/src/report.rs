@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use qapi::qmp::MigrationInfo;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::mode::MigrationMode;
 
@@ -81,22 +81,24 @@ pub struct MigrationReport {
 
 impl MigrationReport {
     /// Fills QEMU's figures from a `query-migrate` reply.
-    pub(crate) fn take_figures(&mut self, info: &Value) {
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        self.total_time_ms = n(&info["total-time"]);
-        self.downtime_ms = n(&info["downtime"]);
-        self.setup_time_ms = n(&info["setup-time"]);
-        let ram = &info["ram"];
-        self.ram = RamFigures {
-            transferred: n(&ram["transferred"]),
-            remaining: n(&ram["remaining"]),
-            total: n(&ram["total"]),
-            normal_pages: n(&ram["normal"]),
-            duplicate_pages: n(&ram["duplicate"]),
-            dirty_sync_count: n(&ram["dirty-sync-count"]),
-            postcopy_requests: n(&ram["postcopy-requests"]),
-            mbps: ram["mbps"].as_f64().unwrap_or(0.0),
-        };
+    pub(crate) fn take_figures(&mut self, info: &MigrationInfo) {
+        // QEMU's schema has signed counts; none is negative in practice.
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        self.total_time_ms = info.total_time.map_or(0, n);
+        self.downtime_ms = info.downtime.map_or(0, n);
+        self.setup_time_ms = info.setup_time.map_or(0, n);
+        if let Some(ram) = &info.ram {
+            self.ram = RamFigures {
+                transferred: n(ram.transferred),
+                remaining: n(ram.remaining),
+                total: n(ram.total),
+                normal_pages: n(ram.normal),
+                duplicate_pages: n(ram.duplicate),
+                dirty_sync_count: n(ram.dirty_sync_count),
+                postcopy_requests: n(ram.postcopy_requests),
+                mbps: ram.mbps,
+            };
+        }
         self.throughput_mib_s = if self.total_time_ms == 0 {
             0.0
         } else {
@@ -183,11 +185,17 @@ mod tests {
     #[test]
     fn figures_come_from_query_migrate() {
         let mut report = blank_report();
-        report.take_figures(&serde_json::json!({
-            "status": "completed", "total-time": 500, "downtime": 20, "setup-time": 3,
-            "ram": {"transferred": 52428800, "remaining": 0, "total": 268435456,
-                    "normal": 12000, "duplicate": 50000, "dirty-sync-count": 3, "mbps": 840.5}
-        }));
+        // QEMU 7.2's reply, with rounder figures.
+        let info = serde_json::json!({
+            "status": "completed", "setup-time": 3, "downtime": 20, "total-time": 500,
+            "ram": {"total": 268435456, "postcopy-requests": 0, "dirty-sync-count": 3,
+                    "multifd-bytes": 0, "pages-per-second": 431242, "downtime-bytes": 3029757,
+                    "page-size": 4096, "remaining": 0, "postcopy-bytes": 0, "mbps": 840.5,
+                    "transferred": 52428800, "dirty-sync-missed-zero-copy": 0,
+                    "precopy-bytes": 49399043, "duplicate": 50000, "dirty-pages-rate": 0,
+                    "skipped": 0, "normal-bytes": 49152000, "normal": 12000}
+        });
+        report.take_figures(&serde_json::from_value(info).unwrap());
         assert_eq!((report.total_time_ms, report.downtime_ms), (500, 20));
         assert_eq!(report.ram.dirty_sync_count, 3);
         assert!((report.throughput_mib_s - 100.0).abs() < 1e-9);

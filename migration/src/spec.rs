@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use qapi::Enum;
+use qapi::qmp::MigrationCapability;
+
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
 
@@ -26,14 +29,16 @@ pub struct MigrationSpec {
     /// `postcopy-ram`, switched to postcopy as soon as the migration is
     /// active.
     pub postcopy: bool,
-    /// `multifd` with this many channels (tcp and unix only).
-    pub multifd_channels: Option<u32>,
+    /// `multifd` with this many channels (tcp and unix only; QEMU's
+    /// schema takes up to 255).
+    pub multifd_channels: Option<u8>,
     /// `xbzrle` with a cache of this many bytes.
     pub xbzrle_cache_bytes: Option<u64>,
     /// `auto-converge`: throttle the guest's CPUs until it converges.
     pub auto_converge: bool,
-    /// `max-bandwidth` in bytes per second (`None`: QEMU's default, 128
-    /// MiB/s in 7.2).
+    /// `max-bandwidth` in bytes per second (`None`: no cap,
+    /// [`virtest_vm::HOST_LOCAL_BANDWIDTH`], since the migration stays on
+    /// this host; QEMU's own default is 128 MiB/s in 7.2).
     pub max_bandwidth: Option<u64>,
     /// `downtime-limit` in milliseconds (`None`: QEMU's default, 300).
     pub downtime_limit_ms: Option<u64>,
@@ -50,7 +55,8 @@ pub struct MigrationSpec {
 }
 
 impl MigrationSpec {
-    /// A plain migration over `mode`, with QEMU's defaults.
+    /// A plain migration over `mode`, with QEMU's defaults but for the
+    /// bandwidth, which is not capped.
     pub fn new(mode: MigrationMode) -> MigrationSpec {
         MigrationSpec {
             mode,
@@ -94,21 +100,27 @@ impl MigrationSpec {
     /// wants (`events` always on). All are set each time, because a QEMU
     /// keeps them: a destination that came in over multifd would
     /// otherwise send over multifd too.
-    pub(crate) fn capabilities(&self) -> [(&'static str, bool); 5] {
+    pub(crate) fn capabilities(&self) -> [(MigrationCapability, bool); 5] {
         [
-            ("events", true),
-            ("postcopy-ram", self.postcopy),
-            ("multifd", self.multifd_channels.is_some()),
-            ("xbzrle", self.xbzrle_cache_bytes.is_some()),
-            ("auto-converge", self.auto_converge),
+            (MigrationCapability::events, true),
+            (MigrationCapability::postcopy_ram, self.postcopy),
+            (
+                MigrationCapability::multifd,
+                self.multifd_channels.is_some(),
+            ),
+            (
+                MigrationCapability::xbzrle,
+                self.xbzrle_cache_bytes.is_some(),
+            ),
+            (MigrationCapability::auto_converge, self.auto_converge),
         ]
     }
 
-    /// The capabilities turned on.
+    /// The capabilities turned on, by QEMU's names (`postcopy-ram`).
     pub fn enabled_capabilities(&self) -> Vec<&'static str> {
         self.capabilities()
             .into_iter()
-            .filter_map(|(name, on)| on.then_some(name))
+            .filter_map(|(capability, on)| on.then_some(capability.name()))
             .collect()
     }
 }
@@ -150,6 +162,9 @@ mod tests {
             spec.enabled_capabilities(),
             ["events", "xbzrle", "auto-converge"]
         );
-        assert!(spec.capabilities().contains(&("multifd", false)));
+        assert!(
+            spec.capabilities()
+                .contains(&(MigrationCapability::multifd, false))
+        );
     }
 }

@@ -6,14 +6,12 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use qapi::qmp::{SocketAddress, migrate_incoming, query_migrate};
 use serde_json::json;
 use virtest_qmp::Qmp;
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
-
-/// How many ports are tried for tcp when one is taken.
-const PORT_ATTEMPTS: usize = 8;
 
 /// A transport whose destination end listens: the source's URI, and the
 /// files to remove afterwards.
@@ -44,8 +42,13 @@ impl Transport {
         destination: &Qmp,
     ) -> Result<Transport> {
         let incoming = async |uri: &str| {
+            let command = migrate_incoming {
+                uri: Some(uri.into()),
+                channels: None,
+                exit_on_error: None,
+            };
             destination
-                .execute_raw("migrate-incoming", json!({ "uri": uri }))
+                .execute(command)
                 .await
                 .map_err(|source| Error::Qmp {
                     side: "destination",
@@ -55,27 +58,35 @@ impl Transport {
         };
         match mode {
             MigrationMode::Tcp => {
-                let mut attempt = 1;
-                loop {
-                    let port = virtest_vm::free_port().map_err(|source| Error::Transport {
-                        mode: "tcp",
+                // QEMU binds a port of its choosing and says which: no
+                // other process can take it between choosing and binding.
+                incoming("tcp:127.0.0.1:0").await?;
+                let info = destination
+                    .execute(query_migrate {})
+                    .await
+                    .map_err(|source| Error::Qmp {
+                        side: "destination",
+                        step: "`query-migrate` (which port it listens on)".into(),
                         source,
                     })?;
-                    let uri = format!("tcp:127.0.0.1:{port}");
-                    match incoming(&uri).await {
-                        Ok(_) => {
-                            return Ok(Transport {
-                                source_uri: uri,
-                                files: vec![],
-                            });
-                        }
-                        Err(e) if attempt < PORT_ATTEMPTS && e_in_use(&e) => {
-                            tracing::debug!(port, "migration port taken, trying another");
-                            attempt += 1;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+                let port = info
+                    .socket_address
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|address| match address {
+                        SocketAddress::inet(inet) => inet.base.port.parse::<u16>().ok(),
+                        _ => None,
+                    })
+                    .ok_or_else(|| Error::Transport {
+                        mode: "tcp",
+                        source: std::io::Error::other(
+                            "the destination listens for the migration but names no TCP port",
+                        ),
+                    })?;
+                Ok(Transport {
+                    source_uri: format!("tcp:127.0.0.1:{port}"),
+                    files: vec![],
+                })
             }
             MigrationMode::Unix => {
                 let socket = dir.join(format!("migration-{tag}.sock"));
@@ -126,12 +137,6 @@ impl Transport {
             }
         }
     }
-}
-
-/// Whether QEMU said the address is in use.
-fn e_in_use(error: &Error) -> bool {
-    matches!(error, Error::Qmp { source: virtest_qmp::Error::Command { desc, .. }, .. }
-        if desc.contains("Address already in use"))
 }
 
 fn make_fifo(path: &Path) -> std::io::Result<()> {

@@ -273,8 +273,18 @@ impl Qmp {
     /// # Ok(()) }
     /// ```
     pub async fn execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
+        self.execute_within(command, self.inner.command_timeout)
+            .await
+    }
+
+    /// [`Qmp::execute`] with its own deadline.
+    pub async fn execute_within<C: qapi::Command>(
+        &self,
+        command: C,
+        deadline: Duration,
+    ) -> Result<C::Ok> {
         let value = self
-            .execute_raw(C::NAME, codec::command_args(&command)?)
+            .execute_raw_within(C::NAME, codec::command_args(&command)?, deadline)
             .await?;
         codec::typed_reply::<C>(value, "the reply")
     }

@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use qapi::qmp::{PciDeviceInfo, PciInfo, blockdev_del, device_del, netdev_del, query_pci};
 use serde_json::{Value, json};
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_qemu_cmdline::{Arg, Props, PropsOption};
@@ -127,7 +128,7 @@ impl Vm {
             port,
             backend: Backend::None,
         });
-        let pci = self.qmp_hotplug(id, "query-pci", Value::Null).await?;
+        let pci = self.qmp_hotplug(id, query_pci {}).await?;
         let address = guest_pci_address(&pci, id).ok_or_else(|| Error::Hotplug {
             id: id.to_string(),
             reason: "QEMU added it but `query-pci` does not list it: is it a PCI device?".into(),
@@ -163,7 +164,7 @@ impl Vm {
             .set("file.driver", "file")
             .set("file.filename", &file_name);
         let added = self
-            .qmp_hotplug(
+            .qmp_hotplug_json(
                 id,
                 "blockdev-add",
                 json!({"driver": "qcow2", "node-name": id,
@@ -177,7 +178,14 @@ impl Vm {
         let mut device = Props::with_head("virtio-blk-pci");
         device.set("id", id).set("drive", id).set("serial", id);
         if let Err(e) = self.device_add(id, port, &mut device).await {
-            let _ = self.qmp_raw("blockdev-del", json!({"node-name": id})).await;
+            let _ = self
+                .qmp_hotplug(
+                    id,
+                    blockdev_del {
+                        node_name: id.into(),
+                    },
+                )
+                .await;
             let _ = std::fs::remove_file(&file);
             return Err(e);
         }
@@ -231,7 +239,7 @@ impl Vm {
             .set("id", nic.netdev_id())
             .set("mcast", nic.segment.to_string())
             .set("localaddr", "127.0.0.1");
-        self.qmp_hotplug(
+        self.qmp_hotplug_json(
             id,
             "netdev_add",
             json!({"type": "socket", "id": nic.netdev_id(),
@@ -245,7 +253,12 @@ impl Vm {
             .set("mac", &nic.mac);
         if let Err(e) = self.device_add(id, port, &mut device).await {
             let _ = self
-                .qmp_raw("netdev_del", json!({"id": nic.netdev_id()}))
+                .qmp_hotplug(
+                    id,
+                    netdev_del {
+                        id: nic.netdev_id(),
+                    },
+                )
                 .await;
             return Err(e);
         }
@@ -276,8 +289,7 @@ impl Vm {
         };
         let qmp = self.qmp()?.clone();
         let since = qmp.event_cursor();
-        self.qmp_hotplug(id, "device_del", json!({"id": id}))
-            .await?;
+        self.qmp_hotplug(id, device_del { id: id.into() }).await?;
         qmp.wait_event(
             since,
             "DEVICE_DELETED",
@@ -300,8 +312,13 @@ impl Vm {
                 instance
                     .cmdline_mut()
                     .remove_props(PropsOption::Blockdev, id);
-                self.qmp_hotplug(id, "blockdev-del", json!({"node-name": id}))
-                    .await?;
+                self.qmp_hotplug(
+                    id,
+                    blockdev_del {
+                        node_name: id.into(),
+                    },
+                )
+                .await?;
                 let _ = std::fs::remove_file(file);
             }
             Backend::None => {}
@@ -310,8 +327,13 @@ impl Vm {
                     .cmdline_mut()
                     .remove_props(PropsOption::Netdev, &nic.netdev_id());
                 unplugged.release(self.name());
-                self.qmp_hotplug(id, "netdev_del", json!({"id": nic.netdev_id()}))
-                    .await?;
+                self.qmp_hotplug(
+                    id,
+                    netdev_del {
+                        id: nic.netdev_id(),
+                    },
+                )
+                .await?;
             }
         }
         tracing::info!(parent: self.span(), id, "unplugged");
@@ -378,13 +400,21 @@ impl Vm {
     }
 
     /// A QMP command of a hot-plug, its error naming the device.
-    async fn qmp_hotplug(&self, id: &str, command: &str, args: Value) -> Result<Value> {
-        self.qmp_raw(command, args)
+    async fn qmp_hotplug<C: qapi::Command>(&self, id: &str, command: C) -> Result<C::Ok> {
+        self.qmp()?
+            .execute(command)
             .await
-            .map_err(|e| Error::Hotplug {
-                id: id.to_string(),
-                reason: format!("QEMU refused `{command}`: {e}"),
-            })
+            .map_err(|e| refused(id, C::NAME, e))
+    }
+
+    /// [`Vm::qmp_hotplug`] with JSON arguments, for `blockdev-add` and
+    /// `netdev_add`: `qapi`'s types for their unions have no defaults, so
+    /// typed they take dozens of `None` fields for a few lines of JSON.
+    async fn qmp_hotplug_json(&self, id: &str, command: &str, args: Value) -> Result<Value> {
+        self.qmp()?
+            .execute_raw(command, args)
+            .await
+            .map_err(|e| refused(id, command, e))
     }
 
     /// Writes `args` into the running QEMU's command line.
@@ -419,25 +449,28 @@ impl Vm {
 
 /// The guest's PCI address (`0000:BB:SS.F`) of the device with id `id`
 /// in a `query-pci` reply, looking behind bridges and root ports.
-fn guest_pci_address(reply: &Value, id: &str) -> Option<String> {
-    fn search(devices: &Value, id: &str) -> Option<String> {
-        devices.as_array()?.iter().find_map(|device| {
-            if device["qdev_id"] == id {
-                let n = |key: &str| device[key].as_u64();
+fn guest_pci_address(buses: &[PciInfo], id: &str) -> Option<String> {
+    fn search(devices: &[PciDeviceInfo], id: &str) -> Option<String> {
+        devices.iter().find_map(|device| {
+            if device.qdev_id == id {
                 return Some(format!(
                     "0000:{:02x}:{:02x}.{}",
-                    n("bus")?,
-                    n("slot")?,
-                    n("function")?
+                    device.bus, device.slot, device.function
                 ));
             }
-            search(&device["pci_bridge"]["devices"], id)
+            let behind = device.pci_bridge.as_ref()?.devices.as_deref()?;
+            search(behind, id)
         })
     }
-    reply
-        .as_array()?
-        .iter()
-        .find_map(|bus| search(&bus["devices"], id))
+    buses.iter().find_map(|bus| search(&bus.devices, id))
+}
+
+/// A hot-plug's QMP error, naming the device and the command.
+fn refused(id: &str, command: &str, error: virtest_qmp::Error) -> Error {
+    Error::Hotplug {
+        id: id.to_string(),
+        reason: format!("QEMU refused `{command}`: {error}"),
+    }
 }
 
 /// `qemu-img create -f qcow2 FILE SIZE`.
@@ -473,13 +506,27 @@ mod tests {
 
     #[test]
     fn a_device_behind_a_root_port_has_its_secondary_bus() {
-        // As QEMU 7.2 answers `query-pci` for a q35 VM (trimmed).
-        let reply = json!([{"bus": 0, "devices": [
-            {"bus": 0, "slot": 1, "function": 0, "qdev_id": "", "pci_bridge": null},
-            {"bus": 0, "slot": 5, "function": 0, "qdev_id": "hotplug0",
-             "pci_bridge": {"bus": {"number": 1}, "devices": [
-                {"bus": 1, "slot": 0, "function": 0, "qdev_id": "rng1"}]}}
-        ]}]);
+        // QEMU 7.2's `query-pci` for a q35 VM with a virtio-rng on a root
+        // port, once SeaBIOS numbered the buses (trimmed to two devices).
+        let reply: Vec<PciInfo> = serde_json::from_str(
+            r#"[{"bus": 0, "devices": [{"irq_pin": 0, "bus": 0, "qdev_id": "", "slot": 0,
+            "class_info": {"class": 1536, "desc": "Host bridge"}, "id": {"device": 10688,
+            "subsystem-vendor": 6900, "vendor": 32902, "subsystem": 4352}, "function": 0,
+            "regions": []}, {"irq_pin": 1, "bus": 0, "pci_bridge": {"bus": {
+            "prefetchable_range": {"limit": 4273995775, "base": 4271898624}, "memory_range":
+            {"limit": 4269801471, "base": 4267704320}, "secondary": 1, "io_range": {"limit":
+            49151, "base": 49152}, "number": 0, "subordinate": 1}, "devices": [{"irq_pin": 1,
+            "bus": 1, "qdev_id": "rng1", "irq": 10, "slot": 0, "class_info": {"class": 255},
+            "id": {"device": 4164, "subsystem-vendor": 6900, "vendor": 6900, "subsystem":
+            4352}, "function": 0, "regions": [{"prefetch": false, "mem_type_64": false, "bar":
+            1, "size": 4096, "address": 4267704320, "type": "memory"}, {"prefetch": true,
+            "mem_type_64": true, "bar": 4, "size": 16384, "address": 4271898624, "type":
+            "memory"}]}]}, "qdev_id": "hotplug0", "irq": 10, "slot": 5, "class_info": {"class":
+            1540, "desc": "PCI bridge"}, "id": {"device": 12, "vendor": 6966}, "function": 0,
+            "regions": [{"prefetch": false, "mem_type_64": false, "bar": 0, "size": 4096,
+            "address": 4269801472, "type": "memory"}]}]}]"#,
+        )
+        .unwrap();
         assert_eq!(
             guest_pci_address(&reply, "rng1").as_deref(),
             Some("0000:01:00.0")
@@ -489,6 +536,5 @@ mod tests {
             Some("0000:00:05.0")
         );
         assert_eq!(guest_pci_address(&reply, "nosuch"), None);
-        assert_eq!(guest_pci_address(&json!("garbage"), "rng1"), None);
     }
 }

@@ -34,7 +34,7 @@
 //!   UEFI variable store.
 //! - `snapshot`: ready snapshots: making one from a boot, starting from
 //!   one, refreshing what clones must not share.
-//! - `ports`, `dirs`: free ports, ids and private directories.
+//! - `dirs`: ids and private directories.
 //!
 //! # Nothing left behind
 //!
@@ -55,13 +55,12 @@ mod hotplug;
 mod instance;
 mod launch;
 mod network;
-mod ports;
 mod process;
 mod serial;
 mod snapshot;
 mod vm;
 
-pub use config::{Login, VmConfig};
+pub use config::{HOST_LOCAL_BANDWIDTH, Login, VmConfig};
 pub use console::{Console, ConsoleCursor};
 pub use console_share::SharedConsole;
 pub use dirs::RuntimeDirError;
@@ -70,6 +69,5 @@ pub use error::{Error, Result};
 pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};
-pub use ports::free_port;
 pub use snapshot::{BootMode, Start};
 pub use vm::{PowerOff, Reboot, SshAccess, Vm, VmState};

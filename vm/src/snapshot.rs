@@ -15,7 +15,12 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use qapi::Enum;
+use qapi::qmp::{
+    MigrateSetParameters, MigrationStatus, RunState, cont, migrate, migrate_set_parameters,
+    query_migrate, query_status, stop,
+};
+use serde_json::json;
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::Ready;
@@ -385,30 +390,36 @@ async fn save(qmp: &Qmp, state: &Path, deadline: Duration) -> std::result::Resul
         .await
         .map_err(|e| qmp_error("getfd", e))?;
     drop(file);
-    // QEMU 7.2 limits a migration to 32 MiB/s by default.
-    qmp.execute_raw(
-        "migrate-set-parameters",
-        json!({"max-bandwidth": 1u64 << 40}),
-    )
-    .await
-    .map_err(|e| qmp_error("migrate-set-parameters", e))?;
-    qmp.execute_raw("stop", Value::Null)
+    let uncapped = MigrateSetParameters {
+        max_bandwidth: Some(crate::HOST_LOCAL_BANDWIDTH),
+        ..MigrateSetParameters::default()
+    };
+    qmp.execute(migrate_set_parameters(uncapped))
+        .await
+        .map_err(|e| qmp_error("migrate-set-parameters", e))?;
+    qmp.execute(stop {})
         .await
         .map_err(|e| qmp_error("stop", e))?;
-    qmp.execute_raw("migrate", json!({"uri": "fd:virtest-snapshot"}))
+    let command = migrate {
+        uri: Some("fd:virtest-snapshot".into()),
+        channels: None,
+        detach: None,
+        resume: None,
+    };
+    qmp.execute(command)
         .await
         .map_err(|e| qmp_error("migrate", e))?;
     let began = Instant::now();
     loop {
         let info = qmp
-            .execute_raw("query-migrate", Value::Null)
+            .execute(query_migrate {})
             .await
             .map_err(|e| qmp_error("query-migrate", e))?;
-        match info["status"].as_str().unwrap_or_default() {
-            "completed" => return Ok(()),
-            status @ ("failed" | "cancelled") => {
-                let detail = info["error-desc"].as_str().unwrap_or("no reason given");
-                return Err(format!("saving the guest {status}: {detail}"));
+        match info.status {
+            Some(MigrationStatus::completed) => return Ok(()),
+            Some(status @ (MigrationStatus::failed | MigrationStatus::cancelled)) => {
+                let detail = info.error_desc.as_deref().unwrap_or("no reason given");
+                return Err(format!("saving the guest {}: {detail}", status.name()));
             }
             _ if began.elapsed() > deadline => {
                 return Err(format!("saving the guest took over {deadline:?}"));
@@ -435,7 +446,7 @@ async fn restore(
     let qmp = instance.qmp().clone();
     loop {
         let status = tokio::select! {
-            status = qmp.execute_raw("query-status", Value::Null) => status.map_err(|source| Error::Qmp {
+            status = qmp.execute(query_status {}) => status.map_err(|source| Error::Qmp {
                 step: "`query-status` while restoring".into(),
                 source,
             })?,
@@ -443,24 +454,23 @@ async fn restore(
                 return Err(instance.exit_error(status, "while restoring the snapshot"));
             }
         };
-        match status["status"].as_str().unwrap_or_default() {
-            "running" => return Ok(instance),
-            "paused" | "postmigrate" => {
-                qmp.execute_raw("cont", Value::Null)
-                    .await
-                    .map_err(|source| Error::Qmp {
-                        step: "`cont` after restoring".into(),
-                        source,
-                    })?;
+        match status.status {
+            RunState::running => return Ok(instance),
+            RunState::paused | RunState::postmigrate => {
+                qmp.execute(cont {}).await.map_err(|source| Error::Qmp {
+                    step: "`cont` after restoring".into(),
+                    source,
+                })?;
                 return Ok(instance);
             }
-            "inmigrate" if began.elapsed() < deadline => {
+            RunState::inmigrate if began.elapsed() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             other => {
                 return Err(Error::State {
                     what: format!(
-                        "the restored VM is `{other}` after {:?}, not running",
+                        "the restored VM is `{}` after {:?}, not running",
+                        other.name(),
                         began.elapsed()
                     ),
                 });

@@ -4,7 +4,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use qapi::Enum;
+use qapi::qmp::{
+    ImageFormat, RunState, cont, query_status, quit, screendump, stop, system_powerdown,
+    system_reset,
+};
+use serde_json::Value;
 use tracing::Instrument;
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
@@ -673,25 +678,25 @@ impl Vm {
         if !self.is_on() {
             return Ok(VmState::Off);
         }
-        let status = self.qmp_raw("query-status", Value::Null).await?;
-        Ok(match status["status"].as_str().unwrap_or_default() {
-            "running" => VmState::Running,
-            "paused" => VmState::Paused,
-            "inmigrate" => VmState::InMigrate,
-            "postmigrate" => VmState::PostMigrate,
-            "shutdown" => VmState::Shutdown,
-            other => VmState::Other(other.to_string()),
+        let status = self.qmp_execute(query_status {}).await?;
+        Ok(match status.status {
+            RunState::running => VmState::Running,
+            RunState::paused => VmState::Paused,
+            RunState::inmigrate => VmState::InMigrate,
+            RunState::postmigrate => VmState::PostMigrate,
+            RunState::shutdown => VmState::Shutdown,
+            other => VmState::Other(other.name().to_string()),
         })
     }
 
     /// Stops the guest's processors (its clock stops too).
     pub async fn pause(&self) -> Result<()> {
-        self.qmp_raw("stop", Value::Null).await.map(drop)
+        self.qmp_execute(stop {}).await.map(drop)
     }
 
     /// Starts the processors again.
     pub async fn resume(&self) -> Result<()> {
-        self.qmp_raw("cont", Value::Null).await.map(drop)
+        self.qmp_execute(cont {}).await.map(drop)
     }
 
     /// Resets the machine and returns at once; the guest boots again.
@@ -699,7 +704,7 @@ impl Vm {
         self.remote = None;
         self.serial = None;
         let cursor = self.console()?.cursor();
-        self.qmp_raw("system_reset", Value::Null).await?;
+        self.qmp_execute(system_reset {}).await?;
         self.boot_cursor = cursor;
         self.ready_seen = false;
         Ok(())
@@ -716,7 +721,7 @@ impl Vm {
             let since = self.qmp()?.event_cursor();
             match how {
                 Reboot::Forced => {
-                    self.qmp_raw("system_reset", Value::Null).await?;
+                    self.qmp_execute(system_reset {}).await?;
                 }
                 Reboot::Guest => {
                     let remote = self.remote.take().ok_or(Error::NoRemote)?;
@@ -825,10 +830,12 @@ impl Vm {
             path: path.to_path_buf(),
             source,
         })?;
-        self.qmp_raw(
-            "screendump",
-            json!({"filename": path.to_string_lossy(), "format": "png"}),
-        )
+        self.qmp_execute(screendump {
+            filename: path.to_string_lossy().into_owned(),
+            format: Some(ImageFormat::png),
+            device: None,
+            head: None,
+        })
         .await
         .map(drop)
     }
@@ -1027,13 +1034,13 @@ impl Vm {
                     // No time for the guest: do not ask it.
                     PowerOff::Graceful if wait.is_zero() => continue,
                     PowerOff::Graceful => {
-                        let asked = qmp.execute_raw_within("system_powerdown", Value::Null, quick);
+                        let asked = qmp.execute_within(system_powerdown {}, quick);
                         if asked.await.is_err() && !instance.is_running() {
                             return PowerOff::ByGuest;
                         }
                     }
                     PowerOff::Quit => {
-                        let _ = qmp.execute_raw_within("quit", Value::Null, quick).await;
+                        let _ = qmp.execute_within(quit {}, quick).await;
                     }
                     PowerOff::Terminated => instance.signal(libc::SIGTERM),
                     PowerOff::Killed | PowerOff::AlreadyOff | PowerOff::ByGuest => {
@@ -1055,13 +1062,13 @@ impl Vm {
         Ok(how)
     }
 
-    /// A raw QMP command on the running QEMU.
-    pub(crate) async fn qmp_raw(&self, command: &str, args: Value) -> Result<Value> {
+    /// A QMP command on the running QEMU, its error naming the command.
+    pub(crate) async fn qmp_execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
         self.qmp()?
-            .execute_raw(command, args)
+            .execute(command)
             .await
             .map_err(|source| Error::Qmp {
-                step: format!("`{command}`"),
+                step: format!("`{}`", C::NAME),
                 source,
             })
     }
