@@ -1,6 +1,9 @@
 //! SSH into the default guest: login time, per-command latency on an open
 //! session, and the host CPU this process uses while the guest runs
-//! `sleep 10`. Prints medians of several runs.
+//! `sleep 10`; beside them, in the same run against the same guest,
+//! OpenSSH's client with a ControlMaster (its login, and a command
+//! through the master, which includes starting `ssh`). Prints medians
+//! of several runs.
 //!
 //! ```sh
 //! cargo run --release --example ssh_bench [RUNS]
@@ -9,7 +12,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use virtest::guest::bootstrap::{BootstrapOptions, bootstrap};
@@ -130,12 +133,79 @@ async fn measure(
         common::median(&latencies).as_secs_f64() * 1e3,
         latencies.len()
     );
+    let (openssh_login, openssh_command) = openssh(m, port, runs)?;
+    println!(
+        "  OpenSSH: login by key       {:>7.0} ms  (ControlMaster up)",
+        openssh_login.as_secs_f64() * 1e3
+    );
+    println!(
+        "  OpenSSH: command via master {:>7.1} ms  (`ssh -S SOCKET true`, {} runs)",
+        openssh_command.as_secs_f64() * 1e3,
+        runs * 10
+    );
     cpu_shares.sort_by(f64::total_cmp);
     println!(
         "  host CPU during `sleep 10`  {:>7.2} %   of one core (target < 2 %)",
         cpu_shares[cpu_shares.len() / 2]
     );
     Ok(())
+}
+
+/// OpenSSH's client against the same guest: the median time to bring a
+/// ControlMaster up (a login by key), and of a command through it.
+fn openssh(
+    m: &virtest::guest::Manifest,
+    port: u16,
+    runs: usize,
+) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let control = dir.path().join("master");
+    let ssh = |extra: &[&str]| {
+        let mut command = Command::new("ssh");
+        command
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(m.private_key_path())
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()))
+            .args(extra)
+            .arg(format!("{}@127.0.0.1", m.credentials.user))
+            .stdin(Stdio::null());
+        command
+    };
+    let run = |mut command: Command| -> Result<Duration, Box<dyn std::error::Error>> {
+        let t = Instant::now();
+        let status = command.status()?;
+        if !status.success() {
+            return Err(format!("{command:?} failed: {status}").into());
+        }
+        Ok(t.elapsed())
+    };
+    let close = || {
+        let _ = ssh(&["-O", "exit"]).stderr(Stdio::null()).status();
+    };
+    let mut logins = Vec::new();
+    for _ in 0..runs {
+        // -f returns once the master has logged in; -N runs nothing.
+        logins.push(run(ssh(&["-M", "-f", "-N"]))?);
+        close();
+    }
+    run(ssh(&["-M", "-f", "-N"]))?;
+    let mut commands = Vec::new();
+    for _ in 0..runs * 10 {
+        let mut command = ssh(&[]);
+        command.arg("true");
+        match run(command) {
+            Ok(took) => commands.push(took),
+            Err(e) => {
+                close();
+                return Err(e);
+            }
+        }
+    }
+    close();
+    Ok((common::median(&logins), common::median(&commands)))
 }
 
 /// User plus system CPU time of this process, from /proc/self/stat.

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::Qemu;
-use virtest::remote::{Auth, Error, RunOptions, SshConfig, SshSession};
+use virtest::remote::{Auth, Error, OutputStream, RunOptions, SshConfig, SshSession};
 
 fn config(port: u16, auth: Auth) -> SshConfig {
     let m = common::guest();
@@ -71,6 +71,51 @@ async fn commands_run_with_exit_codes_separate_streams_big_output_and_deadlines(
         .unwrap();
     assert_eq!(big.stdout.len(), 10 << 20);
     assert_eq!(big.stderr, "done\n");
+
+    // Output past the bound is an error naming the command and the
+    // stream, and the session still serves the next command.
+    let bounded = RunOptions {
+        max_output: 1 << 20,
+        ..RunOptions::default()
+    };
+    let err = ssh
+        .run_with("head -c 4194304 /dev/zero", &bounded)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::OutputTooLarge { stream: OutputStream::Stdout, limit, .. } if *limit == 1 << 20
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("head -c 4194304"), "{err}");
+    assert_eq!(ssh.run("echo still").await.unwrap().stdout, "still\n");
+
+    // Both streams at once, interleaved line by line: libssh2 reads
+    // whatever the socket holds when either stream is read, so each
+    // stream's data can sit in its queue while the other waits. Every
+    // line of both must arrive, each time.
+    let interleaved = "i=0; while [ $i -lt 3000 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done";
+    for _ in 0..5 {
+        let r = ssh.run(interleaved).await.unwrap();
+        let lines = |text: &str, prefix: &str| {
+            let all: Vec<&str> = text.lines().collect();
+            assert_eq!(
+                all.len(),
+                3000,
+                "{prefix}: {}",
+                &text[text.len().saturating_sub(200)..]
+            );
+            assert!(
+                all.iter()
+                    .enumerate()
+                    .all(|(i, l)| *l == format!("{prefix}{i}"))
+            );
+        };
+        lines(&r.stdout, "out");
+        lines(&r.stderr, "err");
+    }
 
     let start = Instant::now();
     let slow = RunOptions {

@@ -165,6 +165,7 @@ async fn guest_view_by_ssh(vm: &mut Vm, deadline: Instant) -> Result<String, Str
         let options = RunOptions {
             check: false,
             timeout: piece_time(deadline),
+            ..RunOptions::default()
         };
         let _ = writeln!(view, "$ {command}");
         match session.run_with(command, &options).await {

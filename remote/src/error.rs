@@ -123,6 +123,19 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A command wrote more than [`crate::RunOptions::max_output`] on one
+    /// stream; what it wrote is dropped.
+    #[error(
+        "command `{command}` wrote more than {limit} bytes on {stream:?}, the most a run keeps (RunOptions::max_output); write big output to a file in the guest and fetch it"
+    )]
+    OutputTooLarge {
+        /// The command.
+        command: String,
+        /// The stream that overflowed.
+        stream: crate::OutputStream,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// A `Result` with this crate's [`Error`].

@@ -13,6 +13,7 @@ mod error;
 mod result;
 mod serial;
 mod session;
+mod socket;
 mod ssh;
 mod transfer;
 

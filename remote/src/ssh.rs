@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use async_ssh2_lite::AsyncSession;
 use async_ssh2_lite::ssh2::HashType;
-use async_ssh2_lite::{AsyncSession, TokioTcpStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::result::CmdResult;
+use crate::socket::SshSocket;
 
 /// How to prove who we are.
 #[derive(Clone)]
@@ -70,6 +71,12 @@ pub struct RunOptions {
     pub check: bool,
     /// The deadline for the whole command.
     pub timeout: Duration,
+    /// The most bytes kept of each of stdout and stderr (256 MiB by
+    /// default): a command that writes more is an
+    /// [`Error::OutputTooLarge`], not a test process that grows until
+    /// the host runs out of memory. Stream bigger output to a file in the
+    /// guest and fetch it with a transfer.
+    pub max_output: usize,
 }
 
 impl Default for RunOptions {
@@ -77,13 +84,14 @@ impl Default for RunOptions {
         RunOptions {
             check: true,
             timeout: Duration::from_secs(600),
+            max_output: 256 << 20,
         }
     }
 }
 
 /// A logged-in SSH session.
 pub struct SshSession {
-    session: tokio::sync::Mutex<AsyncSession<TokioTcpStream>>,
+    session: tokio::sync::Mutex<AsyncSession<SshSocket>>,
     /// Every command of this session logs inside it.
     span: tracing::Span,
     addr: SocketAddr,
@@ -107,16 +115,18 @@ impl SshSession {
     pub async fn connect(config: &SshConfig, deadline: Duration) -> Result<SshSession> {
         let addr = config.addr;
         let attempt = async {
-            let stream = TokioTcpStream::connect(addr)
+            let connected = |stream: tokio::net::TcpStream| {
+                // SSH sends small packets and waits for answers: Nagle's
+                // algorithm meeting the guest's delayed ACK cost ~40 ms a
+                // command.
+                stream.set_nodelay(true)?;
+                SshSocket::new(stream.into_std()?)
+            };
+            let socket = tokio::net::TcpStream::connect(addr)
                 .await
+                .and_then(connected)
                 .map_err(|source| Error::Connect { addr, source })?;
-            // SSH sends small packets and waits for answers: Nagle's
-            // algorithm meeting the guest's delayed ACK cost ~40 ms a
-            // command.
-            stream
-                .set_nodelay(true)
-                .map_err(|source| Error::Connect { addr, source })?;
-            let mut session = AsyncSession::new(stream, None).map_err(|e| Error::Handshake {
+            let mut session = AsyncSession::new(socket, None).map_err(|e| Error::Handshake {
                 addr,
                 reason: e.to_string(),
             })?;
@@ -304,18 +314,33 @@ impl SshSession {
             let mut stderr_stream = channel.stderr();
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             let on_line = std::sync::Mutex::new(on_line);
-            // Both streams at once: a full stderr window must not stall stdout.
-            let (out, err) = tokio::join!(
-                drain(&mut channel, &mut stdout, OutputStream::Stdout, &on_line),
+            // Both streams at once: a full stderr window must not stall
+            // stdout. The first error ends both.
+            let limit = options.max_output;
+            tokio::try_join!(
+                drain(
+                    &mut channel,
+                    &mut stdout,
+                    OutputStream::Stdout,
+                    limit,
+                    &on_line
+                ),
                 drain(
                     &mut stderr_stream,
                     &mut stderr,
                     OutputStream::Stderr,
+                    limit,
                     &on_line
                 )
-            );
-            out.and(err)
-                .map_err(|e| fail(format!("reading its output: {e}")))?;
+            )
+            .map_err(|e| match e {
+                Drained::TooLarge(stream) => Error::OutputTooLarge {
+                    command: command.to_string(),
+                    stream,
+                    limit,
+                },
+                Drained::Failed(e) => fail(format!("reading its output: {e}")),
+            })?;
             channel.wait_close().await.map_err(|e| fail(describe(&e)))?;
             let exit_status = channel.exit_status().map_err(|e| fail(describe(&e)))?;
             Ok(RawOutput {
@@ -373,18 +398,31 @@ pub enum OutputStream {
 /// Where lines go as they arrive.
 pub(crate) type LineSink<'a> = &'a mut (dyn FnMut(OutputStream, &str) + Send);
 
-/// Reads a stream to its end into `out`, handing each complete line (and a
-/// last unterminated one) to the sink as it arrives.
+/// Why a stream was not read to its end.
+enum Drained {
+    /// It carried more than the limit.
+    TooLarge(OutputStream),
+    /// Reading it failed.
+    Failed(std::io::Error),
+}
+
+/// Reads a stream to its end into `out` (at most `limit` bytes), handing
+/// each complete line (and a last unterminated one) to the sink as it
+/// arrives.
 async fn drain<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     out: &mut Vec<u8>,
     which: OutputStream,
+    limit: usize,
     sink: &std::sync::Mutex<Option<LineSink<'_>>>,
-) -> std::io::Result<()> {
+) -> std::result::Result<(), Drained> {
     let mut chunk = vec![0u8; 32 << 10];
     let mut line_start = 0;
     loop {
-        let n = reader.read(&mut chunk).await?;
+        let n = reader.read(&mut chunk).await.map_err(Drained::Failed)?;
+        if out.len() + n > limit {
+            return Err(Drained::TooLarge(which));
+        }
         out.extend_from_slice(&chunk[..n]);
         let mut sink = sink.lock().expect("line sink lock");
         if let Some(f) = sink.as_mut() {
