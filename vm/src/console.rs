@@ -8,18 +8,24 @@
 //! continues the same log and buffer.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How much console output is kept in memory (the log file keeps all).
 const KEEP_BYTES: usize = 8 << 20;
+
+/// How often a console reader with nothing to read checks whether it
+/// was told to stop.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// A position in the console output: waits and searches from a cursor see
 /// only what came after it.
@@ -39,7 +45,7 @@ struct Inner {
     /// The total number of bytes received, for waiters.
     length: watch::Sender<u64>,
     /// The way into the running QEMU's serial port (the latest attached).
-    input: Mutex<Option<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>,
+    input: Mutex<Option<Arc<tokio::sync::Mutex<UnixStream>>>>,
 }
 
 /// The newest output, starting at absolute offset `base`.
@@ -63,22 +69,34 @@ impl Console {
         })
     }
 
-    /// Reads `stream` (QEMU's end of the serial port) until it closes;
-    /// what is typed goes to it from now on.
-    pub(crate) fn attach(&self, stream: UnixStream) -> JoinHandle<()> {
-        let (mut stream, input) = stream.into_split();
+    /// Reads `stream` (QEMU's end of the serial port) until it closes,
+    /// on a thread of the blocking pool: writing `console.log` never holds
+    /// up the async workers other VMs share. What is typed goes to the
+    /// stream from now on.
+    pub(crate) fn attach(&self, stream: UnixStream) -> std::io::Result<ConsoleReader> {
+        // Non-blocking, as tokio left it: the reader waits with poll(2).
+        let reader = stream.into_std()?;
+        let input = UnixStream::from_std(reader.try_clone()?)?;
         *self.inner.input.lock().expect("input lock") =
             Some(Arc::new(tokio::sync::Mutex::new(input)));
+        let stop = Arc::new(AtomicBool::new(false));
         let console = self.clone();
-        tokio::spawn(async move {
+        let stopped = stop.clone();
+        let thread = tokio::task::spawn_blocking(move || {
             let mut chunk = vec![0; 16 << 10];
-            loop {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
+            while !stopped.load(Ordering::Relaxed) {
+                match (&reader).read(&mut chunk) {
+                    Ok(0) => return,
                     Ok(n) => console.append(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        wait_readable(&reader, STOP_CHECK);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
                 }
             }
-        })
+        });
+        Ok(ConsoleReader { thread, stop })
     }
 
     /// Records output: to the log first, then to the buffer and waiters.
@@ -162,6 +180,38 @@ impl Console {
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.inner.length.subscribe()
     }
+}
+
+/// The thread that reads a QEMU's console into a [`Console`].
+#[derive(Debug)]
+pub(crate) struct ConsoleReader {
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ConsoleReader {
+    /// Tells the reader to stop (within [`STOP_CHECK`]), even if QEMU
+    /// keeps the console open.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until the reader has taken everything (QEMU closed the
+    /// console) or stopped. Await it to its end only once.
+    pub(crate) async fn finished(&mut self) {
+        let _ = (&mut self.thread).await;
+    }
+}
+
+/// Waits until `stream` has bytes to read, it closes, or `timeout` passes.
+fn wait_readable(stream: &std::os::unix::net::UnixStream, timeout: Duration) {
+    let mut poll = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the length of the call.
+    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
 }
 
 #[cfg(test)]

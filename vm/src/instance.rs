@@ -9,11 +9,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
-use tokio::task::JoinHandle;
 use virtest_qemu_cmdline::{Endpoint, HostFwd, PropsOption, QemuCmdline};
 use virtest_qmp::Qmp;
 
-use crate::console::Console;
+use crate::console::{Console, ConsoleReader};
 use crate::error::{Error, Result};
 use crate::process::Process;
 
@@ -114,7 +113,7 @@ pub struct Instance {
     endpoints: Endpoints,
     cmdline: QemuCmdline,
     /// Reads the console until QEMU closes it; `None` once it finished.
-    console_reader: Option<JoinHandle<()>>,
+    console_reader: Option<ConsoleReader>,
     qemu_log: PathBuf,
     /// Where this process's output starts in `qemu.log`.
     log_offset: u64,
@@ -133,7 +132,7 @@ impl Drop for Instance {
     fn drop(&mut self) {
         self.process.kill_and_reap();
         if let Some(reader) = &self.console_reader {
-            reader.abort();
+            reader.stop();
         }
     }
 }
@@ -252,7 +251,11 @@ impl Instance {
             },
             status = process.wait() => return Err(exited(status, "while starting")),
         };
-        let console_reader = files.console.attach(stream);
+        let console_reader = files.console.attach(stream).map_err(|source| Error::Io {
+            what: "reading the console of QEMU on",
+            path: endpoints.console_socket.clone(),
+            source,
+        })?;
         let transcript = File::options()
             .create(true)
             .append(true)
@@ -357,7 +360,9 @@ impl Instance {
     /// end only once).
     pub(crate) async fn drain_console(&mut self, deadline: Duration) {
         if let Some(reader) = &mut self.console_reader
-            && tokio::time::timeout(deadline, reader).await.is_ok()
+            && tokio::time::timeout(deadline, reader.finished())
+                .await
+                .is_ok()
         {
             self.console_reader = None;
         }
