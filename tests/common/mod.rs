@@ -1,4 +1,6 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: the root's `tests/`, and each
+//! layer crate's `tests/`, which include this file by `#[path]` (so that
+//! `cargo test -p virtest-vm` boots guests with only that layer's tests).
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 

@@ -1,5 +1,6 @@
 //! virtest-remote's serial-console session against the default guest.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

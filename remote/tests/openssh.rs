@@ -1,6 +1,7 @@
 //! virtest-remote against OpenSSH's sshd, started by the test on
 //! 127.0.0.1 with its own configuration, host key and authorized key.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! The `Vm` with the default guest: the guide's boot shape, reboots,
 //! pause, screendumps, forced power-off, two VMs at once.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

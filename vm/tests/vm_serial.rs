@@ -2,6 +2,7 @@
 //! console of a running VM, logged in at its prompt, kept across a live
 //! migration, recorded in `console.log` all along; the error paths.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! logs, listed in `results.json` and attached in JUnit; gathering is
 //! bounded and never changes the status.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

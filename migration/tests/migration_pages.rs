@@ -2,6 +2,7 @@
 //! compared after a migration of a running Debian guest (the case where
 //! QEMU before 9.0 under TCG loses writes unless virtest works around it).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

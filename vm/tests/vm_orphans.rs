@@ -1,6 +1,7 @@
 //! No QEMU outlives its owner: a process killed with SIGKILL, a process
 //! that panics, a task cancelled in the middle of `power_on`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

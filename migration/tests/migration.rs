@@ -1,6 +1,7 @@
 //! Live migration of the default guest over every transport, with the
 //! capabilities, and when things go wrong.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! the VM runs, reached through it before and after a migration, then
 //! unplugged; and the bad inputs, each a clear error.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! virtest-remote's SSH session against the default guest's dropbear.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,6 +1,7 @@
 //! What a user sees when a VM cannot start or its guest never comes up:
 //! clear errors, and no QEMU left behind.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! console), `wait_for_unit` on the Debian guest; each timeout names
 //! what it waited for and the last try's output.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! stale, damaged and refused snapshots never used; a store that cannot
 //! be written. Each test has its own store, so each makes its snapshot.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

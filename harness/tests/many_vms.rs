@@ -3,6 +3,7 @@
 //! forwarded ports through the host, one of them migrates meanwhile, and
 //! the runner gathers every VM's failure bundle and ends them all.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -5,6 +5,7 @@
 //! unknown command's error, all again after migrations; a guest whose
 //! agent is not running, a clear error once the deadline passes.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
