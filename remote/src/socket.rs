@@ -171,9 +171,7 @@ impl SshSocket {
         timer.as_mut().reset(Instant::now() + delay);
         let _ = timer.as_mut().poll(cx);
     }
-}
 
-impl SshSocket {
     /// How many bytes wait on the socket, unread.
     fn unread_bytes(&self) -> usize {
         let mut unread: libc::c_int = 0;
