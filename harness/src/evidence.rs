@@ -82,7 +82,7 @@ async fn gather(vm: &mut Vm, dir: &Path, budget: Duration) -> Vec<PathBuf> {
             "the rest: gathering ran out of time (the evidence_timeout parameter)".to_string(),
         );
     }
-    recorded(vm, dir, &mut missing);
+    recorded(vm, dir, &mut missing).await;
     if !missing.is_empty() {
         for piece in &missing {
             tracing::warn!("failure bundle: no {piece}");
@@ -120,7 +120,7 @@ async fn from_the_vm(vm: &mut Vm, dir: &Path, deadline: Instant, missing: &mut V
 
 /// What the VM layer recorded, which cannot hang: the console's tail and
 /// the QMP events, taken last so they hold everything up to the end.
-fn recorded(vm: &mut Vm, dir: &Path, missing: &mut Vec<String>) {
+async fn recorded(vm: &mut Vm, dir: &Path, missing: &mut Vec<String>) {
     match vm.console() {
         Ok(console) => {
             let tail = console.tail(CONSOLE_LINES) + "\n";
@@ -128,7 +128,7 @@ fn recorded(vm: &mut Vm, dir: &Path, missing: &mut Vec<String>) {
         }
         Err(e) => missing.push(format!("console-tail.txt: {e}")),
     }
-    match vm.recorded_events() {
+    match vm.recorded_events().await {
         Ok(events) => {
             let newest = &events[events.len().saturating_sub(EVENTS)..];
             let lines: String = newest.iter().map(|event| format!("{event}\n")).collect();

@@ -28,7 +28,7 @@ use crate::codec::{self, Message};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventCursor, EventLog, Subscription};
 use crate::fdpass;
-use crate::transcript::{Direction, Transcript};
+use crate::transcript::{Direction, TranscriptWriter};
 
 /// The default deadline for a command's reply.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,7 +47,7 @@ pub struct Greeting {
 /// How to connect.
 pub struct Options {
     /// Where to write the transcript, if anywhere.
-    pub transcript: Option<Box<dyn std::io::Write + Send>>,
+    pub transcript: Option<TranscriptWriter>,
     /// The deadline for each command's reply.
     pub command_timeout: Duration,
     /// Enable out-of-band execution when the server offers it.
@@ -74,7 +74,9 @@ struct Shared {
     /// Whether commands carry ids (out-of-band mode) or replies come in order.
     send_ids: AtomicBool,
     events: Arc<EventLog>,
-    transcript: Option<Transcript>,
+    transcript: Option<TranscriptWriter>,
+    /// Becomes true once the reader has stopped.
+    reader_stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -215,7 +217,8 @@ impl Qmp {
             pending: Mutex::new(Pending::default()),
             send_ids: AtomicBool::new(false),
             events: Arc::new(EventLog::new()),
-            transcript: options.transcript.map(Transcript::new),
+            transcript: options.transcript,
+            reader_stopped: tokio::sync::watch::Sender::new(false),
         });
         let mut buf = Vec::with_capacity(64 << 10);
         let greeting = tokio::time::timeout(deadline, read_greeting(&mut read, &mut buf, &shared))
@@ -509,6 +512,15 @@ impl Qmp {
         }
     }
 
+    /// Waits until the reader has taken everything the server sent
+    /// before it closed the connection (into the transcript, too): at
+    /// once when it has already stopped.
+    pub async fn reader_stopped(&self) {
+        let mut stopped = self.inner.shared.reader_stopped.subscribe();
+        // The sender lives in `self`: waiting cannot fail.
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.inner
@@ -649,6 +661,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, mut buf: Vec<u8>, shared: 
     };
     tracing::debug!(%reason, "QMP reader stopped");
     shared.close(reason);
+    shared.reader_stopped.send_replace(true);
 }
 
 /// Routes one message: replies to their command, events to the log.

@@ -16,7 +16,8 @@
 //!   `guest-sync-delimited`, commands typed by `qapi`'s QGA schema.
 //! - [`AgentExec`] (`qga_ops`): what takes the agent several commands:
 //!   running a program to its end, reading and writing whole files.
-//! - [`transcript`]: every line in and out, timestamped, to a writer you
+//! - [`transcript`]: every line in and out, timestamped, written on a
+//!   thread of its own ([`TranscriptWriter`]) to a writer you
 //!   give; the events read back from one.
 //!
 //! # Example
@@ -67,3 +68,4 @@ pub use error::{Error, Result};
 pub use event::{Event, EventCursor, LOG_CAPACITY, Subscription};
 pub use qga::{DEFAULT_QGA_TIMEOUT, Qga};
 pub use qga_ops::AgentExec;
+pub use transcript::TranscriptWriter;

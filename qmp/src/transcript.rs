@@ -1,10 +1,12 @@
-//! The transcript: every line in and out, timestamped, to a writer the
-//! caller gives (the VM layer writes it to the test's `qmp.log`), and
-//! reading the events back out of one.
+//! The transcript: every line in and out, timestamped, written on a
+//! thread of its own to a writer the caller gives (the VM layer writes
+//! it to the test's `qmp.log`), and reading the events back out of one.
 
-use std::io::Write;
-use std::sync::Mutex;
+use std::io::{BufWriter, Write};
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
 
 /// The events QEMU sent in transcript `text`, oldest first, as the JSON
 /// objects QEMU sent (each with its own `timestamp`). Lines that are not
@@ -39,23 +41,72 @@ pub(crate) enum Direction {
     Out,
 }
 
-/// A shared transcript writer; write errors are reported once, then the
-/// transcript stops rather than failing the connection.
-pub(crate) struct Transcript {
-    out: Mutex<Option<Box<dyn Write + Send>>>,
+/// What the writer thread is given.
+enum Entry {
+    /// A whole line, timestamped and ended with `\n`.
+    Line(Vec<u8>),
+    /// Answer once every line sent before is written.
+    Written(oneshot::Sender<()>),
 }
 
-impl Transcript {
-    pub(crate) fn new(out: Box<dyn Write + Send>) -> Transcript {
-        Transcript {
-            out: Mutex::new(Some(out)),
+/// Where transcripts go: a writer on a thread of its own, so a slow or
+/// full disk never holds an async worker. Clone it to give one writer to
+/// many connections (every QEMU process of a VM shares its `qmp.log`,
+/// in the order the lines were sent or received).
+///
+/// Lines wait in memory until written; the thread writes what is
+/// queued, then flushes. A write error is reported once, then the
+/// transcript stops rather than failing the connection. The thread
+/// ends, after the last line, when the last clone is dropped; lines
+/// still queued when the process exits are lost, so await
+/// [`TranscriptWriter::written`] before reading the transcript or
+/// exiting.
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// let file = std::fs::File::create("qmp.log")?;
+/// let transcript = virtest_qmp::TranscriptWriter::spawn(Box::new(file))?;
+/// let options = virtest_qmp::Options {
+///     transcript: Some(transcript.clone()),
+///     ..Default::default()
+/// };
+/// // ... connect with `options`, run commands ...
+/// transcript.written().await;
+/// let text = std::fs::read_to_string("qmp.log")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TranscriptWriter {
+    entries: mpsc::Sender<Entry>,
+}
+
+impl std::fmt::Debug for TranscriptWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscriptWriter").finish_non_exhaustive()
+    }
+}
+
+impl TranscriptWriter {
+    /// Starts the thread that writes to `out`.
+    pub fn spawn(out: Box<dyn Write + Send>) -> std::io::Result<TranscriptWriter> {
+        let (entries, received) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("qmp-transcript".into())
+            .spawn(move || write_entries(out, &received))?;
+        Ok(TranscriptWriter { entries })
+    }
+
+    /// Waits until every line sent before this call is written and
+    /// flushed (or the transcript stopped on a write error).
+    pub async fn written(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.entries.send(Entry::Written(done)).is_ok() {
+            let _ = wait.await;
         }
     }
 
-    /// Writes `<unix seconds>.<micros> <- line` or `->`.
+    /// Queues `<unix seconds>.<micros> <- line` or `->`, stamped now.
     pub(crate) fn line(&self, direction: Direction, line: &[u8]) {
-        let mut guard = self.out.lock().expect("transcript lock");
-        let Some(out) = guard.as_mut() else { return };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -65,13 +116,126 @@ impl Transcript {
         };
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let result = write!(out, "{}.{:06} {arrow} ", now.as_secs(), now.subsec_micros())
-            .and_then(|()| out.write_all(line))
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "the QMP transcript cannot be written; it stops here");
-            *guard = None;
+        let mut entry =
+            format!("{}.{:06} {arrow} ", now.as_secs(), now.subsec_micros()).into_bytes();
+        entry.extend_from_slice(line);
+        entry.push(b'\n');
+        // The thread lives while a sender does; a send cannot fail.
+        let _ = self.entries.send(Entry::Line(entry));
+    }
+}
+
+/// The writer thread: writes each batch of queued lines, then flushes,
+/// until every sender is gone.
+fn write_entries(out: Box<dyn Write + Send>, received: &mpsc::Receiver<Entry>) {
+    let mut out = Some(BufWriter::new(out));
+    while let Ok(first) = received.recv() {
+        let mut next = Some(first);
+        while let Some(entry) = next {
+            match entry {
+                Entry::Line(line) => {
+                    if let Some(writer) = &mut out
+                        && let Err(e) = writer.write_all(&line)
+                    {
+                        stop(&mut out, &e);
+                    }
+                }
+                Entry::Written(done) => {
+                    flush(&mut out);
+                    let _ = done.send(());
+                }
+            }
+            next = received.try_recv().ok();
         }
+        flush(&mut out);
+    }
+}
+
+fn flush(out: &mut Option<BufWriter<Box<dyn Write + Send>>>) {
+    if let Some(writer) = out
+        && let Err(e) = writer.flush()
+    {
+        stop(out, &e);
+    }
+}
+
+/// Stops the transcript after a write error, dropping what is buffered.
+fn stop(out: &mut Option<BufWriter<Box<dyn Write + Send>>>, error: &std::io::Error) {
+    tracing::warn!(%error, "the QMP transcript cannot be written; it stops here");
+    if let Some(writer) = out.take() {
+        // Its buffer cannot be written either; do not try again on drop.
+        let _ = writer.into_parts();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Takes `room` bytes, then fails every write.
+    struct FillsUp {
+        taken: Arc<Mutex<Vec<u8>>>,
+        room: usize,
+    }
+
+    impl Write for FillsUp {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut taken = self.taken.lock().unwrap();
+            if taken.len() + bytes.len() > self.room {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            taken.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn writer(room: usize) -> (TranscriptWriter, Arc<Mutex<Vec<u8>>>) {
+        let taken = Arc::default();
+        let out = FillsUp {
+            taken: Arc::clone(&taken),
+            room,
+        };
+        (TranscriptWriter::spawn(Box::new(out)).unwrap(), taken)
+    }
+
+    #[tokio::test]
+    async fn lines_from_every_clone_are_written_in_the_order_sent() {
+        let (transcript, taken) = writer(usize::MAX);
+        let other = transcript.clone();
+        for n in 0..1000 {
+            let sender = if n % 2 == 0 { &transcript } else { &other };
+            sender.line(Direction::Out, format!("{{\"n\": {n}}}\n").as_bytes());
+        }
+        transcript.written().await;
+        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let numbers: Vec<usize> = text
+            .lines()
+            .map(|line| line.rsplit_once(": ").unwrap().1.trim_end_matches('}'))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(numbers, (0..1000).collect::<Vec<_>>());
+        assert!(text.lines().all(|line| line.contains(" -> {\"n\": ")));
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_stops_the_transcript_and_nothing_waits_forever() {
+        let (transcript, taken) = writer(100);
+        transcript.line(Direction::In, b"{\"return\": {}}");
+        transcript.written().await;
+        let written = taken.lock().unwrap().len();
+        assert!(written > 0);
+        transcript.line(Direction::In, &[b'x'; 200]);
+        transcript.written().await;
+        transcript.line(Direction::In, b"{}");
+        transcript.written().await;
+        assert_eq!(
+            taken.lock().unwrap().len(),
+            written,
+            "nothing after the error"
+        );
     }
 }

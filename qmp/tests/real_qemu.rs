@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use virtest_qmp::{Error, Options, Qmp};
+use virtest_qmp::{Error, Options, Qmp, TranscriptWriter};
 
 const SECS_5: Duration = Duration::from_secs(5);
 
@@ -166,14 +166,16 @@ async fn the_transcript_has_every_line_both_ways() {
     }
     let qemu = common::Qemu::start();
     let log = Shared::default();
+    let transcript = TranscriptWriter::spawn(Box::new(log.clone())).unwrap();
     let options = Options {
-        transcript: Some(Box::new(log.clone())),
+        transcript: Some(transcript.clone()),
         ..Options::default()
     };
     let qmp = Qmp::connect_unix(&qemu.socket, SECS_5, options)
         .await
         .unwrap();
     qmp.execute(qapi::qmp::query_status {}).await.unwrap();
+    transcript.written().await;
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
@@ -192,6 +194,36 @@ async fn the_transcript_has_every_line_both_ways() {
     );
     let stamp: f64 = lines[0].split(' ').next().unwrap().parse().unwrap();
     assert!(stamp > 1.7e9, "{stamp}");
+}
+
+#[tokio::test]
+async fn the_transcript_ends_with_what_qemu_sent_before_it_quit() {
+    let qemu = common::Qemu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.log");
+    let transcript =
+        TranscriptWriter::spawn(Box::new(std::fs::File::create(&path).unwrap())).unwrap();
+    let options = Options {
+        transcript: Some(transcript.clone()),
+        ..Options::default()
+    };
+    let qmp = Qmp::connect_unix(&qemu.socket, SECS_5, options)
+        .await
+        .unwrap();
+    qmp.quit().await.unwrap();
+    tokio::time::timeout(SECS_5, qmp.reader_stopped())
+        .await
+        .expect("the reader stops once QEMU closes QMP");
+    // At once, too, once stopped.
+    qmp.reader_stopped().await;
+    transcript.written().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let events = virtest_qmp::transcript::events(&text);
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(json!("SHUTDOWN")),
+        "{text}"
+    );
 }
 
 #[tokio::test]

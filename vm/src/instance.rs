@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use virtest_qemu_cmdline::{Endpoint, HostFwd, PropsOption, QemuCmdline};
-use virtest_qmp::Qmp;
+use virtest_qmp::{Qmp, TranscriptWriter};
 
 use crate::console::{Console, ConsoleReader};
 use crate::error::{Error, Result};
@@ -98,8 +98,8 @@ pub(crate) struct Files<'a> {
     pub sockets: &'a Path,
     /// QEMU's stdout and stderr, appended.
     pub qemu_log: &'a Path,
-    /// The QMP transcript, appended.
-    pub qmp_log: &'a Path,
+    /// The VM's QMP transcript (`qmp.log`), shared by its processes.
+    pub qmp_log: &'a TranscriptWriter,
     /// The console every instance of the VM writes to.
     pub console: &'a Console,
 }
@@ -256,17 +256,8 @@ impl Instance {
             path: endpoints.console_socket.clone(),
             source,
         })?;
-        let transcript = File::options()
-            .create(true)
-            .append(true)
-            .open(files.qmp_log)
-            .map_err(|source| Error::Io {
-                what: "opening",
-                path: files.qmp_log.to_path_buf(),
-                source,
-            })?;
         let options = virtest_qmp::Options {
-            transcript: Some(Box::new(transcript)),
+            transcript: Some(files.qmp_log.clone()),
             ..Default::default()
         };
         let left = deadline.saturating_sub(started.elapsed());
@@ -366,6 +357,12 @@ impl Instance {
         {
             self.console_reader = None;
         }
+    }
+
+    /// Lets the QMP reader take the last messages of an exited QEMU
+    /// into the transcript, waiting at most `deadline`.
+    pub(crate) async fn drain_qmp(&self, deadline: Duration) {
+        let _ = tokio::time::timeout(deadline, self.qmp.reader_stopped()).await;
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
 use virtest_qemu_cmdline::binary::{self, BinaryKind, Version};
-use virtest_qmp::Qmp;
+use virtest_qmp::{Qmp, TranscriptWriter};
 use virtest_remote::{Auth, SshConfig, SshSession};
 
 use virtest_guest::cloud_init::Seed;
@@ -127,6 +127,8 @@ pub struct Vm {
     runtime_dir: PathBuf,
     log_dir: PathBuf,
     console: Option<Console>,
+    /// `qmp.log`'s writer, shared by every QEMU process of the VM.
+    qmp_log: Option<TranscriptWriter>,
     // Dropped before the runtime directory is removed.
     instance: Option<Instance>,
     remote: Option<SshSession>,
@@ -199,6 +201,7 @@ impl Vm {
             runtime_dir,
             log_dir,
             console: None,
+            qmp_log: None,
             instance: None,
             remote: None,
             serial: None,
@@ -559,11 +562,12 @@ impl Vm {
         build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
         let console = self.console()?.clone();
+        let qmp_log = self.qmp_log()?;
         self.generation += 1;
         let files = Files {
             sockets: &self.runtime_dir,
             qemu_log: &self.log_dir.join("qemu.log"),
-            qmp_log: &self.log_dir.join("qmp.log"),
+            qmp_log: &qmp_log,
             console: &console,
         };
         Instance::start(&files, self.generation, self.config.start_timeout, build).await
@@ -618,6 +622,39 @@ impl Vm {
             self.console = Some(console);
         }
         Ok(self.console.as_ref().expect("console set above"))
+    }
+
+    /// The writer of `qmp.log`, started with the VM's first QEMU (after
+    /// [`Vm::console`] made the directory).
+    fn qmp_log(&mut self) -> Result<TranscriptWriter> {
+        if let Some(writer) = &self.qmp_log {
+            return Ok(writer.clone());
+        }
+        let path = self.log_dir.join("qmp.log");
+        let opened = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|file| TranscriptWriter::spawn(Box::new(file)));
+        let writer = opened.map_err(|source| Error::Io {
+            what: "opening",
+            path,
+            source,
+        })?;
+        Ok(self.qmp_log.insert(writer).clone())
+    }
+
+    /// Waits until `qmp.log` holds every line sent and received so far,
+    /// for at most 5 s (a disk that hangs longer is warned of).
+    async fn qmp_log_written(&self) {
+        let Some(writer) = &self.qmp_log else { return };
+        let wait = Duration::from_secs(5);
+        if tokio::time::timeout(wait, writer.written()).await.is_err() {
+            tracing::warn!(
+                path = %self.log_dir.join("qmp.log").display(),
+                "the QMP transcript is still not written after {wait:?}; reading it as it is"
+            );
+        }
     }
 
     /// Whether a QEMU was ever started for this VM (it may have ended
@@ -841,8 +878,10 @@ impl Vm {
     }
 
     /// The QMP events every QEMU of this VM sent, across power cycles and
-    /// migrations, oldest first: read back from `qmp.log`.
-    pub fn recorded_events(&self) -> Result<Vec<Value>> {
+    /// migrations, oldest first: read back from `qmp.log`, once every
+    /// line received so far is written.
+    pub async fn recorded_events(&self) -> Result<Vec<Value>> {
+        self.qmp_log_written().await;
         let path = self.log_dir.join("qmp.log");
         match std::fs::read(&path) {
             Ok(bytes) => Ok(virtest_qmp::transcript::events(&String::from_utf8_lossy(
@@ -1057,8 +1096,10 @@ impl Vm {
         .instrument(span.clone())
         .await;
         instance.drain_console(Duration::from_secs(1)).await;
-        span.in_scope(|| tracing::info!(?how, "powered off"));
+        instance.drain_qmp(Duration::from_secs(1)).await;
         drop(instance);
+        self.qmp_log_written().await;
+        span.in_scope(|| tracing::info!(?how, "powered off"));
         Ok(how)
     }
 

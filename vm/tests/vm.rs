@@ -62,6 +62,9 @@ async fn the_guides_boot_test_leaves_logs_and_no_qemu() {
     assert!(console.contains(&common::guest().ready_marker), "{console}");
     let qmp = std::fs::read_to_string(logs.path().join("qmp.log")).unwrap();
     assert!(qmp.contains("qmp_capabilities") && qmp.contains("query-status"));
+    // QEMU's last words are in it once power_off returns.
+    let events = virtest_qmp::transcript::events(&qmp);
+    assert_eq!(events.last().unwrap()["event"], "SHUTDOWN", "{qmp}");
     let qemu = std::fs::read_to_string(logs.path().join("qemu.log")).unwrap();
     assert!(qemu.contains("virtest: starting") && qemu.contains("-no-user-config"));
     let runtime = vm.runtime_dir().to_path_buf();
@@ -135,6 +138,9 @@ async fn a_paused_guest_clock_stalls_and_screendumps_are_png() {
     );
     let qmp = std::fs::read_to_string(logs.path().join("qmp.log")).unwrap();
     assert!(!qmp.contains("system_powerdown"), "{qmp}");
+    let events = virtest_qmp::transcript::events(&qmp);
+    assert_eq!(events.last().unwrap()["event"], "SHUTDOWN", "{qmp}");
+    assert_eq!(events.last().unwrap()["data"]["reason"], "host-qmp-quit");
 }
 
 /// Checks a PNG's structure, chunk CRCs and image data size; returns its
