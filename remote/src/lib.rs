@@ -21,4 +21,4 @@ pub use error::{Error, Result};
 pub use result::CmdResult;
 pub use serial::SerialSession;
 pub use session::Session;
-pub use ssh::{Auth, OutputStream, RunOptions, SshConfig, SshSession};
+pub use ssh::{Auth, MAX_CONNECTIONS, OutputStream, RunOptions, SshConfig, SshSession};

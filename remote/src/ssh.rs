@@ -1,17 +1,21 @@
 //! SSH sessions into a guest, on async-ssh2-lite.
 //!
-//! One session is driven by one task at a time (async-ssh2-lite can panic
-//! when a session is polled from several tasks at once, its issue #28), so
-//! commands from many tasks take turns on it.
+//! A session is a small pool of logged-in SSH connections, each running
+//! one command at a time: a long command never makes another task's wait,
+//! and one connection is never driven by two tasks at once (which
+//! async-ssh2-lite does not support, its issue #28). A connection is put
+//! back for the next command only when its command ran to its end; one
+//! cut short (a timeout, output over the limit, a local file that failed)
+//! may leave libssh2 mid-packet, so it is closed instead.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_ssh2_lite::AsyncSession;
 use async_ssh2_lite::ssh2::HashType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -89,9 +93,21 @@ impl Default for RunOptions {
     }
 }
 
-/// A logged-in SSH session.
+/// At most this many commands of one session run at once, each on its
+/// own connection; more wait their turn.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// A logged-in SSH session: commands from many tasks run at once, on up
+/// to [`MAX_CONNECTIONS`] connections that share its login and host key.
 pub struct SshSession {
-    session: tokio::sync::Mutex<AsyncSession<SshSocket>>,
+    /// Logged-in connections that run no command.
+    idle: std::sync::Mutex<Vec<AsyncSession<SshSocket>>>,
+    /// A permit for each command running.
+    running: tokio::sync::Semaphore,
+    /// Held while a connection is being opened.
+    opening: tokio::sync::Mutex<()>,
+    /// How to open another connection: the first one's host key pinned.
+    config: SshConfig,
     /// Every command of this session logs inside it.
     span: tracing::Span,
     addr: SocketAddr,
@@ -113,85 +129,22 @@ impl fmt::Debug for SshSession {
 impl SshSession {
     /// Connects, checks the host key, and logs in, once.
     pub async fn connect(config: &SshConfig, deadline: Duration) -> Result<SshSession> {
-        let addr = config.addr;
-        let attempt = async {
-            let connected = |stream: tokio::net::TcpStream| {
-                // SSH sends small packets and waits for answers: Nagle's
-                // algorithm meeting the guest's delayed ACK cost ~40 ms a
-                // command.
-                stream.set_nodelay(true)?;
-                SshSocket::new(stream.into_std()?)
-            };
-            let socket = tokio::net::TcpStream::connect(addr)
-                .await
-                .and_then(connected)
-                .map_err(|source| Error::Connect { addr, source })?;
-            let mut session = AsyncSession::new(socket, None).map_err(|e| Error::Handshake {
-                addr,
-                reason: e.to_string(),
-            })?;
-            session.handshake().await.map_err(|e| Error::Handshake {
-                addr,
-                reason: e.to_string(),
-            })?;
-            let (blob, _) = session.host_key().ok_or_else(|| Error::Handshake {
-                addr,
-                reason: "the server sent no host key".into(),
-            })?;
-            let blob = blob.to_vec();
-            let fingerprint = session
-                .host_key_hash(HashType::Sha256)
-                .map(|h| format!("SHA256:{}", base64(h)))
-                .unwrap_or_default();
-            if !config.known_host_keys.is_empty()
-                && !config
-                    .known_host_keys
-                    .iter()
-                    .any(|k| public_key_blob(k).as_deref() == Some(&blob[..]))
-            {
-                return Err(Error::HostKey {
-                    addr,
-                    got: fingerprint,
-                });
-            }
-            let refused = |e: async_ssh2_lite::Error| Error::Auth {
-                user: config.user.clone(),
-                addr,
-                method: config.auth.method(),
-                reason: e.to_string(),
-            };
-            match &config.auth {
-                Auth::Password(password) => session
-                    .userauth_password(&config.user, password)
-                    .await
-                    .map_err(refused)?,
-                Auth::KeyFile(path) => session
-                    .userauth_pubkey_file(&config.user, None, path, None)
-                    .await
-                    .map_err(refused)?,
-                Auth::Key(key) => session
-                    .userauth_pubkey_memory(&config.user, None, key, None)
-                    .await
-                    .map_err(refused)?,
-            }
-            tracing::debug!(%addr, user = %config.user, method = config.auth.method(), host_key = %fingerprint, "SSH login");
-            Ok(SshSession {
-                session: tokio::sync::Mutex::new(session),
-                span: tracing::info_span!("ssh", %addr, user = %config.user),
-                addr,
-                user: config.user.clone(),
-                host_key_fingerprint: fingerprint,
-                host_key: openssh_line(&blob),
-            })
-        };
-        tokio::time::timeout(deadline, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Handshake {
-                    addr,
-                    reason: format!("no answer within {deadline:?}"),
-                })
-            })
+        let (session, blob, fingerprint) = open(config, deadline).await?;
+        let host_key = openssh_line(&blob);
+        Ok(SshSession {
+            idle: std::sync::Mutex::new(vec![session]),
+            running: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
+            opening: tokio::sync::Mutex::new(()),
+            config: SshConfig {
+                known_host_keys: vec![host_key.clone()],
+                ..config.clone()
+            },
+            span: tracing::info_span!("ssh", addr = %config.addr, user = %config.user),
+            addr: config.addr,
+            user: config.user.clone(),
+            host_key_fingerprint: fingerprint,
+            host_key,
+        })
     }
 
     /// Retries [`SshSession::connect`] with short backoff until the guest
@@ -243,7 +196,7 @@ impl SshSession {
         self.finish(
             command,
             options,
-            self.exec(command, None, options, None).await?,
+            self.exec(command, Streams::default(), options).await?,
         )
     }
 
@@ -256,9 +209,11 @@ impl SshSession {
         options: &RunOptions,
         mut on_line: impl FnMut(OutputStream, &str) + Send,
     ) -> Result<CmdResult> {
-        let raw = self
-            .exec(command, None, options, Some(&mut on_line))
-            .await?;
+        let streams = Streams {
+            on_line: Some(&mut on_line),
+            ..Streams::default()
+        };
+        let raw = self.exec(command, streams, options).await?;
         self.finish(command, options, raw)
     }
 
@@ -280,75 +235,22 @@ impl SshSession {
         Ok(result)
     }
 
-    /// Runs a command, writing `input` to its stdin first (then end of
-    /// file), and returns its output as bytes. Status is not checked.
+    /// Runs a command with its stdin and stdout as `streams` say, and
+    /// returns its output (stdout only when it was kept). Status is not
+    /// checked.
     pub(crate) async fn exec(
         &self,
         command: &str,
-        input: Option<&[u8]>,
+        streams: Streams<'_>,
         options: &RunOptions,
-        on_line: Option<LineSink<'_>>,
     ) -> Result<RawOutput> {
-        let session = self.session.lock().await;
         let start = Instant::now();
-        let fail = |reason: String| Error::Channel {
-            command: command.to_string(),
-            reason,
-        };
         let exec = async {
-            let mut channel = session
-                .channel_session()
-                .await
-                .map_err(|e| fail(describe(&e)))?;
-            channel
-                .exec(command)
-                .await
-                .map_err(|e| fail(describe(&e)))?;
-            if let Some(input) = input {
-                channel
-                    .write_all(input)
-                    .await
-                    .map_err(|e| fail(format!("writing its input: {e}")))?;
-            }
-            channel.send_eof().await.map_err(|e| fail(describe(&e)))?;
-            let mut stderr_stream = channel.stderr();
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-            let on_line = std::sync::Mutex::new(on_line);
-            // Both streams at once: a full stderr window must not stall
-            // stdout. The first error ends both.
-            let limit = options.max_output;
-            tokio::try_join!(
-                drain(
-                    &mut channel,
-                    &mut stdout,
-                    OutputStream::Stdout,
-                    limit,
-                    &on_line
-                ),
-                drain(
-                    &mut stderr_stream,
-                    &mut stderr,
-                    OutputStream::Stderr,
-                    limit,
-                    &on_line
-                )
-            )
-            .map_err(|e| match e {
-                Drained::TooLarge(stream) => Error::OutputTooLarge {
-                    command: command.to_string(),
-                    stream,
-                    limit,
-                },
-                Drained::Failed(e) => fail(format!("reading its output: {e}")),
-            })?;
-            channel.wait_close().await.map_err(|e| fail(describe(&e)))?;
-            let exit_status = channel.exit_status().map_err(|e| fail(describe(&e)))?;
-            Ok(RawOutput {
-                stdout,
-                stderr,
-                exit_status,
-                duration: start.elapsed(),
-            })
+            let _running = self.running.acquire().await.expect("never closed");
+            let session = self.take_connection().await?;
+            let output = run_on(&session, command, streams, options, start).await?;
+            self.idle.lock().expect("idle lock").push(session);
+            Ok(output)
         };
         // Its own span, so that a harness can say which command a test
         // is waiting on.
@@ -362,6 +264,193 @@ impl SshSession {
                 })
             })
     }
+
+    /// An idle connection, or else a new one. Connections are opened
+    /// one at a time: dropbear refuses a sixth unauthenticated
+    /// connection from one address.
+    async fn take_connection(&self) -> Result<AsyncSession<SshSocket>> {
+        if let Some(session) = self.idle.lock().expect("idle lock").pop() {
+            return Ok(session);
+        }
+        let _opening = self.opening.lock().await;
+        // One may have come back while this waited.
+        if let Some(session) = self.idle.lock().expect("idle lock").pop() {
+            return Ok(session);
+        }
+        let (session, _, _) = open(&self.config, LOGIN_DEADLINE).await?;
+        tracing::debug!(parent: &self.span, "opened another connection");
+        Ok(session)
+    }
+}
+
+/// How long opening another connection of a session may take.
+const LOGIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Connects to `config.addr`, checks the host key and logs in: the
+/// session, its host key blob and fingerprint.
+async fn open(
+    config: &SshConfig,
+    deadline: Duration,
+) -> Result<(AsyncSession<SshSocket>, Vec<u8>, String)> {
+    let addr = config.addr;
+    let attempt = async {
+        let connected = |stream: tokio::net::TcpStream| {
+            // SSH sends small packets and waits for answers: Nagle's
+            // algorithm meeting the guest's delayed ACK cost ~40 ms a
+            // command.
+            stream.set_nodelay(true)?;
+            SshSocket::new(stream.into_std()?)
+        };
+        let socket = tokio::net::TcpStream::connect(addr)
+            .await
+            .and_then(connected)
+            .map_err(|source| Error::Connect { addr, source })?;
+        let mut session = AsyncSession::new(socket, None).map_err(|e| Error::Handshake {
+            addr,
+            reason: e.to_string(),
+        })?;
+        session.handshake().await.map_err(|e| Error::Handshake {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let (blob, _) = session.host_key().ok_or_else(|| Error::Handshake {
+            addr,
+            reason: "the server sent no host key".into(),
+        })?;
+        let blob = blob.to_vec();
+        let fingerprint = session
+            .host_key_hash(HashType::Sha256)
+            .map(|h| format!("SHA256:{}", base64(h)))
+            .unwrap_or_default();
+        if !config.known_host_keys.is_empty()
+            && !config
+                .known_host_keys
+                .iter()
+                .any(|k| public_key_blob(k).as_deref() == Some(&blob[..]))
+        {
+            return Err(Error::HostKey {
+                addr,
+                got: fingerprint,
+            });
+        }
+        let refused = |e: async_ssh2_lite::Error| Error::Auth {
+            user: config.user.clone(),
+            addr,
+            method: config.auth.method(),
+            reason: e.to_string(),
+        };
+        match &config.auth {
+            Auth::Password(password) => session
+                .userauth_password(&config.user, password)
+                .await
+                .map_err(refused)?,
+            Auth::KeyFile(path) => session
+                .userauth_pubkey_file(&config.user, None, path, None)
+                .await
+                .map_err(refused)?,
+            Auth::Key(key) => session
+                .userauth_pubkey_memory(&config.user, None, key, None)
+                .await
+                .map_err(refused)?,
+        }
+        tracing::debug!(%addr, user = %config.user, method = config.auth.method(), host_key = %fingerprint, "SSH login");
+        Ok((session, blob, fingerprint))
+    };
+    tokio::time::timeout(deadline, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Handshake {
+                addr,
+                reason: format!("no answer within {deadline:?}"),
+            })
+        })
+}
+
+/// Runs `command` on one connection, its streams as `streams` say.
+async fn run_on(
+    session: &AsyncSession<SshSocket>,
+    command: &str,
+    mut streams: Streams<'_>,
+    options: &RunOptions,
+    start: Instant,
+) -> Result<RawOutput> {
+    let fail = |reason: String| Error::Channel {
+        command: command.to_string(),
+        reason,
+    };
+    let local = |path: &Path, source: std::io::Error| Error::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut channel = session
+        .channel_session()
+        .await
+        .map_err(|e| fail(describe(&e)))?;
+    channel
+        .exec(command)
+        .await
+        .map_err(|e| fail(describe(&e)))?;
+    if let Some((input, path)) = streams.stdin.take() {
+        // Written whole before the output is read: the commands
+        // that take input here write little.
+        let mut to_channel = std::pin::pin!(&mut channel);
+        copy(input, &mut to_channel).await.map_err(|e| match e {
+            Copy::Read(e) => local(path, e),
+            Copy::Write(e) => fail(format!("writing its input: {e}")),
+        })?;
+    }
+    channel.send_eof().await.map_err(|e| fail(describe(&e)))?;
+    let mut stderr_stream = channel.stderr();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let on_line = std::sync::Mutex::new(streams.on_line.take());
+    // Both streams at once: a full stderr window must not stall
+    // stdout. The first error ends both.
+    let limit = options.max_output;
+    let stdout_done = async {
+        match streams.stdout.take() {
+            Some((sink, path)) => copy(&mut channel, sink)
+                .await
+                .map(drop)
+                .map_err(|e| match e {
+                    Copy::Read(e) => Drained::Failed(e),
+                    Copy::Write(e) => Drained::Local(path, e),
+                }),
+            None => {
+                drain(
+                    &mut channel,
+                    &mut stdout,
+                    OutputStream::Stdout,
+                    limit,
+                    &on_line,
+                )
+                .await
+            }
+        }
+    };
+    let stderr_done = drain(
+        &mut stderr_stream,
+        &mut stderr,
+        OutputStream::Stderr,
+        limit,
+        &on_line,
+    );
+    tokio::try_join!(stdout_done, stderr_done).map_err(|e| match e {
+        Drained::TooLarge(stream) => Error::OutputTooLarge {
+            command: command.to_string(),
+            stream,
+            limit,
+        },
+        Drained::Failed(e) => fail(format!("reading its output: {e}")),
+        Drained::Local(path, e) => local(path, e),
+    })?;
+    channel.wait_close().await.map_err(|e| fail(describe(&e)))?;
+    let exit_status = channel.exit_status().map_err(|e| fail(describe(&e)))?;
+    Ok(RawOutput {
+        stdout,
+        stderr,
+        exit_status,
+        duration: start.elapsed(),
+    })
 }
 
 /// An SSH library error in words: a connection the guest closed (it
@@ -398,12 +487,49 @@ pub enum OutputStream {
 /// Where lines go as they arrive.
 pub(crate) type LineSink<'a> = &'a mut (dyn FnMut(OutputStream, &str) + Send);
 
+/// Where a command's stdin comes from and its stdout goes, with the
+/// local file each stands for (named in errors).
+#[derive(Default)]
+pub(crate) struct Streams<'a> {
+    /// Copied to its stdin, then end of file (none: end of file at once).
+    pub(crate) stdin: Option<(&'a mut (dyn AsyncRead + Unpin + Send), &'a Path)>,
+    /// Where stdout is copied as it arrives (none: kept, up to
+    /// [`RunOptions::max_output`]).
+    pub(crate) stdout: Option<(&'a mut (dyn AsyncWrite + Unpin + Send), &'a Path)>,
+    /// Gets each line of kept output as it arrives.
+    pub(crate) on_line: Option<LineSink<'a>>,
+}
+
 /// Why a stream was not read to its end.
-enum Drained {
+enum Drained<'a> {
     /// It carried more than the limit.
     TooLarge(OutputStream),
     /// Reading it failed.
     Failed(std::io::Error),
+    /// Writing it to the local file failed.
+    Local(&'a Path, std::io::Error),
+}
+
+/// Which side of a copy failed.
+enum Copy {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies `from` to its end into `to`, then flushes `to`.
+async fn copy<R, W>(mut from: R, mut to: W) -> std::result::Result<(), Copy>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = from.read(&mut chunk).await.map_err(Copy::Read)?;
+        if n == 0 {
+            return to.flush().await.map_err(Copy::Write);
+        }
+        to.write_all(&chunk[..n]).await.map_err(Copy::Write)?;
+    }
 }
 
 /// Reads a stream to its end into `out` (at most `limit` bytes), handing
@@ -415,7 +541,7 @@ async fn drain<R: tokio::io::AsyncRead + Unpin>(
     which: OutputStream,
     limit: usize,
     sink: &std::sync::Mutex<Option<LineSink<'_>>>,
-) -> std::result::Result<(), Drained> {
+) -> std::result::Result<(), Drained<'static>> {
     let mut chunk = vec![0u8; 32 << 10];
     let mut line_start = 0;
     loop {

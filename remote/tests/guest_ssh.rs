@@ -129,7 +129,7 @@ async fn commands_run_with_exit_codes_separate_streams_big_output_and_deadlines(
 }
 
 #[tokio::test]
-async fn eight_concurrent_commands_share_one_session_and_password_login_works() {
+async fn commands_from_many_tasks_run_at_once_and_password_login_works() {
     let mut vm = Qemu::boot(common::guest(), false);
     vm.wait_ready(1, Duration::from_secs(30));
     let password = Auth::Password(common::guest().credentials.password.clone());
@@ -138,7 +138,8 @@ async fn eight_concurrent_commands_share_one_session_and_password_login_works() 
             .await
             .unwrap(),
     );
-    let tasks: Vec<_> = (0..8)
+    // More tasks than connections: the rest wait their turn.
+    let tasks: Vec<_> = (0..virtest::remote::MAX_CONNECTIONS + 4)
         .map(|i| {
             let ssh = ssh.clone();
             tokio::spawn(async move { ssh.run(&format!("echo task-{i}")).await.unwrap().stdout })
@@ -147,6 +148,28 @@ async fn eight_concurrent_commands_share_one_session_and_password_login_works() 
     for (i, task) in tasks.into_iter().enumerate() {
         assert_eq!(task.await.unwrap(), format!("task-{i}\n"));
     }
+
+    // A command that waits for another never holds it up: the reader of
+    // a FIFO ends only once the writer, sent after it, has run.
+    ssh.run("mkfifo /tmp/fifo").await.unwrap();
+    let reader = tokio::spawn({
+        let ssh = ssh.clone();
+        let options = RunOptions {
+            timeout: Duration::from_secs(30),
+            ..RunOptions::default()
+        };
+        async move { ssh.run_with("cat /tmp/fifo", &options).await }
+    });
+    // Let the reader's command start first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writer = RunOptions {
+        timeout: Duration::from_secs(30),
+        ..RunOptions::default()
+    };
+    ssh.run_with("echo through > /tmp/fifo", &writer)
+        .await
+        .unwrap();
+    assert_eq!(reader.await.unwrap().unwrap().stdout, "through\n");
 
     // A wrong password is refused at once, not retried to a timeout.
     let start = Instant::now();
@@ -296,15 +319,63 @@ async fn files_and_trees_round_trip_with_their_modes() {
     assert_eq!(mode(&returned.join("sub/deeper/secret")), 0o600);
     assert_eq!(mode(&returned.join("script.sh")), 0o755);
 
-    // A missing remote file is an error that names the command.
-    let err = ssh
-        .receive_file("/nonexistent", &local.path().join("x"))
+    // 24 MiB, more than any buffer on the way: streamed, not held.
+    let big = local.path().join("big");
+    ssh.run("head -c 25165824 /dev/urandom > /tmp/big")
         .await
-        .unwrap_err();
+        .unwrap();
+    ssh.receive_file("/tmp/big", &big).await.unwrap();
+    let guest_sum = ssh.run("md5sum < /tmp/big").await.unwrap().stdout;
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 24 << 20);
+    ssh.run("rm /tmp/big").await.unwrap();
+    ssh.send_file(&big, "/tmp/big again").await.unwrap();
+    assert_eq!(
+        ssh.run("md5sum < '/tmp/big again'").await.unwrap().stdout,
+        guest_sum
+    );
+    ssh.run("rm '/tmp/big again'").await.unwrap();
+
+    // A missing remote file is an error that names the command, and the
+    // destination is left as it was, with no partial file beside it.
+    let kept = local.path().join("kept");
+    std::fs::write(&kept, "before").unwrap();
+    let err = ssh.receive_file("/nonexistent", &kept).await.unwrap_err();
     assert!(
         matches!(err, Error::Exit(_)) && err.to_string().contains("/nonexistent"),
         "{err}"
     );
+    let err = ssh.receive_file("/proc/self/mem", &kept).await.unwrap_err();
+    assert!(matches!(err, Error::Exit(_)), "{err}");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "before");
+    let entries = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        entries(local.path()),
+        ["back", "big", "blob", "kept", "returned", "tree"]
+    );
+
+    // Local trouble names the local path, and the session carries on.
+    let missing = local.path().join("no such tree");
+    let err = ssh.send_tree(&missing, "/tmp/t2").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Local { path, .. } if *path == missing),
+        "{err}"
+    );
+    let blocked = local.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("sub"), "a file where the tree has a directory").unwrap();
+    let err = ssh.receive_tree("/tmp/tree", &blocked).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Local { path, .. } if *path == blocked),
+        "{err}"
+    );
+    assert_eq!(ssh.run("echo on").await.unwrap().stdout, "on\n");
 }
 
 #[tokio::test]
