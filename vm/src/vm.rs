@@ -1,35 +1,37 @@
 //! [`Vm`]: one guest's whole life, from `power_on` to `power_off`.
+//!
+//! Here: the VM's state, its QEMU process and logs, and what QMP does to
+//! a running guest. Starting and ending QEMU are in `power`, logging in
+//! by SSH in `login`; the crate's other modules add the agent, the
+//! serial console, hot-plug and networks.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use qapi::Enum;
-use qapi::qmp::{
-    ImageFormat, RunState, cont, query_status, quit, screendump, stop, system_powerdown,
-    system_reset,
-};
+use qapi::qmp::{ImageFormat, RunState, cont, query_status, screendump, stop, system_reset};
 use serde_json::Value;
 use tracing::Instrument;
 use virtest_qemu_cmdline::QemuCmdline;
-use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
-use virtest_qemu_cmdline::binary::{self, BinaryKind, Version};
 use virtest_qmp::{Qmp, TranscriptWriter};
-use virtest_remote::{Auth, SshConfig, SshSession};
+use virtest_remote::SshSession;
 
-use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
-use virtest_guest::snapshots::SnapshotStore;
 
-use crate::config::{Login, VmConfig};
+use crate::config::VmConfig;
 use crate::console::{Console, ConsoleCursor};
 use crate::dirs;
 use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
 use crate::instance::{Endpoints, Files, Instance};
-use crate::launch::{ConsoleOutput, GuestLaunch};
 use crate::network::NetworkNic;
-use crate::snapshot::{self, BootMode, Start};
+use crate::snapshot::{BootMode, Start};
+
+mod login;
+mod power;
+
+pub use login::SshAccess;
+pub use power::PowerOff;
 
 /// What the VM is doing, as QEMU says (`query-status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,50 +59,6 @@ pub enum Reboot {
     Guest,
     /// QEMU resets the machine (`system_reset`), like a reset button.
     Forced,
-}
-
-/// The QEMU binary (`explicit`, else `$QEMU`, else PATH), the
-/// accelerator for `asked`, and QEMU's version. Blocking: it spawns QEMU
-/// to probe it (once per binary and process).
-fn resolve_qemu(explicit: Option<&Path>, asked: Accel) -> Result<(PathBuf, Chosen, Version)> {
-    let qemu = binary::find(BinaryKind::System, explicit).map_err(Error::Qemu)?;
-    let probe = binary::probe(&qemu).map_err(Error::Qemu)?;
-    let decision =
-        accel::choose(asked, &HostKvm::detect(), probe.has_accel("kvm")).map_err(Error::Qemu)?;
-    tracing::debug!(accel = decision.accel.as_str(), reason = %decision.reason, "accelerator");
-    Ok((qemu, decision.accel, probe.version))
-}
-
-/// How to log into a running guest by SSH, for a person: see
-/// [`Vm::ssh_access`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshAccess {
-    /// The port on 127.0.0.1.
-    pub port: u16,
-    /// The user.
-    pub user: String,
-    /// The private key, or `None` for a password login (the password is
-    /// not given out).
-    pub key: Option<PathBuf>,
-    /// The guest's host key (`ssh-ed25519 AAAA...`), once a login saw it.
-    pub host_key: Option<String>,
-}
-
-/// How `power_off` ended QEMU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerOff {
-    /// The VM was not on.
-    AlreadyOff,
-    /// QEMU had already exited (the guest shut itself down).
-    ByGuest,
-    /// The guest powered off after the ACPI power button.
-    Graceful,
-    /// QEMU quit when asked over QMP.
-    Quit,
-    /// QEMU exited on SIGTERM.
-    Terminated,
-    /// QEMU was killed with SIGKILL.
-    Killed,
 }
 
 /// A virtual machine: made from a [`VmConfig`], started by
@@ -285,272 +243,6 @@ impl Vm {
     /// The tracing span of this VM.
     pub fn span(&self) -> &tracing::Span {
         &self.span
-    }
-
-    /// Starts QEMU: private directories (mode 0700), the console read
-    /// into `console.log` and [`Vm::console`], QMP connected with its
-    /// transcript in `qmp.log`, QEMU's output in `qemu.log`, and the
-    /// guest's sshd forwarded from a free port on 127.0.0.1. Returns once
-    /// QMP answers; the guest is then booting.
-    ///
-    /// With [`BootMode::Snapshot`] the guest is restored from its ready
-    /// snapshot instead (made first, by booting, when there is none): it
-    /// is ready when this returns, and the first login refreshes its
-    /// entropy and clock. [`Vm::start`] says which start it had.
-    pub async fn power_on(&mut self) -> Result<()> {
-        let span = tracing::info_span!(parent: &self.span, "power_on");
-        self.power_on_inner().instrument(span).await
-    }
-
-    async fn power_on_inner(&mut self) -> Result<()> {
-        if let Some(instance) = self.instance.as_ref().filter(|i| i.is_running()) {
-            return Err(Error::AlreadyOn {
-                pid: instance.pid(),
-            });
-        }
-        self.instance = None;
-        self.remote = None;
-        self.serial = None;
-        for device in std::mem::take(&mut self.hotplugged) {
-            device.release(self.name());
-        }
-        // Finding and probing QEMU spawns it and waits: not on the async
-        // workers, which other tests' VMs share.
-        let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
-        let (qemu, accel, qemu_version) =
-            tokio::task::spawn_blocking(move || resolve_qemu(explicit.as_deref(), asked))
-                .await
-                .map_err(|e| Error::State {
-                    what: format!("finding QEMU failed: {e}"),
-                })??;
-        let binary = qemu.clone();
-        dirs::create_runtime_dir(&self.runtime_dir)?;
-        dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
-            what: "creating the VM directory",
-            path: self.log_dir.clone(),
-            source,
-        })?;
-        let first_power_on = self.disks.is_none();
-        if first_power_on {
-            self.disks = Some(self.create_disks().await?);
-        }
-        let config = self.config.clone();
-        let disks = self.disks.as_ref().expect("made above");
-        let (overlays, uefi) = (disks.overlays().to_vec(), disks.uefi().cloned());
-        let seed = disks.seed().map(Path::to_path_buf);
-        let generation_id =
-            self.config.boot == BootMode::Snapshot && self.snapshot_unsupported().is_none();
-        let launch = move |endpoints: &Endpoints| {
-            let mut cmdline = GuestLaunch {
-                guest: &config.guest,
-                qemu: qemu.clone(),
-                accel,
-                qemu_version: Some(qemu_version),
-                memory_mib: config.memory_mib,
-                cpus: config.cpus,
-                ssh_host_port: 0,
-                forward_ports: &config.forward_ports,
-                networks: &config.networks,
-                console: ConsoleOutput::Connect(endpoints.console_socket.clone()),
-                vga: config.vga,
-                qmp_socket: Some(endpoints.qmp_socket.clone()),
-                agent_socket: config.agent.then(|| endpoints.agent_socket.clone()),
-                allow_reboot: true,
-                disks: &overlays,
-                uefi: uefi.as_ref(),
-                seed: seed.as_deref(),
-                generation_id,
-            }
-            .cmdline();
-            for arg in &config.extra_args {
-                cmdline.push(arg.clone());
-            }
-            cmdline
-        };
-        self.boot_cursor = self.console()?.cursor();
-        self.ready_seen = false;
-        let (instance, start) = match self.config.boot {
-            BootMode::Fresh => (
-                self.start_instance_with(&launch).await?,
-                Start::Fresh {
-                    why_not_snapshot: None,
-                },
-            ),
-            BootMode::Snapshot => {
-                self.start_from_snapshot(&binary, &launch, first_power_on)
-                    .await?
-            }
-        };
-        let restored = matches!(
-            start,
-            Start::MadeSnapshot { .. } | Start::FromSnapshot { .. }
-        );
-        self.ready_seen = restored;
-        self.refresh_pending = restored;
-        tracing::info!(
-            pid = instance.pid(),
-            ssh_port = ?instance.endpoints().host_port(self.config.guest.login.port),
-            accel = accel.as_str(),
-            start = %start,
-            "powered on"
-        );
-        self.start = start;
-        self.instance = Some(instance);
-        Ok(())
-    }
-
-    /// Starts from the guest's ready snapshot where one can serve, else
-    /// boots (saying why). A VM with disks restores only at its first
-    /// power_on: later, its disks hold what it wrote, and it boots them.
-    async fn start_from_snapshot(
-        &mut self,
-        qemu: &Path,
-        launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
-        first_power_on: bool,
-    ) -> Result<(Instance, Start)> {
-        let has_disks = self.disks.as_ref().is_some_and(|d| !d.is_empty());
-        let store = match (&self.config.snapshot_dir, self.snapshot_unsupported()) {
-            (_, Some(why)) => Err(why.to_string()),
-            _ if has_disks && !first_power_on => Err(
-                "the VM's disks hold what it wrote since its first start, so it boots them".into(),
-            ),
-            (Some(dir), None) => Ok(SnapshotStore::new(dir)),
-            (None, None) => virtest_guest::cache::default_home()
-                .map(|home| SnapshotStore::in_cache(&home))
-                .map_err(|e| format!("no cache for snapshots: {e}")),
-        };
-        match store {
-            Ok(store) => {
-                let probe = binary::probe(qemu).map_err(Error::Qemu)?;
-                let seed = match self.config.guest.cloud_init.enabled {
-                    true => Some(self.seed()?),
-                    false => None,
-                };
-                let key = snapshot::key(
-                    &self.config.guest,
-                    &probe,
-                    launch,
-                    self.disks.as_ref(),
-                    seed.as_ref(),
-                    &self.config.networks,
-                )?;
-                snapshot::start(self, &store, &key, launch).await
-            }
-            Err(why) => {
-                tracing::debug!(why, "booting fresh");
-                let instance = self.start_instance_with(launch).await?;
-                let why_not_snapshot = Some(why);
-                Ok((instance, Start::Fresh { why_not_snapshot }))
-            }
-        }
-    }
-
-    /// Why no snapshot can serve this VM, if none can.
-    fn snapshot_unsupported(&self) -> Option<&'static str> {
-        let seed_password = matches!(self.config.login, Login::Password(_))
-            || self.config.guest.login.password.is_some();
-        snapshot::unsupported(&self.config.guest, seed_password)
-    }
-
-    /// Makes the VM's disk state the one frozen in a snapshot (nothing
-    /// for a guest without disks).
-    pub(crate) async fn adopt_disks(&mut self, snapshot: &Path) -> Result<()> {
-        match &mut self.disks {
-            Some(disks) => disks.adopt(snapshot).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Moves the VM's disk state into a snapshot being made (QEMU has
-    /// ended).
-    pub(crate) fn freeze_disks_into(&self, snapshot: &Path) -> std::io::Result<()> {
-        match &self.disks {
-            Some(disks) => disks.freeze_into(snapshot),
-            None => Ok(()),
-        }
-    }
-
-    /// Makes the VM's disk state anew from the guest's images, for a
-    /// boot after a snapshot start fell through.
-    pub(crate) async fn recreate_disks(&mut self) -> Result<()> {
-        if self.disks.as_ref().is_some_and(|d| !d.is_empty()) {
-            self.disks = None;
-            self.disks = Some(self.create_disks().await?);
-        }
-        Ok(())
-    }
-
-    /// The overlays over the guest's disks and its UEFI variables, in the
-    /// VM's private `disks/` directory; kept when the config says.
-    async fn create_disks(&self) -> Result<VmDisks> {
-        let guest = &self.config.guest;
-        let dir = self.log_dir.join("disks");
-        let qemu_img = if guest.disks.is_empty() {
-            PathBuf::new()
-        } else {
-            binary::find(BinaryKind::Img, self.config.qemu_img.as_deref()).map_err(Error::Qemu)?
-        };
-        let seed = match guest.cloud_init.enabled {
-            true => Some(self.seed()?),
-            false => None,
-        };
-        let mut disks = VmDisks::create(guest, &dir, &qemu_img, seed.as_ref()).await?;
-        if self.config.keep_disks {
-            disks.keep();
-        }
-        Ok(disks)
-    }
-
-    /// This VM's cloud-init seed: a fresh instance, the login user with
-    /// the login key and the password when one is set.
-    fn seed(&self) -> Result<Seed> {
-        let guest = &self.config.guest;
-        let guest_error = |source| Error::Guest {
-            guest: guest.path.clone(),
-            source,
-        };
-        let key = self.login_key().ok_or_else(|| Error::State {
-            what: "a cloud-init guest needs a login key; none was found".into(),
-        })?;
-        let public = virtest_guest::keys::public_line_of(&key).map_err(guest_error)?;
-        let password = match &self.config.login {
-            Login::Password(password) => Some(password.clone()),
-            Login::Guest | Login::Key(_) => guest.login.password.clone(),
-        };
-        let name = format!("virtest-{}", self.id);
-        Ok(Seed {
-            instance_id: name.clone(),
-            hostname: name,
-            user: self.login_user(),
-            authorized_keys: vec![public],
-            password,
-            user_data: guest.cloud_init.user_data.clone(),
-        })
-    }
-
-    /// The user `login_remote` logs in as.
-    pub(crate) fn login_user(&self) -> String {
-        self.config
-            .user
-            .clone()
-            .unwrap_or_else(|| self.config.guest.login.user.clone())
-    }
-
-    /// The private key logins use: the config's, the guest's, or for a
-    /// cloud-init guest that names none, virtest's own.
-    fn login_key(&self) -> Option<PathBuf> {
-        let guest = &self.config.guest;
-        match &self.config.login {
-            Login::Key(key) => Some(key.clone()),
-            Login::Guest | Login::Password(_) => guest.login.key.clone().or_else(|| {
-                let home = virtest_guest::cache::default_home().ok()?;
-                guest
-                    .cloud_init
-                    .enabled
-                    .then(|| virtest_guest::keys::virtest_key(&home).ok())
-                    .flatten()
-            }),
-        }
     }
 
     /// Starts another QEMU process of this VM from the command line
@@ -894,213 +586,6 @@ impl Vm {
                 source,
             }),
         }
-    }
-
-    /// Logs into the guest over SSH, waiting up to the configured login
-    /// timeout (60 s by default); the session is then [`Vm::remote`].
-    pub async fn login_remote(&mut self) -> Result<&SshSession> {
-        let deadline = self.config.login_timeout;
-        self.login_remote_within(deadline).await
-    }
-
-    /// [`Vm::login_remote`] with its own deadline. On timeout the error
-    /// holds the console's last 30 lines.
-    pub async fn login_remote_within(&mut self, deadline: Duration) -> Result<&SshSession> {
-        let span = tracing::info_span!(parent: &self.span, "login_remote");
-        let start = Instant::now();
-        let port = self
-            .ssh_port()
-            .filter(|_| self.is_on())
-            .ok_or(Error::Off { action: "log in" })?;
-        self.remote = None;
-        async {
-            self.wait_ready_to_log_in(deadline).await?;
-            let config = self.ssh_config(port)?;
-            let left = deadline.saturating_sub(start.elapsed());
-            // The session's span must hang off the VM's, not off this
-            // call's: it lives as long as the session.
-            let login = SshSession::wait_for_login(&config, left).instrument(self.span.clone());
-            match login.await {
-                Ok(session) => {
-                    tracing::info!(elapsed = ?start.elapsed(), port, "logged in");
-                    if std::mem::take(&mut self.refresh_pending) {
-                        match snapshot::refresh(&session).await {
-                            Ok(()) => tracing::debug!("refreshed the restored guest's entropy and clock"),
-                            Err(e) => tracing::warn!(error = %e, "the restored guest shares its clock with the snapshot"),
-                        }
-                    }
-                    if self.nics().next().is_some() {
-                        self.set_network_addresses(&session).await?;
-                    }
-                    if self.host_key.is_none() {
-                        tracing::info!(
-                            fingerprint = session.host_key_fingerprint(),
-                            "trusting the guest's host key on first use; later logins must present it"
-                        );
-                        self.host_key = Some(session.host_key().to_string());
-                    }
-                    Ok(session)
-                }
-                Err(source) => Err(Error::Login {
-                    reason: match &source {
-                        virtest_remote::Error::Auth { .. } => format!(
-                            "the guest refused the login ({source}): check the password or key"
-                        ),
-                        virtest_remote::Error::HostKey { .. } => format!(
-                            "the guest presented another SSH host key than this VM's ({source}): \
-                             the guest is not the one first logged into, or its keys were remade"
-                        ),
-                        _ => format!("no SSH login into the guest within {deadline:?}"),
-                    },
-                    after: deadline,
-                    console_tail: self.console()?.tail(30),
-                    source: Some(Box::new(source)),
-                }),
-            }
-        }
-        .instrument(span)
-        .await
-        .map(|session| &*self.remote.insert(session))
-    }
-
-    /// Waits for the guest's ready signal, as `login_remote` does first;
-    /// a guest that never gives it is an [`Error::Login`] that says so.
-    pub(crate) async fn wait_ready_to_log_in(&mut self, deadline: Duration) -> Result<()> {
-        match self.wait_ready(deadline).await {
-            Err(Error::ConsoleTimeout {
-                pattern,
-                console_tail,
-                ..
-            }) => {
-                let mut reason = format!(
-                    "the guest did not get ready within {deadline:?}: it never printed `{pattern}` on its console"
-                );
-                if let Some(seed) = self.disks.as_ref().and_then(|d| d.seed()) {
-                    reason.push_str(&format!(
-                        " (its cloud-init seed, which prints it, is `{}`)",
-                        seed.display()
-                    ));
-                }
-                Err(Error::Login {
-                    reason,
-                    after: deadline,
-                    console_tail,
-                    source: None,
-                })
-            }
-            other => other,
-        }
-    }
-
-    /// How a person logs into the running guest with OpenSSH: what
-    /// [`Vm::login_remote`] uses (`None` while off or when the guest has
-    /// no way in).
-    pub fn ssh_access(&self) -> Option<SshAccess> {
-        let port = self.ssh_port().filter(|_| self.is_on())?;
-        let config = self.ssh_config(port).ok()?;
-        Some(SshAccess {
-            port,
-            user: config.user,
-            key: match config.auth {
-                Auth::KeyFile(key) => Some(key),
-                Auth::Password(_) | Auth::Key(_) => None,
-            },
-            host_key: self.host_key.clone(),
-        })
-    }
-
-    fn ssh_config(&self, port: u16) -> Result<SshConfig> {
-        let login = &self.config.guest.login;
-        Ok(SshConfig {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            user: self.login_user(),
-            auth: match (&self.config.login, self.login_key(), &login.password) {
-                (Login::Password(password), _, _) => Auth::Password(password.clone()),
-                (Login::Guest | Login::Key(_), Some(key), _) => Auth::KeyFile(key),
-                (Login::Guest | Login::Key(_), None, Some(password)) => {
-                    Auth::Password(password.clone())
-                }
-                (Login::Guest | Login::Key(_), None, None) => {
-                    return Err(Error::State {
-                        what: format!(
-                            "no way to log into guest `{}`: its description gives no key or password, \
-                             and virtest's own key (for a cloud-init guest) could not be made in the cache",
-                            self.config.guest.name
-                        ),
-                    });
-                }
-            },
-            known_host_keys: self.host_key.iter().cloned().collect(),
-        })
-    }
-
-    /// The session `login_remote` opened.
-    pub fn remote(&self) -> Result<&SshSession> {
-        self.remote.as_ref().ok_or(Error::NoRemote)
-    }
-
-    /// Ends QEMU, gently first: the ACPI power button and the configured
-    /// graceful timeout, then QMP `quit`, then SIGTERM, then SIGKILL.
-    /// Always reaps. A guest that already shut itself down is fine.
-    pub async fn power_off(&mut self) -> Result<PowerOff> {
-        let graceful = self.config.graceful_timeout;
-        self.power_off_within(graceful).await
-    }
-
-    /// [`Vm::power_off`], waiting at most `graceful` for the guest; with
-    /// zero, the guest is not asked and QEMU quits at once.
-    pub async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
-        let span = tracing::info_span!(parent: &self.span, "power_off");
-        self.remote = None;
-        self.serial = None;
-        let Some(mut instance) = self.instance.take() else {
-            return Ok(PowerOff::AlreadyOff);
-        };
-        let how = async {
-            if !instance.is_running() {
-                return PowerOff::ByGuest;
-            }
-            let qmp = instance.qmp().clone();
-            let quick = Duration::from_secs(2);
-            let steps: [(PowerOff, Duration); 4] = [
-                (PowerOff::Graceful, graceful),
-                (PowerOff::Quit, Duration::from_secs(3)),
-                (PowerOff::Terminated, Duration::from_secs(3)),
-                (PowerOff::Killed, Duration::from_secs(5)),
-            ];
-            for (how, wait) in steps {
-                match how {
-                    // No time for the guest: do not ask it.
-                    PowerOff::Graceful if wait.is_zero() => continue,
-                    PowerOff::Graceful => {
-                        let asked = qmp.execute_within(system_powerdown {}, quick);
-                        if asked.await.is_err() && !instance.is_running() {
-                            return PowerOff::ByGuest;
-                        }
-                    }
-                    PowerOff::Quit => {
-                        let _ = qmp.execute_within(quit {}, quick).await;
-                    }
-                    PowerOff::Terminated => instance.signal(libc::SIGTERM),
-                    PowerOff::Killed | PowerOff::AlreadyOff | PowerOff::ByGuest => {
-                        instance.signal(libc::SIGKILL)
-                    }
-                }
-                if instance.wait_exit(wait).await.is_some() {
-                    return how;
-                }
-                tracing::debug!(?how, "QEMU still running");
-            }
-            PowerOff::Killed
-        }
-        .instrument(span.clone())
-        .await;
-        instance.drain_console(Duration::from_secs(1)).await;
-        instance.drain_qmp(Duration::from_secs(1)).await;
-        drop(instance);
-        self.qmp_log_written().await;
-        span.in_scope(|| tracing::info!(?how, "powered off"));
-        Ok(how)
     }
 
     /// A QMP command on the running QEMU, its error naming the command.
