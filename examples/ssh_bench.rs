@@ -1,9 +1,11 @@
 //! SSH into the default guest: login time, per-command latency on an open
-//! session, and the host CPU this process uses while the guest runs
-//! `sleep 10`; beside them, in the same run against the same guest,
-//! OpenSSH's client with a ControlMaster (its login, and a command
-//! through the master, which includes starting `ssh`). Prints medians
-//! of several runs.
+//! session (alone, and while another command of the session runs), the
+//! host CPU this process uses while the guest runs `sleep 10`, and a
+//! 32 MiB file's transfer both ways with this process's peak memory
+//! growth; beside them, in the same run against the same guest,
+//! OpenSSH's client with a ControlMaster (its login, a command through
+//! the master, which includes starting `ssh`, and the file through
+//! `cat`). Prints medians of several runs.
 //!
 //! ```sh
 //! cargo run --release --example ssh_bench [RUNS]
@@ -113,6 +115,20 @@ async fn measure(
         ssh.run("true").await?;
         latencies.push(t.elapsed());
     }
+    let mut beside_long = Vec::new();
+    for _ in 0..runs {
+        let long = ssh.run("sleep 1");
+        let quick = async {
+            // Let the long command start first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let t = Instant::now();
+            ssh.run("true").await.map(|_| t.elapsed())
+        };
+        let (long, quick) = tokio::join!(long, quick);
+        long?;
+        beside_long.push(quick?);
+    }
+    let transfers = transfer(&ssh, runs.min(3)).await?;
     let mut cpu_shares = Vec::new();
     for _ in 0..runs.min(3) {
         let (cpu, t) = (cpu_time(), Instant::now());
@@ -132,6 +148,23 @@ async fn measure(
         "  command on an open session  {:>7.1} ms  (`true`, {} runs)",
         common::median(&latencies).as_secs_f64() * 1e3,
         latencies.len()
+    );
+    println!(
+        "  command beside a running one{:>7.1} ms  (`true` while `sleep 1` runs)",
+        common::median(&beside_long).as_secs_f64() * 1e3
+    );
+    let mib_per_s = |took: Duration| TRANSFER_MIB as f64 / took.as_secs_f64();
+    println!(
+        "  receive_file {TRANSFER_MIB} MiB         {:>7.1} MiB/s",
+        mib_per_s(transfers.receive)
+    );
+    println!(
+        "  send_file {TRANSFER_MIB} MiB            {:>7.1} MiB/s",
+        mib_per_s(transfers.send)
+    );
+    println!(
+        "  peak memory growth          {:>7.1} MiB  (this process, across the transfers)",
+        transfers.peak_growth_kib as f64 / 1024.0
     );
     let (openssh_login, openssh_command) = openssh(m, port, runs)?;
     println!(
@@ -204,8 +237,75 @@ fn openssh(
             }
         }
     }
+    let mut cats = Vec::new();
+    for _ in 0..runs.min(3) {
+        let mut command = ssh(&[]);
+        command
+            .arg(format!("cat {GUEST_FILE}"))
+            .stdout(std::fs::File::create(dir.path().join("cat"))?);
+        match run(command) {
+            Ok(took) => cats.push(took),
+            Err(e) => {
+                close();
+                return Err(e);
+            }
+        }
+    }
     close();
+    println!(
+        "  OpenSSH: cat {TRANSFER_MIB} MiB via master {:>5.1} MiB/s",
+        TRANSFER_MIB as f64 / common::median(&cats).as_secs_f64()
+    );
     Ok((common::median(&logins), common::median(&commands)))
+}
+
+/// The size of the file transferred.
+const TRANSFER_MIB: u64 = 32;
+/// Where it is in the guest (left there for OpenSSH's turn).
+const GUEST_FILE: &str = "/tmp/ssh-bench";
+
+/// Median transfer times, and how much this process's peak resident
+/// memory grew across them.
+struct Transfers {
+    receive: Duration,
+    send: Duration,
+    peak_growth_kib: u64,
+}
+
+async fn transfer(ssh: &SshSession, runs: usize) -> Result<Transfers, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("file");
+    ssh.run(&format!(
+        "head -c {} /dev/urandom > {GUEST_FILE}",
+        TRANSFER_MIB << 20
+    ))
+    .await?;
+    let peak_before = peak_rss_kib();
+    let (mut receive, mut send) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        ssh.receive_file(GUEST_FILE, &local).await?;
+        receive.push(t.elapsed());
+        let t = Instant::now();
+        ssh.send_file(&local, "/tmp/ssh-bench-sent").await?;
+        send.push(t.elapsed());
+        ssh.run("rm /tmp/ssh-bench-sent").await?;
+    }
+    Ok(Transfers {
+        receive: common::median(&receive),
+        send: common::median(&send),
+        peak_growth_kib: peak_rss_kib().saturating_sub(peak_before),
+    })
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// User plus system CPU time of this process, from /proc/self/stat.

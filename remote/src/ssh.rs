@@ -522,7 +522,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut chunk = vec![0u8; 64 << 10];
+    let mut chunk = vec![0u8; 256 << 10];
     loop {
         let n = from.read(&mut chunk).await.map_err(Copy::Read)?;
         if n == 0 {

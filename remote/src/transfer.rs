@@ -2,7 +2,7 @@
 //! channel: `cat` for a file and `tar` for a tree, which every guest with
 //! a busybox has (the default guest has no sftp server).
 //!
-//! Transfers stream: a file goes between disk and channel in 64 KiB
+//! Transfers stream: a file goes between disk and channel in 256 KiB
 //! pieces, and a tree's archive is made or unpacked on a blocking thread
 //! at the other end of a pipe, so neither is ever held whole in memory
 //! and no disk access runs on an async worker. A file received arrives
