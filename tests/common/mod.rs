@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
+pub mod slow;
 pub mod stream;
 
 use std::io::Read;
@@ -389,4 +390,37 @@ pub async fn run_job(
     };
     let job = runner::run_job(defs, planned, &options).await.unwrap();
     (tmp, job)
+}
+
+/// The processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a VM's QEMU, not one probed for its version or
+/// accelerators (`-version`, `-accel help`), which ends at once.
+pub fn is_qemu(pid: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let runs_a_vm = cmdline.split(|&b| b == 0).any(|arg| arg == b"-chardev");
+    comm.starts_with("qemu-system") && runs_a_vm
 }
