@@ -79,6 +79,40 @@ pub struct Bootstrapped {
     pub steps: Vec<(&'static str, Duration)>,
 }
 
+/// A program the default guest is built with, as [`sources::binary`]
+/// looks for it and an error names what is missing.
+struct Part {
+    /// Its name in errors.
+    what: &'static str,
+    /// The `virtest bootstrap` flag that names one.
+    flag: &'static str,
+    /// The Debian package it comes from.
+    package: &'static str,
+    /// Whether a file is a usable one (`Err`: why not).
+    accept: fn(&Path) -> std::result::Result<(), String>,
+}
+
+const BUSYBOX: Part = Part {
+    what: "static busybox",
+    flag: "--busybox PATH",
+    package: "busybox-static",
+    accept: sources::accept_static,
+};
+
+const DROPBEAR: Part = Part {
+    what: "dropbear",
+    flag: "--dropbear PATH",
+    package: "dropbear-bin",
+    accept: sources::accept_elf,
+};
+
+const QEMU_GA: Part = Part {
+    what: "the guest agent (qemu-ga)",
+    flag: "--qemu-ga PATH",
+    package: "qemu-guest-agent",
+    accept: sources::accept_elf,
+};
+
 /// Makes sure the default guest is built and good, building it if not.
 pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     let mut steps = Steps::new();
@@ -105,45 +139,19 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     let host = opts.host.as_ref().unwrap_or(&empty_host);
     let apt = opts.apt.as_ref();
     let kernel_src = sources::kernel(&opts.user, host, apt, deb_arch)?;
-    let busybox_src = sources::binary(
-        opts.user.busybox.as_deref(),
-        &host.busybox,
-        sources::accept_static,
-        apt,
-        "busybox-static",
-    )
-    .map_err(|tried| Error::MissingComponent {
-        what: "static busybox",
-        flag: "--busybox PATH",
-        package: "busybox-static",
-        tried,
-    })?;
-    let dropbear_src = sources::binary(
-        opts.user.dropbear.as_deref(),
-        &host.dropbear,
-        sources::accept_elf,
-        apt,
-        "dropbear-bin",
-    )
-    .map_err(|tried| Error::MissingComponent {
-        what: "dropbear",
-        flag: "--dropbear PATH",
-        package: "dropbear-bin",
-        tried,
-    })?;
-    let qemu_ga_src = sources::binary(
-        opts.user.qemu_ga.as_deref(),
-        &host.qemu_ga,
-        sources::accept_elf,
-        apt,
-        "qemu-guest-agent",
-    )
-    .map_err(|tried| Error::MissingComponent {
-        what: "the guest agent (qemu-ga)",
-        flag: "--qemu-ga PATH",
-        package: "qemu-guest-agent",
-        tried,
-    })?;
+    let binary = |user: Option<&Path>, host: &[PathBuf], part: &Part| {
+        sources::binary(user, host, part.accept, apt, part.package).map_err(|tried| {
+            Error::MissingComponent {
+                what: part.what,
+                flag: part.flag,
+                package: part.package,
+                tried,
+            }
+        })
+    };
+    let busybox_src = binary(opts.user.busybox.as_deref(), &host.busybox, &BUSYBOX)?;
+    let dropbear_src = binary(opts.user.dropbear.as_deref(), &host.dropbear, &DROPBEAR)?;
+    let qemu_ga_src = binary(opts.user.qemu_ga.as_deref(), &host.qemu_ga, &QEMU_GA)?;
     steps.done("locate");
 
     let inputs = inputs_fingerprint(

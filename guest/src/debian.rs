@@ -7,7 +7,7 @@
 //!
 //! The build, as root: `mmdebstrap` into a directory, a few files and
 //! unit links written, the directory made a bootable disk
-//! ([`crate::boot_disk`]), then `qemu-img convert` to qcow2.
+//! (`boot_disk`), then `qemu-img convert` to qcow2.
 
 use std::fs;
 use std::path::{Path, PathBuf};

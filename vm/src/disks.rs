@@ -6,6 +6,7 @@
 //! cycles and migrations (a destination opens the very same files), and
 //! removed with the VM unless it is asked to keep them.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -244,6 +245,28 @@ async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Resul
     .map_err(guest_error)
 }
 
+/// Runs `qemu-img create -q -f qcow2 ARGS...`: `Err` with qemu-img's
+/// own message when it fails.
+pub(crate) async fn qemu_img_create(
+    qemu_img: &Path,
+    args: &[&OsStr],
+) -> Result<std::result::Result<(), String>> {
+    let output = tokio::process::Command::new(qemu_img)
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            binary: qemu_img.to_path_buf(),
+            source,
+        })?;
+    Ok(match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stderr).trim().to_string()),
+    })
+}
+
 /// `qemu-img create -f qcow2 -b BASE -F FORMAT OVERLAY`, after checking
 /// that the base is there; qemu-img's own message (say, a file that is
 /// not in the format the description names) is passed on with the path.
@@ -259,30 +282,17 @@ async fn create_overlay(qemu_img: &Path, overlay: &Overlay) -> Result<()> {
         Err(e) => return Err(bad(format!("the image cannot be used ({e})"))),
     }
     let started = Instant::now();
-    let output = tokio::process::Command::new(qemu_img)
-        .arg("create")
-        .args([
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            overlay.base_format.as_str(),
-            "-b",
-        ])
-        .arg(base)
-        .arg(&overlay.path)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            binary: qemu_img.to_path_buf(),
-            source,
-        })?;
-    if !output.status.success() {
-        let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let format = overlay.base_format.as_str();
+    let args = [
+        "-F".as_ref(),
+        format.as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        overlay.path.as_os_str(),
+    ];
+    if let Err(said) = qemu_img_create(qemu_img, &args).await? {
         return Err(bad(format!(
-            "qemu-img could not make an overlay over it as {}: {said}",
-            overlay.base_format.as_str()
+            "qemu-img could not make an overlay over it as {format}: {said}"
         )));
     }
     tracing::debug!(

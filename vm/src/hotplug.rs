@@ -477,27 +477,15 @@ fn refused(id: &str, command: &str, error: virtest_qmp::Error) -> Error {
 async fn create_qcow2(vm: &Vm, file: &std::path::Path, size_mib: u64) -> Result<()> {
     let qemu_img =
         binary::find(BinaryKind::Img, vm.config().qemu_img.as_deref()).map_err(Error::Qemu)?;
-    let output = tokio::process::Command::new(&qemu_img)
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(file)
-        .arg(format!("{size_mib}M"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            binary: qemu_img.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(Error::Disk {
+    let size = format!("{size_mib}M");
+    let args = [file.as_os_str(), size.as_ref()];
+    match crate::disks::qemu_img_create(&qemu_img, &args).await? {
+        Ok(()) => Ok(()),
+        Err(said) => Err(Error::Disk {
             path: file.to_path_buf(),
-            reason: format!(
-                "qemu-img could not make it: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
+            reason: format!("qemu-img could not make it: {said}"),
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
