@@ -3,11 +3,12 @@
 //! the process's CPU time per command. Prints medians of several runs.
 //!
 //! ```sh
-//! cargo run --release -p virtest-qmp --example qmp_bench [COMMANDS] [RUNS] [current|multi]
+//! cargo run --release -p virtest-qmp --example qmp_bench [COMMANDS] [RUNS] [current|multi] [transcript]
 //! ```
 //!
-//! The last argument picks tokio's runtime: one thread (the default) or
-//! a worker per core.
+//! The third argument picks tokio's runtime: one thread (the default) or
+//! a worker per core. With `transcript`, virtest-qmp writes its
+//! transcript to a file, as every VM's QMP connection does.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -16,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use virtest_qmp::{Options, Qmp};
+use virtest_qmp::{Options, Qmp, TranscriptWriter};
 
 const IN_FLIGHT: usize = 8;
 
@@ -33,16 +34,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
         Some(other) => return Err(format!("unknown runtime `{other}`: current or multi").into()),
     };
-    runtime.block_on(bench(commands, runs))
+    let transcript = match arg(4).as_deref() {
+        None => false,
+        Some("transcript") => true,
+        Some(other) => return Err(format!("unknown option `{other}`: transcript").into()),
+    };
+    runtime.block_on(bench(commands, runs, transcript))
 }
 
-async fn bench(commands: usize, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn bench(
+    commands: usize,
+    runs: usize,
+    transcript: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let (raw_sock, ours_sock) = (dir.path().join("raw.sock"), dir.path().join("ours.sock"));
     let _qemu = QemuGuard::start(&raw_sock, &ours_sock)?;
 
     let mut raw = RawQmp::connect(&raw_sock)?;
-    let qmp = Qmp::connect_unix(&ours_sock, Duration::from_secs(10), Options::default()).await?;
+    let options = match transcript {
+        true => Options {
+            transcript: Some(TranscriptWriter::spawn(Box::new(std::fs::File::create(
+                dir.path().join("qmp.log"),
+            )?))?),
+            ..Options::default()
+        },
+        false => Options::default(),
+    };
+    let qmp = Qmp::connect_unix(&ours_sock, Duration::from_secs(10), options).await?;
     let (major, minor, micro) = qmp.greeting().version;
 
     let mut table: Vec<(&str, Vec<Sample>, Vec<Sample>)> = vec![
@@ -65,7 +84,12 @@ async fn bench(commands: usize, runs: usize) -> Result<(), Box<dyn std::error::E
     }
 
     println!(
-        "QMP against QEMU {major}.{minor}.{micro} (-machine none), query-status, {commands} commands, median of {runs} runs"
+        "QMP against QEMU {major}.{minor}.{micro} (-machine none), query-status, {commands} commands, median of {runs} runs{}",
+        if transcript {
+            ", virtest-qmp writing its transcript"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<16} {:>12} {:>12} {:>7} {:>16} {:>16}",
