@@ -129,8 +129,24 @@ impl Process {
         }
     }
 
-    /// Kills the group and waits (blocking, at most 5 s) for the reap.
+    /// Kills the group and waits (blocking, at most 5 s) for the reap. On
+    /// a worker of a multi-threaded tokio runtime the wait is announced
+    /// to tokio (`block_in_place`), which moves the worker's other tasks
+    /// elsewhere: a QEMU slow to die stalls no other test's VMs.
     pub(crate) fn kill_and_reap(&self) {
+        if self.status().is_some() {
+            return;
+        }
+        let on_async_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        match on_async_worker {
+            true => tokio::task::block_in_place(|| self.kill_and_wait()),
+            false => self.kill_and_wait(),
+        }
+    }
+
+    fn kill_and_wait(&self) {
         self.signal(libc::SIGKILL);
         let status = self.shared.status.lock().expect("status lock");
         let _ = self
@@ -141,18 +157,9 @@ impl Process {
 }
 
 impl Drop for Process {
-    /// Kills and reaps. On a worker of a multi-threaded tokio runtime the
-    /// wait is announced to tokio (`block_in_place`), which moves the
-    /// worker's other tasks elsewhere: a QEMU slow to die (its reap can
-    /// take up to 5 s) stalls no other test's VMs.
+    /// Kills and reaps ([`Process::kill_and_reap`]).
     fn drop(&mut self) {
-        let on_async_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
-            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
-        match on_async_worker {
-            true => tokio::task::block_in_place(|| self.kill_and_reap()),
-            false => self.kill_and_reap(),
-        }
+        self.kill_and_reap();
     }
 }
 
