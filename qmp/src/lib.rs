@@ -68,4 +68,4 @@ pub use error::{Error, Result};
 pub use event::{Event, EventCursor, LOG_CAPACITY, Subscription};
 pub use qga::{DEFAULT_QGA_TIMEOUT, Qga};
 pub use qga_ops::AgentExec;
-pub use transcript::TranscriptWriter;
+pub use transcript::{TRANSCRIPT_BACKLOG, TranscriptWriter};

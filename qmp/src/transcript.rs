@@ -3,7 +3,8 @@
 //! it to the test's `qmp.log`), and reading the events back out of one.
 
 use std::io::{BufWriter, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -54,8 +55,10 @@ enum Entry {
 /// many connections (every QEMU process of a VM shares its `qmp.log`,
 /// in the order the lines were sent or received).
 ///
-/// Lines wait in memory until written; the thread writes what is
-/// queued, then flushes. A write error is reported once, then the
+/// Lines wait in memory until written, up to [`TRANSCRIPT_BACKLOG`]
+/// bytes: past it, while the disk does not keep up, lines are dropped
+/// and the transcript says how many. The thread writes what is queued,
+/// then flushes. A write error is reported once, then the
 /// transcript stops rather than failing the connection. The thread
 /// ends, after the last line, when the last clone is dropped; lines
 /// still queued when the process exits are lost, so await
@@ -78,6 +81,18 @@ enum Entry {
 #[derive(Clone)]
 pub struct TranscriptWriter {
     entries: mpsc::Sender<Entry>,
+    backlog: Arc<Backlog>,
+}
+
+/// The most bytes of transcript lines waiting to be written (16 MiB:
+/// hours of a VM's QMP traffic).
+pub const TRANSCRIPT_BACKLOG: usize = 16 << 20;
+
+/// What waits to be written, and what did not fit.
+struct Backlog {
+    limit: usize,
+    bytes: AtomicUsize,
+    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for TranscriptWriter {
@@ -89,11 +104,24 @@ impl std::fmt::Debug for TranscriptWriter {
 impl TranscriptWriter {
     /// Starts the thread that writes to `out`.
     pub fn spawn(out: Box<dyn Write + Send>) -> std::io::Result<TranscriptWriter> {
+        Self::spawn_with_backlog(out, TRANSCRIPT_BACKLOG)
+    }
+
+    fn spawn_with_backlog(
+        out: Box<dyn Write + Send>,
+        limit: usize,
+    ) -> std::io::Result<TranscriptWriter> {
         let (entries, received) = mpsc::channel();
+        let backlog = Arc::new(Backlog {
+            limit,
+            bytes: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let shared = Arc::clone(&backlog);
         std::thread::Builder::new()
             .name("qmp-transcript".into())
-            .spawn(move || write_entries(out, &received))?;
-        Ok(TranscriptWriter { entries })
+            .spawn(move || write_entries(out, &received, &shared))?;
+        Ok(TranscriptWriter { entries, backlog })
     }
 
     /// Waits until every line sent before this call is written and
@@ -120,6 +148,12 @@ impl TranscriptWriter {
             format!("{}.{:06} {arrow} ", now.as_secs(), now.subsec_micros()).into_bytes();
         entry.extend_from_slice(line);
         entry.push(b'\n');
+        let queued = self.backlog.bytes.fetch_add(entry.len(), Ordering::Relaxed);
+        if queued + entry.len() > self.backlog.limit {
+            self.backlog.bytes.fetch_sub(entry.len(), Ordering::Relaxed);
+            self.backlog.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // The thread lives while a sender does; a send cannot fail.
         let _ = self.entries.send(Entry::Line(entry));
     }
@@ -127,17 +161,20 @@ impl TranscriptWriter {
 
 /// The writer thread: writes each batch of queued lines, then flushes,
 /// until every sender is gone.
-fn write_entries(out: Box<dyn Write + Send>, received: &mpsc::Receiver<Entry>) {
+fn write_entries(out: Box<dyn Write + Send>, received: &mpsc::Receiver<Entry>, backlog: &Backlog) {
     let mut out = Some(BufWriter::new(out));
     while let Ok(first) = received.recv() {
         let mut next = Some(first);
         while let Some(entry) = next {
             match entry {
                 Entry::Line(line) => {
-                    if let Some(writer) = &mut out
-                        && let Err(e) = writer.write_all(&line)
-                    {
-                        stop(&mut out, &e);
+                    write_line(&mut out, &line);
+                    backlog.bytes.fetch_sub(line.len(), Ordering::Relaxed);
+                    let dropped = backlog.dropped.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let note =
+                            format!("!! {dropped} lines dropped here: the disk did not keep up\n");
+                        write_line(&mut out, note.as_bytes());
                     }
                 }
                 Entry::Written(done) => {
@@ -148,6 +185,14 @@ fn write_entries(out: Box<dyn Write + Send>, received: &mpsc::Receiver<Entry>) {
             next = received.try_recv().ok();
         }
         flush(&mut out);
+    }
+}
+
+fn write_line(out: &mut Option<BufWriter<Box<dyn Write + Send>>>, line: &[u8]) {
+    if let Some(writer) = out
+        && let Err(e) = writer.write_all(line)
+    {
+        stop(out, &e);
     }
 }
 
@@ -219,6 +264,58 @@ mod tests {
             .collect();
         assert_eq!(numbers, (0..1000).collect::<Vec<_>>());
         assert!(text.lines().all(|line| line.contains(" -> {\"n\": ")));
+    }
+
+    /// Takes every write once the test says so.
+    struct Stalled {
+        taken: Arc<Mutex<Vec<u8>>>,
+        go: mpsc::Receiver<()>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let _ = self.go.recv();
+            self.taken.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disk_that_does_not_keep_up_costs_lines_not_memory() {
+        let taken: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let (go, wait) = mpsc::channel();
+        let out = Stalled {
+            taken: Arc::clone(&taken),
+            go: wait,
+        };
+        let transcript = TranscriptWriter::spawn_with_backlog(Box::new(out), 4096).unwrap();
+        // Lines of 1 KiB, while the disk takes nothing.
+        for _ in 0..100 {
+            transcript.line(Direction::In, &[b'x'; 1000]);
+        }
+        assert!(transcript.backlog.bytes.load(Ordering::Relaxed) <= 4096);
+        // The disk catches up.
+        drop(go);
+        transcript.written().await;
+        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let written = text.lines().filter(|l| l.contains(" <- xxx")).count() as u64;
+        let dropped: u64 = text
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("!! ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        assert_eq!(written + dropped, 100, "{text}");
+        // At most 4 KiB queued and 8 KiB in the writer's buffer were
+        // taken: about a dozen lines.
+        assert!(dropped >= 85, "{dropped} dropped: {text}");
     }
 
     #[tokio::test]
