@@ -1,7 +1,7 @@
 //! SSH sessions into a guest, on async-ssh2-lite.
 //!
 //! A session is a small pool of logged-in SSH connections, each running
-//! one command at a time: a long command never makes another task's wait,
+//! one command at a time: a long command never makes another task wait,
 //! and one connection is never driven by two tasks at once (which
 //! async-ssh2-lite does not support, its issue #28). A connection is put
 //! back for the next command only when its command ran to its end; one
@@ -393,8 +393,7 @@ async fn run_on(
     if let Some((input, path)) = streams.stdin.take() {
         // Written whole before the output is read: the commands
         // that take input here write little.
-        let mut to_channel = std::pin::pin!(&mut channel);
-        copy(input, &mut to_channel).await.map_err(|e| match e {
+        copy(input, &mut channel).await.map_err(|e| match e {
             Copy::Read(e) => local(path, e),
             Copy::Write(e) => fail(format!("writing its input: {e}")),
         })?;

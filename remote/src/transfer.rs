@@ -91,9 +91,16 @@ impl SshSession {
         // The archiver stops at once if the guest stopped reading.
         drop(reader);
         let archived = archiver.await.expect("the archiver does not panic");
-        // The archiver's error explains a guest that saw the archive end.
-        archived.map_err(|e| local_error(local, e))?;
-        sent?.checked(&command).map(drop)
+        match archived {
+            // The guest stopped reading: its side says why, if it can.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                sent?.checked(&command)?;
+                Err(local_error(local, e))
+            }
+            // The tree's own trouble (a file that cannot be read).
+            Err(e) => Err(local_error(local, e)),
+            Ok(()) => sent?.checked(&command).map(drop),
+        }
     }
 
     /// Copies the tree at `remote` into a local directory (created if
@@ -116,14 +123,15 @@ impl SshSession {
         // End of the archive: the unpacker finishes.
         drop(writer);
         let unpacked = unpacker.await.expect("the unpacker does not panic");
-        match received {
-            // A local failure is the unpacker's to explain (it stopped
-            // reading, so the copy into it broke).
-            Err(Error::Local { .. }) | Ok(_) => {
-                unpacked.map_err(|e| local_error(local, e))?;
-                received?.checked(&command).map(drop)
+        match (received, unpacked) {
+            // The copy into the unpacker broke because it stopped: it
+            // says why.
+            (Err(Error::Local { .. }), Err(e)) => Err(local_error(local, e)),
+            (Err(e), _) => Err(e),
+            (Ok(output), unpacked) => {
+                output.checked(&command)?;
+                unpacked.map_err(|e| local_error(local, e))
             }
-            Err(e) => Err(e),
         }
     }
 }

@@ -367,6 +367,12 @@ async fn files_and_trees_round_trip_with_their_modes() {
         matches!(&err, Error::Local { path, .. } if *path == missing),
         "{err}"
     );
+    // Guest trouble is the guest's to explain: its command and status.
+    let err = ssh.send_tree(&tree, "/proc/no/tree").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Exit(result) if result.stderr.contains("/proc/no")),
+        "{err}"
+    );
     let blocked = local.path().join("blocked");
     std::fs::create_dir(&blocked).unwrap();
     std::fs::write(blocked.join("sub"), "a file where the tree has a directory").unwrap();
