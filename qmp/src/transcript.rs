@@ -170,21 +170,27 @@ fn write_entries(out: Box<dyn Write + Send>, received: &mpsc::Receiver<Entry>, b
                 Entry::Line(line) => {
                     write_line(&mut out, &line);
                     backlog.bytes.fetch_sub(line.len(), Ordering::Relaxed);
-                    let dropped = backlog.dropped.swap(0, Ordering::Relaxed);
-                    if dropped > 0 {
-                        let note =
-                            format!("!! {dropped} lines dropped here: the disk did not keep up\n");
-                        write_line(&mut out, note.as_bytes());
-                    }
+                    note_dropped(&mut out, backlog);
                 }
                 Entry::Written(done) => {
+                    note_dropped(&mut out, backlog);
                     flush(&mut out);
                     let _ = done.send(());
                 }
             }
             next = received.try_recv().ok();
         }
+        note_dropped(&mut out, backlog);
         flush(&mut out);
+    }
+}
+
+/// Says how many lines were dropped since it last said, if any.
+fn note_dropped(out: &mut Option<BufWriter<Box<dyn Write + Send>>>, backlog: &Backlog) {
+    let dropped = backlog.dropped.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let note = format!("!! {dropped} lines dropped here: the disk did not keep up\n");
+        write_line(out, note.as_bytes());
     }
 }
 
