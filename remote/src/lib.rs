@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod host_key;
 mod result;
 mod serial;
 mod session;

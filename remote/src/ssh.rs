@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::host_key::{base64, openssh_line, public_key_blob};
 use crate::result::CmdResult;
 use crate::socket::SshSocket;
 
@@ -106,21 +107,19 @@ pub struct SshSession {
     running: tokio::sync::Semaphore,
     /// Held while a connection is being opened.
     opening: tokio::sync::Mutex<()>,
-    /// How to open another connection: the first one's host key pinned.
+    /// How to open another connection: the first one's host key pinned
+    /// (its only known host key).
     config: SshConfig,
     /// Every command of this session logs inside it.
     span: tracing::Span,
-    addr: SocketAddr,
-    user: String,
     host_key_fingerprint: String,
-    host_key: String,
 }
 
 impl fmt::Debug for SshSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SshSession")
-            .field("addr", &self.addr)
-            .field("user", &self.user)
+            .field("addr", &self.config.addr)
+            .field("user", &self.config.user)
             .field("host_key", &self.host_key_fingerprint)
             .finish()
     }
@@ -130,20 +129,16 @@ impl SshSession {
     /// Connects, checks the host key, and logs in, once.
     pub async fn connect(config: &SshConfig, deadline: Duration) -> Result<SshSession> {
         let (session, blob, fingerprint) = open(config, deadline).await?;
-        let host_key = openssh_line(&blob);
         Ok(SshSession {
             idle: std::sync::Mutex::new(vec![session]),
             running: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             opening: tokio::sync::Mutex::new(()),
             config: SshConfig {
-                known_host_keys: vec![host_key.clone()],
+                known_host_keys: vec![openssh_line(&blob)],
                 ..config.clone()
             },
             span: tracing::info_span!("ssh", addr = %config.addr, user = %config.user),
-            addr: config.addr,
-            user: config.user.clone(),
             host_key_fingerprint: fingerprint,
-            host_key,
         })
     }
 
@@ -182,7 +177,7 @@ impl SshSession {
     /// The server's host key as an OpenSSH public key line
     /// (`ssh-ed25519 AAAA...`), to pin in a later [`SshConfig`].
     pub fn host_key(&self) -> &str {
-        &self.host_key
+        &self.config.known_host_keys[0]
     }
 
     /// Runs a command; a non-zero exit is an [`Error::Exit`] carrying the
@@ -597,92 +592,9 @@ impl RawOutput {
     }
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 without padding, as OpenSSH prints fingerprints.
-fn base64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// The OpenSSH public key line of a key blob: its type (the blob's first
-/// string) and the blob in padded base64.
-fn openssh_line(blob: &[u8]) -> String {
-    let kind = blob
-        .get(..4)
-        .map(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
-        .and_then(|len| blob.get(4..4 + len))
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
-    let mut encoded = base64(blob);
-    while !encoded.len().is_multiple_of(4) {
-        encoded.push('=');
-    }
-    format!("{kind} {encoded}")
-}
-
-/// The key blob of an OpenSSH public key line (`type base64 [comment]`).
-fn public_key_blob(line: &str) -> Option<Vec<u8>> {
-    let text = line.split_whitespace().nth(1)?.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes() {
-        acc = acc << 6 | B64.iter().position(|&b| b == c)? as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg");
-        assert_eq!(base64(b"fo"), "Zm8");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(public_key_blob("ssh-ed25519 Zm9vYmE= c").unwrap(), b"fooba");
-        assert_eq!(public_key_blob("ssh-ed25519 Zm9vYmFy").unwrap(), b"foobar");
-        assert_eq!(public_key_blob("nothing"), None);
-    }
-
-    #[test]
-    fn a_key_blob_makes_an_openssh_line_that_reads_back() {
-        let mut blob = Vec::new();
-        blob.extend_from_slice(&11u32.to_be_bytes());
-        blob.extend_from_slice(b"ssh-ed25519");
-        blob.extend_from_slice(&32u32.to_be_bytes());
-        blob.extend_from_slice(&[7u8; 32]);
-        let line = openssh_line(&blob);
-        assert!(
-            line.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"),
-            "{line}"
-        );
-        let encoded = line.split_whitespace().nth(1).unwrap();
-        assert!(encoded.len().is_multiple_of(4), "{line}");
-        blob.push(1);
-        let padded = openssh_line(&blob);
-        assert!(padded.ends_with("AQ=="), "{padded}");
-        assert_eq!(public_key_blob(&padded).unwrap(), blob);
-        blob.pop();
-        assert_eq!(public_key_blob(&line).unwrap(), blob);
-    }
 
     #[test]
     fn passwords_and_keys_stay_out_of_debug_output() {
