@@ -151,6 +151,22 @@ async fn quit_succeeds_and_then_commands_say_disconnected() {
     assert!(qmp.is_closed());
 }
 
+/// Connects to `qemu`, its transcript written to `out`.
+async fn connect_with_transcript(
+    qemu: &common::Qemu,
+    out: Box<dyn std::io::Write + Send>,
+) -> (Qmp, TranscriptWriter) {
+    let transcript = TranscriptWriter::spawn(out).unwrap();
+    let options = Options {
+        transcript: Some(transcript.clone()),
+        ..Options::default()
+    };
+    let qmp = Qmp::connect_unix(&qemu.socket, SECS_5, options)
+        .await
+        .unwrap();
+    (qmp, transcript)
+}
+
 #[tokio::test]
 async fn the_transcript_has_every_line_both_ways() {
     #[derive(Clone, Default)]
@@ -166,14 +182,7 @@ async fn the_transcript_has_every_line_both_ways() {
     }
     let qemu = common::Qemu::start();
     let log = Shared::default();
-    let transcript = TranscriptWriter::spawn(Box::new(log.clone())).unwrap();
-    let options = Options {
-        transcript: Some(transcript.clone()),
-        ..Options::default()
-    };
-    let qmp = Qmp::connect_unix(&qemu.socket, SECS_5, options)
-        .await
-        .unwrap();
+    let (qmp, transcript) = connect_with_transcript(&qemu, Box::new(log.clone())).await;
     qmp.execute(qapi::qmp::query_status {}).await.unwrap();
     transcript.written().await;
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
@@ -201,15 +210,8 @@ async fn the_transcript_ends_with_what_qemu_sent_before_it_quit() {
     let qemu = common::Qemu::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qmp.log");
-    let transcript =
-        TranscriptWriter::spawn(Box::new(std::fs::File::create(&path).unwrap())).unwrap();
-    let options = Options {
-        transcript: Some(transcript.clone()),
-        ..Options::default()
-    };
-    let qmp = Qmp::connect_unix(&qemu.socket, SECS_5, options)
-        .await
-        .unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    let (qmp, transcript) = connect_with_transcript(&qemu, Box::new(file)).await;
     qmp.quit().await.unwrap();
     tokio::time::timeout(SECS_5, qmp.reader_stopped())
         .await
