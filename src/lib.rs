@@ -13,4 +13,4 @@ pub use virtest_remote as remote;
 pub use virtest_vm as vm;
 
 pub mod builtin;
-pub mod prelude;
+pub use virtest_harness::prelude;

@@ -84,7 +84,7 @@ fn stdout(out: &Output) -> String {
 #[test]
 fn boots_to_the_ready_line_and_serves_ssh_with_the_recorded_host_key() {
     let m = common::guest();
-    let mut vm = Qemu::boot(m, false);
+    let mut vm = Qemu::boot(false);
     let took = vm.wait_ready(1, Duration::from_secs(20));
     eprintln!("ready line after {took:?}");
 
@@ -113,7 +113,7 @@ fn boots_to_the_ready_line_and_serves_ssh_with_the_recorded_host_key() {
 #[test]
 fn key_and_password_logins_work_and_shutdown_powers_off() {
     let m = common::guest();
-    let mut vm = Qemu::boot(m, false);
+    let mut vm = Qemu::boot(false);
     vm.wait_ready(1, Duration::from_secs(20));
     let boot_id = stdout(&vm.ssh(Auth::Key, "cat /proc/sys/kernel/random/boot_id"));
     assert_eq!(boot_id.len(), 36, "{boot_id}");
@@ -148,8 +148,7 @@ fn key_and_password_logins_work_and_shutdown_powers_off() {
 
 #[test]
 fn reboot_brings_the_guest_back_with_a_new_boot_id() {
-    let m = common::guest();
-    let mut vm = Qemu::boot(m, true);
+    let mut vm = Qemu::boot(true);
     vm.wait_ready(1, Duration::from_secs(20));
     let first = stdout(&vm.ssh(Auth::Key, "cat /proc/sys/kernel/random/boot_id"));
     let _ = vm.ssh(Auth::Key, "reboot");

@@ -214,7 +214,10 @@ fn the_migration_bandwidth_parameter_reaches_qemu() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    let uncapped = format!("\"max-bandwidth\":{}", virtest::vm::HOST_LOCAL_BANDWIDTH);
+    let uncapped = format!(
+        "\"max-bandwidth\":{}",
+        virtest::qmp::outgoing::UNCAPPED_BANDWIDTH
+    );
     assert!(qmp_log().contains(&uncapped), "{}", qmp_log());
     let refused = run(&["migrate_max_bandwidth=fast".into()]);
     assert_eq!(refused.status.code(), Some(2));

@@ -129,6 +129,7 @@ impl Seed {
 
     /// Writes the seed volume to `path` (mode 0600: it may hold a
     /// password).
+    #[cfg(feature = "provision")]
     pub fn write(&self, path: &Path) -> Result<()> {
         let meta = self.meta_data();
         let user = self.user_data()?;
@@ -204,6 +205,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "provision")]
     #[test]
     fn the_volume_holds_both_files() {
         let dir = tempfile::tempdir().unwrap();

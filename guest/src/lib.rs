@@ -1,12 +1,4 @@
-//! Guest images for virtest: the default tiny guest, built offline from
-//! distro packages in seconds, and the manifest the VM layer boots it from.
-//!
-//! The default guest is a Linux kernel (booted directly as an uncompressed
-//! PVH `vmlinux`) and an initramfs holding a static busybox, dropbear with
-//! the libraries it needs, and the virtio modules. It brings up QEMU's user
-//! network, starts sshd with a host key made at bootstrap, accepts root by
-//! password and by a bootstrap-made ed25519 key, and prints one ready line
-//! on its serial console once sshd listens.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!
@@ -19,42 +11,40 @@
 //!   guest's secrets.
 //! - [`manifest`] is the result, read by the VM layer; [`cache`] is where
 //!   it all lives.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use virtest_guest::{bootstrap, cache, Manifest};
-//!
-//! let home = cache::default_home()?;
-//! let done = bootstrap::bootstrap(&bootstrap::BootstrapOptions::new(home))?;
-//! println!("kernel {}", done.manifest.kernel_path().display());
-//! // Later, without rebuilding:
-//! let manifest = Manifest::load(&done.manifest.dir)?;
-//! assert_eq!(manifest.ready_marker, "virtest-guest-ready");
-//! # Ok::<(), virtest_guest::Error>(())
-//! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "provision")]
 pub mod apt;
+#[cfg(feature = "provision")]
 mod boot_disk;
+#[cfg(feature = "provision")]
 pub mod bootstrap;
 pub mod cache;
 pub mod cloud_init;
+#[cfg(feature = "provision")]
 mod command;
+#[cfg(feature = "provision")]
 pub mod cpio;
+#[cfg(feature = "provision")]
 pub mod debian;
 pub mod description;
+#[cfg(feature = "provision")]
 pub mod elf;
 pub mod error;
+#[cfg(feature = "provision")]
 pub mod fat;
 pub mod guests;
 pub mod images;
+#[cfg(feature = "provision")]
 pub mod kernel;
 pub mod keys;
 pub mod manifest;
+#[cfg(feature = "provision")]
 pub mod modules;
+#[cfg(feature = "provision")]
 pub mod rootfs;
 pub mod snapshots;
+#[cfg(feature = "provision")]
 pub mod sources;
 
 pub use description::GuestDescription;

@@ -14,7 +14,6 @@ use crate::description::{
     ReadyFile, ReadyKind,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::sources::Origin;
 
 /// The manifest file's name in a guest directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -330,4 +329,50 @@ fn hash_file(path: &Path) -> Result<(u64, String)> {
 /// Lowercase hex of some bytes.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where one component was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum Origin {
+    /// A path the user gave.
+    User {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A file already on the host.
+    Host {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A Debian package, fetched with `apt-get download`.
+    Package {
+        /// The package name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
+}
+
+impl Origin {
+    /// A string that changes when the component's content may have: the
+    /// path with size and mtime, or the package and version.
+    pub fn identity(&self) -> String {
+        match self {
+            Origin::User { path } | Origin::Host { path } => {
+                let meta = std::fs::metadata(path).ok();
+                let mtime = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                format!(
+                    "{}:{}:{:?}",
+                    path.display(),
+                    meta.map_or(0, |m| m.len()),
+                    mtime
+                )
+            }
+            Origin::Package { name, version } => format!("{name}={version}"),
+        }
+    }
 }

@@ -6,57 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::apt::{Apt, Package};
 use crate::elf;
 use crate::error::{Error, Result};
+pub use crate::manifest::Origin;
 
-/// Where one component was found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "from")]
-pub enum Origin {
-    /// A path the user gave.
-    User {
-        /// The path.
-        path: PathBuf,
-    },
-    /// A file already on the host.
-    Host {
-        /// The path.
-        path: PathBuf,
-    },
-    /// A Debian package, fetched with `apt-get download`.
-    Package {
-        /// The package name.
-        name: String,
-        /// Its version.
-        version: String,
-    },
-}
-
-impl Origin {
-    /// A string that changes when the component's content may have: the
-    /// path with size and mtime, or the package and version.
-    pub fn identity(&self) -> String {
-        match self {
-            Origin::User { path } | Origin::Host { path } => {
-                let meta = std::fs::metadata(path).ok();
-                let mtime = meta
-                    .as_ref()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                format!(
-                    "{}:{}:{:?}",
-                    path.display(),
-                    meta.map_or(0, |m| m.len()),
-                    mtime
-                )
-            }
-            Origin::Package { name, version } => format!("{name}={version}"),
-        }
-    }
-}
 
 /// A located component: files already on disk, or a package still to be
 /// fetched.

@@ -1,23 +1,4 @@
-//! The virtest test framework: write tests as [`VirtTest`]s, run them as
-//! a job with parameters and variants, in parallel, with results people
-//! and CI systems read.
-//!
-//! ```no_run
-//! use virtest_harness::{Test, TestResult, VirtTest};
-//!
-//! #[derive(Default)]
-//! struct Boot;
-//!
-//! impl VirtTest for Boot {
-//!     async fn action(&mut self, t: &mut Test) -> TestResult {
-//!         t.vm.power_on().await?;
-//!         t.vm.login_remote().await?;
-//!         Ok(())
-//!     }
-//! }
-//!
-//! virtest_harness::main!(Boot);
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!
@@ -45,6 +26,7 @@ mod logging;
 mod outcome;
 pub mod params;
 pub mod pause;
+pub mod prelude;
 mod progress;
 pub mod results;
 pub mod runner;

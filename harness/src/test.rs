@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
 use virtest_vm::{Login, Network, Vm, VmConfig};
 
 use crate::outcome::{TestError, TestResult};
@@ -163,9 +164,8 @@ impl Test {
     /// A context for test `name` logging to `log_dir`, its VM made from
     /// `params`.
     pub fn new(name: &str, params: Params, log_dir: &Path) -> Result<Test, TestError> {
-        let config = vm_config(&params, log_dir)?;
         Ok(Test {
-            vm: Vm::new(config),
+            vm: new_vm(&params, log_dir, None)?,
             params,
             name: name.to_string(),
             log_dir: log_dir.to_path_buf(),
@@ -204,9 +204,12 @@ impl Test {
         for (key, value) in overrides {
             params.set(*key, *value);
         }
-        let mut config = vm_config(&params, &self.log_dir.join(format!("vm-{name}")))?;
-        config.name = Some(name.to_string());
-        self.added.push((name.to_string(), Vm::new(config)));
+        let vm = new_vm(
+            &params,
+            &self.log_dir.join(format!("vm-{name}")),
+            Some(name),
+        )?;
+        self.added.push((name.to_string(), vm));
         Ok(&mut self.added.last_mut().expect("pushed").1)
     }
 
@@ -333,6 +336,28 @@ impl Test {
     }
 }
 
+/// A VM made from the parameters, logging to `log_dir`, its migrations
+/// set up from them too.
+fn new_vm(params: &Params, log_dir: &Path, name: Option<&str>) -> Result<Vm, TestError> {
+    let mut config = vm_config(params, log_dir)?;
+    config.name = name.map(str::to_string);
+    let mut vm = Vm::new(config);
+    vm.set_migration_defaults(migration_defaults(params)?);
+    Ok(vm)
+}
+
+/// What `vm.migrate(mode)` does besides its mode, from the parameters:
+/// the timeout, the bandwidth (MiB/s) and the destination's QEMU.
+pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.timeout = params.seconds_or("migrate_timeout", virtest_migration::DEFAULT_TIMEOUT)?;
+    spec.max_bandwidth = params
+        .get::<u64>("migrate_max_bandwidth")?
+        .map(|mib| mib << 20);
+    spec.destination_qemu = params.get("qemu_dst_bin")?;
+    Ok(spec)
+}
+
 /// A VM configuration from the parameters (see the README's table).
 pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError> {
     let guest = params
@@ -348,7 +373,6 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     }
     let mut config = VmConfig::new(description);
     config.qemu = params.get("qemu_bin")?;
-    config.destination_qemu = params.get("qemu_dst_bin")?;
     config.qemu_img = params.get("qemu_img_bin")?;
     if let Some(accel) = params.get_str("accel") {
         config.accel = accel.parse()?;
@@ -360,10 +384,6 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
         config.login = Login::Password(password.to_string());
     }
     config.login_timeout = params.seconds_or("login_timeout", config.login_timeout)?;
-    config.migrate_timeout = params.seconds_or("migrate_timeout", Duration::from_secs(60))?;
-    config.migrate_max_bandwidth = params
-        .get::<u64>("migrate_max_bandwidth")?
-        .map(|mib| mib << 20);
     config.keep_disks = params.get_or("keep_disks", false)?;
     if let Some(ports) = params.get_str("forward_ports") {
         config.forward_ports =

@@ -3,15 +3,15 @@
 //! logs, listed in `results.json` and attached in JUnit; gathering is
 //! bounded and never changes the status.
 
-#[path = "../../tests/common/mod.rs"]
 mod common;
+use virtest_testkit as kit;
 
 use std::path::{Path, PathBuf};
 
-use virtest::harness::results::TestRecord;
-use virtest::harness::runner::Job;
-use virtest::harness::{Status, TestDef};
-use virtest::prelude::*;
+use virtest_harness::prelude::*;
+use virtest_harness::results::TestRecord;
+use virtest_harness::runner::Job;
+use virtest_harness::{Status, TestDef};
 
 /// Writes a marker into the kernel log, migrates, then fails (before it
 /// logs in again: gathering logs in).
@@ -190,8 +190,8 @@ fn check_bundle_after_migration(job: &Job, guest_inet: &str) {
 /// powered on leaves none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_failing_after_a_migration_leaves_its_evidence() {
-    let _slot = common::guest_slots(1);
-    common::guest();
+    let _slot = kit::guest_slots(1);
+    kit::guest();
     let defs = vec![
         TestDef::new("FailsAfterMigration", FailsAfterMigration::default),
         TestDef::new("FailsWithoutVm", FailsWithoutVm::default),
@@ -208,8 +208,8 @@ async fn a_test_failing_after_a_migration_leaves_its_evidence() {
 /// On the Debian guest, the guest's view includes the systemd journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_debian_test_leaves_the_journal_too() {
-    let _slot = common::guest_slots(1);
-    let guest = format!("guest={}", common::debian().path.display());
+    let _slot = kit::guest_slots(1);
+    let guest = format!("guest={}", kit::debian().path.display());
     let defs = vec![TestDef::new(
         "FailsAfterMigration",
         FailsAfterMigration::default,
@@ -230,8 +230,8 @@ async fn a_failing_debian_test_leaves_the_journal_too() {
 /// guest agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ssh_the_guests_view_comes_through_the_agent() {
-    let _slot = common::guest_slots(1);
-    let guest = format!("guest={}", common::debian().path.display());
+    let _slot = kit::guest_slots(1);
+    let guest = format!("guest={}", kit::debian().path.display());
     let defs = vec![TestDef::new(
         "FailsWithItsNetworkDown",
         FailsWithItsNetworkDown::default,
@@ -256,8 +256,8 @@ async fn without_ssh_the_guests_view_comes_through_the_agent() {
 /// leaves no QEMU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gathering_from_a_hung_vm_is_bounded() {
-    let _slot = common::guest_slots(1);
-    common::guest();
+    let _slot = kit::guest_slots(1);
+    kit::guest();
     let defs = vec![TestDef::new("FailsWithAHungVm", FailsWithAHungVm::default)];
     let (_tmp, job) = common::run_job(&defs, &["evidence_timeout=5"], 1).await;
     let test = by_name(&job, "fails_with_a_hung_vm");
@@ -283,7 +283,7 @@ async fn gathering_from_a_hung_vm_is_bounded() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(!common::alive(pid), "QEMU {pid} is left");
+    assert!(!kit::alive(pid), "QEMU {pid} is left");
     let debug = std::fs::read_to_string(&test.logfile).unwrap();
     assert!(debug.contains("gathering the failure bundle"), "{debug}");
     // Bounded: the 5 s budget, not a hang (cleanup of a stopped QEMU

@@ -3,13 +3,13 @@
 //! forwarded ports through the host, one of them migrates meanwhile, and
 //! the runner gathers every VM's failure bundle and ends them all.
 
-#[path = "../../tests/common/mod.rs"]
 mod common;
+use virtest_testkit as kit;
 
 use std::path::Path;
 
-use virtest::harness::{Status, TestDef};
-use virtest::prelude::*;
+use virtest_harness::prelude::*;
+use virtest_harness::{Status, TestDef};
 
 /// A server VM serves its boot id; `t.vm` fetches it through the host
 /// (user networking's 10.0.2.2 is the host's loopback), before and after
@@ -62,8 +62,8 @@ impl VirtTest for ServerAndClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
-    let _slots = common::guest_slots(2);
-    common::guest();
+    let _slots = kit::guest_slots(2);
+    kit::guest();
     let defs = vec![TestDef::new("ServerAndClient", ServerAndClient::default)];
     let (_tmp, job) = common::run_job(&defs, &[], 1).await;
     let test = &job.results.tests[0];
@@ -109,7 +109,7 @@ async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
         let (name, pid) = line.split_once(' ').unwrap();
         let pid: u32 = pid.parse().unwrap();
         assert!(pid > 0, "{name} was on");
-        assert!(!common::alive(pid), "VM {name}'s QEMU {pid} is left");
+        assert!(!kit::alive(pid), "VM {name}'s QEMU {pid} is left");
     }
 }
 
@@ -134,8 +134,8 @@ impl VirtTest for ThreeVmsThenAPanic {
 /// each left its failure bundle; no QEMU is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_with_three_vms_on_cleans_up_all_three() {
-    let _slots = common::guest_slots(3);
-    common::guest();
+    let _slots = kit::guest_slots(3);
+    kit::guest();
     let defs = vec![TestDef::new(
         "ThreeVmsThenAPanic",
         ThreeVmsThenAPanic::default,
@@ -157,7 +157,7 @@ async fn a_panic_with_three_vms_on_cleans_up_all_three() {
         let (name, pid) = line.split_once(' ').unwrap();
         let pid: u32 = pid.parse().unwrap();
         assert!(pid > 0, "{name} was on");
-        assert!(!common::alive(pid), "VM {name}'s QEMU {pid} is left");
+        assert!(!kit::alive(pid), "VM {name}'s QEMU {pid} is left");
         let vm_dir = match name {
             "vm" => dir.clone(),
             other => dir.join(format!("vm-{other}")),

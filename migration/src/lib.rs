@@ -1,22 +1,4 @@
-//! Live migration of a virtest VM to a new QEMU process, handing the same
-//! `vm` back.
-//!
-//! ```no_run
-//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
-//! use virtest_vm::{Vm, VmConfig};
-//! let mut vm = Vm::new(VmConfig::default_guest()?);
-//! vm.power_on().await?;
-//! for _ in 0..4 {
-//!     vm.migrate(MigrationMode::Tcp).await?;
-//!     vm.login_remote().await?;
-//! }
-//! let mut spec = MigrationSpec::new(MigrationMode::Unix);
-//! spec.auto_converge = true;
-//! let report = vm.migrate_with(&spec).await?;
-//! println!("{}", serde_json::to_string_pretty(&report)?);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!

@@ -12,7 +12,8 @@ use qapi::qmp::{
 use serde_json::Value;
 use tracing::Instrument;
 use virtest_qmp::Qmp;
-use virtest_vm::{Endpoints, HOST_LOCAL_BANDWIDTH, Instance, Vm, VmState};
+use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target, UNCAPPED_BANDWIDTH};
+use virtest_vm::{Instance, Vm, VmState};
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
@@ -33,10 +34,9 @@ use crate::transport::Transport;
 /// # Ok(()) }
 /// ```
 pub trait Migrate {
-    /// Migrates over `mode` with QEMU's defaults, except for what the
-    /// VM's config sets: the timeout (60 s), the bandwidth (no cap: see
-    /// [`virtest_vm::HOST_LOCAL_BANDWIDTH`]) and the destination binary
-    /// (the source's).
+    /// Migrates over `mode`, with the rest of the VM's default spec (see
+    /// [`Migrate::set_migration_defaults`]; unset, [`MigrationSpec::new`]:
+    /// QEMU's defaults, but a 60 s timeout and no bandwidth cap).
     fn migrate(
         &mut self,
         mode: MigrationMode,
@@ -47,22 +47,44 @@ pub trait Migrate {
         &mut self,
         spec: &MigrationSpec,
     ) -> impl Future<Output = Result<MigrationReport>> + Send;
+
+    /// Makes `spec` (its mode aside) what every later `migrate(mode)` of
+    /// this VM uses: a test runner sets the timeout, bandwidth and
+    /// destination binary from its parameters this way.
+    ///
+    /// ```no_run
+    /// # async fn f(mut vm: virtest_vm::Vm) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
+    /// let mut defaults = MigrationSpec::new(MigrationMode::Tcp);
+    /// defaults.timeout = Duration::from_secs(120);
+    /// vm.set_migration_defaults(defaults);
+    /// vm.migrate(MigrationMode::Unix).await?; // over unix, within 120 s
+    /// # Ok(()) }
+    /// ```
+    fn set_migration_defaults(&mut self, spec: MigrationSpec);
 }
+
+/// A VM's default spec, kept in its extensions.
+struct Defaults(MigrationSpec);
 
 impl Migrate for Vm {
     async fn migrate(&mut self, mode: MigrationMode) -> Result<MigrationReport> {
-        let mut spec = MigrationSpec::new(mode);
-        spec.timeout = self.config().migrate_timeout;
-        if let Some(bytes) = self.config().migrate_max_bandwidth {
-            spec.max_bandwidth = Some(bytes);
-        }
-        spec.destination_qemu = self.config().destination_qemu.clone();
+        let mut spec = match self.extensions().get::<Defaults>() {
+            Some(Defaults(spec)) => spec.clone(),
+            None => MigrationSpec::new(mode),
+        };
+        spec.mode = mode;
         self.migrate_with(&spec).await
     }
 
     async fn migrate_with(&mut self, spec: &MigrationSpec) -> Result<MigrationReport> {
         let span = tracing::info_span!(parent: self.span(), "migrate", mode = %spec.mode);
         migrate(self, spec).instrument(span).await
+    }
+
+    fn set_migration_defaults(&mut self, spec: MigrationSpec) {
+        self.extensions_mut().insert(Defaults(spec));
     }
 }
 
@@ -85,9 +107,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let source = vm.instance().map_err(Error::Source)?;
     let source_qmp = source.qmp().clone();
     let source_pid = source.pid();
-    let build = destination_cmdline(source, spec);
     let destination = vm
-        .start_instance_with(&build)
+        .start_incoming("defer", spec.destination_qemu.as_deref())
         .await
         .map_err(Error::Destination)?;
     // From here on, dropping `destination` (on any error) kills it.
@@ -133,7 +154,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         return Err(recover_source(vm, destination, source_state, error, RECOVERY).await);
     }
     report.take_figures(&final_figures(&source_qmp).await?);
-    let old = vm.replace_instance(destination);
+    let old = vm.hand_over(destination);
     if let Some(old) = old {
         retire(old).await;
     }
@@ -174,26 +195,6 @@ async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
     .map_err(|e| Error::Destination(virtest_vm::Error::Qemu(e)))
 }
 
-/// The destination's command line: the source's, for `-incoming defer`,
-/// with the VM's sockets moved to the destination's, and the destination
-/// binary if the spec names one. Forwarded ports are asked as port 0, so
-/// the destination's QEMU chooses its own.
-fn destination_cmdline(
-    source: &Instance,
-    spec: &MigrationSpec,
-) -> impl Fn(&Endpoints) -> virtest_qemu_cmdline::QemuCmdline + Sync + use<> {
-    let cmdline = source.cmdline().clone();
-    let from = source.endpoints().clone();
-    let binary = spec.destination_qemu.clone();
-    move |to: &Endpoints| {
-        let mut clone = cmdline.clone_for_incoming("defer", from.remap_to(to));
-        if let Some(binary) = &binary {
-            clone.binary = binary.clone();
-        }
-        clone
-    }
-}
-
 /// Capabilities on both sides, parameters where they apply.
 async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Result<()> {
     let capabilities: Vec<_> = spec
@@ -212,7 +213,7 @@ async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Res
             source,
         })?;
     let source_params = MigrateSetParameters {
-        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(HOST_LOCAL_BANDWIDTH)),
+        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(UNCAPPED_BANDWIDTH)),
         downtime_limit: spec.downtime_limit_ms.or(defaults.downtime_limit),
         xbzrle_cache_size: spec.xbzrle_cache_bytes,
         multifd_channels: spec.multifd_channels,
@@ -254,22 +255,11 @@ async fn follow(
 ) -> Result<()> {
     let source = vm.instance().map_err(Error::Source)?;
     let qmp = source.qmp();
-    let mut events = qmp.subscribe();
-    let uri = &transport.source_uri;
-    let command = qapi::qmp::migrate {
-        uri: Some(uri.clone()),
-        channels: None,
-        detach: None,
-        resume: None,
-    };
-    qmp.execute(command).await.map_err(|source| Error::Qmp {
-        side: "source",
-        step: format!("`migrate` to `{uri}`"),
-        source,
-    })?;
+    let mut outgoing = Outgoing::start(qmp, Target::Uri(&transport.source_uri))
+        .await
+        .map_err(source_error)?;
     let deadline = tokio::time::Instant::from_std(wall) + spec.timeout;
     let mut switched = false;
-    let mut last = MigrationStatus::setup;
     // Only for the progress display: statuses come from the events.
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -288,9 +278,9 @@ async fn follow(
                     }
                 }
             }
-            event = events.next() => {
-                let event = match event {
-                    Ok(event) => event,
+            status = outgoing.next_status() => {
+                let status = match status {
+                    Ok(status) => status,
                     // QMP closes as QEMU exits: name the exit, not the
                     // socket.
                     Err(error) => match source.wait_exit(Duration::from_secs(2)).await {
@@ -302,24 +292,15 @@ async fn follow(
                         }),
                     },
                 };
-                let Some(qapi::qmp::Event::MIGRATION { data, .. }) = event.typed() else {
-                    continue;
-                };
-                let status = data.status;
                 report.timeline.push(StatusChange {
                     status: status.name().to_string(),
                     at_ms: millis(wall.elapsed()),
                 });
                 tracing::debug!(status = status.name(), "migration status");
-                last = status;
                 match status {
                     MigrationStatus::completed => return Ok(()),
                     MigrationStatus::failed | MigrationStatus::cancelled => {
-                        let info = qmp.execute_within(query_migrate {}, PROGRESS_QUERY).await;
-                        let reason = info
-                            .ok()
-                            .and_then(|info| info.error_desc)
-                            .unwrap_or_else(|| "QEMU gave no reason".into());
+                        let reason = outgoing.failure_reason().await;
                         return Err(Error::Failed { status: status.name().to_string(), reason });
                     }
                     MigrationStatus::active if spec.postcopy && !switched => {
@@ -342,9 +323,27 @@ async fn follow(
             }
             status = source.exited() => return Err(Error::SourceDied { status }),
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(Error::Timeout { after: spec.timeout, last_status: last.name().to_string(), source_answers: true });
+                return Err(Error::Timeout { after: spec.timeout, last_status: outgoing.last_status().name().to_string(), source_answers: true });
             }
         }
+    }
+}
+
+/// The source's side of an outgoing migration gone wrong, in this
+/// crate's terms.
+fn source_error(error: OutgoingError) -> Error {
+    match error {
+        OutgoingError::Qmp { step, source } => Error::Qmp {
+            side: "source",
+            step,
+            source,
+        },
+        OutgoingError::Failed { status, reason } => Error::Failed { status, reason },
+        OutgoingError::Timeout { after, last_status } => Error::Timeout {
+            after,
+            last_status,
+            source_answers: true,
+        },
     }
 }
 

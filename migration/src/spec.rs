@@ -37,7 +37,7 @@ pub struct MigrationSpec {
     /// `auto-converge`: throttle the guest's CPUs until it converges.
     pub auto_converge: bool,
     /// `max-bandwidth` in bytes per second (`None`: no cap,
-    /// [`virtest_vm::HOST_LOCAL_BANDWIDTH`], since the migration stays on
+    /// [`virtest_qmp::outgoing::UNCAPPED_BANDWIDTH`], since the migration stays on
     /// this host; QEMU's own default is 128 MiB/s in 7.2).
     pub max_bandwidth: Option<u64>,
     /// `downtime-limit` in milliseconds (`None`: QEMU's default, 300).

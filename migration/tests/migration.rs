@@ -1,13 +1,12 @@
 //! Live migration of the default guest over every transport, with the
 //! capabilities, and when things go wrong.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::time::Duration;
 
-use virtest::migration::{Error, Migrate, MigrationMode, MigrationReport, MigrationSpec};
-use virtest::vm::{Vm, VmConfig};
+use virtest_migration::{Error, Migrate, MigrationMode, MigrationReport, MigrationSpec};
+use virtest_vm::{Vm, VmConfig};
 
 /// A VM of the default guest, its logs in `logs`.
 fn config(logs: &std::path::Path) -> VmConfig {
@@ -20,7 +19,7 @@ fn config(logs: &std::path::Path) -> VmConfig {
 /// ready snapshot: these tests are about migrating, not booting.
 async fn running_vm(logs: &std::path::Path) -> Vm {
     let mut config = config(logs);
-    config.boot = virtest::vm::BootMode::Snapshot;
+    config.boot = virtest_vm::BootMode::Snapshot;
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
@@ -286,7 +285,7 @@ fn signal_mid_migration(vm: &Vm, side: Side, signal: i32) -> tokio::task::JoinHa
 /// answering over the same session, and no destination left.
 async fn source_survives(vm: &Vm, source: u32) {
     assert_eq!(vm.pid(), Some(source));
-    assert_eq!(vm.state().await.unwrap(), virtest::vm::VmState::Running);
+    assert_eq!(vm.state().await.unwrap(), virtest_vm::VmState::Running);
     let out = vm.remote().unwrap().run("echo still-here").await.unwrap();
     assert_eq!(out.stdout.trim(), "still-here");
     assert!(
@@ -628,7 +627,7 @@ fn monitor_answers(socket: &std::path::Path) -> bool {
 /// generation, and a forward on a port QEMU chose, which the VM tells.
 #[tokio::test]
 async fn a_users_own_host_endpoints_are_fresh_on_the_destination() {
-    use virtest::qemu_cmdline::{Arg, Props, PropsOption};
+    use virtest_qemu_cmdline::{Arg, Props, PropsOption};
     let _slot = common::guest_slots(1);
     common::guest();
     let logs = common::test_logs();

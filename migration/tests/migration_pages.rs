@@ -2,16 +2,14 @@
 //! compared after a migration of a running Debian guest (the case where
 //! QEMU before 9.0 under TCG loses writes unless virtest works around it).
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use virtest::prelude::*;
-use virtest::qemu_cmdline::{Endpoint, FlagOption, PropsOption, ValueOption};
-use virtest::vm::{Vm, VmConfig};
+use virtest_qemu_cmdline::{Endpoint, FlagOption, PropsOption, ValueOption};
+use virtest_vm::{BootMode, Vm, VmConfig};
 
 /// A live migration carries every page: the running Debian guest (from
 /// its ready snapshot) migrates slowly into a file, its destination loads
@@ -97,10 +95,10 @@ async fn a_live_migration_carries_every_page_of_a_running_debian_guest() {
         .and_then(|qmp| qmp.split(',').next())
         .expect("a QMP socket")
         .to_string();
-    let dst = virtest::qmp::Qmp::connect_unix(
+    let dst = virtest_qmp::Qmp::connect_unix(
         Path::new(&qmp_socket),
         Duration::from_secs(30),
-        virtest::qmp::Options::default(),
+        virtest_qmp::Options::default(),
     )
     .await
     .unwrap();
@@ -130,7 +128,7 @@ async fn a_live_migration_carries_every_page_of_a_running_debian_guest() {
     );
 }
 
-async fn wait_for_migration(qmp: &virtest::qmp::Qmp) {
+async fn wait_for_migration(qmp: &virtest_qmp::Qmp) {
     let waiting = std::time::Instant::now();
     loop {
         let info = qmp.execute_raw("query-migrate", Value::Null).await.unwrap();
@@ -143,7 +141,7 @@ async fn wait_for_migration(qmp: &virtest::qmp::Qmp) {
     }
 }
 
-async fn pmemsave(qmp: &virtest::qmp::Qmp, size: u64, path: &Path) {
+async fn pmemsave(qmp: &virtest_qmp::Qmp, size: u64, path: &Path) {
     qmp.execute_raw(
         "pmemsave",
         json!({ "val": 0, "size": size, "filename": path.to_string_lossy() }),
@@ -154,7 +152,7 @@ async fn pmemsave(qmp: &virtest::qmp::Qmp, size: u64, path: &Path) {
 
 /// The VM generation id as the guest reads it from RAM: QEMU's GUID,
 /// its first three fields little-endian.
-async fn generation_id(qmp: &virtest::qmp::Qmp) -> Vec<u8> {
+async fn generation_id(qmp: &virtest_qmp::Qmp) -> Vec<u8> {
     let answer = qmp
         .execute_raw("query-vm-generation-id", Value::Null)
         .await

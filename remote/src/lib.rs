@@ -1,12 +1,4 @@
-//! Sessions into a guest: log in, run commands, get their results.
-//!
-//! Built so far: [`SshSession`] over async-ssh2-lite (password or key
-//! login, host key check, `run` with stdout and stderr kept apart, exit
-//! status, deadlines, `wait_for_login` that tells "not up yet" from "wrong
-//! credentials"), and file and tree transfer both ways with modes kept.
-//! [`SerialSession`] runs commands over a guest's serial console; both are
-//! a [`Session`]. `run_streaming` hands long commands' output over line by
-//! line as it arrives.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 mod error;

@@ -1,13 +1,12 @@
 //! virtest-remote's SSH session against the default guest's dropbear.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::Qemu;
-use virtest::remote::{Auth, Error, OutputStream, RunOptions, SshConfig, SshSession};
+use virtest_remote::{Auth, Error, OutputStream, RunOptions, SshConfig, SshSession};
 
 fn config(port: u16, auth: Auth) -> SshConfig {
     let m = common::guest();
@@ -25,7 +24,7 @@ fn key() -> Auth {
 
 #[tokio::test]
 async fn commands_run_with_exit_codes_separate_streams_big_output_and_deadlines() {
-    let mut vm = Qemu::boot(common::guest(), false);
+    let mut vm = Qemu::boot(false);
     vm.wait_ready(1, Duration::from_secs(30));
     let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
         .await
@@ -130,7 +129,7 @@ async fn commands_run_with_exit_codes_separate_streams_big_output_and_deadlines(
 
 #[tokio::test]
 async fn commands_from_many_tasks_run_at_once_and_password_login_works() {
-    let mut vm = Qemu::boot(common::guest(), false);
+    let mut vm = Qemu::boot(false);
     vm.wait_ready(1, Duration::from_secs(30));
     let password = Auth::Password(common::guest().credentials.password.clone());
     let ssh = std::sync::Arc::new(
@@ -139,7 +138,7 @@ async fn commands_from_many_tasks_run_at_once_and_password_login_works() {
             .unwrap(),
     );
     // More tasks than connections: the rest wait their turn.
-    let tasks: Vec<_> = (0..virtest::remote::MAX_CONNECTIONS + 4)
+    let tasks: Vec<_> = (0..virtest_remote::MAX_CONNECTIONS + 4)
         .map(|i| {
             let ssh = ssh.clone();
             tokio::spawn(async move { ssh.run(&format!("echo task-{i}")).await.unwrap().stdout })
@@ -210,7 +209,7 @@ async fn commands_from_many_tasks_run_at_once_and_password_login_works() {
 
 #[tokio::test]
 async fn a_guest_powered_off_mid_command_is_an_error_not_a_hang() {
-    let mut vm = Qemu::boot(common::guest(), false);
+    let mut vm = Qemu::boot(false);
     vm.wait_ready(1, Duration::from_secs(30));
     let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
         .await
@@ -268,7 +267,7 @@ async fn a_closed_port_and_a_server_that_is_not_ssh_are_clear_errors() {
 #[tokio::test]
 async fn files_and_trees_round_trip_with_their_modes() {
     use std::os::unix::fs::PermissionsExt;
-    let mut vm = Qemu::boot(common::guest(), false);
+    let mut vm = Qemu::boot(false);
     vm.wait_ready(1, Duration::from_secs(30));
     let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
         .await
@@ -386,8 +385,8 @@ async fn files_and_trees_round_trip_with_their_modes() {
 
 #[tokio::test]
 async fn streaming_hands_over_lines_while_the_command_runs() {
-    use virtest::remote::OutputStream;
-    let mut vm = Qemu::boot(common::guest(), false);
+    use virtest_remote::OutputStream;
+    let mut vm = Qemu::boot(false);
     vm.wait_ready(1, Duration::from_secs(30));
     let ssh = SshSession::wait_for_login(&config(vm.port, key()), Duration::from_secs(30))
         .await

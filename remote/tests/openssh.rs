@@ -1,15 +1,14 @@
 //! virtest-remote against OpenSSH's sshd, started by the test on
 //! 127.0.0.1 with its own configuration, host key and authorized key.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use virtest::remote::{Auth, Error, SshConfig, SshSession};
+use virtest_remote::{Auth, Error, SshConfig, SshSession};
 
 /// An sshd of our own, killed on drop.
 struct Sshd {

@@ -1,17 +1,22 @@
 //! virtest-remote's serial-console session against the default guest.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::time::{Duration, Instant};
 
-use common::Qemu;
-use virtest::remote::{Error, SerialSession};
+use common::{Qemu, QemuOptions};
+use virtest_remote::{Error, SerialSession};
 
 #[tokio::test]
 async fn logs_in_on_the_console_and_runs_commands_with_their_status() {
     let m = common::guest();
-    let mut vm = Qemu::boot_with(m, false, true);
+    let mut vm = Qemu::start(
+        common::description(),
+        QemuOptions {
+            reboot_allowed: false,
+            console_socket: true,
+        },
+    );
     vm.wait_ready(1, Duration::from_secs(30));
     let socket = vm.dir.path().join("console.sock");
     let console = SerialSession::connect(
@@ -80,12 +85,18 @@ async fn a_console_with_no_shell_is_a_clear_error_in_time() {
 
 #[tokio::test]
 async fn test_code_can_take_either_session() {
-    use virtest::remote::{Auth, Session, SshConfig, SshSession};
+    use virtest_remote::{Auth, Session, SshConfig, SshSession};
     async fn hostname(session: &impl Session) -> String {
         session.run("hostname").await.unwrap().stdout
     }
     let m = common::guest();
-    let mut vm = Qemu::boot_with(m, false, true);
+    let mut vm = Qemu::start(
+        common::description(),
+        QemuOptions {
+            reboot_allowed: false,
+            console_socket: true,
+        },
+    );
     vm.wait_ready(1, Duration::from_secs(30));
     let serial = SerialSession::connect(
         &vm.dir.path().join("console.sock"),

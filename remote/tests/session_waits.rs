@@ -4,23 +4,37 @@
 //! console), `wait_for_unit` on the Debian guest; each timeout names
 //! what it waited for and the last try's output.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use virtest::prelude::*;
-use virtest::remote::Error;
-use virtest::vm::BootMode;
+use virtest_guest::GuestDescription;
+use virtest_remote::{Auth, Error, SerialSession, Session, SshConfig, SshSession};
+use virtest_testkit::{self as common, Qemu, QemuOptions};
 
-async fn running(description: &virtest::guest::GuestDescription, logs: &std::path::Path) -> Vm {
-    let mut config = VmConfig::new(description.clone());
-    config.log_dir = Some(logs.to_path_buf());
-    config.boot = BootMode::Snapshot;
-    let mut vm = Vm::new(config);
-    vm.power_on().await.unwrap();
-    vm.login_remote().await.unwrap();
-    vm
+/// Boots `guest` (its console served on a socket) and logs in over SSH
+/// with its key, else its password.
+async fn running(guest: &GuestDescription) -> (Qemu, SshSession) {
+    let options = QemuOptions {
+        console_socket: true,
+        ..QemuOptions::default()
+    };
+    let mut qemu = Qemu::start(guest, options);
+    qemu.wait_ready(1, guest.login.timeout);
+    let login = &guest.login;
+    let auth = match (&qemu.login_key, &login.password) {
+        (Some(key), _) => Auth::KeyFile(key.clone()),
+        (None, Some(password)) => Auth::Password(password.clone()),
+        (None, None) => panic!("{} has no credentials", guest.name),
+    };
+    let config = SshConfig {
+        addr: ([127, 0, 0, 1], qemu.port).into(),
+        user: login.user.clone(),
+        auth,
+        known_host_keys: login.host_key.iter().cloned().collect(),
+    };
+    let ssh = SshSession::wait_for_login(&config, Duration::from_secs(180))
+        .await
+        .unwrap();
+    (qemu, ssh)
 }
 
 /// Every wait on one session; `later` starts a command in the guest's
@@ -92,34 +106,35 @@ async fn waits(session: &impl Session, port: u16, later: impl AsyncFn(&str)) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_over_ssh_and_the_serial_console() {
     let _slot = common::guest_slots(1);
-    let logs = common::test_logs();
-    let mut vm = running(common::description(), logs.path()).await;
-    {
-        let ssh = vm.remote().unwrap();
-        waits(ssh, 8081, async |command: &str| {
-            ssh.run(&format!("( {command} ) >/dev/null 2>&1 &"))
-                .await
-                .unwrap();
-        })
-        .await;
-    }
-    let serial = vm.serial().await.unwrap();
-    waits(serial, 8082, async |command: &str| {
+    let guest = common::description();
+    let (qemu, ssh) = running(guest).await;
+    waits(&ssh, 8081, async |command: &str| {
+        ssh.run(&format!("( {command} ) >/dev/null 2>&1 &"))
+            .await
+            .unwrap();
+    })
+    .await;
+    let serial = SerialSession::connect(
+        &qemu.dir.path().join("console.sock"),
+        &guest.login.user,
+        guest.login.password.as_deref().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    waits(&serial, 8082, async |command: &str| {
         serial
             .run(&format!("( {command} ) >/dev/null 2>&1 &"))
             .await
             .unwrap();
     })
     .await;
-    vm.power_off_within(Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_unit_on_a_systemd_guest() {
     let _slot = common::guest_slots(1);
-    let logs = common::test_logs();
-    let vm = running(common::debian(), logs.path()).await;
-    let ssh = vm.remote().unwrap();
+    let (_qemu, ssh) = running(common::debian()).await;
     ssh.wait_for_unit("ssh.service", Duration::from_secs(60))
         .await
         .unwrap();

@@ -10,13 +10,6 @@ use virtest_qemu_cmdline::accel::Accel;
 use crate::error::{Error, Result};
 use crate::snapshot::BootMode;
 
-/// The `max-bandwidth` of a migration that stays on this host, as every
-/// migration virtest makes does: 1 TiB/s, so no cap is in effect. QEMU's
-/// own default (128 MiB/s in 7.2) is meant for a network shared with
-/// other traffic; here it only makes a migration of the tiny guest take
-/// 0.6 s instead of 0.2 s.
-pub const HOST_LOCAL_BANDWIDTH: u64 = 1 << 40;
-
 /// How `login_remote` authenticates.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub enum Login {
@@ -102,15 +95,6 @@ pub struct VmConfig {
     pub graceful_timeout: Duration,
     /// How long QEMU may take to start (console and QMP connected).
     pub start_timeout: Duration,
-    /// The QEMU binary of a migration's destination (`None`: the
-    /// source's). Read by the migration layer.
-    pub destination_qemu: Option<PathBuf>,
-    /// How long one migration may take before it is cancelled. Read by
-    /// the migration layer.
-    pub migrate_timeout: Duration,
-    /// The bandwidth `vm.migrate(mode)` may use, bytes per second (`None`:
-    /// no cap, [`HOST_LOCAL_BANDWIDTH`]). Read by the migration layer.
-    pub migrate_max_bandwidth: Option<u64>,
     /// Boot, or start from a ready snapshot ([`BootMode::Fresh`] here;
     /// the harness's `boot` parameter defaults to snapshots).
     pub boot: BootMode,
@@ -141,9 +125,6 @@ impl VmConfig {
             agent: true,
             graceful_timeout: Duration::from_secs(20),
             start_timeout: Duration::from_secs(30),
-            destination_qemu: None,
-            migrate_timeout: Duration::from_secs(60),
-            migrate_max_bandwidth: None,
             boot: BootMode::Fresh,
             snapshot_dir: None,
         }

@@ -121,10 +121,7 @@ impl VmDisks {
         }
         if let Some(seed) = seed {
             let path = dir.join("seed.img");
-            seed.write(&path).map_err(|source| Error::Guest {
-                guest: guest.path.clone(),
-                source,
-            })?;
+            write_seed(guest, seed, &path)?;
             tracing::debug!(seed = %path.display(), instance = %seed.instance_id, "cloud-init seed written");
             disks.seed = Some(path);
             disks.seed_has_secret = seed.password.is_some();
@@ -216,8 +213,26 @@ impl VmDisks {
     }
 }
 
+/// The cloud-init seed volume of a VM, written to `path`.
+#[cfg(feature = "provision")]
+fn write_seed(guest: &GuestDescription, seed: &Seed, path: &Path) -> Result<()> {
+    seed.write(path).map_err(|source| Error::Guest {
+        guest: guest.path.clone(),
+        source,
+    })
+}
+
+/// Without the `provision` feature, no seed can be written.
+#[cfg(not(feature = "provision"))]
+fn write_seed(guest: &GuestDescription, _: &Seed, _: &Path) -> Result<()> {
+    Err(Error::NotProvisioned {
+        what: format!("the cloud-init seed of `{}`", guest.path.display()),
+    })
+}
+
 /// The image at `url` from the cache, downloaded first when missing
 /// (progress in the log every tenth of the way).
+#[cfg(feature = "provision")]
 async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Result<PathBuf> {
     let guest_error = |source| Error::Guest {
         guest: guest.path.clone(),
@@ -243,6 +258,23 @@ async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Resul
     .await
     .expect("fetching does not panic")
     .map_err(guest_error)
+}
+
+/// Without the `provision` feature, an image by URL is used only when it
+/// is in the cache already.
+#[cfg(not(feature = "provision"))]
+async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Result<PathBuf> {
+    let home = virtest_guest::cache::default_home().map_err(|source| Error::Guest {
+        guest: guest.path.clone(),
+        source,
+    })?;
+    let path = virtest_guest::images::cached_path(&home, url, sha256);
+    match path.is_file() {
+        true => Ok(path),
+        false => Err(Error::NotProvisioned {
+            what: format!("downloading `{url}` (not in the cache at `{}`)", path.display()),
+        }),
+    }
 }
 
 /// Runs `qemu-img create -q -f qcow2 ARGS...`: `Err` with qemu-img's

@@ -27,6 +27,14 @@ pub enum Error {
         /// What is wrong, with what qemu-img said.
         reason: String,
     },
+    /// The guest needs what this build leaves out.
+    #[error(
+        "{what} needs virtest-vm's `provision` feature, which this build leaves out: enable it (the `virtest` crate has it on)"
+    )]
+    NotProvisioned {
+        /// What the guest needs.
+        what: String,
+    },
     /// The UEFI firmware is not installed.
     #[error(
         "UEFI firmware `{missing}` not found: install it with `apt-get install ovmf` (or set VIRTEST_OVMF_DIR to a directory holding OVMF_CODE_4M.fd and OVMF_VARS_4M.fd)"

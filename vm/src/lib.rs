@@ -1,17 +1,4 @@
-//! One VM's whole life: spawn and reap QEMU, QMP, console capture,
-//! `login_remote`, power states, screendumps.
-//!
-//! ```no_run
-//! # async fn f() -> virtest_vm::Result<()> {
-//! use virtest_vm::{Vm, VmConfig};
-//! let mut vm = Vm::new(VmConfig::default_guest()?);
-//! vm.power_on().await?;
-//! vm.login_remote().await?;
-//! vm.remote()?.run("uname -a").await?;
-//! vm.remote()?.run("shutdown -h now").await?;
-//! vm.power_off().await?;
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!
@@ -51,6 +38,7 @@ mod console_share;
 mod dirs;
 mod disks;
 mod error;
+mod extensions;
 mod hotplug;
 mod instance;
 mod launch;
@@ -60,12 +48,13 @@ mod serial;
 mod snapshot;
 mod vm;
 
-pub use config::{HOST_LOCAL_BANDWIDTH, Login, VmConfig};
+pub use config::{Login, VmConfig};
 pub use console::{Console, ConsoleCursor};
 pub use console_share::SharedConsole;
 pub use dirs::RuntimeDirError;
 pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
+pub use extensions::Extensions;
 pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};

@@ -16,11 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qapi::Enum;
-use qapi::qmp::{
-    MigrateSetParameters, MigrationStatus, RunState, cont, migrate, migrate_set_parameters,
-    query_migrate, query_status, stop,
-};
-use serde_json::json;
+use qapi::qmp::{MigrateSetParameters, RunState, cont, migrate_set_parameters, query_status, stop};
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::Ready;
@@ -30,6 +26,7 @@ use virtest_guest::snapshots::{
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::binary::Probe;
 use virtest_qmp::Qmp;
+use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target, UNCAPPED_BANDWIDTH};
 use virtest_remote::SshSession;
 
 use crate::disks::VmDisks;
@@ -354,7 +351,7 @@ async fn make(
 ) -> Result<std::result::Result<(), String>> {
     let maker = vm.start_instance_with(launch).await?;
     tracing::debug!(pid = maker.pid(), "booting the guest to save it once ready");
-    vm.replace_instance(maker);
+    vm.hand_over(maker);
     let deadline = vm.config().login_timeout;
     match vm.config().guest.ready {
         Ready::Ssh => vm.login_remote_within(deadline).await.map(drop)?,
@@ -363,7 +360,7 @@ async fn make(
         }
     }
     let qmp = vm.qmp()?.clone();
-    let saved = save(&qmp, &pending.state(), vm.config().migrate_timeout).await;
+    let saved = save(&qmp, &pending.state()).await;
     if let Some(maker) = vm.take_instance() {
         // Saved and stopped: nothing is lost by killing it.
         drop(maker);
@@ -379,19 +376,19 @@ async fn make(
     Ok(saved)
 }
 
-/// Saves the stopped guest's state into `state` through a file
-/// descriptor QEMU gets over QMP, so the file is whole when QEMU says
-/// the migration completed.
-async fn save(qmp: &Qmp, state: &Path, deadline: Duration) -> std::result::Result<(), String> {
+/// How long saving a ready guest may take: its RAM, written to a local
+/// file, takes about a second under TCG.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Saves the guest's state into `state`: stopped, then migrated into
+/// the file through a descriptor QEMU gets over QMP, so the file is
+/// whole when QEMU says the migration completed.
+async fn save(qmp: &Qmp, state: &Path) -> std::result::Result<(), String> {
     let file =
         std::fs::File::create(state).map_err(|e| format!("creating `{}`: {e}", state.display()))?;
     let qmp_error = |step: &str, e: virtest_qmp::Error| format!("saving the guest ({step}): {e}");
-    qmp.execute_with_fd("getfd", json!({"fdname": "virtest-snapshot"}), file.as_fd())
-        .await
-        .map_err(|e| qmp_error("getfd", e))?;
-    drop(file);
     let uncapped = MigrateSetParameters {
-        max_bandwidth: Some(crate::HOST_LOCAL_BANDWIDTH),
+        max_bandwidth: Some(UNCAPPED_BANDWIDTH),
         ..MigrateSetParameters::default()
     };
     qmp.execute(migrate_set_parameters(uncapped))
@@ -400,33 +397,14 @@ async fn save(qmp: &Qmp, state: &Path, deadline: Duration) -> std::result::Resul
     qmp.execute(stop {})
         .await
         .map_err(|e| qmp_error("stop", e))?;
-    let command = migrate {
-        uri: Some("fd:virtest-snapshot".into()),
-        channels: None,
-        detach: None,
-        resume: None,
-    };
-    qmp.execute(command)
+    let saving = Outgoing::start(qmp, Target::Fd(file.as_fd())).await;
+    drop(file);
+    let failed = |e: OutgoingError| format!("saving the guest failed: {}", error_chain(&e));
+    saving
+        .map_err(failed)?
+        .finish(SAVE_TIMEOUT)
         .await
-        .map_err(|e| qmp_error("migrate", e))?;
-    let began = Instant::now();
-    loop {
-        let info = qmp
-            .execute(query_migrate {})
-            .await
-            .map_err(|e| qmp_error("query-migrate", e))?;
-        match info.status {
-            Some(MigrationStatus::completed) => return Ok(()),
-            Some(status @ (MigrationStatus::failed | MigrationStatus::cancelled)) => {
-                let detail = info.error_desc.as_deref().unwrap_or("no reason given");
-                return Err(format!("saving the guest {}: {detail}", status.name()));
-            }
-            _ if began.elapsed() > deadline => {
-                return Err(format!("saving the guest took over {deadline:?}"));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+        .map_err(failed)
 }
 
 /// Starts QEMU with the guest's command line, incoming from `state`, and

@@ -23,6 +23,7 @@ use crate::console::{Console, ConsoleCursor};
 use crate::dirs;
 use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
+use crate::extensions::Extensions;
 use crate::instance::{Endpoints, Files, Instance};
 use crate::network::NetworkNic;
 use crate::snapshot::{BootMode, Start};
@@ -116,6 +117,8 @@ pub struct Vm {
     /// Whether the next login must refresh what a restored clone shares
     /// with its siblings (entropy, clock).
     refresh_pending: bool,
+    /// What layers above keep with the VM.
+    extensions: Extensions,
 }
 
 impl std::fmt::Debug for Vm {
@@ -170,6 +173,7 @@ impl Vm {
             ready_seen: false,
             start: Start::NotStarted,
             refresh_pending: false,
+            extensions: Extensions::default(),
         }
     }
 
@@ -247,9 +251,8 @@ impl Vm {
 
     /// Starts another QEMU process of this VM from the command line
     /// `build` makes for fresh endpoints, sharing the VM's console and
-    /// logs. For the migration layer, which starts a destination this way
-    /// and hands it to [`Vm::replace_instance`].
-    pub async fn start_instance_with(
+    /// logs.
+    pub(crate) async fn start_instance_with(
         &mut self,
         build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
@@ -265,12 +268,48 @@ impl Vm {
         Instance::start(&files, self.generation, self.config.start_timeout, build).await
     }
 
+    /// Starts a second QEMU process of this VM, waiting for its state
+    /// (`-incoming INCOMING`, `defer` to choose the transport later): the
+    /// running one's command line, with a fresh set of host endpoints
+    /// (sockets, forwarded ports QEMU chooses) and, if given, another
+    /// QEMU binary. It shares the VM's console and logs; hand it over
+    /// with [`Vm::hand_over`] once it runs the guest, or drop it.
+    pub async fn start_incoming(
+        &mut self,
+        incoming: &str,
+        binary: Option<&Path>,
+    ) -> Result<Instance> {
+        let source = self.instance()?;
+        let cmdline = source.cmdline().clone();
+        let from = source.endpoints().clone();
+        let binary = binary.map(Path::to_path_buf);
+        let build = move |to: &Endpoints| {
+            let mut clone = cmdline.clone_for_incoming(incoming, from.remap_to(to));
+            if let Some(binary) = &binary {
+                clone.binary = binary.clone();
+            }
+            clone
+        };
+        self.start_instance_with(&build).await
+    }
+
     /// Makes `instance` the VM's QEMU process and returns the previous
-    /// one, if any. The remote session, bound to the old forwarded port,
-    /// is dropped: call [`Vm::login_remote`] again.
-    pub fn replace_instance(&mut self, instance: Instance) -> Option<Instance> {
+    /// one, if any, for the caller to end. The remote session, bound to
+    /// the old forwarded port, is dropped: call [`Vm::login_remote`]
+    /// again.
+    pub fn hand_over(&mut self, instance: Instance) -> Option<Instance> {
         self.remote = None;
         self.instance.replace(instance)
+    }
+
+    /// What layers above this one keep with the VM.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// What layers above this one keep with the VM, to change.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
     }
 
     /// Takes the VM's QEMU process out of it (for the snapshot maker,

@@ -1,13 +1,12 @@
 //! The `Vm` with the default guest: the guide's boot shape, reboots,
 //! pause, screendumps, forced power-off, two VMs at once.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use virtest::vm::{PowerOff, Reboot, Vm, VmConfig, VmState};
+use virtest_vm::{PowerOff, Reboot, Vm, VmConfig, VmState};
 
 fn config(log_dir: &std::path::Path) -> VmConfig {
     let mut config = VmConfig::new(common::description().clone());

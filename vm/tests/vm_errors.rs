@@ -1,14 +1,13 @@
 //! What a user sees when a VM cannot start or its guest never comes up:
 //! clear errors, and no QEMU left behind.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::time::Duration;
 
-use virtest::guest::description::Ready;
-use virtest::qemu_cmdline::{Arg, Props, PropsOption};
-use virtest::vm::{Error, PowerOff, Vm, VmConfig};
+use virtest_guest::description::Ready;
+use virtest_qemu_cmdline::{Arg, Props, PropsOption};
+use virtest_vm::{Error, PowerOff, Vm, VmConfig};
 
 fn config() -> VmConfig {
     VmConfig::new(common::description().clone())
@@ -114,7 +113,7 @@ async fn a_guest_that_never_gets_ready_times_out_with_the_console_tail() {
 async fn a_wrong_password_fails_at_once_not_after_the_timeout() {
     let _slot = common::guest_slots(1);
     let mut config = config();
-    config.login = virtest::vm::Login::Password("not-the-password".into());
+    config.login = virtest_vm::Login::Password("not-the-password".into());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     let error = vm.login_remote().await.unwrap_err();

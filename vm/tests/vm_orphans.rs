@@ -1,14 +1,13 @@
 //! No QEMU outlives its owner: a process killed with SIGKILL, a process
 //! that panics, a task cancelled in the middle of `power_on`.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use virtest::vm::{Vm, VmConfig};
+use virtest_vm::{Vm, VmConfig};
 
 /// What the child role does once its VM is on.
 const ROLE: &str = "VIRTEST_ORPHAN_ROLE";

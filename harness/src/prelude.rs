@@ -1,6 +1,7 @@
-//! What a test file needs: `use virtest::prelude::*;`.
+//! What a test file needs: `use virtest::prelude::*;` (or
+//! `virtest_harness::prelude` without the facade).
 
-pub use virtest_harness::{
+pub use crate::{
     Params, Status, Test, TestError, TestResult, VirtTest, cancel, ensure, fail, skip,
 };
 pub use virtest_migration::{Migrate, MigrationMode, MigrationReport, MigrationSpec};

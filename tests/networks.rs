@@ -3,7 +3,6 @@
 //! transport while the client streams from it, and the stream arrives
 //! whole, its longest stall saved in each migration's report.
 
-#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::stream;

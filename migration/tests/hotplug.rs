@@ -4,14 +4,13 @@
 //! the VM runs, reached through it before and after a migration, then
 //! unplugged; and the bad inputs, each a clear error.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::time::Duration;
 
-use virtest::migration::{Migrate, MigrationMode};
-use virtest::remote::Session;
-use virtest::vm::{BootMode, Error, Network, Vm, VmConfig};
+use virtest_migration::{Migrate, MigrationMode};
+use virtest_remote::Session;
+use virtest_vm::{BootMode, Error, Network, Vm, VmConfig};
 
 fn config(guest: VmConfig, logs: &std::path::Path, name: &str) -> VmConfig {
     let mut config = guest;

@@ -5,15 +5,14 @@
 //! unknown command's error, all again after migrations; a guest whose
 //! agent is not running, a clear error once the deadline passes.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::time::{Duration, Instant};
 
-use virtest::guest::description::Ready;
-use virtest::migration::{Migrate, MigrationMode};
-use virtest::qmp::Error as QmpError;
-use virtest::vm::{BootMode, Error, PowerOff, Vm, VmConfig};
+use virtest_guest::description::Ready;
+use virtest_migration::{Migrate, MigrationMode};
+use virtest_qmp::Error as QmpError;
+use virtest_vm::{BootMode, Error, PowerOff, Vm, VmConfig};
 
 /// What a command through the agent may take.
 const EXEC: Duration = Duration::from_secs(30);
@@ -89,7 +88,7 @@ async fn exercise_the_agent(vm: &mut Vm, round: &str, freezes: bool) {
 }
 
 /// Freezes the guest's filesystems, checks, thaws them.
-async fn freeze_and_thaw(agent: &virtest::qmp::Qga, round: &str) {
+async fn freeze_and_thaw(agent: &virtest_qmp::Qga, round: &str) {
     let frozen = agent
         .execute(qapi::qga::guest_fsfreeze_freeze {})
         .await

@@ -2,13 +2,13 @@
 //! console of a running VM, logged in at its prompt, kept across a live
 //! migration, recorded in `console.log` all along; the error paths.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use virtest_testkit as common;
 
 use std::time::Duration;
 
-use virtest::prelude::*;
-use virtest::vm::{BootMode, Error, VmConfig};
+use virtest_migration::{Migrate, MigrationMode};
+use virtest_remote::Session;
+use virtest_vm::{BootMode, Error, Vm, VmConfig};
 
 fn config(logs: &std::path::Path) -> VmConfig {
     let mut config = VmConfig::new(common::description().clone());

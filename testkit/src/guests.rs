@@ -1,0 +1,80 @@
+//! The built-in guests, bootstrapped once per test binary (a no-op when
+//! the cache is current), and a guest described by hand.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use virtest_guest::bootstrap::{BootstrapOptions, bootstrap};
+use virtest_guest::debian::{DebianOptions, bootstrap_debian};
+use virtest_guest::{GuestDescription, Manifest, cache};
+
+/// The default guest's manifest.
+pub fn guest() -> &'static Manifest {
+    static GUEST: OnceLock<Manifest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let home = cache::default_home().expect("virtest's cache directory");
+        bootstrap(&BootstrapOptions::new(home))
+            .expect("bootstrapping the default guest")
+            .manifest
+    })
+}
+
+/// The default guest's description (its `guest.toml`).
+pub fn description() -> &'static GuestDescription {
+    static DESCRIPTION: OnceLock<GuestDescription> = OnceLock::new();
+    DESCRIPTION.get_or_init(|| guest().description().expect("the default guest.toml"))
+}
+
+/// The Debian guest, built once into the cache (a no-op when current;
+/// minutes the first time, as root).
+pub fn debian() -> &'static GuestDescription {
+    static DEBIAN: OnceLock<GuestDescription> = OnceLock::new();
+    DEBIAN.get_or_init(|| {
+        let home = cache::default_home().expect("virtest's cache directory");
+        bootstrap_debian(&DebianOptions { home, force: false })
+            .expect("building the Debian guest")
+            .description
+    })
+}
+
+/// Writes `dir/guest.toml`: the default guest as a user would describe
+/// it by hand (absolute paths, its key and password), plus `extra` TOML
+/// (say, a `[[disks]]` table).
+pub fn write_guest_toml(dir: &Path, extra: &str) -> PathBuf {
+    let guest = description();
+    let kernel = guest
+        .boot
+        .kernel
+        .as_ref()
+        .expect("the default guest boots a kernel");
+    let login = &guest.login;
+    let text = format!(
+        r#"name = "mine"
+
+[boot]
+kernel = "{kernel}"
+initrd = "{initrd}"
+cmdline = "{cmdline}"
+
+[login]
+user = "{user}"
+password = "{password}"
+key = "{key}"
+
+[ready]
+wait_for = "console"
+line = "virtest-guest-ready"
+
+{extra}
+"#,
+        kernel = kernel.kernel.display(),
+        initrd = kernel.initrd.as_ref().expect("an initramfs").display(),
+        cmdline = kernel.cmdline,
+        user = login.user,
+        password = login.password.as_deref().expect("a password"),
+        key = login.key.as_ref().expect("a key").display(),
+    );
+    let path = dir.join("guest.toml");
+    std::fs::write(&path, text).expect("writing guest.toml");
+    path
+}

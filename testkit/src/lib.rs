@@ -1,0 +1,47 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//!
+//! - `guests`: the built-in guests, bootstrapped once per test binary,
+//!   and a `guest.toml` written by hand.
+//! - `qemu`: [`Qemu`], a guest booted by a command line built here and
+//!   `std::process`, for the layers below `vm`.
+//! - `slots`: [`guest_slots`], how many guests a test binary runs at once.
+//! - `process`: whether a process lives, who its children are, waiting
+//!   for a condition.
+//! - `logs`: [`TestLogs`], a test's log directory, kept with its
+//!   consoles' tails printed when the test fails.
+#![deny(missing_docs)]
+
+mod guests;
+mod logs;
+mod process;
+mod qemu;
+mod slots;
+
+pub use guests::{debian, description, guest, write_guest_toml};
+pub use logs::{TestLogs, files_under, test_logs};
+pub use process::{Reaped, alive, children_of, eventually, is_qemu, processes_with};
+pub use qemu::{Qemu, QemuOptions};
+pub use slots::{GuestSlots, guest_slots};
+
+/// The SHA-256 of a file, hex (by `sha256sum`, as a user would check).
+pub fn sha256(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("running sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum prints a hash")
+        .to_string()
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding a port on 127.0.0.1")
+        .port()
+}
