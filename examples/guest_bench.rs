@@ -83,27 +83,15 @@ fn boot_to_ready(m: &Manifest) -> Result<(Duration, f64), Box<dyn std::error::Er
     let dir = tempfile::tempdir()?;
     let console = dir.path().join("console.log");
     let guest = m.description()?;
+    let qemu = binary::find(BinaryKind::System, None)?;
     let launch = GuestLaunch {
-        guest: &guest,
-        qemu: binary::find(BinaryKind::System, None)?,
-        accel: Chosen::Tcg,
-        qemu_version: Some(binary::probe(&binary::find(BinaryKind::System, None)?)?.version),
-        memory_mib: None,
-        forward_ports: &[],
-        networks: &[],
-        ssh_host_port: std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port(),
-        cpus: None,
-        console: ConsoleOutput::File(console.clone()),
-        vga: false,
-        qmp_socket: None,
-        agent_socket: None,
-        allow_reboot: false,
-        disks: &[],
-        uefi: None,
-        seed: None,
-        generation_id: false,
+        qemu_version: Some(binary::probe(&qemu)?.version),
+        ..GuestLaunch::new(
+            &guest,
+            qemu,
+            Chosen::Tcg,
+            ConsoleOutput::File(console.clone()),
+        )
     };
     let mut command = launch.cmdline().to_command();
     let start = Instant::now();

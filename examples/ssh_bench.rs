@@ -32,25 +32,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let console = dir.path().join("console.log");
     let guest = manifest.description()?;
+    let qemu = binary::find(BinaryKind::System, None)?;
     let launch = GuestLaunch {
-        guest: &guest,
-        qemu: binary::find(BinaryKind::System, None)?,
-        accel: Chosen::Tcg,
-        qemu_version: Some(binary::probe(&binary::find(BinaryKind::System, None)?)?.version),
-        memory_mib: None,
-        forward_ports: &[],
-        networks: &[],
+        qemu_version: Some(binary::probe(&qemu)?.version),
         ssh_host_port: port,
-        cpus: None,
-        console: ConsoleOutput::File(console.clone()),
-        vga: false,
-        qmp_socket: None,
-        agent_socket: None,
-        allow_reboot: false,
-        disks: &[],
-        uefi: None,
-        seed: None,
-        generation_id: false,
+        ..GuestLaunch::new(
+            &guest,
+            qemu,
+            Chosen::Tcg,
+            ConsoleOutput::File(console.clone()),
+        )
     };
     let mut child = launch
         .cmdline()

@@ -2,7 +2,7 @@
 //! Each checks more than the guide's examples: that the guest is the one
 //! expected, and stays the same one across migrations.
 
-use crate::harness::TestDef;
+use crate::harness::{TestDef, params};
 use crate::prelude::*;
 
 /// Every built-in test.
@@ -95,8 +95,8 @@ impl VirtTest for Migration {
         t.vm.power_on().await?;
         t.vm.login_remote().await?;
         let boot = boot_id(t).await?;
-        let mode = t.params.get_or("migration_mode", MigrationMode::Tcp)?;
-        for round in 1..=t.params.get_or("migration_iterations", 4u32)? {
+        let mode = t.params.value(&params::MIGRATION_MODE)?;
+        for round in 1..=t.params.value(&params::MIGRATION_ITERATIONS)? {
             let report = t.vm.migrate(mode).await?;
             t.log(format_args!(
                 "migration {round} over {mode}: {} ms, downtime {} ms, wall {:.0} ms",

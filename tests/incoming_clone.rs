@@ -36,29 +36,13 @@ async fn connect(socket: &std::path::Path) -> Qmp {
 async fn the_default_guest_migrates_into_its_incoming_clone() {
     let guest = common::description();
     let dir = tempfile::tempdir().unwrap();
+    let qemu = binary::find(BinaryKind::System, None).unwrap();
+    let console = ConsoleOutput::File(dir.path().join("console.log"));
     let launch = GuestLaunch {
-        guest,
-        qemu: binary::find(BinaryKind::System, None).unwrap(),
-        accel: Chosen::Tcg,
-        qemu_version: Some(
-            binary::probe(&binary::find(BinaryKind::System, None).unwrap())
-                .unwrap()
-                .version,
-        ),
-        memory_mib: None,
-        forward_ports: &[],
-        networks: &[],
+        qemu_version: Some(binary::probe(&qemu).unwrap().version),
         ssh_host_port: common::free_port(),
-        cpus: None,
-        console: ConsoleOutput::File(dir.path().join("console.log")),
-        vga: false,
         qmp_socket: Some(dir.path().join("qmp.sock")),
-        agent_socket: None,
-        allow_reboot: false,
-        disks: &[],
-        uefi: None,
-        seed: None,
-        generation_id: false,
+        ..GuestLaunch::new(guest, qemu, Chosen::Tcg, console)
     };
     let src_cmd = launch.cmdline();
     let dst_dir = dir.path().join("dst");

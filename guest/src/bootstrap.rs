@@ -405,13 +405,12 @@ fn unpack_kernel(apt: &Apt, deb: &Path, root: &Path) -> Result<()> {
         }
         Ok(())
     })?;
-    let tmp = index_path.with_extension("json.tmp");
-    fs::write(
-        &tmp,
-        serde_json::to_vec(selector.index()).expect("an index serializes"),
-    )
-    .io_context("writing", &tmp)?;
-    fs::rename(&tmp, &index_path).io_context("writing", &index_path)?;
+    let written = tempfile::NamedTempFile::new_in(index_path.parent().unwrap_or(Path::new(".")))
+        .and_then(|mut tmp| {
+            serde_json::to_writer(&mut tmp, selector.index())?;
+            tmp.persist(&index_path).map(drop).map_err(|e| e.error)
+        });
+    written.io_context("writing", &index_path)?;
     let missed = selector.missed();
     if !missed.is_empty() {
         tracing::debug!(

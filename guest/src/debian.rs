@@ -294,8 +294,7 @@ fn current(dir: &Path, inputs: &str) -> std::result::Result<BuildRecord, String>
 
 /// The host programs and files the build uses, each with its package.
 fn check_tools() -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err(Error::NeedsRoot {
             what: "building the Debian guest (mmdebstrap installs packages into a directory)",
         });

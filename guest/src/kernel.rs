@@ -122,7 +122,7 @@ pub fn decompress(payload: &Payload<'_>) -> Result<Vec<u8>, String> {
 
 /// Whether an ELF kernel carries the PVH entry note
 /// (`XEN_ELFNOTE_PHYS32_ENTRY`), which QEMU needs to boot it directly.
-pub fn has_pvh_entry(vmlinux: &[u8]) -> Result<bool, String> {
+pub(crate) fn has_pvh_entry(vmlinux: &[u8]) -> Result<bool, String> {
     const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
     let file = ElfFile64::<object::Endianness>::parse(vmlinux)
         .map_err(|e| format!("extracted payload is not an ELF kernel: {e}"))?;

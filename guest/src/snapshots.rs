@@ -27,13 +27,17 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{IoContext, Result};
 use crate::manifest::hex;
+
+mod pending;
+
+pub use pending::PendingSnapshot;
 
 /// The file holding the migration stream, in a snapshot's directory.
 pub const STATE: &str = "state";
@@ -175,18 +179,20 @@ impl Snapshot {
 
     /// Checks that each file has the size and SHA-256 the record says;
     /// the error says what differs.
-    pub fn verify(&self) -> std::result::Result<(), String> {
+    pub fn verify(&self) -> std::result::Result<(), Damage> {
         self.check_size()?;
         for file in &self.meta.files {
             let path = self.dir.join(&file.name);
-            let sha256 = sha256_file(&path)
-                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?;
+            let sha256 = sha256_file(&path).map_err(|e| Damage::Unreadable {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             if sha256 != file.sha256 {
-                return Err(format!(
-                    "its file `{}` has SHA-256 {sha256}, its record says {}",
-                    path.display(),
-                    file.sha256
-                ));
+                return Err(Damage::Hash {
+                    path,
+                    found: sha256,
+                    recorded: file.sha256.clone(),
+                });
             }
         }
         Ok(())
@@ -197,25 +203,64 @@ impl Snapshot {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    fn check_size(&self) -> std::result::Result<(), String> {
+    fn check_size(&self) -> std::result::Result<(), Damage> {
         if !self.meta.files.iter().any(|f| f.name == STATE) {
-            return Err("its record lists no state".into());
+            return Err(Damage::NoState);
         }
         for file in &self.meta.files {
             let path = self.dir.join(&file.name);
             let size = fs::metadata(&path)
-                .map_err(|e| format!("its file `{}` cannot be read: {e}", path.display()))?
+                .map_err(|e| Damage::Unreadable {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
                 .len();
             if size != file.size {
-                return Err(format!(
-                    "its file `{}` is {size} bytes, its record says {}",
-                    path.display(),
-                    file.size
-                ));
+                return Err(Damage::Size {
+                    path,
+                    found: size,
+                    recorded: file.size,
+                });
             }
         }
         Ok(())
     }
+}
+
+/// How a snapshot's files differ from its record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    /// The record lists no state file.
+    #[error("its record lists no state")]
+    NoState,
+    /// A file cannot be read.
+    #[error("its file `{path}` cannot be read: {reason}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        reason: String,
+    },
+    /// A file has another size.
+    #[error("its file `{path}` is {found} bytes, its record says {recorded}")]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The recorded size.
+        recorded: u64,
+    },
+    /// A file has another SHA-256.
+    #[error("its file `{path}` has SHA-256 {found}, its record says {recorded}")]
+    Hash {
+        /// The file.
+        path: PathBuf,
+        /// Its hash.
+        found: String,
+        /// The recorded hash.
+        recorded: String,
+    },
 }
 
 /// What [`SnapshotStore::lookup`] or [`SnapshotStore::find`] found.
@@ -262,9 +307,11 @@ impl SnapshotStore {
         match self.find(key) {
             Lookup::Found(snapshot) => match snapshot.verify() {
                 Ok(()) => Lookup::Found(snapshot),
-                Err(reason) => {
+                Err(damage) => {
                     snapshot.remove();
-                    Lookup::Rejected { reason }
+                    Lookup::Rejected {
+                        reason: damage.to_string(),
+                    }
                 }
             },
             other => other,
@@ -280,7 +327,12 @@ impl SnapshotStore {
         if !dir.exists() {
             return Lookup::Missing;
         }
-        match Self::read(&dir).and_then(|snapshot| snapshot.check_size().map(|()| snapshot)) {
+        match Self::read(&dir).and_then(|snapshot| {
+            snapshot
+                .check_size()
+                .map(|()| snapshot)
+                .map_err(|e| e.to_string())
+        }) {
             Ok(snapshot) => Lookup::Found(snapshot),
             Err(reason) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -392,91 +444,6 @@ pub struct SnapshotLock {
     _file: fs::File,
 }
 
-/// A snapshot being made: a private directory that becomes the snapshot
-/// on [`PendingSnapshot::commit`], and is removed if dropped before.
-#[derive(Debug)]
-pub struct PendingSnapshot {
-    dir: PathBuf,
-    target: PathBuf,
-    key: SnapshotKey,
-    committed: bool,
-}
-
-impl Drop for PendingSnapshot {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-impl PendingSnapshot {
-    /// Where QEMU writes the migration stream.
-    pub fn state(&self) -> PathBuf {
-        self.dir.join(STATE)
-    }
-
-    /// The directory being filled: the state, and a disk guest's files.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Records each file's size and hash and makes it read-only, puts the
-    /// snapshot in place, and removes the same guest's snapshots that
-    /// went stale.
-    pub fn commit(mut self, store: &SnapshotStore, make_time: Duration) -> Result<Snapshot> {
-        let mut files = Vec::new();
-        let mut entries: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .io_context("listing", &self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for path in entries {
-            let size = fs::metadata(&path).io_context("reading", &path)?.len();
-            let sha256 = sha256_file(&path).io_context("reading", &path)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
-                .io_context("making read-only", &path)?;
-            let name = path
-                .file_name()
-                .expect("a file")
-                .to_string_lossy()
-                .into_owned();
-            files.push(SnapshotFile { name, size, sha256 });
-        }
-        let meta = SnapshotMeta {
-            key: self.key.id(),
-            guest: self.key.guest.clone(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            make_ms: make_time.as_millis() as u64,
-            files,
-            material: self.key.material.clone(),
-            inputs: self.key.inputs.clone(),
-        };
-        let meta_path = self.dir.join(META);
-        let json = serde_json::to_vec_pretty(&meta).expect("a record serializes");
-        fs::write(&meta_path, json).io_context("writing", &meta_path)?;
-        let _ = fs::remove_dir_all(&self.target);
-        fs::rename(&self.dir, &self.target).io_context("installing", &self.target)?;
-        self.committed = true;
-        for old in store.list()? {
-            if old.meta.guest == meta.guest
-                && old.meta.key != meta.key
-                && let Some(why) = old.staleness()
-            {
-                tracing::info!(snapshot = %old.dir.display(), why, "removing a stale snapshot");
-                let _ = fs::remove_dir_all(&old.dir);
-            }
-        }
-        Ok(Snapshot {
-            dir: self.target.clone(),
-            meta,
-        })
-    }
-}
-
 /// The SHA-256 of a file's content, in hex.
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = fs::File::open(path)?;
@@ -492,13 +459,14 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    rustix::process::Pid::from_raw(pid)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn key(dir: &Path, guest: &str) -> SnapshotKey {
         let input = dir.join(format!("{guest}-kernel"));

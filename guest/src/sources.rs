@@ -11,7 +11,6 @@ use crate::elf;
 use crate::error::{Error, Result};
 pub use crate::manifest::Origin;
 
-
 /// A located component: files already on disk, or a package still to be
 /// fetched.
 #[derive(Debug, Clone)]
@@ -243,7 +242,7 @@ pub fn binary(
 
 /// Accepts a static ELF executable (busybox must run before any library
 /// is there).
-pub fn accept_static(path: &Path) -> Result<(), String> {
+pub(crate) fn accept_static(path: &Path) -> Result<(), String> {
     if !path.is_file() {
         return Err("no such file".into());
     }
@@ -256,7 +255,7 @@ pub fn accept_static(path: &Path) -> Result<(), String> {
 }
 
 /// Accepts any ELF executable.
-pub fn accept_elf(path: &Path) -> Result<(), String> {
+pub(crate) fn accept_elf(path: &Path) -> Result<(), String> {
     if !path.is_file() {
         return Err("no such file".into());
     }

@@ -17,10 +17,6 @@ use crate::test::Test;
 /// The bundle's directory, in the test's.
 pub(crate) const DIR: &str = "failure";
 
-/// The default time for the whole bundle (the `evidence_timeout`
-/// parameter; 0 gathers none).
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The longest one piece may take (a screendump, one guest command), so
 /// one that hangs leaves time for the others.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -157,7 +157,7 @@ fn params(test: &TestRecord) -> String {
     let is_default = |key: &str, value: &str| {
         crate::params::KNOWN
             .iter()
-            .any(|known| known.name == key && known.default == value)
+            .any(|known| known.name() == key && known.default() == value)
     };
     let set: Vec<String> = test
         .params

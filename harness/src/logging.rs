@@ -66,33 +66,13 @@ impl LogLayer {
 /// The fields of a span, as text, kept in its extensions.
 struct SpanFields(String);
 
-/// The name of the VM layer's spans (`vm{name=server id=...}`).
-const VM_SPAN: &str = "vm";
-
-/// A VM span's `name` field: which VM of the test.
+/// A VM span's `vm` field: which VM of the test.
 struct VmName(String);
 
 /// The phase a span set, and the one it replaced.
 struct PhaseMark {
     phase: Phase,
     before: String,
-}
-
-/// The phase each VM or remote span stands for.
-fn phase_of(span: &str, fields: &FieldText) -> Option<String> {
-    let phase = match span {
-        "power_on" => "booting",
-        "login_remote" => "logging in",
-        "migrate" => "migrating",
-        "reboot" => "rebooting",
-        "power_off" => "powering off",
-        "run" => {
-            let command = fields.command.as_deref().unwrap_or("a command");
-            return Some(format!("running `{command}` in the guest"));
-        }
-        _ => return None,
-    };
-    Some(phase.to_string())
 }
 
 impl<S> Layer<S> for LogLayer
@@ -108,11 +88,9 @@ where
             if let Some(sink) = fields.key.and_then(|key| self.tests.get(key)) {
                 span.extensions_mut().insert(sink);
             }
-        } else if name == VM_SPAN {
-            if let Some(vm) = fields.name.clone() {
-                span.extensions_mut().insert(VmName(vm));
-            }
-        } else if let Some(phase) = phase_of(name, &fields)
+        } else if let Some(vm) = fields.vm.clone() {
+            span.extensions_mut().insert(VmName(vm));
+        } else if let Some(phase) = fields.phase.clone()
             && let Some(sink) = test_sink(&ctx, id)
         {
             // In a test of several VMs, a phase says whose it is.
@@ -213,10 +191,10 @@ struct FieldText {
     text: String,
     key: Option<u64>,
     progress: Option<f64>,
-    /// A remote command's `command` field.
-    command: Option<String>,
-    /// A VM span's `name` field.
-    name: Option<String>,
+    /// A VM span's `vm` field: the VM's name.
+    vm: Option<String>,
+    /// A span's `phase` field: the VM's phase it stands for.
+    phase: Option<String>,
 }
 
 impl Visit for FieldText {
@@ -224,8 +202,8 @@ impl Visit for FieldText {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            if field.name() == "command" {
-                self.command = Some(format!("{value:?}"));
+            if field.name() == "phase" {
+                self.phase = Some(format!("{value:?}"));
             }
             let _ = write!(self.text, " {}={value:?}", field.name());
         }
@@ -236,8 +214,8 @@ impl Visit for FieldText {
             self.message.push_str(value);
         } else {
             match field.name() {
-                "command" => self.command = Some(value.to_string()),
-                "name" => self.name = Some(value.to_string()),
+                "phase" => self.phase = Some(value.to_string()),
+                "vm" => self.vm = Some(value.to_string()),
                 _ => {}
             }
             let _ = write!(self.text, " {}={value}", field.name());
@@ -299,10 +277,20 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let test = tracing::info_span!(TEST_SPAN, key = 1u64);
             let _test = test.enter();
-            let vm = tracing::info_span!("vm", name = vm_name, id = "abc");
+            // Span names are the layers' own: only the fields count.
+            let vm = tracing::info_span!("any_name", vm = vm_name, id = "abc");
             let _vm = vm.enter();
-            let _booting = tracing::info_span!("power_on").entered();
-            phase.lock().unwrap().clone()
+            let _booting = tracing::info_span!("another", phase = "booting").entered();
+            let booting = phase.lock().unwrap().clone();
+            drop(_booting);
+            let not_a_phase = tracing::info_span!("power_on").entered();
+            assert_eq!(
+                *phase.lock().unwrap(),
+                "",
+                "a span without `phase` is no phase"
+            );
+            drop(not_a_phase);
+            booting
         })
     }
 

@@ -8,209 +8,13 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-/// What a known parameter holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Text.
-    Text,
-    /// A path.
-    Path,
-    /// A whole number, at least 0.
-    Count,
-    /// A whole number, at least 1.
-    Positive,
-    /// Seconds (a number, fractions allowed).
-    Seconds,
-    /// `auto`, `kvm` or `tcg`.
-    Accel,
-    /// `tcp`, `unix`, `exec` or `fd`.
-    MigrationMode,
-    /// `true` or `false`.
-    Bool,
-    /// `snapshot` or `fresh`.
-    Boot,
-    /// TCP ports, comma-separated (`80,443`); empty for none.
-    Ports,
-}
+mod known;
 
-impl Kind {
-    fn describe(self) -> &'static str {
-        match self {
-            Kind::Text => "text",
-            Kind::Path => "a path",
-            Kind::Count => "a whole number",
-            Kind::Positive => "a whole number, at least 1",
-            Kind::Seconds => "a number of seconds",
-            Kind::Accel => "one of auto, kvm, tcg",
-            Kind::MigrationMode => "one of tcp, unix, exec, fd",
-            Kind::Bool => "true or false",
-            Kind::Boot => "one of snapshot, fresh",
-            Kind::Ports => "TCP ports 1-65535, comma-separated (80,443)",
-        }
-    }
-
-    fn accepts(self, value: &str) -> bool {
-        match self {
-            Kind::Text | Kind::Path => true,
-            Kind::Count => value.parse::<u64>().is_ok(),
-            Kind::Positive => value.parse::<u64>().is_ok_and(|n| n >= 1),
-            Kind::Seconds => value
-                .parse::<f64>()
-                .is_ok_and(|s| s >= 0.0 && s.is_finite()),
-            Kind::Accel => matches!(value, "auto" | "kvm" | "tcg"),
-            Kind::MigrationMode => matches!(value, "tcp" | "unix" | "exec" | "fd"),
-            Kind::Boot => virtest_vm::BootMode::parse(value).is_some(),
-            Kind::Bool => matches!(value, "true" | "false"),
-            Kind::Ports => parse_ports(value).is_some(),
-        }
-    }
-}
-
-/// A parameter the framework knows: its name, default and meaning.
-#[derive(Debug, Clone, Copy)]
-pub struct Known {
-    /// Its name.
-    pub name: &'static str,
-    /// Its default (`""`: none; the framework decides).
-    pub default: &'static str,
-    /// What it holds.
-    pub kind: Kind,
-    /// What it does.
-    pub help: &'static str,
-}
-
-/// The parameters the framework knows, avocado-virt's among them.
-pub const KNOWN: &[Known] = &[
-    Known {
-        name: "qemu_bin",
-        default: "",
-        kind: Kind::Path,
-        help: "QEMU system emulator ($QEMU, then qemu-system-x86_64 on PATH)",
-    },
-    Known {
-        name: "qemu_dst_bin",
-        default: "",
-        kind: Kind::Path,
-        help: "QEMU for a migration's destination (the source's)",
-    },
-    Known {
-        name: "qemu_img_bin",
-        default: "",
-        kind: Kind::Path,
-        help: "qemu-img, which makes each VM's disk overlays ($QEMU_IMG, then PATH)",
-    },
-    Known {
-        name: "guest",
-        default: "",
-        kind: Kind::Path,
-        help: "a guest.toml, its directory, or a built-in guest: default (the tiny guest), debian",
-    },
-    Known {
-        name: "guest_user",
-        default: "",
-        kind: Kind::Text,
-        help: "the user to log in as (the guest's)",
-    },
-    Known {
-        name: "guest_password",
-        default: "",
-        kind: Kind::Text,
-        help: "log in with this password instead of the guest's key",
-    },
-    Known {
-        name: "accel",
-        default: "auto",
-        kind: Kind::Accel,
-        help: "accelerator: auto takes KVM only where it can boot a guest",
-    },
-    Known {
-        name: "memory",
-        default: "",
-        kind: Kind::Positive,
-        help: "guest memory in MiB (the guest's hint)",
-    },
-    Known {
-        name: "cpus",
-        default: "",
-        kind: Kind::Positive,
-        help: "guest processors (1)",
-    },
-    Known {
-        name: "login_timeout",
-        default: "",
-        kind: Kind::Seconds,
-        help: "how long login_remote waits (the guest's login.timeout, else 60)",
-    },
-    Known {
-        name: "boot",
-        default: "snapshot",
-        kind: Kind::Boot,
-        help: "how VMs start: snapshot restores the guest's ready snapshot (made by the first VM that needs it), fresh boots; tests of booting always boot",
-    },
-    Known {
-        name: "forward_ports",
-        default: "",
-        kind: Kind::Ports,
-        help: "guest TCP ports forwarded from 127.0.0.1 besides SSH, comma-separated; vm.forwarded_port(p) says where",
-    },
-    Known {
-        name: "keep_disks",
-        default: "false",
-        kind: Kind::Bool,
-        help: "keep each VM's disk overlays after the test (always kept when it fails)",
-    },
-    Known {
-        name: "migration_mode",
-        default: "tcp",
-        kind: Kind::MigrationMode,
-        help: "migration transport",
-    },
-    Known {
-        name: "migration_iterations",
-        default: "4",
-        kind: Kind::Count,
-        help: "migrations the migration test does",
-    },
-    Known {
-        name: "migrate_timeout",
-        default: "60",
-        kind: Kind::Seconds,
-        help: "how long one migration may take before it is cancelled",
-    },
-    Known {
-        name: "migrate_max_bandwidth",
-        default: "",
-        kind: Kind::Positive,
-        help: "MiB/s a migration may use (default: no cap, since it stays on this host)",
-    },
-    Known {
-        name: "evidence_timeout",
-        default: "30",
-        kind: Kind::Seconds,
-        help: "how long a failed test's failure bundle (screen, console, events, guest view) may take; 0 gathers none",
-    },
-    Known {
-        name: "timeout",
-        default: "600",
-        kind: Kind::Seconds,
-        help: "per test: setup and action together (cleanup has its own 120 s)",
-    },
-];
-
-/// TCP ports, comma-separated (`80, 443`); `None` when one is not a port
-/// from 1 to 65535. Empty text is no ports.
-pub fn parse_ports(value: &str) -> Option<Vec<u16>> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|port| !port.is_empty())
-        .map(|port| port.parse::<u16>().ok().filter(|&p| p != 0))
-        .collect()
-}
+pub use known::*;
 
 /// Whether the framework knows `key`.
 fn is_known(key: &str) -> bool {
-    KNOWN.iter().any(|k| k.name == key)
+    KNOWN.iter().any(|k| k.name() == key)
 }
 
 /// Parameter names whose values never reach a log or a results file.
@@ -278,8 +82,8 @@ impl Params {
     /// The known parameters' defaults.
     pub fn defaults() -> Params {
         let mut params = Params::default();
-        for known in KNOWN.iter().filter(|k| !k.default.is_empty()) {
-            params.set(known.name, known.default);
+        for known in KNOWN.iter().filter(|k| !k.default().is_empty()) {
+            params.set(known.name(), known.default());
         }
         params
     }
@@ -337,13 +141,13 @@ impl Params {
     /// Checks each known parameter's value against its type.
     pub fn check(&self) -> Result<(), ParamError> {
         for known in KNOWN {
-            if let Some(value) = self.get_str(known.name)
-                && !known.kind.accepts(value)
+            if let Some(value) = self.get_str(known.name())
+                && !known.accepts(value)
             {
                 return Err(ParamError::Type {
-                    key: known.name.into(),
-                    value: shown(known.name, value),
-                    expected: known.kind.describe().into(),
+                    key: known.name().into(),
+                    value: shown(known.name(), value),
+                    expected: known.expected(),
                 });
             }
         }
@@ -397,7 +201,11 @@ impl ParamSources {
         let unknown = |source: &str, key: &str| {
             format!(
                 "{source}: unknown parameter `{key}` (tests may still read it; known: {})",
-                KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                KNOWN
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         for key in file.keys().filter(|k| !is_known(k)) {
@@ -405,8 +213,8 @@ impl ParamSources {
         }
         let mut later = Params::default();
         for known in KNOWN {
-            if let Some(value) = env(&format!("VIRTEST_{}", known.name.to_uppercase())) {
-                later.set(known.name, value);
+            if let Some(value) = env(&format!("VIRTEST_{}", known.name().to_uppercase())) {
+                later.set(known.name(), value);
             }
         }
         for assignment in &self.assignments {
@@ -601,10 +409,15 @@ mod tests {
 
     #[test]
     fn forwarded_ports_are_checked_before_any_test_runs() {
-        assert_eq!(parse_ports("80, 443"), Some(vec![80, 443]));
-        assert_eq!(parse_ports(""), Some(vec![]));
+        let ports = |text: &str| {
+            let mut params = Params::default();
+            params.set("forward_ports", text);
+            params.value_if_set(&FORWARD_PORTS).ok().flatten()
+        };
+        assert_eq!(ports("80, 443"), Some(vec![80, 443]));
+        assert_eq!(ports(" "), Some(vec![]));
         for bad in ["http", "0", "65536", "80;443"] {
-            assert_eq!(parse_ports(bad), None, "{bad}");
+            assert_eq!(ports(bad), None, "{bad}");
             let assignment = format!("forward_ports={bad}");
             let (_dir, sources) = sources_of("", "toml", &[&assignment]);
             let error = sources.variants_with(&|_| None).unwrap_err().to_string();

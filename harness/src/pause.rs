@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
+use virtest_qemu_cmdline::cmdline::shell_quote;
 use virtest_vm::{SharedConsole, SshAccess, Vm};
 
 use crate::progress::Progress;
@@ -202,8 +203,8 @@ fn announcement(name: &str, dir: &Path, accesses: &[VmAccess]) -> String {
     let job_and_test = job_and_test.map(|(job, test)| {
         format!(
             "{} {}",
-            shell_quoted(&job.display().to_string()),
-            shell_quoted(&test.to_string_lossy())
+            shell_quote(&job.display().to_string()),
+            shell_quote(&test.to_string_lossy())
         )
     });
     for access in accesses {
@@ -212,14 +213,14 @@ fn announcement(name: &str, dir: &Path, accesses: &[VmAccess]) -> String {
         }
         match &access.ssh {
             Some(argv) => {
-                let line: Vec<String> = argv.iter().map(|a| shell_quoted(a)).collect();
+                let line: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
                 let _ = write!(text, "\n  ssh      : {}", line.join(" "));
             }
             None => text.push_str("\n  ssh      : (the guest has no SSH login)"),
         }
         let target = match (&job_and_test, access.vm.as_str()) {
             (Some(job_and_test), "vm") => Some(job_and_test.clone()),
-            (Some(job_and_test), vm) => Some(format!("{job_and_test} {}", shell_quoted(vm))),
+            (Some(job_and_test), vm) => Some(format!("{job_and_test} {}", shell_quote(vm))),
             (None, _) => None,
         };
         if let Some(target) = &target {
@@ -239,16 +240,6 @@ fn announcement(name: &str, dir: &Path, accesses: &[VmAccess]) -> String {
         );
     }
     text
-}
-
-/// `text` as one word for a POSIX shell.
-fn shell_quoted(text: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        text.to_string()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
 }
 
 /// Lines typed on stdin, from a thread of their own (a read of stdin
@@ -333,9 +324,9 @@ mod tests {
 
     #[test]
     fn words_are_quoted_for_the_shell_only_when_needed() {
-        assert_eq!(shell_quoted("/a/b-c_d.e"), "/a/b-c_d.e");
-        assert_eq!(shell_quoted("a b"), "'a b'");
-        assert_eq!(shell_quoted("it's"), r"'it'\''s'");
-        assert_eq!(shell_quoted(""), "''");
+        assert_eq!(shell_quote("/a/b-c_d.e"), "/a/b-c_d.e");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

@@ -141,11 +141,8 @@ fn line(n: usize, total: usize, record: &TestRecord) -> String {
 
 /// The columns of the terminal on stdout (80 when it does not say).
 fn terminal_width() -> usize {
-    // SAFETY: TIOCGWINSZ only writes a `winsize` into the one given.
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    let asked = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
-    match (asked, size.ws_col) {
-        (0, columns) if columns > 0 => usize::from(columns),
+    match rustix::termios::tcgetwinsize(std::io::stdout()) {
+        Ok(size) if size.ws_col > 0 => usize::from(size.ws_col),
         _ => 80,
     }
 }

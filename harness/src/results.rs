@@ -299,18 +299,20 @@ pub(crate) fn escape(text: &str) -> String {
     out
 }
 
-/// Writes `path` through a temporary file beside it and a rename; on an
-/// error (a full disk, say) the temporary file is removed.
+/// Writes `path` through a temporary file beside it (uniquely named, so
+/// two writers never share one) and a rename; on an error (a full disk,
+/// say) the temporary file is removed. The file is readable by all, as
+/// results are for people and CI.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".virtest-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir.unwrap_or(Path::new(".")))?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Seconds since the epoch.
@@ -329,13 +331,10 @@ pub fn create_job_dir(results_dir: &Path) -> std::io::Result<(PathBuf, String)> 
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let id = format!(
-        "{:07x}",
-        std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            (SystemTime::now(), std::process::id())
-        ) & 0xfff_ffff
-    );
+    let mut random = [0u8; 4];
+    let filled = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+    assert_eq!(filled.ok(), Some(4), "the host's RNG fills a small buffer");
+    let id = format!("{:07x}", u32::from_ne_bytes(random) & 0xfff_ffff);
     let dir = results_dir.join(format!("job-{}-{id}", timestamp(seconds)));
     std::fs::create_dir(&dir)?;
     std::fs::create_dir(dir.join("test-results"))?;

@@ -9,7 +9,7 @@ use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
 use virtest_vm::{Login, Network, Vm, VmConfig};
 
 use crate::outcome::{TestError, TestResult};
-use crate::params::{ParamError, Params};
+use crate::params::{self, Params};
 
 /// A virtualization test: `setup`, `action`, and `cleanup`, which always
 /// runs (after a failure, a panic, a timeout or Ctrl-C too).
@@ -350,55 +350,43 @@ fn new_vm(params: &Params, log_dir: &Path, name: Option<&str>) -> Result<Vm, Tes
 /// the timeout, the bandwidth (MiB/s) and the destination's QEMU.
 pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
-    spec.timeout = params.seconds_or("migrate_timeout", virtest_migration::DEFAULT_TIMEOUT)?;
+    spec.timeout = params.value(&params::MIGRATE_TIMEOUT)?;
     spec.max_bandwidth = params
-        .get::<u64>("migrate_max_bandwidth")?
-        .map(|mib| mib << 20);
-    spec.destination_qemu = params.get("qemu_dst_bin")?;
+        .value_if_set(&params::MIGRATE_MAX_BANDWIDTH)?
+        .map(|mib| mib.get() << 20);
+    spec.destination_qemu = params.value_if_set(&params::QEMU_DST_BIN)?;
     Ok(spec)
 }
 
 /// A VM configuration from the parameters (see the README's table).
 pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError> {
-    let guest = params
-        .get_str("guest")
-        .unwrap_or(virtest_guest::guests::DEFAULT);
+    let guest = params.value(&params::GUEST)?;
     let (description, warnings) =
-        virtest_guest::guests::load(guest).map_err(|source| virtest_vm::Error::Guest {
-            guest: guest.into(),
+        virtest_guest::guests::load(&guest).map_err(|source| virtest_vm::Error::Guest {
+            guest: guest.as_str().into(),
             source,
         })?;
     for warning in warnings {
         tracing::warn!("{warning}");
     }
     let mut config = VmConfig::new(description);
-    config.qemu = params.get("qemu_bin")?;
-    config.qemu_img = params.get("qemu_img_bin")?;
-    if let Some(accel) = params.get_str("accel") {
-        config.accel = accel.parse()?;
+    config.qemu = params.value_if_set(&params::QEMU_BIN)?;
+    config.qemu_img = params.value_if_set(&params::QEMU_IMG_BIN)?;
+    config.accel = params.value(&params::ACCEL)?;
+    config.memory_mib = params.value_if_set(&params::MEMORY)?.map(|n| n.get());
+    config.cpus = params.value_if_set(&params::CPUS)?.map(|n| n.get());
+    config.user = params.value_if_set(&params::GUEST_USER)?;
+    if let Some(password) = params.value_if_set(&params::GUEST_PASSWORD)? {
+        config.login = Login::Password(password);
     }
-    config.memory_mib = params.get("memory")?;
-    config.cpus = params.get("cpus")?;
-    config.user = params.get("guest_user")?;
-    if let Some(password) = params.get_str("guest_password") {
-        config.login = Login::Password(password.to_string());
+    if let Some(timeout) = params.value_if_set(&params::LOGIN_TIMEOUT)? {
+        config.login_timeout = timeout;
     }
-    config.login_timeout = params.seconds_or("login_timeout", config.login_timeout)?;
-    config.keep_disks = params.get_or("keep_disks", false)?;
-    if let Some(ports) = params.get_str("forward_ports") {
-        config.forward_ports =
-            crate::params::parse_ports(ports).ok_or_else(|| ParamError::Type {
-                key: "forward_ports".into(),
-                value: ports.into(),
-                expected: "TCP ports 1-65535, comma-separated (80,443)".into(),
-            })?;
-    }
-    let boot = params.get_str("boot").unwrap_or("snapshot");
-    config.boot = virtest_vm::BootMode::parse(boot).ok_or_else(|| ParamError::Type {
-        key: "boot".into(),
-        value: boot.into(),
-        expected: format!("one of {}", virtest_vm::BootMode::NAMES.join(", ")),
-    })?;
+    config.keep_disks = params.value(&params::KEEP_DISKS)?;
+    config.forward_ports = params
+        .value_if_set(&params::FORWARD_PORTS)?
+        .unwrap_or_default();
+    config.boot = params.value(&params::BOOT)?;
     config.log_dir = Some(log_dir.to_path_buf());
     Ok(config)
 }

@@ -91,7 +91,7 @@ async fn two_vms_in_a_test_talk_and_leave_their_evidence() {
     assert!(Path::new(&dir.join("vm-server/qmp.log")).is_file());
     let debug = std::fs::read_to_string(&test.logfile).unwrap();
     assert!(
-        debug.contains("name=server"),
+        debug.contains("vm=server"),
         "the server's log lines name it"
     );
     let html = std::fs::read_to_string(job.dir.join("results.html")).unwrap();

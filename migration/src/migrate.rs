@@ -79,7 +79,12 @@ impl Migrate for Vm {
     }
 
     async fn migrate_with(&mut self, spec: &MigrationSpec) -> Result<MigrationReport> {
-        let span = tracing::info_span!(parent: self.span(), "migrate", mode = %spec.mode);
+        let span = tracing::info_span!(
+            parent: self.span(),
+            "migrate",
+            mode = %spec.mode,
+            phase = "migrating"
+        );
         migrate(self, spec).instrument(span).await
     }
 

@@ -143,17 +143,13 @@ impl MigrationReport {
         self.write_to(&file)
     }
 
-    /// Writes the report to `path` through a temporary file beside it.
+    /// Writes the report to `path` through a temporary file beside it,
+    /// removed on an error.
     fn write_to(&self, path: &Path) -> std::io::Result<()> {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = path.with_file_name(format!(".{name}.tmp"));
-        let written = std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(())
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer_pretty(&mut tmp, self)?;
+        tmp.persist(path).map(drop).map_err(|e| e.error)
     }
 }
 
@@ -264,7 +260,11 @@ mod tests {
             })
             .collect();
         let error = report.save(dir).unwrap_err();
-        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+        assert_eq!(
+            error.raw_os_error(),
+            Some(rustix::io::Errno::NOSPC.raw_os_error()),
+            "{error}"
+        );
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -1,9 +1,7 @@
 //! Opening the destination's end of each transport and naming the
 //! source's.
 
-use std::ffi::CString;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use qapi::qmp::{SocketAddress, migrate_incoming, query_migrate};
@@ -105,7 +103,7 @@ impl Transport {
                     mode: "exec",
                     source,
                 })?;
-                let quoted = shell_quote(&fifo.to_string_lossy());
+                let quoted = shell_words::quote(&fifo.to_string_lossy()).into_owned();
                 let transport = Transport {
                     source_uri: format!("exec:cat > {quoted}"),
                     files: vec![fifo],
@@ -140,27 +138,12 @@ impl Transport {
 }
 
 fn make_fifo(path: &Path) -> std::io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: c_path is a valid NUL-terminated string.
-    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// `text` as one word for `sh`.
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_survives_quotes() {
-        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-    }
+    use rustix::fs::{CWD, FileType, Mode, mknodat};
+    Ok(mknodat(
+        CWD,
+        path,
+        FileType::Fifo,
+        Mode::RUSR | Mode::WUSR,
+        0,
+    )?)
 }

@@ -28,21 +28,22 @@ async fn run(vm: &Vm, command: &str) -> String {
 async fn a_disk_survives_migrations(guest: VmConfig) {
     let logs = common::test_logs();
     let mut vm = Vm::new(config(guest, logs.path(), "vm"));
-    let off = vm.hotplug_disk("data", 8).await.unwrap_err();
+    let off = vm.hotplug().disk("data", 8).await.unwrap_err();
     assert!(matches!(off, Error::Off { .. }), "{off}");
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
 
-    let unknown = vm.unplug("nosuch").await.unwrap_err();
+    let unknown = vm.hotplug().unplug("nosuch").await.unwrap_err();
     assert!(
         unknown.to_string().contains("no hot-plugged device"),
         "{unknown}"
     );
-    let bad = vm.hotplug_disk("two words", 8).await.unwrap_err();
+    let bad = vm.hotplug().disk("two words", 8).await.unwrap_err();
     assert!(matches!(bad, Error::Hotplug { .. }), "{bad}");
 
     let refused = vm
-        .hotplug_device("no-such-driver", "x", &[])
+        .hotplug()
+        .device("no-such-driver", "x", &[])
         .await
         .unwrap_err();
     assert!(
@@ -51,16 +52,17 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
     );
     // Numbers as text, as on a command line.
     let rng = vm
-        .hotplug_device(
+        .hotplug()
+        .device(
             "virtio-rng-pci",
             "rng1",
             &[("max-bytes", "65536"), ("period", "1000")],
         )
         .await
         .unwrap();
-    let device = vm.hotplug_disk("data", 64).await.unwrap();
+    let device = vm.hotplug().disk("data", 64).await.unwrap();
     assert!(device.starts_with("/dev/vd"), "{device}");
-    let again = vm.hotplug_disk("data", 8).await.unwrap_err();
+    let again = vm.hotplug().disk("data", 8).await.unwrap_err();
     assert!(again.to_string().contains("has that id already"), "{again}");
     let written = run(
         &vm,
@@ -89,14 +91,14 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
         );
     }
 
-    vm.unplug("rng1").await.unwrap();
+    vm.hotplug().unplug("rng1").await.unwrap();
     let rng_gone = run(
         &vm,
         &format!("[ -e /sys/bus/pci/devices/{rng} ] && echo there || echo gone"),
     )
     .await;
     assert_eq!(rng_gone, "gone\n");
-    vm.unplug("data").await.unwrap();
+    vm.hotplug().unplug("data").await.unwrap();
     let name = device.trim_start_matches("/dev/");
     let gone = run(
         &vm,
@@ -105,13 +107,13 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
     .await;
     assert_eq!(gone, "gone\n", "the guest still has {device}");
     assert!(!vm.cmdline().unwrap().display().contains("serial=data"));
-    let twice = vm.unplug("data").await.unwrap_err();
+    let twice = vm.hotplug().unplug("data").await.unwrap_err();
     assert!(
         twice.to_string().contains("no hot-plugged device"),
         "{twice}"
     );
     // The port is free again, and a migration after the unplug works.
-    vm.hotplug_disk("more", 8).await.unwrap();
+    vm.hotplug().disk("more", 8).await.unwrap();
     vm.migrate(MigrationMode::Tcp).await.unwrap();
     vm.power_off_within(Duration::ZERO).await.unwrap();
 }
@@ -152,7 +154,7 @@ async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
     server.power_on().await.unwrap();
     client.power_on().await.unwrap();
     let early = lan.join(&mut client).unwrap_err();
-    assert!(early.to_string().contains("hotplug_nic"), "{early}");
+    assert!(early.to_string().contains("hotplug().nic"), "{early}");
     server
         .login_remote()
         .await
@@ -162,7 +164,7 @@ async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
         .unwrap();
     client.login_remote().await.unwrap();
 
-    let address = client.hotplug_nic(&lan).await.unwrap();
+    let address = client.hotplug().nic(&lan).await.unwrap();
     assert_eq!(client.address(&lan), Some(address));
     assert_ne!(address, server_address);
     let fetch = format!("wget -qO- http://{server_address}:8080/id");
@@ -190,12 +192,12 @@ async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
     let back = run(&server, &format!("wget -qO- http://{address}:8080/id")).await;
     assert_eq!(back, "client\n");
 
-    client.unplug("lan").await.unwrap();
+    client.hotplug().unplug("lan").await.unwrap();
     let mac_left = run(&client, "cat /sys/class/net/*/address").await;
     assert!(!mac_left.contains("52:54:00:0a:00:02"), "{mac_left}");
     assert_eq!(client.address(&lan), None);
     // Its address was given back: plugged again, it gets the same one.
-    assert_eq!(client.hotplug_nic(&lan).await.unwrap(), address);
+    assert_eq!(client.hotplug().nic(&lan).await.unwrap(), address);
     for vm in [&mut server, &mut client] {
         vm.power_off_within(Duration::ZERO).await.unwrap();
     }

@@ -23,6 +23,11 @@ pub enum Accel {
     Tcg,
 }
 
+impl Accel {
+    /// The names `accel` takes, as [`FromStr`] reads them.
+    pub const NAMES: [&str; 3] = ["auto", "kvm", "tcg"];
+}
+
 impl FromStr for Accel {
     type Err = Error;
 
@@ -64,11 +69,33 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// Why KVM cannot boot a stock kernel here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvmUnusable {
+    /// `/dev/kvm` does not open read-write.
+    #[error("{path} does not open read-write ({reason})")]
+    Device {
+        /// The device.
+        path: PathBuf,
+        /// What opening it said.
+        reason: String,
+    },
+    /// No hardware KVM module is loaded (a PVM one may be).
+    #[error("no hardware KVM module (kvm_intel, kvm_amd) is loaded (KVM modules loaded: {loaded})")]
+    NoHardwareModule {
+        /// The KVM modules that are loaded, or `none`.
+        loaded: String,
+    },
+    /// The QEMU binary has no KVM.
+    #[error("this QEMU binary was built without KVM")]
+    NotBuiltIn,
+}
+
 /// What the host offers for KVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostKvm {
     /// Whether `/dev/kvm` opens for reading and writing (and why not).
-    pub device: Result<(), String>,
+    pub device: std::result::Result<(), KvmUnusable>,
     /// Loaded KVM modules (`kvm_intel`, `kvm_amd`, `kvm_pvm`).
     pub modules: Vec<String>,
 }
@@ -86,7 +113,10 @@ impl HostKvm {
             .write(true)
             .open(device)
             .map(drop)
-            .map_err(|e| format!("{} does not open read-write ({e})", device.display()));
+            .map_err(|e| KvmUnusable::Device {
+                path: device.to_path_buf(),
+                reason: e.to_string(),
+            });
         let modules = std::fs::read_dir(sys_module)
             .map(|entries| {
                 let mut found: Vec<String> = entries
@@ -109,16 +139,16 @@ impl HostKvm {
     }
 
     /// Whether KVM can boot a stock kernel here, and if not why.
-    pub fn usable(&self) -> Result<&str, String> {
+    pub fn usable(&self) -> std::result::Result<&str, KvmUnusable> {
         self.device.clone()?;
-        self.hardware_module().ok_or_else(|| {
-            let loaded = if self.modules.is_empty() {
-                "none".to_string()
-            } else {
-                self.modules.join(", ")
-            };
-            format!("no hardware KVM module (kvm_intel, kvm_amd) is loaded (KVM modules loaded: {loaded})")
-        })
+        self.hardware_module()
+            .ok_or_else(|| KvmUnusable::NoHardwareModule {
+                loaded: if self.modules.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.modules.join(", ")
+                },
+            })
     }
 }
 
@@ -137,7 +167,7 @@ pub fn choose(requested: Accel, host: &HostKvm, qemu_has_kvm: bool) -> Result<De
         if qemu_has_kvm {
             Ok(module)
         } else {
-            Err("this QEMU binary was built without KVM".to_string())
+            Err(KvmUnusable::NotBuiltIn)
         }
     });
     match (requested, kvm) {
@@ -149,7 +179,9 @@ pub fn choose(requested: Accel, host: &HostKvm, qemu_has_kvm: bool) -> Result<De
             accel: Chosen::Kvm,
             reason: format!("/dev/kvm opens and {module} is loaded"),
         }),
-        (Accel::Kvm, Err(reason)) => Err(Error::KvmUnavailable { reason }),
+        (Accel::Kvm, Err(reason)) => Err(Error::KvmUnavailable {
+            reason: reason.to_string(),
+        }),
         (Accel::Auto, Err(reason)) => Ok(Decision {
             accel: Chosen::Tcg,
             reason: format!("KVM is not usable: {reason}"),
@@ -166,7 +198,10 @@ mod tests {
             device: if device {
                 Ok(())
             } else {
-                Err("/dev/kvm does not open read-write".into())
+                Err(KvmUnusable::Device {
+                    path: "/dev/kvm".into(),
+                    reason: "permission denied".into(),
+                })
             },
             modules: modules.iter().map(|m| m.to_string()).collect(),
         }

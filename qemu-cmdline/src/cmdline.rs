@@ -8,6 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use crate::args::{Arg, FlagOption, PropsOption, ValueOption};
+use crate::error::{Error, Result};
 use crate::hostfwd::HostFwd;
 use crate::props::Props;
 
@@ -282,8 +283,10 @@ impl QemuCmdline {
     pub fn parse_text(
         text: &str,
         default_binary: impl Into<PathBuf>,
-    ) -> Result<(QemuCmdline, Vec<ParseWarning>), String> {
-        let words = shell_split(text)?;
+    ) -> Result<(QemuCmdline, Vec<ParseWarning>)> {
+        let words = shell_words::split(text).map_err(|_| Error::Unsplittable {
+            text: text.chars().take(80).collect(),
+        })?;
         let (binary, rest) = match words.split_first() {
             Some((first, rest)) if !first.starts_with('-') => (PathBuf::from(first), rest),
             _ => (default_binary.into(), &words[..]),
@@ -350,69 +353,11 @@ fn raw(
     (Arg::Raw(words), end - i)
 }
 
-/// Splits text into words like a POSIX shell: quotes, backslashes,
-/// backslash-newline continuations, `#` comments at word starts.
-fn shell_split(text: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some('\n') => {}
-                Some(next) => word.get_or_insert_with(String::new).push(next),
-                None => return Err("the text ends with a lone backslash".into()),
-            },
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => w.push(ch),
-                        None => return Err("a single quote is not closed".into()),
-                    }
-                }
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(ch @ ('"' | '\\' | '$' | '`')) => w.push(ch),
-                            Some('\n') => {}
-                            Some(ch) => {
-                                w.push('\\');
-                                w.push(ch);
-                            }
-                            None => return Err("a double quote is not closed".into()),
-                        },
-                        Some(ch) => w.push(ch),
-                        None => return Err("a double quote is not closed".into()),
-                    }
-                }
-            }
-            '#' if word.is_none() => {
-                for ch in chars.by_ref() {
-                    if ch == '\n' {
-                        break;
-                    }
-                }
-            }
-            c if c.is_whitespace() => {
-                if let Some(w) = word.take() {
-                    words.push(w);
-                }
-            }
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    Ok(words)
-}
-
-/// Quotes a word for a shell when it needs it.
-fn shell_quote(word: &str) -> String {
+/// Quotes a word for a shell when it needs it: a command line people
+/// read, so `key=value,key=value` and paths stay bare (`shell_words::quote`
+/// would quote each `=`), while anything a POSIX shell would take apart
+/// is single-quoted.
+pub fn shell_quote(word: &str) -> String {
     if !word.is_empty()
         && word
             .chars()

@@ -54,6 +54,15 @@ pub enum Error {
     /// An accelerator name that is not one of auto, kvm, tcg.
     #[error("unknown accelerator `{0}`; valid: auto, kvm, tcg")]
     UnknownAccel(String),
+    /// A command line written as text does not split into words (a
+    /// quote is not closed).
+    #[error(
+        "the command line `{text}` does not split into words as a shell would: a quote is not closed"
+    )]
+    Unsplittable {
+        /// The text, its first 80 characters.
+        text: String,
+    },
 }
 
 /// A `Result` with this crate's [`Error`].

@@ -13,7 +13,7 @@
 //! requires ids, and replies are routed by id.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,10 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventCursor, EventLog, Subscription};
 use crate::fdpass;
 use crate::transcript::{Direction, TranscriptWriter};
+
+mod reader;
+
+use reader::{read_greeting, read_loop};
 
 /// The default deadline for a command's reply.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,7 +134,7 @@ struct Inner {
     writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     /// The socket under `writer`, when it is a unix socket (file
     /// descriptors can be passed over it).
-    unix_socket: Option<RawFd>,
+    unix_socket: Option<OwnedFd>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     greeting: Greeting,
@@ -161,8 +165,16 @@ impl Qmp {
             tokio::net::UnixStream::connect(path)
         })
         .await?;
+        // A second descriptor of the socket, for messages that carry a
+        // file descriptor (`sendmsg`), beside the writer's stream.
+        let socket = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Connect {
+                addr: path.display().to_string(),
+                source,
+            })?;
         let (read, write) = stream.into_split();
-        let socket = write.as_ref().as_raw_fd();
         let left = deadline.saturating_sub(start.elapsed());
         Qmp::start(read, write, Some(socket), left, options).await
     }
@@ -205,7 +217,7 @@ impl Qmp {
     async fn start<R, W>(
         mut read: R,
         write: W,
-        unix_socket: Option<RawFd>,
+        unix_socket: Option<OwnedFd>,
         deadline: Duration,
         options: Options,
     ) -> Result<Qmp>
@@ -393,7 +405,7 @@ impl Qmp {
         args: Value,
         fd: BorrowedFd<'_>,
     ) -> Result<Value> {
-        let socket = self.inner.unix_socket.ok_or_else(|| {
+        let socket = self.inner.unix_socket.as_ref().ok_or_else(|| {
             Error::Protocol("file descriptors can only be passed over a unix socket".into())
         })?;
         let shared = &self.inner.shared;
@@ -415,7 +427,7 @@ impl Qmp {
             let mut at = 0;
             while at < line.len() {
                 let with = (at == 0).then_some(fd);
-                match fdpass::send(socket, &line[at..], with) {
+                match fdpass::send(socket.as_fd(), &line[at..], with) {
                     Ok(n) => at += n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -552,167 +564,4 @@ where
             }
         }
     }
-}
-
-/// Reads until the first message, which must be the greeting.
-async fn read_greeting<R: AsyncRead + Unpin>(
-    read: &mut R,
-    buf: &mut Vec<u8>,
-    shared: &Shared,
-) -> Result<Greeting> {
-    loop {
-        match codec::decode(buf) {
-            Ok(Some((message, used))) => {
-                if let Some(t) = &shared.transcript {
-                    t.line(Direction::In, &buf[..used]);
-                }
-                buf.drain(..used);
-                return match message {
-                    Message::Greeting {
-                        version,
-                        capabilities,
-                    } => Ok(Greeting {
-                        version: (
-                            version["qemu"]["major"].as_u64().unwrap_or(0),
-                            version["qemu"]["minor"].as_u64().unwrap_or(0),
-                            version["qemu"]["micro"].as_u64().unwrap_or(0),
-                        ),
-                        package: version["package"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .trim()
-                            .to_string(),
-                        capabilities,
-                    }),
-                    other => Err(Error::Greeting(format!(
-                        "the first message is not a greeting: {other:?}"
-                    ))),
-                };
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Error::Greeting(e.to_string())),
-        }
-        let n = read_more(read, buf)
-            .await
-            .map_err(|e| Error::Greeting(format!("reading it failed: {e}")))?;
-        if n == 0 {
-            return Err(Error::Greeting(
-                "the connection closed before any greeting".into(),
-            ));
-        }
-    }
-}
-
-async fn read_more<R: AsyncRead + Unpin>(
-    read: &mut R,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    buf.reserve(64 << 10);
-    read.read_buf(buf).await
-}
-
-/// The reader task: decodes messages until the stream ends.
-async fn read_loop<R: AsyncRead + Unpin>(mut read: R, mut buf: Vec<u8>, shared: Arc<Shared>) {
-    let reason = loop {
-        // Decode every whole message already buffered.
-        let mut consumed = 0;
-        let failure = loop {
-            match codec::decode(&buf[consumed..]) {
-                Ok(Some((message, used))) => {
-                    if let Some(t) = &shared.transcript {
-                        t.line(Direction::In, &buf[consumed..consumed + used]);
-                    }
-                    consumed += used;
-                    dispatch(&shared, message);
-                }
-                Ok(None) => break None,
-                Err(codec::DecodeError::TooLong) => {
-                    break Some(codec::DecodeError::TooLong.to_string());
-                }
-                Err(e) => {
-                    // A bad line is skipped; the stream stays usable.
-                    let end = buf[consumed..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(buf.len(), |n| consumed + n + 1);
-                    if let Some(t) = &shared.transcript {
-                        t.line(Direction::In, &buf[consumed..end]);
-                    }
-                    tracing::warn!(error = %e, "skipping a line that is not QMP");
-                    consumed = end;
-                }
-            }
-        };
-        buf.drain(..consumed);
-        if let Some(reason) = failure {
-            break reason;
-        }
-        match read_more(&mut read, &mut buf).await {
-            Ok(0) if buf.is_empty() => break "the server closed the connection".to_string(),
-            Ok(0) => {
-                break format!(
-                    "the server closed the connection in the middle of a message ({} bytes)",
-                    buf.len()
-                );
-            }
-            Ok(_) => {}
-            Err(e) => break format!("reading failed: {e}"),
-        }
-    };
-    tracing::debug!(%reason, "QMP reader stopped");
-    shared.close(reason);
-    shared.reader_stopped.send_replace(true);
-}
-
-/// Routes one message: replies to their command, events to the log.
-fn dispatch(shared: &Shared, message: Message) {
-    let ids = shared.send_ids.load(Ordering::Relaxed);
-    match message {
-        Message::Return { id, value } => {
-            if let Some((_, tx)) = take_waiter(shared, id.as_ref(), ids) {
-                let _ = tx.send(Ok(value));
-            }
-        }
-        Message::Error { id, class, desc } => {
-            if let Some((command, tx)) = take_waiter(shared, id.as_ref(), ids) {
-                let error = if ids && id.is_none() {
-                    Error::Protocol(format!(
-                        "QEMU could not read command `{command}`: {class}: {desc}"
-                    ))
-                } else {
-                    Error::Command {
-                        command,
-                        class,
-                        desc,
-                    }
-                };
-                let _ = tx.send(Err(error));
-            }
-        }
-        Message::Event {
-            name,
-            data,
-            timestamp,
-        } => {
-            shared.events.push(name, data, timestamp);
-        }
-        Message::Greeting { .. } => tracing::warn!("a second QMP greeting; ignored"),
-    }
-}
-
-/// The command a reply answers. With ids, the one with the reply's id, or
-/// for a reply without one the oldest (QEMU leaves out the id only when it
-/// could not read the command). Without ids, the oldest; a reply that
-/// carries an id we never sent is dropped.
-fn take_waiter(shared: &Shared, id: Option<&Value>, ids: bool) -> Option<Waiter> {
-    let mut pending = shared.pending.lock().expect("pending lock");
-    let waiter = match (id, ids) {
-        (Some(id), true) => id.as_u64().and_then(|n| pending.waiters.remove(&n)),
-        (None, _) => pending.waiters.pop_first().map(|(_, w)| w),
-        (Some(_), false) => None,
-    };
-    if waiter.is_none() {
-        tracing::warn!(id = ?id, "a QMP reply no command is waiting for; dropped");
-    }
-    waiter
 }

@@ -234,7 +234,7 @@ mod tests {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             let mut taken = self.taken.lock().unwrap();
             if taken.len() + bytes.len() > self.room {
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                return Err(std::io::Error::from(rustix::io::Errno::NOSPC));
             }
             taken.extend_from_slice(bytes);
             Ok(bytes.len())

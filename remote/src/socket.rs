@@ -174,11 +174,7 @@ impl SshSocket {
 
     /// How many bytes wait on the socket, unread.
     fn unread_bytes(&self) -> usize {
-        let mut unread: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through the pointer, which is
-        // valid; the descriptor is open while `self` lives.
-        let rc = unsafe { libc::ioctl(self.as_raw_fd(), libc::FIONREAD, &mut unread) };
-        if rc == 0 { unread.max(0) as usize } else { 0 }
+        rustix::io::ioctl_fionread(self.fd.get_ref()).map_or(0, |unread| unread as usize)
     }
 
     /// Wakes every task waiting on the session.

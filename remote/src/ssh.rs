@@ -15,13 +15,18 @@ use std::time::{Duration, Instant};
 
 use async_ssh2_lite::AsyncSession;
 use async_ssh2_lite::ssh2::HashType;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::host_key::{base64, openssh_line, public_key_blob};
 use crate::result::CmdResult;
 use crate::socket::SshSocket;
+
+mod output;
+
+pub use output::OutputStream;
+use output::{Copy, Drained, copy, drain};
+pub(crate) use output::{RawOutput, Streams};
 
 /// How to prove who we are.
 #[derive(Clone)]
@@ -249,7 +254,12 @@ impl SshSession {
         };
         // Its own span, so that a harness can say which command a test
         // is waiting on.
-        let span = tracing::debug_span!(parent: &self.span, "run", command = %command);
+        let span = tracing::debug_span!(
+            parent: &self.span,
+            "run",
+            command = %command,
+            phase = %format_args!("running `{command}` in the guest")
+        );
         tokio::time::timeout(options.timeout, exec.instrument(span))
             .await
             .unwrap_or_else(|_| {
@@ -466,129 +476,6 @@ fn describe(error: &async_ssh2_lite::Error) -> String {
         },
         async_ssh2_lite::Error::Io(e) => e.to_string(),
         async_ssh2_lite::Error::Other(e) => e.to_string(),
-    }
-}
-
-/// Which stream a line of output came on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// Where lines go as they arrive.
-pub(crate) type LineSink<'a> = &'a mut (dyn FnMut(OutputStream, &str) + Send);
-
-/// Where a command's stdin comes from and its stdout goes, with the
-/// local file each stands for (named in errors).
-#[derive(Default)]
-pub(crate) struct Streams<'a> {
-    /// Copied to its stdin, then end of file (none: end of file at once).
-    pub(crate) stdin: Option<(&'a mut (dyn AsyncRead + Unpin + Send), &'a Path)>,
-    /// Where stdout is copied as it arrives (none: kept, up to
-    /// [`RunOptions::max_output`]).
-    pub(crate) stdout: Option<(&'a mut (dyn AsyncWrite + Unpin + Send), &'a Path)>,
-    /// Gets each line of kept output as it arrives.
-    pub(crate) on_line: Option<LineSink<'a>>,
-}
-
-/// Why a stream was not read to its end.
-enum Drained<'a> {
-    /// It carried more than the limit.
-    TooLarge(OutputStream),
-    /// Reading it failed.
-    Failed(std::io::Error),
-    /// Writing it to the local file failed.
-    Local(&'a Path, std::io::Error),
-}
-
-/// Which side of a copy failed.
-enum Copy {
-    Read(std::io::Error),
-    Write(std::io::Error),
-}
-
-/// Copies `from` to its end into `to`, then flushes `to`.
-async fn copy<R, W>(mut from: R, mut to: W) -> std::result::Result<(), Copy>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut chunk = vec![0u8; 256 << 10];
-    loop {
-        let n = from.read(&mut chunk).await.map_err(Copy::Read)?;
-        if n == 0 {
-            return to.flush().await.map_err(Copy::Write);
-        }
-        to.write_all(&chunk[..n]).await.map_err(Copy::Write)?;
-    }
-}
-
-/// Reads a stream to its end into `out` (at most `limit` bytes), handing
-/// each complete line (and a last unterminated one) to the sink as it
-/// arrives.
-async fn drain<R: tokio::io::AsyncRead + Unpin>(
-    mut reader: R,
-    out: &mut Vec<u8>,
-    which: OutputStream,
-    limit: usize,
-    sink: &std::sync::Mutex<Option<LineSink<'_>>>,
-) -> std::result::Result<(), Drained<'static>> {
-    let mut chunk = vec![0u8; 32 << 10];
-    let mut line_start = 0;
-    loop {
-        let n = reader.read(&mut chunk).await.map_err(Drained::Failed)?;
-        if out.len() + n > limit {
-            return Err(Drained::TooLarge(which));
-        }
-        out.extend_from_slice(&chunk[..n]);
-        let mut sink = sink.lock().expect("line sink lock");
-        if let Some(f) = sink.as_mut() {
-            while let Some(pos) = out[line_start..].iter().position(|&b| b == b'\n') {
-                f(
-                    which,
-                    &String::from_utf8_lossy(&out[line_start..line_start + pos]),
-                );
-                line_start += pos + 1;
-            }
-            if n == 0 && line_start < out.len() {
-                f(which, &String::from_utf8_lossy(&out[line_start..]));
-            }
-        }
-        if n == 0 {
-            return Ok(());
-        }
-    }
-}
-
-/// A command's output as bytes, before it becomes a [`CmdResult`].
-pub(crate) struct RawOutput {
-    pub(crate) stdout: Vec<u8>,
-    pub(crate) stderr: Vec<u8>,
-    pub(crate) exit_status: i32,
-    pub(crate) duration: Duration,
-}
-
-impl RawOutput {
-    pub(crate) fn into_result(self, command: &str) -> CmdResult {
-        CmdResult {
-            command: command.to_string(),
-            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
-            exit_status: self.exit_status,
-            duration: self.duration,
-        }
-    }
-
-    /// The output, or [`Error::Exit`] when the status is not 0.
-    pub(crate) fn checked(self, command: &str) -> Result<Vec<u8>> {
-        if self.exit_status == 0 {
-            Ok(self.stdout)
-        } else {
-            Err(Error::Exit(Box::new(self.into_result(command))))
-        }
     }
 }
 

@@ -31,7 +31,7 @@ impl SshSession {
             .permissions()
             .mode()
             & 0o7777;
-        let remote = quote(remote);
+        let remote = shell_words::quote(remote);
         let command = format!("cat > {remote} && chmod {mode:o} {remote}");
         let streams = Streams {
             stdin: Some((&mut file, local)),
@@ -46,7 +46,7 @@ impl SshSession {
     /// Copies `remote` to a local file, keeping its mode. Until the copy
     /// is whole, `local` is left as it was.
     pub async fn receive_file(&self, remote: &str, local: &Path) -> Result<()> {
-        let quoted = quote(remote);
+        let quoted = shell_words::quote(remote);
         let stat = format!("stat -c %a {quoted}");
         let mode_text = self
             .exec(&stat, Streams::default(), &RunOptions::default())
@@ -81,7 +81,7 @@ impl SshSession {
         let archiver = tokio::task::spawn_blocking(move || archive(&root, writer));
         let mut reader =
             pipe::Receiver::from_owned_fd(reader.into()).map_err(|e| local_error(local, e))?;
-        let remote = quote(remote);
+        let remote = shell_words::quote(remote);
         let command = format!("mkdir -p {remote} && tar -x -C {remote}");
         let streams = Streams {
             stdin: Some((&mut reader, local)),
@@ -114,7 +114,7 @@ impl SshSession {
         let unpacker = tokio::task::spawn_blocking(move || unpack(reader, &root));
         let mut writer =
             pipe::Sender::from_owned_fd(writer.into()).map_err(|e| local_error(local, e))?;
-        let command = format!("tar -c -C {} .", quote(remote));
+        let command = format!("tar -c -C {} .", shell_words::quote(remote));
         let streams = Streams {
             stdout: Some((&mut writer, local)),
             ..Streams::default()
@@ -203,19 +203,5 @@ fn local_error(path: &Path, e: std::io::Error) -> Error {
     Error::Local {
         path: path.to_path_buf(),
         source: e,
-    }
-}
-
-/// Quotes a path for the guest's shell.
-fn quote(path: &str) -> String {
-    format!("'{}'", path.replace('\'', "'\\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn quoting_survives_quotes_and_spaces() {
-        assert_eq!(super::quote("/tmp/a b"), "'/tmp/a b'");
-        assert_eq!(super::quote("it's"), "'it'\\''s'");
     }
 }

@@ -75,25 +75,16 @@ fn check(spec: &str) -> CliResult {
         code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
         vars: "<vm>/disks/uefi-vars.fd".into(),
     };
+    let console = ConsoleOutput::Connect("<vm>/console.sock".into());
     let launch = GuestLaunch {
-        guest: &guest,
-        qemu: "qemu-system-x86_64".into(),
-        accel: Chosen::Tcg,
         // The installed QEMU's, where there is one: the command line
         // shown is the one this machine would run.
         qemu_version: binary::find(BinaryKind::System, None)
             .and_then(|qemu| binary::probe(&qemu))
             .ok()
             .map(|probe| probe.version),
-        memory_mib: None,
-        cpus: None,
-        forward_ports: &[],
-        networks: &[],
-        ssh_host_port: 0,
-        console: ConsoleOutput::Connect("<vm>/console.sock".into()),
         vga: true,
         qmp_socket: Some("<vm>/qmp.sock".into()),
-        agent_socket: None,
         allow_reboot: true,
         disks: &overlays,
         uefi: Some(&uefi),
@@ -101,7 +92,7 @@ fn check(spec: &str) -> CliResult {
             .cloud_init
             .enabled
             .then_some(std::path::Path::new("<vm>/disks/seed.img")),
-        generation_id: false,
+        ..GuestLaunch::new(&guest, "qemu-system-x86_64".into(), Chosen::Tcg, console)
     };
     println!("guest `{}` ({})", guest.name, guest.path.display());
     for overlay in &overlays {

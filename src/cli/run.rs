@@ -80,6 +80,9 @@ pub struct ListArgs {
     /// List the known parameters, their defaults and meaning, instead.
     #[arg(long)]
     parameters: bool,
+    /// With --parameters: as the README's Markdown table.
+    #[arg(long, requires = "parameters")]
+    markdown: bool,
 }
 
 /// `virtest run`.
@@ -92,14 +95,23 @@ pub struct RunArgs {
 }
 
 pub fn list(args: ListArgs) -> CliResult {
+    if args.parameters && args.markdown {
+        print!("{}", virtest_harness::params::markdown_table());
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.parameters {
         for known in virtest_harness::params::KNOWN {
-            let default = if known.default.is_empty() {
-                "-"
-            } else {
-                known.default
-            };
-            println!("{:<22} {:<6} {}", known.name, default, known.help);
+            println!(
+                "{:<22} {:<10} {} ({}; default: {})",
+                known.name(),
+                match known.default() {
+                    "" => "-",
+                    value => value,
+                },
+                known.help(),
+                known.expected(),
+                known.default_shown()
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }

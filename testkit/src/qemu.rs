@@ -99,7 +99,10 @@ impl Qemu {
                 .set("id", &id);
             cmd.push(Arg::Props(PropsOption::Drive, drive));
             let boot_index = index.to_string();
-            cmd.device("virtio-blk-pci", &[("drive", &id), ("bootindex", &boot_index)]);
+            cmd.device(
+                "virtio-blk-pci",
+                &[("drive", &id), ("bootindex", &boot_index)],
+            );
         }
         let mut login_key = guest.login.key.clone();
         if guest.cloud_init.enabled {

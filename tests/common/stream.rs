@@ -1,7 +1,7 @@
 //! A paced TCP stream from one guest to another through a migration,
 //! with busybox only (both guests have it): it checks the bytes arrive
 //! whole and measures the longest stall by the client's clock. Shared by
-//! `harness/tests/networks.rs` and `examples/network_bench.rs`.
+//! `tests/networks.rs` and `examples/network_bench.rs`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -9,6 +9,11 @@ use virtest_qmp::Qga;
 use crate::error::{Error, Result};
 use crate::vm::Vm;
 
+/// The agent's connection, with the socket of the QEMU process it is
+/// connected to: this module's own part of a [`Vm`].
+#[derive(Debug, Default)]
+pub(crate) struct AgentLink(Option<(std::path::PathBuf, Qga)>);
+
 impl Vm {
     /// The guest agent, connected and answering, waiting for it as long
     /// as a login would ([`crate::VmConfig::login_timeout`]): the agent
@@ -37,9 +42,13 @@ impl Vm {
             });
         }
         let socket = self.instance()?.endpoints().agent_socket.clone();
-        let connected = self.agent.as_ref().is_some_and(|(path, _)| *path == socket);
+        let connected = self
+            .agent
+            .0
+            .as_ref()
+            .is_some_and(|(path, _)| *path == socket);
         if !connected {
-            self.agent = None;
+            self.agent.0 = None;
             let qga = Qga::connect_unix(&socket, deadline)
                 .await
                 .map_err(|source| Error::Agent {
@@ -51,8 +60,8 @@ impl Vm {
                     source: Some(source),
                 })?;
             tracing::info!(parent: self.span(), "connected to the guest agent");
-            self.agent = Some((socket, qga));
+            self.agent.0 = Some((socket, qga));
         }
-        Ok(&self.agent.as_ref().expect("connected above").1)
+        Ok(&self.agent.0.as_ref().expect("connected above").1)
     }
 }

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,13 +204,12 @@ impl ConsoleReader {
 
 /// Waits until `stream` has bytes to read, it closes, or `timeout` passes.
 fn wait_readable(stream: &std::os::unix::net::UnixStream, timeout: Duration) {
-    let mut poll = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the length of the call.
-    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    });
+    let _ = poll(&mut [PollFd::new(stream, PollFlags::IN)], Some(&timeout));
 }
 
 #[cfg(test)]

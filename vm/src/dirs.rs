@@ -5,11 +5,9 @@
 //! sockets), and directories that SIGKILLed runs left in it are removed
 //! by the next run.
 
-use std::hash::BuildHasher;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The file in a VM's runtime directory naming the process that owns it.
 const OWNER: &str = "owner.pid";
@@ -17,13 +15,17 @@ const OWNER: &str = "owner.pid";
 /// A short id, random enough to tell apart the VMs of many jobs
 /// (`3fa9c1`).
 pub(crate) fn short_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let hash = std::collections::hash_map::RandomState::new().hash_one((
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now(),
-    ));
-    format!("{:06x}", hash & 0xff_ffff)
+    let [a, b, c] = random();
+    format!("{a:02x}{b:02x}{c:02x}")
+}
+
+/// `N` bytes from the host's RNG (`N` small: the kernel fills up to 256
+/// bytes at once).
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    assert_eq!(filled.ok(), Some(N), "the host's RNG fills a small buffer");
+    bytes
 }
 
 /// Creates `dir` and any missing parents with mode 0700.
@@ -123,9 +125,9 @@ fn remove_orphans(base: &Path) {
         let Some(pid) = owner.and_then(|text| text.trim().parse::<i32>().ok()) else {
             continue;
         };
-        // SAFETY: signal 0 only asks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone = rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
+            rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+        });
         if gone {
             tracing::debug!(dir = %dir.display(), pid, "removing a runtime directory left by a process that is gone");
             let _ = std::fs::remove_dir_all(&dir);
@@ -134,8 +136,7 @@ fn remove_orphans(base: &Path) {
 }
 
 fn uid() -> u32 {
-    // SAFETY: getuid cannot fail.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 #[cfg(test)]

@@ -272,7 +272,10 @@ async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Resul
     match path.is_file() {
         true => Ok(path),
         false => Err(Error::NotProvisioned {
-            what: format!("downloading `{url}` (not in the cache at `{}`)", path.display()),
+            what: format!(
+                "downloading `{url}` (not in the cache at `{}`)",
+                path.display()
+            ),
         }),
     }
 }

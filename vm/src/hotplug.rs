@@ -1,6 +1,7 @@
-//! Hot-plugging into a running VM: any PCI device ([`Vm::hotplug_device`]),
-//! a new disk ([`Vm::hotplug_disk`]) or a NIC on a private network
-//! ([`Vm::hotplug_nic`]), and taking one out ([`Vm::unplug`]). Each waits
+//! Hot-plugging into a running VM through [`Vm::hotplug`]: any PCI
+//! device ([`Hotplug::device`]), a new disk ([`Hotplug::disk`]) or a NIC
+//! on a private network ([`Hotplug::nic`]), and taking one out
+//! ([`Hotplug::unplug`]). Each waits
 //! for what proves it done: the guest sees the device; on unplug, QEMU's
 //! `DEVICE_DELETED` (the guest let it go).
 //!
@@ -97,7 +98,88 @@ impl Hotplugged {
     }
 }
 
+/// The devices hot-plugged into a VM's running QEMU, until it powers
+/// off: this module's own part of a [`Vm`].
+#[derive(Debug, Default)]
+pub(crate) struct Plugged(Vec<Hotplugged>);
+
+impl Plugged {
+    /// The hot-plugged NICs.
+    pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
+        self.0.iter().filter_map(Hotplugged::nic)
+    }
+
+    /// Forgets every device (QEMU ended), giving back what each held
+    /// beyond QEMU (a NIC's address on its network, for a VM named
+    /// `vm_name`).
+    pub(crate) fn release_all(&mut self, vm_name: &str) {
+        for device in self.0.drain(..) {
+            device.release(vm_name);
+        }
+    }
+}
+
+/// Hot-plug on one VM, from [`Vm::hotplug`]: devices added to and taken
+/// out of its running QEMU.
+///
+/// ```no_run
+/// # async fn f(vm: &mut virtest_vm::Vm, lan: &virtest_vm::Network) -> virtest_vm::Result<()> {
+/// let disk = vm.hotplug().disk("data", 64).await?;
+/// let address = vm.hotplug().nic(lan).await?;
+/// assert_eq!(vm.hotplug().devices(), ["data", "lan"]);
+/// vm.hotplug().unplug("data").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Hotplug<'vm> {
+    vm: &'vm mut Vm,
+}
+
+impl Hotplug<'_> {
+    /// Hot-plugs a PCI device: QEMU's `driver` with id `id` and
+    /// `properties`. Returns its PCI address in the guest
+    /// (`0000:01:00.0`) once the guest has it in `/sys/bus/pci/devices`
+    /// (logging in first if the test has no session).
+    pub async fn device(
+        &mut self,
+        driver: &str,
+        id: &str,
+        properties: &[(&str, &str)],
+    ) -> Result<String> {
+        self.vm.hotplug_device(driver, id, properties).await
+    }
+
+    /// Hot-plugs a new, empty disk of `size_mib` MiB named `id` on a
+    /// virtio-blk device whose serial number is `id`; returns the
+    /// guest's device (`/dev/vdb`) once the guest sees it.
+    pub async fn disk(&mut self, id: &str, size_mib: u64) -> Result<String> {
+        self.vm.hotplug_disk(id, size_mib).await
+    }
+
+    /// Puts the running VM on `network` through a new NIC named after
+    /// the network; returns the address it gave the guest.
+    pub async fn nic(&mut self, network: &Network) -> Result<Ipv4Addr> {
+        self.vm.hotplug_nic(network).await
+    }
+
+    /// Takes out the hot-plugged device `id` (a disk's id, a NIC's
+    /// network name), once the guest let it go.
+    pub async fn unplug(&mut self, id: &str) -> Result<()> {
+        self.vm.unplug(id).await
+    }
+
+    /// The ids of the devices hot-plugged now, in the order they came.
+    pub fn devices(&self) -> Vec<&str> {
+        self.vm.hotplugged.0.iter().map(|h| h.id.as_str()).collect()
+    }
+}
+
 impl Vm {
+    /// Hot-plug on this VM: see [`Hotplug`].
+    pub fn hotplug(&mut self) -> Hotplug<'_> {
+        Hotplug { vm: self }
+    }
+
     /// Hot-plugs a PCI device: QEMU's `driver` with id `id` and
     /// `properties`. Returns its PCI address in the guest
     /// (`0000:01:00.0`) once the guest has it in `/sys/bus/pci/devices`
@@ -105,11 +187,11 @@ impl Vm {
     ///
     /// ```no_run
     /// # async fn f(vm: &mut virtest_vm::Vm) -> virtest_vm::Result<()> {
-    /// let address = vm.hotplug_device("virtio-rng-pci", "rng1", &[]).await?;
-    /// vm.unplug("rng1").await?;
+    /// let address = vm.hotplug().device("virtio-rng-pci", "rng1", &[]).await?;
+    /// vm.hotplug().unplug("rng1").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn hotplug_device(
+    async fn hotplug_device(
         &mut self,
         driver: &str,
         id: &str,
@@ -123,7 +205,7 @@ impl Vm {
         device.set("id", id);
         self.device_add(id, port, &mut device).await?;
         self.record_hotplug(&[Arg::Props(PropsOption::Device, device)])?;
-        self.hotplugged.push(Hotplugged {
+        self.hotplugged.0.push(Hotplugged {
             id: id.to_string(),
             port,
             backend: Backend::None,
@@ -147,12 +229,12 @@ impl Vm {
     ///
     /// ```no_run
     /// # async fn f(vm: &mut virtest_vm::Vm) -> virtest_vm::Result<()> {
-    /// let device = vm.hotplug_disk("data", 64).await?;
+    /// let device = vm.hotplug().disk("data", 64).await?;
     /// vm.remote()?.run(&format!("mkfs.ext4 -q {device}")).await?;
-    /// vm.unplug("data").await?;
+    /// vm.hotplug().unplug("data").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn hotplug_disk(&mut self, id: &str, size_mib: u64) -> Result<String> {
+    async fn hotplug_disk(&mut self, id: &str, size_mib: u64) -> Result<String> {
         let port = self.hotplug_slot(id)?;
         let file = self.runtime_dir().join(format!("hotplug-{id}.qcow2"));
         create_qcow2(self, &file, size_mib).await?;
@@ -193,7 +275,7 @@ impl Vm {
             Arg::Props(PropsOption::Blockdev, blockdev),
             Arg::Props(PropsOption::Device, device),
         ])?;
-        self.hotplugged.push(Hotplugged {
+        self.hotplugged.0.push(Hotplugged {
             id: id.to_string(),
             port,
             backend: Backend::Disk { file },
@@ -207,11 +289,11 @@ impl Vm {
     }
 
     /// Puts the running VM on `network`: hot-plugs a NIC on its segment
-    /// (the device is named after the network, for [`Vm::unplug`]) and
+    /// (the device is named after the network, for [`Hotplug::unplug`]) and
     /// gives it the network's next address once the guest sees it, which
     /// this returns; later logins set it again, as for a NIC the VM
     /// started with.
-    pub async fn hotplug_nic(&mut self, network: &Network) -> Result<Ipv4Addr> {
+    async fn hotplug_nic(&mut self, network: &Network) -> Result<Ipv4Addr> {
         let id = network.name().to_string();
         let port = self.hotplug_slot(&id)?;
         let nic = network.next_nic(self)?;
@@ -222,7 +304,7 @@ impl Vm {
         }
         let address = nic.address;
         let script = network::address_script(std::slice::from_ref(&nic));
-        self.hotplugged.push(Hotplugged {
+        self.hotplugged.0.push(Hotplugged {
             id: id.clone(),
             port,
             backend: Backend::Nic(nic, network.clone()),
@@ -272,9 +354,9 @@ impl Vm {
     /// network name): asks QEMU to (`device_del`), waits until the guest
     /// let it go (`DEVICE_DELETED`), then removes its block node or
     /// netdev, and its disk file.
-    pub async fn unplug(&mut self, id: &str) -> Result<()> {
-        let Some(index) = self.hotplugged.iter().position(|h| h.id == id) else {
-            let known: Vec<&str> = self.hotplugged.iter().map(|h| h.id.as_str()).collect();
+    async fn unplug(&mut self, id: &str) -> Result<()> {
+        let Some(index) = self.hotplugged.0.iter().position(|h| h.id == id) else {
+            let known: Vec<&str> = self.hotplugged.0.iter().map(|h| h.id.as_str()).collect();
             return Err(Error::Hotplug {
                 id: id.to_string(),
                 reason: format!(
@@ -304,7 +386,7 @@ impl Vm {
                      DEVICE_DELETED): does it handle PCI hot-unplug?"
             ),
         })?;
-        let unplugged = self.hotplugged.remove(index);
+        let unplugged = self.hotplugged.0.remove(index);
         let instance = self.instance_mut()?;
         instance.cmdline_mut().remove_props(PropsOption::Device, id);
         match &unplugged.backend {
@@ -357,14 +439,14 @@ impl Vm {
         if !self.is_on() {
             return Err(Error::Off { action: "hot-plug" });
         }
-        if self.hotplugged.iter().any(|h| h.id == id) {
+        if self.hotplugged.0.iter().any(|h| h.id == id) {
             return Err(refuse("a hot-plugged device has that id already".into()));
         }
         if !is_pcie(&self.config().guest.machine.machine_type) {
             return Ok(None);
         }
         (0..ROOT_PORTS)
-            .find(|n| !self.hotplugged.iter().any(|h| h.port == Some(*n)))
+            .find(|n| !self.hotplugged.0.iter().any(|h| h.port == Some(*n)))
             .map(Some)
             .ok_or_else(|| {
                 refuse(format!(

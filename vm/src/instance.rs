@@ -326,7 +326,7 @@ impl Instance {
     }
 
     /// Sends a signal to QEMU's process group.
-    pub(crate) fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: rustix::process::Signal) {
         self.process.signal(signal);
     }
 

@@ -82,40 +82,62 @@ pub struct GuestLaunch<'a> {
     pub generation_id: bool,
 }
 
-impl GuestLaunch<'_> {
-    /// The command line: the guest's machine and devices, its firmware,
-    /// its disks (through the VM's overlays), direct kernel boot when the
-    /// guest has a kernel, user networking with sshd forwarded to
-    /// 127.0.0.1, a NIC on each private network, a random-number device,
-    /// and nothing QEMU would add by default.
+impl<'a> GuestLaunch<'a> {
+    /// The launch of `guest` on `qemu` under `accel`, its console to
+    /// `console`, with nothing else: no QMP or agent socket, no forwarded
+    /// port but SSH on one QEMU chooses, no VGA, no disks of the VM's
+    /// own, and `-no-reboot`. Set the fields a caller needs.
     ///
     /// ```no_run
     /// # fn f(guest: &virtest_guest::GuestDescription) {
     /// use virtest_qemu_cmdline::accel::Chosen;
     /// use virtest_vm::{ConsoleOutput, GuestLaunch};
     /// let launch = GuestLaunch {
-    ///     guest,
-    ///     qemu: "qemu-system-x86_64".into(),
-    ///     accel: Chosen::Tcg,
-    ///     qemu_version: None,
-    ///     memory_mib: None,
-    ///     cpus: None,
     ///     ssh_host_port: 40022,
-    ///     forward_ports: &[],
-    ///     networks: &[],
-    ///     console: ConsoleOutput::File("/tmp/console.log".into()),
-    ///     vga: false,
-    ///     qmp_socket: None,
-    ///     agent_socket: None,
-    ///     allow_reboot: false,
-    ///     disks: &[],
-    ///     uefi: None,
-    ///     seed: None,
-    ///     generation_id: false,
+    ///     qmp_socket: Some("/tmp/vm/qmp.sock".into()),
+    ///     ..GuestLaunch::new(
+    ///         guest,
+    ///         "qemu-system-x86_64".into(),
+    ///         Chosen::Tcg,
+    ///         ConsoleOutput::File("/tmp/vm/console.log".into()),
+    ///     )
     /// };
     /// let child = launch.cmdline().to_command().spawn();
     /// # }
     /// ```
+    pub fn new(
+        guest: &'a GuestDescription,
+        qemu: PathBuf,
+        accel: Chosen,
+        console: ConsoleOutput,
+    ) -> GuestLaunch<'a> {
+        GuestLaunch {
+            guest,
+            qemu,
+            accel,
+            qemu_version: None,
+            memory_mib: None,
+            cpus: None,
+            ssh_host_port: 0,
+            forward_ports: &[],
+            networks: &[],
+            console,
+            vga: false,
+            qmp_socket: None,
+            agent_socket: None,
+            allow_reboot: false,
+            disks: &[],
+            uefi: None,
+            seed: None,
+            generation_id: false,
+        }
+    }
+
+    /// The command line: the guest's machine and devices, its firmware,
+    /// its disks (through the VM's overlays), direct kernel boot when the
+    /// guest has a kernel, user networking with sshd forwarded to
+    /// 127.0.0.1, a NIC on each private network, a random-number device,
+    /// and nothing QEMU would add by default.
     pub fn cmdline(&self) -> QemuCmdline {
         let guest = self.guest;
         let machine = &guest.machine;

@@ -16,12 +16,19 @@
 //!   console, and `exec_command_and_wait_for_pattern`.
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
 //! - `network`: [`Network`], private L2 segments between VMs.
-//! - `hotplug`: [`Vm::hotplug_disk`], [`Vm::hotplug_nic`], [`Vm::unplug`].
+//! - `hotplug`: [`Vm::hotplug`], devices added to a running VM.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store.
 //! - `snapshot`: ready snapshots: making one from a boot, starting from
 //!   one, refreshing what clones must not share.
 //! - `dirs`: ids and private directories.
+//!
+//! # Tracing
+//!
+//! Each VM has a span with a `vm` field (its name); a span that is a
+//! phase of its life (booting, logging in, rebooting, powering off; the
+//! migration layer adds migrating) has a `phase` field, text for people.
+//! Test runners show these fields, never span names, which may change.
 //!
 //! # Nothing left behind
 //!
@@ -55,6 +62,7 @@ pub use dirs::RuntimeDirError;
 pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
 pub use extensions::Extensions;
+pub use hotplug::Hotplug;
 pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};

@@ -28,7 +28,7 @@ const FIRST_HOST: u8 = 1;
 const LAST_HOST: u8 = 254;
 
 /// One private L2 segment that VMs join before they power on (or
-/// running, with [`Vm::hotplug_nic`]). Clones are the same network.
+/// running, with [`crate::Hotplug::nic`]). Clones are the same network.
 ///
 /// ```no_run
 /// # async fn f(server: &mut virtest_vm::Vm, client: &mut virtest_vm::Vm) -> virtest_vm::Result<()> {
@@ -124,7 +124,7 @@ impl Network {
                 network: self.name.clone(),
                 reason: format!(
                     "VM `{}` has been powered on: VMs join a network before their first \
-                     power_on (or hot-plug a NIC: Vm::hotplug_nic)",
+                     power_on (or hot-plug a NIC: vm.hotplug().nic)",
                     vm.name()
                 ),
             });
@@ -186,10 +186,7 @@ impl Vm {
     /// The VM's NICs on private networks: those it started with, then
     /// hot-plugged ones.
     pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
-        self.config()
-            .networks
-            .iter()
-            .chain(self.hotplugged.iter().filter_map(|h| h.nic()))
+        self.config().networks.iter().chain(self.hotplugged.nics())
     }
 
     /// Gives the guest its address on each of its networks; every login

@@ -17,6 +17,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use rustix::process::{self, Pid, Signal};
 use tokio::sync::watch;
 
 /// A running (or exited, not yet dropped) child in its own process group.
@@ -38,17 +39,16 @@ impl Process {
     /// Starts `command` in a new process group, to die with this process.
     /// `name` names the waiting thread.
     pub(crate) fn spawn(mut command: Command, name: &str) -> io::Result<Process> {
-        let owner = std::process::id() as libc::pid_t;
+        let owner = Pid::from_raw(std::process::id() as i32);
         command.process_group(0);
-        // SAFETY: the closure runs between fork and exec and calls only
-        // async-signal-safe functions (prctl, getppid).
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe system calls (prctl, getppid), allocating
+        // nothing but on the error path of a child about to exit.
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                process::set_parent_process_death_signal(Some(Signal::KILL))?;
                 // The owner may have died before prctl took effect.
-                if libc::getppid() != owner {
+                if process::getppid() != owner {
                     return Err(io::Error::other("the owning process is gone"));
                 }
                 Ok(())
@@ -120,12 +120,13 @@ impl Process {
     }
 
     /// Sends `signal` to the child's process group, unless it was reaped.
-    pub(crate) fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let status = self.shared.status.lock().expect("status lock");
-        if status.is_none() {
-            // SAFETY: kill has no memory-safety preconditions; the group
-            // still exists while its leader is unreaped.
-            unsafe { libc::kill(-(self.pid as libc::pid_t), signal) };
+        // The group still exists while its leader is unreaped.
+        if status.is_none()
+            && let Some(group) = Pid::from_raw(self.pid as i32)
+        {
+            let _ = process::kill_process_group(group, signal);
         }
     }
 
@@ -147,7 +148,7 @@ impl Process {
     }
 
     fn kill_and_wait(&self) {
-        self.signal(libc::SIGKILL);
+        self.signal(Signal::KILL);
         let status = self.shared.status.lock().expect("status lock");
         let _ = self
             .shared
@@ -165,21 +166,11 @@ impl Drop for Process {
 
 /// Blocks until `pid` has exited, leaving it unreaped.
 fn wait_without_reaping(pid: u32) {
-    loop {
-        // SAFETY: siginfo_t is plain data; waitid writes into it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let options = process::WaitIdOptions::EXITED | process::WaitIdOptions::NOWAIT;
+    while let Err(rustix::io::Errno::INTR) = process::waitid(process::WaitId::Pid(pid), options) {}
 }
 
 #[cfg(test)]

@@ -17,10 +17,22 @@ use crate::vm::Vm;
 
 /// A logged-in console session and the socket it speaks through.
 #[derive(Debug)]
-pub(crate) struct SerialLogin {
+struct SerialLogin {
     // Dropped after the session that speaks through it.
     session: SerialSession,
     _shared: SharedConsole,
+}
+
+/// The serial console session of a VM, until a power cycle or reboot:
+/// this module's own part of a [`Vm`].
+#[derive(Debug, Default)]
+pub(crate) struct SerialLink(Option<SerialLogin>);
+
+impl SerialLink {
+    /// Ends the session (the guest rebooted, or QEMU ended).
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
+    }
 }
 
 impl Vm {
@@ -40,7 +52,7 @@ impl Vm {
                 action: "use the serial console",
             });
         }
-        if self.serial.is_none() {
+        if self.serial.0.is_none() {
             let password = match &self.config().login {
                 Login::Password(password) => Some(password.clone()),
                 Login::Guest | Login::Key(_) => self.config().guest.login.password.clone(),
@@ -69,12 +81,12 @@ impl Vm {
             let left = deadline.saturating_sub(start.elapsed());
             let session = SerialSession::connect(&socket, &user, &password, left).await?;
             tracing::info!(user, "logged in on the serial console");
-            self.serial = Some(SerialLogin {
+            self.serial.0 = Some(SerialLogin {
                 session,
                 _shared: shared,
             });
         }
-        Ok(&self.serial.as_ref().expect("set above").session)
+        Ok(&self.serial.0.as_ref().expect("set above").session)
     }
 
     /// Types `command` and Enter into the serial console and waits until

@@ -256,7 +256,7 @@ async fn restore_checked(
 ) -> Restored {
     let verifying = {
         let snapshot = snapshot.clone();
-        tokio::task::spawn_blocking(move || snapshot.verify())
+        tokio::task::spawn_blocking(move || snapshot.verify().map_err(|e| e.to_string()))
     };
     let restored = match vm.adopt_disks(snapshot.dir()).await {
         Ok(()) => restore(vm, launch, &snapshot.state()).await,
@@ -414,8 +414,7 @@ async fn restore(
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     state: &Path,
 ) -> Result<Instance> {
-    let quoted = state.to_string_lossy().replace('\'', r"'\''");
-    let incoming = format!("exec:cat '{quoted}'");
+    let incoming = format!("exec:cat {}", shell_words::quote(&state.to_string_lossy()));
     let restoring =
         move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming(&incoming, |e| e);
     let instance = vm.start_instance_with(&restoring).await?;
@@ -466,8 +465,7 @@ pub(crate) async fn refresh(session: &SshSession) -> Result<()> {
             error_chain(&e)
         ),
     };
-    let mut entropy = [0u8; 64];
-    getrandom(&mut entropy);
+    let entropy: [u8; 64] = crate::dirs::random();
     let escaped: String = entropy.iter().map(|b| format!("\\{b:03o}")).collect();
     // The clock is set to the host's time plus the one-way latency of a
     // command, measured just before: under load a command reaches the
@@ -487,13 +485,6 @@ pub(crate) async fn refresh(session: &SshSession) -> Result<()> {
          {{ date -u -s @{seconds}.{nanos:09} || date -u -s @{rounded}; }} > /dev/null 2>&1"
     );
     session.run(&command).await.map(drop).map_err(failed)
-}
-
-/// Fills `bytes` from the host's RNG.
-fn getrandom(bytes: &mut [u8]) {
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(n, bytes.len() as isize, "getrandom fills a small buffer");
 }
 
 /// An error with its sources, on one line.

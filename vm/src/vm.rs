@@ -6,7 +6,7 @@
 //! serial console, hot-plug and networks.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qapi::Enum;
 use qapi::qmp::{ImageFormat, RunState, cont, query_status, screendump, stop, system_reset};
@@ -15,8 +15,6 @@ use tracing::Instrument;
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qmp::{Qmp, TranscriptWriter};
 use virtest_remote::SshSession;
-
-use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
 
 use crate::config::VmConfig;
 use crate::console::{Console, ConsoleCursor};
@@ -30,6 +28,7 @@ use crate::snapshot::{BootMode, Start};
 
 mod login;
 mod power;
+mod ready;
 
 pub use login::SshAccess;
 pub use power::PowerOff;
@@ -93,13 +92,13 @@ pub struct Vm {
     remote: Option<SshSession>,
     /// The serial console session (`serial.rs`), until a power cycle or
     /// reboot.
-    pub(crate) serial: Option<crate::serial::SerialLogin>,
+    pub(crate) serial: crate::serial::SerialLink,
     /// The guest agent's connection (`agent.rs`), with the socket of the
     /// QEMU process it is connected to.
-    pub(crate) agent: Option<(PathBuf, virtest_qmp::Qga)>,
+    pub(crate) agent: crate::agent::AgentLink,
     /// Devices hot-plugged into the running QEMU (`hotplug.rs`), until
     /// it powers off.
-    pub(crate) hotplugged: Vec<crate::hotplug::Hotplugged>,
+    pub(crate) hotplugged: crate::hotplug::Plugged,
     /// The overlays and firmware variables, made at the first power_on
     /// and dropped (removed) after QEMU.
     disks: Option<VmDisks>,
@@ -134,7 +133,7 @@ impl std::fmt::Debug for Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.remote = None;
-        self.serial = None;
+        self.serial.forget();
         self.instance = None;
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
@@ -152,7 +151,7 @@ impl Vm {
         Vm {
             span: tracing::info_span!(
                 "vm",
-                name = config.name.as_deref().unwrap_or("vm"),
+                vm = config.name.as_deref().unwrap_or("vm"),
                 id = %id
             ),
             id,
@@ -165,9 +164,9 @@ impl Vm {
             qmp_log: None,
             instance: None,
             remote: None,
-            serial: None,
-            agent: None,
-            hotplugged: Vec::new(),
+            serial: Default::default(),
+            agent: Default::default(),
+            hotplugged: Default::default(),
             generation: 0,
             boot_cursor: ConsoleCursor::default(),
             ready_seen: false,
@@ -316,7 +315,7 @@ impl Vm {
     /// which ends its own).
     pub(crate) fn take_instance(&mut self) -> Option<Instance> {
         self.remote = None;
-        self.serial = None;
+        self.serial.forget();
         self.instance.take()
     }
 
@@ -470,7 +469,7 @@ impl Vm {
     /// Resets the machine and returns at once; the guest boots again.
     pub async fn reset(&mut self) -> Result<()> {
         self.remote = None;
-        self.serial = None;
+        self.serial.forget();
         let cursor = self.console()?.cursor();
         self.qmp_execute(system_reset {}).await?;
         self.boot_cursor = cursor;
@@ -482,8 +481,8 @@ impl Vm {
     /// again; [`Reboot::Guest`] needs a remote session. Call
     /// [`Vm::login_remote`] afterwards.
     pub async fn reboot(&mut self, how: Reboot) -> Result<()> {
-        let span = tracing::info_span!(parent: &self.span, "reboot");
-        self.serial = None;
+        let span = tracing::info_span!(parent: &self.span, "reboot", phase = "rebooting");
+        self.serial.forget();
         async {
             let cursor = self.console()?.cursor();
             let since = self.qmp()?.event_cursor();
@@ -513,81 +512,6 @@ impl Vm {
         }
         .instrument(span)
         .await
-    }
-
-    /// Waits until `pattern` appears on the console in the current boot.
-    pub async fn wait_for_console(
-        &mut self,
-        pattern: &str,
-        deadline: Duration,
-    ) -> Result<ConsoleCursor> {
-        let since = self.boot_cursor;
-        self.wait_for_console_from(since, pattern, deadline).await
-    }
-
-    /// Waits until `pattern` appears on the console after `since`
-    /// (see [`Console::cursor`]); returns where it ends. Fails at once
-    /// when QEMU exits.
-    pub async fn wait_for_console_from(
-        &mut self,
-        since: ConsoleCursor,
-        pattern: &str,
-        deadline: Duration,
-    ) -> Result<ConsoleCursor> {
-        let console = self.console()?.clone();
-        let mut changes = console.changes();
-        let start = Instant::now();
-        loop {
-            if let Some(end) = console.find(since, pattern) {
-                return Ok(end);
-            }
-            let instance = self.instance.as_mut().ok_or(Error::Off {
-                action: "wait for the console",
-            })?;
-            let left = deadline.saturating_sub(start.elapsed());
-            tokio::select! {
-                _ = changes.changed() => {}
-                status = instance.exited() => {
-                    instance.drain_console(Duration::from_secs(1)).await;
-                    if let Some(end) = console.find(since, pattern) {
-                        return Ok(end);
-                    }
-                    let during = format!("while waiting for `{pattern}` on the console\nlast console lines:\n{}", console.tail(30));
-                    return Err(instance.exit_error(status, &during));
-                }
-                _ = tokio::time::sleep(left) => {
-                    return Err(Error::ConsoleTimeout {
-                        pattern: pattern.to_string(),
-                        after: deadline,
-                        console_tail: console.tail(30),
-                    });
-                }
-            }
-        }
-    }
-
-    /// Waits until the guest is ready in the current boot: its ready line
-    /// (its own, or cloud-init's), or its agent answering; at once when
-    /// that was seen already, or when the guest's readiness is its sshd
-    /// answering, which `login_remote` tries.
-    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
-        let marker = match &self.config.guest.ready {
-            Ready::Console(line) => line.clone(),
-            Ready::CloudInit => CLOUD_INIT_READY_LINE.to_string(),
-            Ready::Ssh => return Ok(()),
-            Ready::Agent if self.ready_seen => return Ok(()),
-            Ready::Agent => {
-                self.agent_within(deadline).await?;
-                self.ready_seen = true;
-                return Ok(());
-            }
-        };
-        if self.ready_seen {
-            return Ok(());
-        }
-        self.wait_for_console(&marker, deadline).await?;
-        self.ready_seen = true;
-        Ok(())
     }
 
     /// Writes a screendump of the display to `path` as PNG (needs the VGA

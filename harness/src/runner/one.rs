@@ -24,9 +24,6 @@ use crate::test::{Maker, Test};
 /// How long cleanup may take, whatever happened before.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The default per-test timeout (the `timeout` parameter).
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Which signal interrupted the job, once one did.
 pub(crate) type Interrupt = watch::Receiver<Option<&'static str>>;
 
@@ -88,7 +85,7 @@ impl TestRun {
                 Ok(t) => t,
                 Err(e) => return Ended::early(e),
             };
-            let timeout = match params.seconds_or("timeout", DEFAULT_TIMEOUT) {
+            let timeout = match params.value(&crate::params::TIMEOUT) {
                 Ok(timeout) => timeout,
                 Err(e) => return Ended::early(e.into()),
             };
@@ -118,8 +115,8 @@ impl TestRun {
                 tracing::warn!(status = %e.status, reason = %e.reason, "the test did not pass");
                 set(&phase, "gathering the failure bundle");
                 let budget = params
-                    .seconds_or("evidence_timeout", evidence::DEFAULT_TIMEOUT)
-                    .unwrap_or(evidence::DEFAULT_TIMEOUT);
+                    .value(&crate::params::EVIDENCE_TIMEOUT)
+                    .unwrap_or_default();
                 // A second signal cuts it short, as it does cleanup.
                 evidence = tokio::select! {
                     files = evidence::gather_all(&mut t, &dir, budget) => files,

@@ -64,7 +64,7 @@ impl Vm {
     /// is ready when this returns, and the first login refreshes its
     /// entropy and clock. [`Vm::start`] says which start it had.
     pub async fn power_on(&mut self) -> Result<()> {
-        let span = tracing::info_span!(parent: &self.span, "power_on");
+        let span = tracing::info_span!(parent: &self.span, "power_on", phase = "booting");
         self.power_on_inner().instrument(span).await
     }
 
@@ -76,10 +76,9 @@ impl Vm {
         }
         self.instance = None;
         self.remote = None;
-        self.serial = None;
-        for device in std::mem::take(&mut self.hotplugged) {
-            device.release(self.name());
-        }
+        self.serial.forget();
+        let name = self.config.name.as_deref().unwrap_or("vm");
+        self.hotplugged.release_all(name);
         // Finding and probing QEMU spawns it and waits: not on the async
         // workers, which other tests' VMs share.
         let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
@@ -305,9 +304,9 @@ impl Vm {
     /// [`Vm::power_off`], waiting at most `graceful` for the guest; with
     /// zero, the guest is not asked and QEMU quits at once.
     pub async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
-        let span = tracing::info_span!(parent: &self.span, "power_off");
+        let span = tracing::info_span!(parent: &self.span, "power_off", phase = "powering off");
         self.remote = None;
-        self.serial = None;
+        self.serial.forget();
         let Some(mut instance) = self.instance.take() else {
             return Ok(PowerOff::AlreadyOff);
         };
@@ -336,9 +335,9 @@ impl Vm {
                     PowerOff::Quit => {
                         let _ = qmp.execute_within(quit {}, quick).await;
                     }
-                    PowerOff::Terminated => instance.signal(libc::SIGTERM),
+                    PowerOff::Terminated => instance.signal(rustix::process::Signal::TERM),
                     PowerOff::Killed | PowerOff::AlreadyOff | PowerOff::ByGuest => {
-                        instance.signal(libc::SIGKILL)
+                        instance.signal(rustix::process::Signal::KILL)
                     }
                 }
                 if instance.wait_exit(wait).await.is_some() {

@@ -1,0 +1,24 @@
+//! The README's table of parameters is the one the declarations make:
+//! changing a default or a meaning in `harness/src/params/known.rs`
+//! without the README fails here, with the table to paste.
+
+const START: &str = "<!-- parameters: ";
+const END: &str = "<!-- end of parameters -->";
+
+#[test]
+fn the_readmes_parameter_table_is_generated_from_the_declarations() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find(START)
+        .expect("the README marks its parameter table");
+    let body = &readme[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    let end = body.find(END).expect("the README ends its parameter table");
+    let expected = virtest::harness::params::markdown_table();
+    assert!(
+        body[..end] == expected,
+        "README.md's parameter table is out of date; replace it with \
+         `cargo run -q -- list --parameters --markdown`:\n{expected}"
+    );
+}
