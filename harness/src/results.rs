@@ -281,7 +281,9 @@ fn repeat_counts(tests: &[TestRecord]) -> Vec<RepeatCount> {
     counts
 }
 
-/// XML's five escapes (HTML's too), and control characters dropped.
+/// XML's five escapes (HTML's too), control characters dropped, and the
+/// two other characters XML 1.0 forbids (U+FFFE, U+FFFF) replaced with
+/// U+FFFD, so a file holding any text a guest printed still parses.
 pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -292,6 +294,7 @@ pub(crate) fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
             '\n' | '\t' => out.push(c),
+            '\u{FFFE}' | '\u{FFFF}' => out.push(char::REPLACEMENT_CHARACTER),
             c if c.is_control() => {}
             c => out.push(c),
         }

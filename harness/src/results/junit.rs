@@ -148,6 +148,25 @@ mod tests {
     }
 
     #[test]
+    fn results_xml_parses_whatever_a_guest_printed() {
+        // Every code point, as a guest's console or a command's output
+        // may put into a failure reason: XML 1.0 forbids most control
+        // characters and U+FFFE and U+FFFF, which must not reach the file.
+        let printed: String = (0..=0x10FFFF).filter_map(char::from_u32).collect();
+        let record = record_for_tests(Status::Fail, Some(&printed));
+        let results = JobResults::new("abc", "/r/job.log".into(), now(), vec![record]);
+        let xml = results.junit();
+        let parsed = roxmltree::Document::parse(&xml);
+        assert!(parsed.is_ok(), "results.xml does not parse: {:?}", parsed.err());
+        let message = parsed
+            .unwrap()
+            .descendants()
+            .find_map(|node| node.attribute("message").map(str::to_string))
+            .expect("the failure's message");
+        assert!(message.contains("\u{FFFD}") && message.contains("\u{10FFFF}"));
+    }
+
+    #[test]
     fn a_failure_bundle_is_attached_where_jenkins_and_gitlab_look() {
         let mut failed = record_for_tests(Status::Fail, Some("no"));
         failed.evidence = vec![
