@@ -121,20 +121,29 @@ impl Progress {
     }
 }
 
-/// ` (n/total) name: STATUS (time, start): first line of the reason`.
+/// ` (n/total) name: STATUS (time, start): first line of the reason`,
+/// control characters shown escaped (`\u{1b}`): a reason may quote what
+/// a guest printed, which must not drive the user's terminal.
 fn line(n: usize, total: usize, record: &TestRecord) -> String {
     let reason = record
         .fail_reason
         .as_deref()
         .map(|r| format!(": {}", r.lines().next().unwrap_or("")))
         .unwrap_or_default();
+    let mut shown = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        match c.is_control() {
+            true => shown.extend(c.escape_default()),
+            false => shown.push(c),
+        }
+    }
     let start = record
         .vm_start
         .as_deref()
         .map(|start| format!(", {start}"))
         .unwrap_or_default();
     format!(
-        " ({n}/{total}) {}: {} ({:.2} s{start}){reason}",
+        " ({n}/{total}) {}: {} ({:.2} s{start}){shown}",
         record.name, record.status, record.time
     )
 }
@@ -200,7 +209,23 @@ impl Board {
 
 #[cfg(test)]
 mod tests {
-    use super::fit;
+    use super::{fit, line};
+    use crate::results::record_for_tests;
+    use crate::status::Status;
+
+    #[test]
+    fn guest_text_in_a_reason_cannot_drive_the_terminal() {
+        // A title change, a bell and a clear-screen, as a hostile guest
+        // could print them into the output a failure reason quotes.
+        let hostile = "\x1b]0;owned\x07\x1b[2J\x1b[Hdisk\u{9b}31m full\r\nnext line";
+        let printed = line(3, 9, &record_for_tests(Status::Fail, Some(hostile)));
+        assert!(!printed.chars().any(char::is_control), "{printed:?}");
+        assert!(
+            printed.contains(r"\u{1b}]0;owned\u{7}\u{1b}[2J"),
+            "{printed}"
+        );
+        assert!(printed.ends_with(r"disk\u{9b}31m full"), "{printed}");
+    }
 
     #[test]
     fn live_lines_fit_one_row() {

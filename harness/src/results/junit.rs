@@ -157,7 +157,11 @@ mod tests {
         let results = JobResults::new("abc", "/r/job.log".into(), now(), vec![record]);
         let xml = results.junit();
         let parsed = roxmltree::Document::parse(&xml);
-        assert!(parsed.is_ok(), "results.xml does not parse: {:?}", parsed.err());
+        assert!(
+            parsed.is_ok(),
+            "results.xml does not parse: {:?}",
+            parsed.err()
+        );
         let message = parsed
             .unwrap()
             .descendants()
