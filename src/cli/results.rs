@@ -81,10 +81,14 @@ pub(super) fn find_job(
     if direct.join("results.json").exists() {
         return Ok(direct);
     }
-    if direct.is_dir() && job.contains('/') {
-        return Err(format!(
-            "`{job}` is not a job directory: it has no results.json (give a job's directory, id or `latest`)"
-        ));
+    // A path (not an id, not `latest`) names itself in every error.
+    if job.contains('/') {
+        return Err(match direct.is_dir() {
+            true => format!(
+                "`{job}` is not a job directory: it has no results.json (give a job's directory, id or `latest`)"
+            ),
+            false => format!("`{job}` does not exist (give a job's directory, id or `latest`)"),
+        });
     }
     let latest = results_dir.join(job);
     if latest.join("results.json").exists() {
@@ -109,5 +113,29 @@ pub(super) fn find_job(
             "`{job}` matches {n} jobs under `{}`",
             results_dir.display()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_job;
+
+    #[test]
+    fn a_job_path_that_does_not_exist_is_named_not_the_results_directory() {
+        let results = tempfile::tempdir().unwrap();
+        for missing in ["/no/such/results/job-1", "./no-such-dir", "../gone/latest"] {
+            let error = find_job(results.path(), Some(missing)).unwrap_err();
+            assert!(error.contains(missing), "{error}");
+            assert!(
+                !error.contains(&*results.path().to_string_lossy()),
+                "{error}"
+            );
+        }
+        // An id is still looked up in the results directory, named then.
+        let error = find_job(results.path(), Some("abc1234")).unwrap_err();
+        assert!(
+            error.contains(&*results.path().to_string_lossy()),
+            "{error}"
+        );
     }
 }
