@@ -314,7 +314,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .prefix(".virtest-")
         .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir.unwrap_or(Path::new(".")))?;
-    tmp.write_all(bytes)?;
+    // Through the file itself: its errors keep their OS code (a full
+    // disk is ENOSPC), which NamedTempFile's own writes wrap.
+    tmp.as_file_mut().write_all(bytes)?;
     tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
@@ -330,6 +332,24 @@ pub fn now() -> f64 {
 /// (UTC), with `latest` pointing at it. Returns its path and id.
 pub fn create_job_dir(results_dir: &Path) -> std::io::Result<(PathBuf, String)> {
     std::fs::create_dir_all(results_dir)?;
+    let latest = results_dir.join("latest");
+    // Replacing anything but our own link would lose it, or fail halfway.
+    if let Ok(found) = std::fs::symlink_metadata(&latest)
+        && !found.file_type().is_symlink()
+    {
+        let what = if found.is_dir() {
+            "a directory"
+        } else {
+            "a file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "`{}` is {what}, not virtest's link to the latest job: move it away",
+                latest.display()
+            ),
+        ));
+    }
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -340,12 +360,15 @@ pub fn create_job_dir(results_dir: &Path) -> std::io::Result<(PathBuf, String)> 
     let id = format!("{:07x}", u32::from_ne_bytes(random) & 0xfff_ffff);
     let dir = results_dir.join(format!("job-{}-{id}", timestamp(seconds)));
     std::fs::create_dir(&dir)?;
-    std::fs::create_dir(dir.join("test-results"))?;
-    let latest = results_dir.join("latest");
     let tmp = results_dir.join(format!(".latest-{id}"));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(dir.file_name().unwrap_or_default(), &tmp)?;
-    std::fs::rename(&tmp, &latest)?;
+    let linked = std::fs::create_dir(dir.join("test-results"))
+        .and_then(|()| std::os::unix::fs::symlink(dir.file_name().unwrap_or_default(), &tmp))
+        .and_then(|()| std::fs::rename(&tmp, &latest));
+    if let Err(e) = linked {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     Ok((dir, id))
 }
 
@@ -449,5 +472,25 @@ mod tests {
         let latest = std::fs::canonicalize(tmp.path().join("latest")).unwrap();
         assert_eq!(latest, std::fs::canonicalize(&second).unwrap());
         assert!(second.join("test-results").is_dir());
+    }
+
+    #[test]
+    fn a_latest_that_is_not_our_link_is_named_and_nothing_is_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let latest = tmp.path().join("latest");
+        std::fs::create_dir(&latest).unwrap();
+        std::fs::write(latest.join("mine.txt"), "a user's file").unwrap();
+        let error = create_job_dir(tmp.path()).unwrap_err().to_string();
+        assert!(
+            error.contains(&*latest.to_string_lossy()) && error.contains("directory"),
+            "{error}"
+        );
+        let mut left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["latest"], "a job directory or link was left");
+        assert!(latest.join("mine.txt").is_file());
     }
 }

@@ -146,9 +146,13 @@ impl MigrationReport {
     /// Writes the report to `path` through a temporary file beside it,
     /// removed on an error.
     fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let json = serde_json::to_vec_pretty(self)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer_pretty(&mut tmp, self)?;
+        // Through the file itself: its errors keep their OS code (a full
+        // disk is ENOSPC), which NamedTempFile's own writes wrap.
+        tmp.as_file_mut().write_all(&json)?;
         tmp.persist(path).map(drop).map_err(|e| e.error)
     }
 }
