@@ -409,15 +409,30 @@ fn libtest_counts(results: &JobResults) -> (usize, usize, usize) {
     (passed, results.tests.len() - passed - ignored, ignored)
 }
 
-/// A test name made safe as a directory name.
+/// A test name made safe as a directory name: other characters become
+/// `_`, and a name past [`DIR_NAME_MAX`] (a long variant value) keeps
+/// its start and ends with a hash of the whole, so it stays unique and
+/// under the 255 bytes a file name may have.
 fn dir_name(name: &str) -> String {
-    name.chars()
+    let safe: String = name
+        .chars()
         .map(|c| match c {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '=' | '.' | ',' | '@' => c,
             _ => '_',
         })
-        .collect()
+        .collect();
+    if safe.len() <= DIR_NAME_MAX {
+        return safe;
+    }
+    let hash = std::hash::BuildHasher::hash_one(
+        &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+        name,
+    );
+    format!("{}-{hash:016x}", &safe[..DIR_NAME_MAX - 17])
 }
+
+/// The longest test directory name (past its `N-`).
+const DIR_NAME_MAX: usize = 100;
 
 /// Runs a job on a new runtime and prints its results the way people and
 /// `cargo test` read them; the exit code says whether every test passed.
@@ -486,6 +501,19 @@ pub fn run_and_report(
 mod tests {
     use super::*;
     use crate::results::record_for_tests;
+
+    #[test]
+    fn a_long_variant_makes_a_short_directory_name_of_its_own() {
+        let long = |end: &str| format!("migration@note={}{end}", "x".repeat(400));
+        let (a, b) = (dir_name(&long("a")), dir_name(&long("b")));
+        // Under the 255 bytes a file name may have, with room for `N-`.
+        assert!(a.len() <= 120 && b.len() <= 120, "{} {}", a.len(), b.len());
+        assert_ne!(a, b);
+        assert!(a.starts_with("migration@note=xxx"), "{a}");
+        assert_eq!(dir_name("boot@cpus=2"), "boot@cpus=2");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(format!("1234-{a}"))).unwrap();
+    }
 
     #[test]
     fn libtest_counts_skips_and_cancels_as_junit_does() {
