@@ -67,7 +67,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// QEMU exited while starting, or before what was waited for.
-    #[error("QEMU exited ({status}) {during}\nQEMU said: {stderr_tail}\ncommand line: {cmdline}")]
+    #[error(
+        "QEMU exited ({status}) {during}: {}\nQEMU said: {stderr_tail}\ncommand line: {cmdline}",
+        last_line(.stderr_tail)
+    )]
     Exited {
         /// What was going on.
         during: String,
@@ -168,3 +171,13 @@ pub enum Error {
 
 /// A `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The last line of `text` that says something: what a program said last
+/// before it exited.
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("it said nothing")
+}

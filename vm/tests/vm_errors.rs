@@ -69,6 +69,22 @@ async fn an_option_qemu_rejects_comes_back_with_its_message() {
     assert!(error.to_string().contains("while starting"));
 }
 
+/// What QEMU said on its way out is the first line of the error, the
+/// one a results summary or a progress line shows, not only in qemu.log.
+#[tokio::test]
+async fn memory_the_host_cannot_give_is_refused_in_qemus_words() {
+    let _slot = common::guest_slots(1);
+    let mut config = config();
+    config.memory_mib = Some(99_999_999);
+    let error = power_on_error(config).await;
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("while starting") && first.contains("cannot set up guest memory"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_kernel_that_does_not_exist_is_reported() {
     let mut config = config();
