@@ -176,6 +176,7 @@ fn wait_without_reaping(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtest_testkit::alive;
 
     #[tokio::test]
     async fn exit_status_is_reported() {
@@ -201,7 +202,11 @@ mod tests {
         while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let grandchild = std::fs::read_to_string(&pid_file).unwrap();
+        let grandchild: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(
             process
                 .wait_within(Duration::from_millis(100))
@@ -209,28 +214,16 @@ mod tests {
                 .is_none()
         );
         drop(process);
-        assert!(!alive(pid.to_string().as_str()));
+        assert!(!alive(pid));
         // The orphaned grandchild is reaped by init, shortly.
         let start = std::time::Instant::now();
-        while alive(grandchild.trim()) {
+        while alive(grandchild) {
             assert!(
                 start.elapsed() < Duration::from_secs(2),
                 "grandchild survived"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    /// Whether `pid` exists and is not a zombie.
-    fn alive(pid: &str) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
     }
 
     #[test]
