@@ -215,6 +215,24 @@ pub enum Ready {
     Agent,
 }
 
+impl Ready {
+    /// The line the console shows once the guest is ready (its own, or
+    /// cloud-init's); `None` when readiness is not a console line.
+    ///
+    /// ```
+    /// use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
+    /// assert_eq!(Ready::CloudInit.console_line(), Some(CLOUD_INIT_READY_LINE));
+    /// assert_eq!(Ready::Ssh.console_line(), None);
+    /// ```
+    pub fn console_line(&self) -> Option<&str> {
+        match self {
+            Ready::Console(line) => Some(line),
+            Ready::CloudInit => Some(CLOUD_INIT_READY_LINE),
+            Ready::Ssh | Ready::Agent => None,
+        }
+    }
+}
+
 /// The NoCloud seed of a cloud-init guest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CloudInit {

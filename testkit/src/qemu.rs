@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
-use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_qemu_cmdline::cmdline::socket_chardev_props;
 use virtest_qemu_cmdline::{
@@ -159,10 +158,8 @@ impl Qemu {
     /// agent answers has none: this returns at once.
     pub fn wait_ready(&mut self, count: usize, deadline: Duration) -> Duration {
         let start = Instant::now();
-        let marker = match &self.guest.ready {
-            Ready::Console(line) => line.clone(),
-            Ready::CloudInit => CLOUD_INIT_READY_LINE.to_string(),
-            Ready::Ssh | Ready::Agent => return start.elapsed(),
+        let Some(marker) = self.guest.ready.console_line().map(str::to_string) else {
+            return start.elapsed();
         };
         loop {
             let text = std::fs::read_to_string(&self.console).unwrap_or_default();

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use virtest_guest::description::{CLOUD_INIT_READY_LINE, Ready};
+use virtest_guest::description::Ready;
 
 use super::Vm;
 use crate::console::ConsoleCursor;
@@ -66,21 +66,19 @@ impl Vm {
     /// that was seen already, or when the guest's readiness is its sshd
     /// answering, which `login_remote` tries.
     pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
-        let marker = match &self.config.guest.ready {
-            Ready::Console(line) => line.clone(),
-            Ready::CloudInit => CLOUD_INIT_READY_LINE.to_string(),
-            Ready::Ssh => return Ok(()),
-            Ready::Agent if self.ready_seen => return Ok(()),
-            Ready::Agent => {
-                self.agent_within(deadline).await?;
-                self.ready_seen = true;
-                return Ok(());
-            }
-        };
         if self.ready_seen {
             return Ok(());
         }
-        self.wait_for_console(&marker, deadline).await?;
+        let ready = &self.config.guest.ready;
+        if let Some(line) = ready.console_line() {
+            let line = line.to_string();
+            self.wait_for_console(&line, deadline).await?;
+        } else if *ready == Ready::Agent {
+            self.agent_within(deadline).await?;
+        } else {
+            // Ready::Ssh: `login_remote` tries its logins.
+            return Ok(());
+        }
         self.ready_seen = true;
         Ok(())
     }
