@@ -4,12 +4,13 @@
 //! password when one is set, the ready line, and the user's own
 //! cloud-config snippets, merged as a multipart message).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::description::CLOUD_INIT_READY_LINE;
 use crate::error::{Error, IoContext, Result};
 
 /// The size of a seed volume: plenty for a few cloud-config files.
+#[cfg(feature = "provision")]
 const SEED_SIZE: usize = 2 << 20;
 
 /// How cloud-init merges our part and the user's: lists appended,
@@ -130,7 +131,7 @@ impl Seed {
     /// Writes the seed volume to `path` (mode 0600: it may hold a
     /// password).
     #[cfg(feature = "provision")]
-    pub fn write(&self, path: &Path) -> Result<()> {
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
         let meta = self.meta_data();
         let user = self.user_data()?;
         let image = crate::fat::volume(

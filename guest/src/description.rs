@@ -36,8 +36,10 @@ use crate::error::{Error, IoContext, Result};
 
 mod file;
 
+#[cfg(feature = "provision")]
+pub(crate) use file::DiskFile;
 pub(crate) use file::{
-    BootFile, CloudInitFile, DiskFile, GuestFile, LoginFile, MachineFile, ReadyFile, ReadyKind,
+    BootFile, CloudInitFile, GuestFile, LoginFile, MachineFile, ReadyFile, ReadyKind,
 };
 use file::{line_of_key, toml_error};
 
