@@ -96,7 +96,11 @@ async fn gather(vm: &mut Vm, dir: &Path, budget: Duration) -> Vec<PathBuf> {
 /// What QEMU and the guest show: the screen, then the guest's view.
 async fn from_the_vm(vm: &mut Vm, dir: &Path, deadline: Instant, missing: &mut Vec<String>) {
     if !vm.is_on() {
-        missing.push("screen.png, guest.txt: the VM is off".into());
+        let why = match vm.qemu_exit() {
+            Some(exit) => exit.to_string(),
+            None => "the VM is off".into(),
+        };
+        missing.push(format!("screen.png, guest.txt: {why}"));
         return;
     }
     let screen = dir.join("screen.png");

@@ -175,3 +175,57 @@ async fn a_panic_with_three_vms_on_cleans_up_all_three() {
         );
     }
 }
+
+/// `server`'s QEMU is killed under the test: migrating it, then a command
+/// in it, fail.
+#[derive(Default)]
+struct ServerKilled;
+impl VirtTest for ServerKilled {
+    async fn action(&mut self, t: &mut Test) -> TestResult {
+        let server = t.add_vm("server", &[])?;
+        server.power_on().await?;
+        server.login_remote().await?;
+        let pid = server.pid().expect("on");
+        let dir = t.log_dir().to_path_buf();
+        std::fs::write(dir.join("pid"), pid.to_string())?;
+        let server = t.vm_named("server").expect("added");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        ensure!(killed.success(), "kill -KILL {pid}: {killed}");
+        let why = match server.migrate(MigrationMode::Unix).await {
+            Ok(_) => return Err(fail("a dead VM migrated")),
+            Err(e) => TestError::from(e).reason,
+        };
+        std::fs::write(dir.join("migrate-error"), why)?;
+        server.remote()?.run("echo still").await?;
+        Err(fail("a command ran in a VM whose QEMU was killed"))
+    }
+}
+
+/// The reason names the VM whose QEMU died and how it died, and so do
+/// `debug.log`, the VM's `missing.txt` and the error of a migration
+/// tried after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_whose_qemu_is_killed_is_named_with_how_it_died() {
+    let _slots = kit::guest_slots(1);
+    kit::guest();
+    let defs = vec![TestDef::new("ServerKilled", ServerKilled::default)];
+    let (_tmp, job) = common::run_job(&defs, &[], 1).await;
+    let test = &job.results.tests[0];
+    let dir = &test.logdir;
+    let pid = std::fs::read_to_string(dir.join("pid")).unwrap();
+    let death = format!("QEMU (pid {pid}) was killed by signal 9 (SIGKILL)");
+    let reason = test.fail_reason.as_deref().unwrap_or_default();
+    assert_eq!(test.status, Status::Error);
+    assert!(
+        reason.starts_with(&format!("VM `server`: {death}")),
+        "{reason}"
+    );
+    let migrate = std::fs::read_to_string(dir.join("migrate-error")).unwrap();
+    assert!(migrate.contains(&death), "{migrate}");
+    let debug = std::fs::read_to_string(&test.logfile).unwrap();
+    assert!(debug.contains(&death), "{debug}");
+    let missing = std::fs::read_to_string(dir.join("failure/vm-server/missing.txt")).unwrap();
+    assert!(missing.contains(&death), "{missing}");
+}

@@ -98,7 +98,18 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     if let Some(binary) = &spec.destination_qemu {
         check_destination_qemu(binary).await?;
     }
-    let source_state = vm.state().await.map_err(Error::Source)?;
+    let ended = |exit| {
+        Error::Source(virtest_vm::Error::QemuEnded {
+            action: "migrate".into(),
+            exit,
+        })
+    };
+    let source_state = match vm.state().await {
+        Ok(VmState::Off) if let Some(exit) = vm.qemu_exit() => return Err(ended(exit)),
+        Ok(state) => state,
+        Err(virtest_vm::Error::QemuEnded { exit, .. }) => return Err(ended(exit)),
+        Err(e) => return Err(Error::Source(e)),
+    };
     if spec.wait_for_boot && source_state == VmState::Running {
         let deadline = vm.config().login_timeout;
         vm.wait_ready(deadline).await.map_err(Error::Source)?;

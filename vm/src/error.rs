@@ -96,6 +96,14 @@ pub enum Error {
         /// What was asked.
         action: &'static str,
     },
+    /// The action needs a running VM, and its QEMU ended by itself.
+    #[error("cannot {action}: {exit}")]
+    QemuEnded {
+        /// What was asked.
+        action: String,
+        /// How QEMU ended.
+        exit: crate::QemuExit,
+    },
     /// `power_on` on a VM that is on.
     #[error("the VM is already on (QEMU pid {pid})")]
     AlreadyOn {

@@ -411,7 +411,7 @@ impl Vm {
             ));
         }
         if !self.is_on() {
-            return Err(Error::Off { action: "hot-plug" });
+            return Err(self.off_error("hot-plug"));
         }
         if self.hotplugged.0.iter().any(|h| h.id == id) {
             return Err(refuse("a hot-plugged device has that id already".into()));

@@ -14,6 +14,7 @@ use virtest_qmp::{Qmp, TranscriptWriter};
 
 use crate::console::{Console, ConsoleReader};
 use crate::error::{Error, Result};
+use crate::exit::QemuExit;
 use crate::process::Process;
 
 /// The host-side endpoints of one QEMU process.
@@ -313,6 +314,25 @@ impl Instance {
     /// Whether QEMU is still running.
     pub fn is_running(&self) -> bool {
         self.process.status().is_none()
+    }
+
+    /// How QEMU ended, once it has.
+    pub fn ended(&self) -> Option<QemuExit> {
+        let status = self.process.status()?;
+        let last_words = match status.code() {
+            Some(0) | None => None,
+            Some(_) => log_tail(&self.qemu_log, self.log_offset)
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| !line.is_empty())
+                .map(str::to_string),
+        };
+        Some(QemuExit {
+            pid: self.pid(),
+            status,
+            last_words,
+        })
     }
 
     /// Waits for QEMU to exit, at most `deadline`.

@@ -7,6 +7,7 @@
 //! - `config`: [`VmConfig`], what a VM is made from.
 //! - `instance`: [`Instance`], one QEMU process with its console and QMP
 //!   connected; a VM has one, two during a migration.
+//! - `exit`: [`QemuExit`], how a QEMU that nobody powered off ended.
 //! - `process`: spawning QEMU so that it never outlives its owner.
 //! - `console`: [`Console`], the serial output, logged and searchable,
 //!   and input typed into it.
@@ -45,6 +46,7 @@ mod console_share;
 mod dirs;
 mod disks;
 mod error;
+mod exit;
 mod extensions;
 mod hotplug;
 mod instance;
@@ -61,6 +63,7 @@ pub use console_share::SharedConsole;
 pub use dirs::RuntimeDirError;
 pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
+pub use exit::QemuExit;
 pub use extensions::Extensions;
 pub use hotplug::Hotplug;
 pub use instance::{Endpoints, Forward, Instance};

@@ -48,9 +48,7 @@ impl Vm {
     /// ```
     pub async fn serial(&mut self) -> Result<&SerialSession> {
         if !self.is_on() {
-            return Err(Error::Off {
-                action: "use the serial console",
-            });
+            return Err(self.off_error("use the serial console"));
         }
         if self.serial.0.is_none() {
             let password = match &self.config().login {

@@ -21,6 +21,7 @@ use crate::console::{Console, ConsoleCursor};
 use crate::dirs;
 use crate::disks::{Overlay, VmDisks};
 use crate::error::{Error, Result};
+use crate::exit::QemuExit;
 use crate::extensions::Extensions;
 use crate::instance::{Endpoints, Files, Instance};
 use crate::network::NetworkNic;
@@ -334,6 +335,24 @@ impl Vm {
         })
     }
 
+    /// How the VM's QEMU ended, when it ended by itself: killed, crashed,
+    /// or quit by the guest (not through [`Vm::power_off`]).
+    pub fn qemu_exit(&self) -> Option<QemuExit> {
+        self.instance.as_ref()?.ended()
+    }
+
+    /// The error for `action` on a VM that is not on: its QEMU's end
+    /// when it ended by itself.
+    pub(crate) fn off_error(&self, action: &'static str) -> Error {
+        match self.qemu_exit() {
+            Some(exit) => Error::QemuEnded {
+                action: action.to_string(),
+                exit,
+            },
+            None => Error::Off { action },
+        }
+    }
+
     /// The console: every byte the guest wrote to its serial port, across
     /// power cycles and migrations.
     pub fn console(&mut self) -> Result<&Console> {
@@ -431,7 +450,7 @@ impl Vm {
     pub fn qmp(&self) -> Result<&Qmp> {
         match &self.instance {
             Some(instance) if instance.is_running() => Ok(instance.qmp()),
-            _ => Err(Error::Off { action: "use QMP" }),
+            _ => Err(self.off_error("use QMP")),
         }
     }
 
@@ -552,13 +571,33 @@ impl Vm {
     }
 
     /// A QMP command on the running QEMU, its error naming the command.
+    /// A connection lost because QEMU ended is told as QEMU's end.
     pub(crate) async fn qmp_execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
-        self.qmp()?
-            .execute(command)
-            .await
-            .map_err(|source| Error::Qmp {
+        match self.qmp()?.execute(command).await {
+            Ok(answer) => Ok(answer),
+            Err(source @ virtest_qmp::Error::Disconnected { .. }) => {
+                match self.qemu_exit_within(Duration::from_secs(1)).await {
+                    Some(exit) => Err(Error::QemuEnded {
+                        action: format!("run `{}`", C::NAME),
+                        exit,
+                    }),
+                    None => Err(Error::Qmp {
+                        step: format!("`{}`", C::NAME),
+                        source,
+                    }),
+                }
+            }
+            Err(source) => Err(Error::Qmp {
                 step: format!("`{}`", C::NAME),
                 source,
-            })
+            }),
+        }
+    }
+
+    /// How QEMU ended, waiting at most `deadline` for it to end: its
+    /// sockets close a moment before its exit status is known.
+    async fn qemu_exit_within(&self, deadline: Duration) -> Option<QemuExit> {
+        self.instance.as_ref()?.wait_exit(deadline).await;
+        self.qemu_exit()
     }
 }

@@ -111,7 +111,8 @@ impl TestRun {
                 .await;
             }
             let mut evidence = Vec::new();
-            if let Err(e) = &outcome {
+            if let Err(e) = &mut outcome {
+                name_ended_qemus(&t, e).await;
                 tracing::warn!(status = %e.status, reason = %e.reason, "the test did not pass");
                 set(&phase, "gathering the failure bundle");
                 let budget = params
@@ -220,6 +221,29 @@ impl Ended {
             vm_start: None,
             evidence: Vec::new(),
         }
+    }
+}
+
+/// Puts first in a failure's reason each VM whose QEMU ended by itself,
+/// and how: "VM `server`: QEMU (pid 42) was killed by signal 9 (SIGKILL)".
+/// What the test saw (a lost SSH connection, say) follows.
+async fn name_ended_qemus(t: &Test, error: &mut TestError) {
+    // A QEMU's end may reach the test (a closed socket) a moment before
+    // its exit status reaches the VM.
+    const SETTLE: Duration = Duration::from_millis(100);
+    let mut ended = Vec::new();
+    for (name, vm) in t.vms() {
+        if let Ok(instance) = vm.instance() {
+            instance.wait_exit(SETTLE).await;
+        }
+        if let Some(exit) = vm.qemu_exit() {
+            tracing::warn!(vm = name, pid = exit.pid, "{exit}");
+            ended.push(format!("VM `{name}`: {exit}"));
+        }
+    }
+    if !ended.is_empty() {
+        ended.push(std::mem::take(&mut error.reason));
+        error.reason = ended.join("; ");
     }
 }
 
