@@ -49,13 +49,21 @@ pub enum Error {
     },
     /// The destination QEMU exited during the migration.
     #[error(
-        "the destination QEMU exited ({status}) during the migration; the source VM keeps running\nit said: {stderr_tail}"
+        "the destination QEMU exited ({status}) during the migration: {reason}; the source VM keeps running{}\nit said:\n{stderr_tail}",
+        match source_saw {
+            Some(saw) => format!(" (it saw: {saw})"),
+            None => String::new(),
+        }
     )]
     DestinationDied {
         /// How it exited.
         status: ExitStatus,
+        /// The first thing it said: why it refused the stream.
+        reason: String,
         /// The end of its output.
         stderr_tail: String,
+        /// What the source reported, when it failed the migration.
+        source_saw: Option<String>,
     },
     /// The source QEMU exited during the migration: the guest is lost.
     #[error("the source QEMU exited ({status}) during the migration; the guest is lost")]
@@ -103,5 +111,70 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The destination's exit, its first words after it started as the
+    /// reason: QEMU prints the cause of a refused stream first and its
+    /// consequences after (the source's own complaints come later still,
+    /// in the same log).
+    pub(crate) fn destination_died(
+        status: ExitStatus,
+        stderr_tail: String,
+        source_saw: Option<String>,
+    ) -> Error {
+        let reason = stderr_tail
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with("virtest:") && *line != "(nothing)")
+            .map(without_program_name)
+            .unwrap_or("it said nothing")
+            .to_string();
+        Error::DestinationDied {
+            status,
+            reason,
+            stderr_tail,
+            source_saw,
+        }
+    }
+}
+
+/// `qemu-system-x86_64: Size mismatch` without the program's name.
+fn without_program_name(line: &str) -> &str {
+    match line.split_once(": ") {
+        Some((program, said)) if program.starts_with("qemu") && !program.contains(' ') => said,
+        _ => line,
+    }
+}
+
 /// A `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    /// What QEMU 7.2 wrote when a destination with other RAM refused the
+    /// stream (the last two lines are the source's).
+    #[test]
+    fn a_refusing_destination_is_quoted_first() {
+        let tail = "qemu-system-x86_64: Size mismatch: pc.ram: 0x10002000 != 0x12c00000: Invalid argument\n\
+                    qemu-system-x86_64: error while loading state for instance 0x0 of device 'ram'\n\
+                    qemu-system-x86_64: load of migration failed: Invalid argument\n\
+                    qemu-system-x86_64: failed to save SaveStateEntry with id(name): 2(ram): -5\n\
+                    qemu-system-x86_64: Unable to write to socket: Broken pipe";
+        let error = Error::destination_died(
+            ExitStatus::from_raw(1 << 8),
+            tail.into(),
+            Some("Unable to write to socket: Broken pipe".into()),
+        );
+        let text = error.to_string();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            "the destination QEMU exited (exit status: 1) during the migration: \
+             Size mismatch: pc.ram: 0x10002000 != 0x12c00000: Invalid argument; \
+             the source VM keeps running (it saw: Unable to write to socket: Broken pipe)"
+        );
+        assert!(text.ends_with(tail), "{text}");
+    }
+}

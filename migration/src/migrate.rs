@@ -317,6 +317,11 @@ async fn follow(
                     MigrationStatus::completed => return Ok(()),
                     MigrationStatus::failed | MigrationStatus::cancelled => {
                         let reason = outgoing.failure_reason().await;
+                        // A destination that refused the stream exits
+                        // saying why; the source saw only its socket close.
+                        if let Some(status) = destination.wait_exit(DESTINATION_EXIT).await {
+                            return Err(Error::destination_died(status, destination.output_tail(), Some(reason)));
+                        }
                         return Err(Error::Failed { status: status.name().to_string(), reason });
                     }
                     MigrationStatus::active if spec.postcopy && !switched => {
@@ -334,8 +339,7 @@ async fn follow(
                 }
             }
             status = destination.exited() => {
-                let stderr_tail = destination.output_tail();
-                return Err(Error::DestinationDied { status, stderr_tail });
+                return Err(Error::destination_died(status, destination.output_tail(), None));
             }
             status = source.exited() => return Err(Error::SourceDied { status }),
             _ = tokio::time::sleep_until(deadline) => {
@@ -398,6 +402,11 @@ async fn destination_runs(
 
 /// How long a progress query may take.
 const PROGRESS_QUERY: Duration = Duration::from_secs(2);
+
+/// How long a failed migration's destination has to exit, when it
+/// refused the stream.
+const DESTINATION_EXIT: Duration = Duration::from_secs(2);
+
 /// How long recovering the source after a failed migration may take, all
 /// its QMP calls together.
 const RECOVERY: Duration = Duration::from_secs(10);

@@ -1,0 +1,293 @@
+//! Migrations that go wrong: a destination that dies or refuses the
+//! stream, a source killed or stopped, a deadline passed, a report that
+//! cannot be written. The source keeps running wherever it can, and the
+//! error says what happened.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{dirty_memory, error_chain, identity, qemus, running_vm, source_survives};
+use virtest_migration::{Error, Migrate, MigrationMode, MigrationSpec};
+use virtest_vm::{Vm, VmConfig};
+
+/// Which QEMU of a migrating VM a signal goes to.
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Once `vm`'s next migration has a destination and its stream has
+/// flowed for 1.5 s, sends `signal` to the QEMU on `side`; the task
+/// returns that QEMU's pid.
+fn signal_mid_migration(vm: &Vm, side: Side, signal: i32) -> tokio::task::JoinHandle<u32> {
+    let source = vm.pid().unwrap();
+    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut destination = None;
+        common::eventually(Duration::from_secs(30), || {
+            destination = common::processes_with(&runtime)
+                .into_iter()
+                .find(|&p| p != source);
+            destination.is_some()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let pid = match side {
+            Side::Source => source,
+            Side::Destination => destination.expect("no destination started"),
+        };
+        // SAFETY: signalling a QEMU of this test.
+        unsafe { libc::kill(pid as i32, signal) };
+        pid
+    })
+}
+
+#[tokio::test]
+async fn a_destination_killed_mid_migration_leaves_the_source_running() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let killer = signal_mid_migration(&vm, Side::Destination, libc::SIGKILL);
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(4 << 20);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let killed = killer.await.unwrap();
+    assert!(
+        matches!(error, Error::DestinationDied { .. } | Error::Failed { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("source VM keeps running"),
+        "{error}"
+    );
+    assert!(!common::alive(killed));
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_destination_binary_that_exits_at_once_is_reported() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    let source = vm.pid().unwrap();
+    let fake = logs.path().join("qemu-that-fails");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake qemu: refusing to start' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Unix);
+    spec.destination_qemu = Some(fake);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    assert!(matches!(error, Error::Destination(_)), "{error:?}");
+    let chain = error_chain(&error);
+    assert!(chain.contains("fake qemu: refusing to start"), "{chain}");
+    source_survives(&vm, source).await;
+
+    // Not a QEMU at all: refused before anything starts, naming it.
+    spec.destination_qemu = Some("/bin/true".into());
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let chain = error_chain(&error);
+    assert!(chain.contains("/bin/true"), "{chain}");
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_migration_past_its_timeout_is_cancelled() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(1 << 20);
+    spec.timeout = Duration::from_secs(3);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let Error::Timeout { last_status, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(last_status, "active");
+    let info = vm
+        .qmp()
+        .unwrap()
+        .execute_raw("query-migrate", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(info["status"], "cancelled");
+    source_survives(&vm, source).await;
+    // And it can still migrate, at the default bandwidth again.
+    vm.remote()
+        .unwrap()
+        .run("kill $(cat /run/dirty.pid)")
+        .await
+        .unwrap();
+    vm.migrate(MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_vm_that_is_off_cannot_migrate() {
+    let mut vm = Vm::new(VmConfig::new(common::description().clone()));
+    let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
+    assert!(error.to_string().contains("must be running"), "{error}");
+}
+
+/// A results disk that fills: the migration completes and the VM keeps
+/// working on the destination, but the call fails, saying the report was
+/// not written, and leaves no partial file. Needs root (a small tmpfs).
+#[tokio::test]
+async fn a_report_that_cannot_be_written_fails_the_migration_call() {
+    let _slot = common::guest_slots(1);
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let mut vm = running_vm(mount.path()).await;
+    let (boot_id, _) = identity(&vm).await;
+    // Fill the disk: whatever is left goes to the filler.
+    let filler = mount.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+    let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
+    let Error::ReportNotSaved { report, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(report.total_time_ms > 0);
+    assert!(
+        error.to_string().contains("runs on the destination"),
+        "{error}"
+    );
+    assert_eq!(vm.pid(), Some(report.destination_pid));
+    std::fs::remove_file(&filler).unwrap();
+    vm.login_remote().await.unwrap();
+    assert_eq!(identity(&vm).await.0, boot_id);
+    let leftovers: Vec<_> = std::fs::read_dir(mount.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("migration-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    vm.power_off().await.unwrap();
+}
+
+/// A source killed mid-migration: the error names QEMU's exit (killed by
+/// SIGKILL), not the QMP socket that closed with it.
+#[tokio::test]
+async fn a_source_killed_mid_migration_is_named() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let killer = signal_mid_migration(&vm, Side::Source, libc::SIGKILL);
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(4 << 20);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    killer.await.unwrap();
+    let Error::SourceDied { status } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(status),
+        Some(9)
+    );
+    assert!(
+        error.to_string().contains("the source QEMU exited"),
+        "{error}"
+    );
+    assert!(
+        qemus(&vm).is_empty(),
+        "the destination outlived the failed migration"
+    );
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A source stopped (SIGSTOP) mid-migration: the call ends near its own
+/// deadline, not minutes later, and says only what it verified: the
+/// source did not answer. Continued, the source runs the guest again.
+#[tokio::test]
+async fn a_stopped_source_ends_the_migration_at_its_deadline() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    dirty_memory(&vm).await;
+    let source = vm.pid().unwrap();
+    let stopper = signal_mid_migration(&vm, Side::Source, libc::SIGSTOP);
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.max_bandwidth = Some(4 << 20);
+    spec.timeout = Duration::from_secs(10);
+    let began = std::time::Instant::now();
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let took = began.elapsed();
+    stopper.await.unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(source as i32, libc::SIGCONT) };
+    assert!(
+        matches!(
+            error,
+            Error::Timeout {
+                source_answers: false,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("does not answer"), "{error}");
+    assert!(took < Duration::from_secs(25), "the call took {took:?}");
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A destination that refuses the stream (its RAM is not the source's:
+/// a wrapper gives it `-m 300`) exits saying why; the error's first line
+/// quotes it, not only the source's broken socket.
+#[tokio::test]
+async fn a_destination_that_refuses_the_stream_is_quoted() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    let source = vm.pid().unwrap();
+    let wrapper = logs.path().join("qemu-with-other-ram");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nexec qemu-system-x86_64 \"$@\" -m 300\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Unix);
+    spec.destination_qemu = Some(wrapper);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let first_line = error.to_string();
+    let first_line = first_line.lines().next().unwrap();
+    assert!(first_line.contains("pc.ram"), "{error:?}");
+    assert!(
+        first_line.contains("source VM keeps running"),
+        "{first_line}"
+    );
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
