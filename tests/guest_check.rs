@@ -71,6 +71,37 @@ fn unknown_keys_warn_and_wrong_types_fail_naming_file_line_and_key() {
     );
 }
 
+/// Under `run`, a typo in the guest's description is said on the
+/// terminal, once however many VMs and tests use the guest.
+#[test]
+fn unknown_keys_warn_once_on_the_terminal_under_run() {
+    let _slots = common::guest_slots(1);
+    common::guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = common::write_guest_toml(tmp.path(), "[machine]\nmemroy = 512\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .args(["run", "boot", "--repeat", "2", "-p"])
+        .arg(format!("guest={}", toml.display()))
+        .arg("--results-dir")
+        .arg(tmp.path().join("results"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("unknown key `machine.memroy`").count(),
+        1,
+        "{stderr}"
+    );
+    let job = std::fs::canonicalize(tmp.path().join("results/latest")).unwrap();
+    let job_log = std::fs::read_to_string(job.join("job.log")).unwrap();
+    assert_eq!(
+        job_log.matches("unknown key `machine.memroy`").count(),
+        1,
+        "{job_log}"
+    );
+}
+
 #[test]
 fn missing_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();

@@ -284,6 +284,12 @@ fn a_failed_test_keeps_its_overlay_and_a_passing_one_does_not() {
     assert_eq!(failed.kept_disks.len(), 1, "{failed:?}");
     assert!(failed.kept_disks[0].starts_with(&failed.logdir));
     assert!(failed.kept_disks[0].is_file());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&failed.kept_disks[0])
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the overlay holds the guest's host keys");
 
     let (output, passed) = run(&[]);
     assert!(

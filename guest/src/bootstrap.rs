@@ -244,6 +244,8 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         },
         &build.path().join("initramfs.cpio.gz"),
     )?;
+    // It holds the guest's host key and root's password hash.
+    crate::private::make_private(&build.path().join("initramfs.cpio.gz"))?;
     steps.done("initramfs");
 
     let mut files = Vec::new();

@@ -13,6 +13,22 @@ pub const DEFAULT: &str = "default";
 /// The guests virtest builds itself, by name.
 pub const BUILT_IN: &[&str] = &[DEFAULT, "debian"];
 
+/// The files of the built-in guest `name` that hold its secrets: the
+/// default guest's initramfs has its SSH host key and root's password
+/// hash, its description and manifest the password, and the client key
+/// logs in. The Debian guest gets its secrets per VM, from its seed.
+fn secret_files(name: &str) -> &'static [&'static str] {
+    match name {
+        DEFAULT => &[
+            "initramfs.cpio.gz",
+            "id_ed25519",
+            DESCRIPTION_FILE,
+            "manifest.json",
+        ],
+        _ => &[],
+    }
+}
+
 /// Where the guest `spec` names has its description: a built-in guest's
 /// in the cache under `home`, else the path given (a directory means its
 /// `guest.toml`).
@@ -34,7 +50,8 @@ pub fn is_unbuilt(spec: &str, home: &Path) -> bool {
 }
 
 /// Loads the guest `spec` names (see [`locate`]), with the description's
-/// warnings. A built-in guest that is not built says how to build it.
+/// warnings. A built-in guest that is not built says how to build it;
+/// one whose secrets other users can read is made private first.
 pub fn load(spec: &str) -> Result<(GuestDescription, Vec<String>)> {
     if !BUILT_IN.contains(&spec) || Path::new(spec).exists() {
         return GuestDescription::load(&locate(spec, Path::new("")));
@@ -45,6 +62,10 @@ pub fn load(spec: &str) -> Result<(GuestDescription, Vec<String>)> {
             name: spec.to_string(),
             path: locate(spec, &home),
         });
+    }
+    let dir = crate::cache::guest_dir(&home, spec);
+    for file in secret_files(spec) {
+        crate::private::ensure_private(&dir.join(file))?;
     }
     GuestDescription::load(&locate(spec, &home))
 }

@@ -8,7 +8,7 @@
 //! - [`kernel`] extracts `vmlinux` from a bzImage; [`modules`] orders
 //!   modules by their dependencies; [`elf`] finds a binary's libraries.
 //! - [`rootfs`] writes the initramfs with [`cpio`]; [`keys`] makes the
-//!   guest's secrets.
+//!   guest's secrets; [`private`] keeps the files that hold them private.
 //! - [`manifest`] is the result, read by the VM layer; [`cache`] is where
 //!   it all lives.
 #![deny(missing_docs)]
@@ -41,6 +41,7 @@ pub mod keys;
 pub mod manifest;
 #[cfg(feature = "provision")]
 pub mod modules;
+pub mod private;
 #[cfg(feature = "provision")]
 pub mod rootfs;
 pub mod snapshots;

@@ -203,6 +203,15 @@ impl Snapshot {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
+    /// Makes its files private again where they are not (guest memory
+    /// holds secrets).
+    fn keep_private(&self) -> Result<()> {
+        for file in &self.meta.files {
+            crate::private::ensure_private(&self.dir.join(&file.name))?;
+        }
+        Ok(())
+    }
+
     fn check_size(&self) -> std::result::Result<(), Damage> {
         if !self.meta.files.iter().any(|f| f.name == STATE) {
             return Err(Damage::NoState);
@@ -328,10 +337,9 @@ impl SnapshotStore {
             return Lookup::Missing;
         }
         match Self::read(&dir).and_then(|snapshot| {
-            snapshot
-                .check_size()
-                .map(|()| snapshot)
-                .map_err(|e| e.to_string())
+            snapshot.check_size().map_err(|e| e.to_string())?;
+            snapshot.keep_private().map_err(|e| e.to_string())?;
+            Ok(snapshot)
         }) {
             Ok(snapshot) => Lookup::Found(snapshot),
             Err(reason) => {
@@ -368,6 +376,15 @@ impl SnapshotStore {
             key: key.clone(),
             committed: false,
         })
+    }
+
+    /// Makes every snapshot's files private where they are not (left so
+    /// by an older virtest): they hold guest memory, and its secrets.
+    pub fn keep_private(&self) -> Result<()> {
+        for snapshot in self.list()? {
+            snapshot.keep_private()?;
+        }
+        Ok(())
     }
 
     /// Every snapshot in the store, by age (oldest first), unchecked.
@@ -501,8 +518,16 @@ mod tests {
         assert_eq!(store.list().unwrap().len(), 1);
         let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(found.dir()), 0o700, "a snapshot may hold secrets");
-        assert_eq!(mode(&found.state()), 0o444, "a snapshot is never written");
+        assert_eq!(
+            mode(&found.state()),
+            0o400,
+            "a snapshot is never written, and only its owner reads it"
+        );
         assert_eq!(found.size(), 6);
+        // One an older virtest left readable by others is made private.
+        fs::set_permissions(found.state(), fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(matches!(store.lookup(&key), Lookup::Found(_)));
+        assert_eq!(mode(&found.state()), 0o400);
     }
 
     #[test]

@@ -361,14 +361,13 @@ pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
 /// A VM configuration from the parameters (see the README's table).
 pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError> {
     let guest = params.value(&params::GUEST)?;
-    let (description, warnings) =
+    // Its warnings are said once for the job, on the terminal, by the
+    // runner.
+    let (description, _) =
         virtest_guest::guests::load(&guest).map_err(|source| virtest_vm::Error::Guest {
             guest: guest.as_str().into(),
             source,
         })?;
-    for warning in warnings {
-        tracing::warn!("{warning}");
-    }
     let mut config = VmConfig::new(description);
     config.qemu = params.value_if_set(&params::QEMU_BIN)?;
     config.qemu_img = params.value_if_set(&params::QEMU_IMG_BIN)?;

@@ -330,6 +330,8 @@ async fn create_overlay(qemu_img: &Path, overlay: &Overlay) -> Result<()> {
             "qemu-img could not make an overlay over it as {format}: {said}"
         )));
     }
+    // The guest writes its secrets to it (an SSH host key, say).
+    virtest_guest::private::make_private(&overlay.path).map_err(|e| bad(e.to_string()))?;
     tracing::debug!(
         overlay = %overlay.path.display(),
         base = %base.display(),

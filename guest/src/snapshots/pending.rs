@@ -52,7 +52,8 @@ impl PendingSnapshot {
         for path in entries {
             let size = fs::metadata(&path).io_context("reading", &path)?.len();
             let sha256 = sha256_file(&path).io_context("reading", &path)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
+            // Read-only, and private: guest memory holds secrets.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o400))
                 .io_context("making read-only", &path)?;
             let name = path
                 .file_name()

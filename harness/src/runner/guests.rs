@@ -1,12 +1,14 @@
 //! Before a job: the guests its tests use, made ready with progress on
 //! stderr, so no test spends its timeout on them. The default guest is
 //! built when it never was; images given by URL are downloaded into the
-//! cache.
+//! cache; secrets that other users can read are made private. What is
+//! wrong in a guest's description is said here, once for the job.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use virtest_guest::description::DiskSource;
+use virtest_guest::snapshots::SnapshotStore;
 use virtest_guest::{bootstrap, cache, guests, images};
 
 use super::{Planned, RunError};
@@ -20,14 +22,21 @@ pub(super) async fn prepare(planned: &[Planned]) -> Result<(), RunError> {
     specs.sort_unstable();
     specs.dedup();
     let home = cache::default_home().map_err(RunError::Guest)?;
+    SnapshotStore::in_cache(&home)
+        .keep_private()
+        .map_err(RunError::Guest)?;
     for spec in specs {
         if spec == guests::DEFAULT && guests::is_unbuilt(spec, &home) {
             build_default_guest(home.clone()).await?;
         }
         // A guest that does not load is the tests' error to report.
-        let Ok((guest, _)) = guests::load(spec) else {
+        let Ok((guest, warnings)) = guests::load(spec) else {
             continue;
         };
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+            tracing::warn!("{warning}");
+        }
         for disk in &guest.disks {
             if let DiskSource::Url { url, sha256 } = &disk.source
                 && !images::cached_path(&home, url, sha256).is_file()

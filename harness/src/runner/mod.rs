@@ -214,12 +214,14 @@ pub async fn run_job(
         path: options.results_dir.clone(),
         source,
     };
-    guests::prepare(&planned).await?;
     let (dir, job_id) = results::create_job_dir(&options.results_dir).map_err(unwritable)?;
     let job_log = dir.join("job.log");
     let file = std::fs::File::create(&job_log).map_err(unwritable)?;
     let (layer, sinks) = LogLayer::new(file);
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    guests::prepare(&planned)
+        .with_subscriber(dispatch.clone())
+        .await?;
     let start = results::now();
     JobResults::partial(&job_id, job_log.clone(), start, Vec::new(), planned.len())
         .write(&dir)
