@@ -19,18 +19,22 @@ fn virtest(home: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn make_list_and_prune_in_a_cache_of_their_own() {
-    let _slot = common::guest_slots(1);
-    let home = tempfile::tempdir().unwrap();
-    // A copy of the default guest, to rebuild.
-    let guest = home.path().join("mine");
+/// A copy of the default guest in `home/mine`, to rebuild.
+fn copy_of_the_default_guest(home: &Path) -> String {
+    let guest = home.join("mine");
     std::fs::create_dir(&guest).unwrap();
     let original = common::description().path.parent().unwrap().to_path_buf();
     for file in ["guest.toml", "vmlinux", "initramfs.cpio.gz", "id_ed25519"] {
         std::fs::copy(original.join(file), guest.join(file)).unwrap();
     }
-    let guest = guest.to_string_lossy().into_owned();
+    guest.to_string_lossy().into_owned()
+}
+
+#[test]
+fn make_list_and_prune_in_a_cache_of_their_own() {
+    let _slot = common::guest_slots(1);
+    let home = tempfile::tempdir().unwrap();
+    let guest = copy_of_the_default_guest(home.path());
 
     let (ok, stdout, stderr) = virtest(home.path(), &["snapshot", "list"]);
     assert!(
@@ -103,5 +107,63 @@ fn make_list_and_prune_in_a_cache_of_their_own() {
     assert!(
         stderr.contains("logging in with a password has no ready snapshot"),
         "{stderr}"
+    );
+}
+
+/// A make killed with SIGKILL leaves its half-made snapshot; QEMU dies
+/// with it, and the next command of any kind removes what it left.
+#[test]
+fn a_killed_make_leaves_nothing_for_long() {
+    let _slot = common::guest_slots(1);
+    let home = tempfile::tempdir().unwrap();
+    let guest = copy_of_the_default_guest(home.path());
+    let mut make = Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .env("VIRTEST_HOME", home.path())
+        .args(["snapshot", "make", &guest])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = home.path().join("snapshots");
+    let parts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&store)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().contains(".part-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Killed once QEMU runs for the make.
+    let qemu_running = || !common::children_of(make.id()).is_empty() && !parts().is_empty();
+    assert!(common::eventually(
+        std::time::Duration::from_secs(30),
+        qemu_running
+    ));
+    let qemus = common::children_of(make.id());
+    make.kill().unwrap();
+    make.wait().unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || qemus
+            .iter()
+            .all(|&pid| !common::alive(pid))),
+        "the maker's QEMU outlived it"
+    );
+    let left = parts();
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    let (ok, stdout, stderr) = virtest(home.path(), &["snapshot", "list"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        !left[0].exists(),
+        "`snapshot list` left {}",
+        left[0].display()
+    );
+    assert!(
+        stdout.contains("left by an interrupted make")
+            || stderr.contains("left by an interrupted make"),
+        "{stdout}{stderr}"
     );
 }

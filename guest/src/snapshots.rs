@@ -10,6 +10,8 @@
 //! - `<key>/meta.json`: [`SnapshotMeta`], each file's size and SHA-256
 //!   and what the key was made of.
 //! - `<key>.lock`: held while the snapshot is made, so it is made once.
+//! - `<key>.use`: held shared while VMs use the snapshot, so that prune
+//!   leaves it.
 //!
 //! ```no_run
 //! # fn f(key: virtest_guest::snapshots::SnapshotKey) -> virtest_guest::Result<()> {
@@ -203,6 +205,16 @@ impl Snapshot {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
+    /// Marks the snapshot in use until the returned guard is dropped:
+    /// [`SnapshotStore::prune`] leaves it. Blocks only while it is being
+    /// pruned.
+    pub fn hold(&self) -> Result<InUse> {
+        let path = use_path(&self.dir);
+        let file = fs::File::create(&path).io_context("creating", &path)?;
+        file.lock_shared().io_context("locking", &path)?;
+        Ok(InUse { _file: file })
+    }
+
     /// Makes its files private again where they are not (guest memory
     /// holds secrets).
     fn keep_private(&self) -> Result<()> {
@@ -360,13 +372,32 @@ impl SnapshotStore {
         Ok(SnapshotLock { _file: file })
     }
 
+    /// Marks `key`'s snapshot in use until the returned guard is dropped
+    /// (also before it exists, by its maker): [`SnapshotStore::prune`]
+    /// leaves it. Blocks only while it is being pruned.
+    pub fn hold(&self, key: &SnapshotKey) -> Result<InUse> {
+        crate::cache::ensure_writable(&self.root)?;
+        let path = use_path(&self.root.join(key.id()));
+        let file = fs::File::create(&path).io_context("creating", &path)?;
+        file.lock_shared().io_context("locking", &path)?;
+        Ok(InUse { _file: file })
+    }
+
     /// A directory to make `key`'s snapshot in; [`PendingSnapshot::commit`]
     /// puts it in place. Hold the key's lock meanwhile.
     pub fn prepare(&self, key: &SnapshotKey) -> Result<PendingSnapshot> {
         crate::cache::ensure_writable(&self.root)?;
         let id = key.id();
+        // Under the lock, any other make of this key is a dead one's.
+        for (dir, _) in self.makes() {
+            if dir
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(&format!(".{id}.part-")))
+            {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
         let dir = self.root.join(format!(".{id}.part-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).io_context("creating", &dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .io_context("making private", &dir)?;
@@ -378,13 +409,51 @@ impl SnapshotStore {
         })
     }
 
-    /// Makes every snapshot's files private where they are not (left so
-    /// by an older virtest): they hold guest memory, and its secrets.
-    pub fn keep_private(&self) -> Result<()> {
+    /// What a job does first: makes every snapshot's files private where
+    /// they are not (left so by an older virtest; they hold guest memory,
+    /// and its secrets), and removes what makes that died (SIGKILL, a
+    /// crash) left. Returns what was removed, with why.
+    pub fn tidy(&self) -> Result<Vec<(PathBuf, String)>> {
         for snapshot in self.list()? {
             snapshot.keep_private()?;
         }
-        Ok(())
+        self.remove_dead_makes()
+    }
+
+    /// The directories of makes in progress or dead (`.KEY.part-PID`),
+    /// with their key.
+    fn makes(&self) -> Vec<(PathBuf, String)> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let (key, _pid) = name.strip_prefix('.')?.rsplit_once(".part-")?;
+                Some((entry.path(), key.to_string()))
+            })
+            .collect()
+    }
+
+    /// Removes the directories of makes that died: those whose key's lock
+    /// nobody holds (a live make holds it until its snapshot is in place;
+    /// the kernel releases a dead one's).
+    fn remove_dead_makes(&self) -> Result<Vec<(PathBuf, String)>> {
+        let mut removed = Vec::new();
+        for (dir, key) in self.makes() {
+            let lock = self.root.join(format!("{key}.lock"));
+            let Ok(file) = fs::File::create(&lock) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            fs::remove_dir_all(&dir).io_context("removing", &dir)?;
+            tracing::info!(dir = %dir.display(), "removed a snapshot left by an interrupted make");
+            removed.push((dir, "left by an interrupted make".to_string()));
+        }
+        Ok(removed)
     }
 
     /// Every snapshot in the store, by age (oldest first), unchecked.
@@ -406,24 +475,25 @@ impl SnapshotStore {
 
     /// Removes stale snapshots (an input changed), unreadable ones and
     /// leftovers of interrupted makes whose process is gone; with `all`,
-    /// every snapshot. Returns what was removed, with why.
-    pub fn prune(&self, all: bool) -> Result<Vec<(PathBuf, String)>> {
-        let mut removed = Vec::new();
+    /// every snapshot. A snapshot a VM uses ([`Snapshot::hold`]) is left.
+    pub fn prune(&self, all: bool) -> Result<Pruned> {
+        let mut pruned = Pruned {
+            removed: self.remove_dead_makes()?,
+            in_use: Vec::new(),
+        };
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pruned),
             Err(e) => return Err(e).io_context("listing", &self.root),
         };
         for entry in entries.filter_map(|entry| entry.ok()) {
             let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let why = if name.ends_with(".lock") {
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 continue;
-            } else if let Some(pid) = name.rsplit_once(".part-").map(|(_, pid)| pid) {
-                match pid.parse::<i32>().is_ok_and(process_exists) {
-                    true => continue,
-                    false => "left by an interrupted make".to_string(),
-                }
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let why = if name.contains(".part-") {
+                continue;
             } else if all {
                 "asked to remove all".to_string()
             } else {
@@ -435,11 +505,19 @@ impl SnapshotStore {
                     Err(why) => why,
                 }
             };
+            // Held while removing, so no VM starts using it meanwhile.
+            // The lock file stays: removing it would let a waiter lock
+            // the old file while a newcomer locks a new one.
+            let in_use = use_path(&path);
+            let file = fs::File::create(&in_use).io_context("creating", &in_use)?;
+            if file.try_lock().is_err() {
+                pruned.in_use.push(path);
+                continue;
+            }
             fs::remove_dir_all(&path).io_context("removing", &path)?;
-            let _ = fs::remove_file(self.root.join(format!("{name}.lock")));
-            removed.push((path, why));
+            pruned.removed.push((path, why));
         }
-        Ok(removed)
+        Ok(pruned)
     }
 
     fn read(dir: &Path) -> std::result::Result<Snapshot, String> {
@@ -455,9 +533,31 @@ impl SnapshotStore {
     }
 }
 
+/// The file whose lock marks the snapshot in `dir` in use: `<key>.use`
+/// beside it (shared by users; the pruner tries it alone).
+fn use_path(dir: &Path) -> PathBuf {
+    let key = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{key}.use"))
+}
+
+/// What [`SnapshotStore::prune`] did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// The snapshots (and leftovers) removed, with why.
+    pub removed: Vec<(PathBuf, String)>,
+    /// The snapshots it would have removed, left because a VM uses them.
+    pub in_use: Vec<PathBuf>,
+}
+
 /// The lock on making one snapshot; released when dropped.
 #[derive(Debug)]
 pub struct SnapshotLock {
+    _file: fs::File,
+}
+
+/// A snapshot marked in use ([`Snapshot::hold`]); unmarked when dropped.
+#[derive(Debug)]
+pub struct InUse {
     _file: fs::File,
 }
 
@@ -473,11 +573,6 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hash.update(&buffer[..n]);
     }
-}
-
-fn process_exists(pid: i32) -> bool {
-    rustix::process::Pid::from_raw(pid)
-        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
 
 #[cfg(test)]
@@ -501,6 +596,27 @@ mod tests {
         let pending = store.prepare(key).unwrap();
         fs::write(pending.state(), state).unwrap();
         pending.commit(store, Duration::from_millis(5)).unwrap()
+    }
+
+    /// A make in progress holds its key's lock and is left alone; one
+    /// whose lock is free died (its process would hold the lock), and
+    /// its directory goes.
+    #[test]
+    fn tidy_removes_dead_makes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().join("snapshots"));
+        let key = key(dir.path(), "tiny");
+        let lock = store.lock(&key).unwrap();
+        let live = store.prepare(&key).unwrap();
+        assert!(store.tidy().unwrap().is_empty());
+        assert!(live.dir().is_dir());
+        let dead = live.dir().with_file_name(format!(".{}.part-1", key.id()));
+        fs::rename(live.dir(), &dead).unwrap();
+        drop(lock);
+        let removed = store.tidy().unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(removed[0].0, dead);
+        assert!(!dead.exists());
     }
 
     #[test]
@@ -564,11 +680,16 @@ mod tests {
         let new_key = key(dir.path(), "tiny");
         assert_ne!(new_key.id(), old_key.id());
         assert!(matches!(store.lookup(&new_key), Lookup::Missing));
-        let removed = store.prune(false).unwrap();
+        let removed = store.prune(false).unwrap().removed;
         assert_eq!(removed.len(), 1, "{removed:?}");
         assert_eq!(removed[0].0, old.dir());
         assert!(other.dir().exists());
-        assert_eq!(store.prune(true).unwrap().len(), 1);
+        let held = other.hold().unwrap();
+        let pruned = store.prune(true).unwrap();
+        assert!(pruned.removed.is_empty(), "{pruned:?}");
+        assert_eq!(pruned.in_use, vec![other.dir().to_path_buf()]);
+        drop(held);
+        assert_eq!(store.prune(true).unwrap().removed.len(), 1);
         assert!(store.list().unwrap().is_empty());
     }
 

@@ -128,6 +128,9 @@ pub fn run(args: Args) -> CliResult {
     }
 
     let store = virtest_guest::snapshots::SnapshotStore::in_cache(&home);
+    if let Err(e) = super::snapshot::tidy(&store) {
+        println!("Ready snapshots: cannot be tidied: {e}");
+    }
     match store.list() {
         Ok(snapshots) => {
             let total: u64 = snapshots.iter().map(|s| s.size()).sum();

@@ -47,17 +47,21 @@ pub fn run(args: Args) -> CliResult {
         SnapshotCommand::List => list(&store),
         SnapshotCommand::Make { guest, params } => make(&guest, params),
         SnapshotCommand::Prune { all } => {
-            let removed = store.prune(all)?;
-            for (path, why) in &removed {
+            let pruned = store.prune(all)?;
+            for (path, why) in &pruned.removed {
                 println!("removed {} ({why})", path.display());
             }
-            println!("{} removed", removed.len());
+            for path in &pruned.in_use {
+                println!("kept {} (a running VM uses it)", path.display());
+            }
+            println!("{} removed", pruned.removed.len());
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn list(store: &SnapshotStore) -> CliResult {
+    tidy(store)?;
     let snapshots = store.list()?;
     if snapshots.is_empty() {
         println!("no snapshots in {}", store.root().display());
@@ -78,6 +82,15 @@ fn list(store: &SnapshotStore) -> CliResult {
         store.root().display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tidies the store as a job would first, saying on stderr what it
+/// removed.
+pub fn tidy(store: &SnapshotStore) -> virtest_guest::Result<()> {
+    for (path, why) in store.tidy()? {
+        eprintln!("removed {} ({why})", path.display());
+    }
+    Ok(())
 }
 
 /// One snapshot as `list` shows it.

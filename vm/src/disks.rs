@@ -13,6 +13,7 @@ use std::time::Instant;
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::{DiskFormat, DiskSource, Firmware};
+use virtest_guest::snapshots::InUse;
 
 use crate::error::{Error, Result};
 
@@ -60,6 +61,8 @@ pub(crate) struct VmDisks {
     /// The files the disk state is made from: the base images, the UEFI
     /// code and variable template (what a snapshot's key must cover).
     sources: Vec<PathBuf>,
+    /// The snapshot the overlays are over, marked in use.
+    snapshot: Option<InUse>,
 }
 
 impl Drop for VmDisks {
@@ -97,6 +100,7 @@ impl VmDisks {
             keep: false,
             qemu_img: qemu_img.to_path_buf(),
             sources: Vec::new(),
+            snapshot: None,
         };
         for (index, disk) in guest.disks.iter().enumerate() {
             let base = match &disk.source {
@@ -188,7 +192,10 @@ impl VmDisks {
     /// overlay made again over the snapshot's (read-only) copy, the seed
     /// and UEFI variables copied from it. What the VM wrote before is
     /// discarded.
-    pub(crate) async fn adopt(&mut self, snapshot: &Path) -> Result<()> {
+    pub(crate) async fn adopt(&mut self, snapshot: &Path, held: InUse) -> Result<()> {
+        if !self.overlays.is_empty() {
+            self.snapshot = Some(held);
+        }
         for overlay in &mut self.overlays {
             let frozen = snapshot.join(overlay.path.file_name().expect("a file"));
             let _ = std::fs::remove_file(&overlay.path);

@@ -16,12 +16,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qapi::Enum;
-use qapi::qmp::{MigrateSetParameters, RunState, cont, migrate_set_parameters, query_status, stop};
+use qapi::qmp::{
+    MigrateSetParameters, RunState, cont, migrate_incoming, migrate_set_parameters, query_status,
+    stop,
+};
+use serde_json::json;
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
 use virtest_guest::description::Ready;
 use virtest_guest::snapshots::{
-    FileStamp, Lookup, PendingSnapshot, Snapshot, SnapshotKey, SnapshotStore,
+    FileStamp, InUse, Lookup, PendingSnapshot, Snapshot, SnapshotKey, SnapshotStore,
 };
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::binary::Probe;
@@ -192,7 +196,7 @@ pub(crate) async fn start(
     let id = key.id();
     let found = find(store, key).await;
     let outcome = match found {
-        Lookup::Found(snapshot) => match restore_checked(vm, launch, &snapshot).await {
+        Lookup::Found(snapshot) => match restore_checked(vm, launch, &snapshot, None).await {
             Restored::Started(instance) => {
                 return Ok((*instance, Start::FromSnapshot { key: id }));
             }
@@ -248,18 +252,46 @@ enum Restored {
 
 /// Restores from `snapshot`, checking its files' hashes while QEMU loads
 /// the state: the VM is handed over only when both are done. A disk
-/// guest's disks become the snapshot's first.
+/// guest's disks become the snapshot's first. `held` marks the snapshot in
+/// use when the caller did (its maker); else it is marked here.
 async fn restore_checked(
     vm: &mut Vm,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     snapshot: &Snapshot,
+    held: Option<InUse>,
 ) -> Restored {
+    let id = &snapshot.meta.key;
+    // Held from here until QEMU has the state open, and as long as the
+    // VM's disks are overlays over the snapshot's: prune leaves it.
+    let held = match held {
+        Some(held) => held,
+        None => {
+            let snapshot = snapshot.clone();
+            match tokio::task::spawn_blocking(move || snapshot.hold()).await {
+                Ok(Ok(held)) => held,
+                Ok(Err(e)) => {
+                    return Restored::Refused(format!("snapshot {id} cannot be used: {e}"));
+                }
+                Err(e) => return Restored::Refused(format!("snapshot {id} cannot be used: {e}")),
+            }
+        }
+    };
+    let state_path = snapshot.state();
+    let state = match std::fs::File::open(&state_path) {
+        Ok(state) => state,
+        Err(e) => {
+            return Restored::Refused(format!(
+                "snapshot {id} cannot be used: its state `{}` cannot be opened: {e}",
+                state_path.display()
+            ));
+        }
+    };
     let verifying = {
         let snapshot = snapshot.clone();
         tokio::task::spawn_blocking(move || snapshot.verify().map_err(|e| e.to_string()))
     };
-    let restored = match vm.adopt_disks(snapshot.dir()).await {
-        Ok(()) => restore(vm, launch, &snapshot.state()).await,
+    let restored = match vm.adopt_disks(snapshot.dir(), held).await {
+        Ok(()) => restore(vm, launch, state).await,
         Err(e) => Err(e),
     };
     let verified = verifying
@@ -274,7 +306,6 @@ async fn restore_checked(
         }
         (Ok(()), Err(e)) => {
             snapshot.remove();
-            let id = &snapshot.meta.key;
             Restored::Refused(format!(
                 "restoring snapshot {id} failed, so it was removed: {e}"
             ))
@@ -310,7 +341,7 @@ async fn make_and_restore(
     // Another VM may have made it while this one waited for the lock.
     let found = find(store, key).await;
     if let Lookup::Found(snapshot) = found {
-        return Ok(match restore_checked(vm, launch, &snapshot).await {
+        return Ok(match restore_checked(vm, launch, &snapshot, None).await {
             Restored::Started(instance) => Ok((*instance, Start::FromSnapshot { key: id })),
             Restored::Damaged(why) | Restored::Refused(why) => Err(why),
         });
@@ -323,8 +354,12 @@ async fn make_and_restore(
     if let Err(why) = make(vm, launch, &pending).await? {
         return Ok(Err(why));
     }
-    let snapshot = match pending.commit(store, began.elapsed()) {
-        Ok(snapshot) => snapshot,
+    // In use from before it is in place, so that no prune comes between.
+    let made = store
+        .hold(key)
+        .and_then(|held| Ok((pending.commit(store, began.elapsed())?, held)));
+    let (snapshot, held) = match made {
+        Ok(made) => made,
         Err(e) => return Ok(Err(cannot_store(&e))),
     };
     tracing::info!(
@@ -333,10 +368,12 @@ async fn make_and_restore(
         elapsed = ?began.elapsed(),
         "made a ready snapshot"
     );
-    Ok(match restore_checked(vm, launch, &snapshot).await {
-        Restored::Started(instance) => Ok((*instance, Start::MadeSnapshot { key: id })),
-        Restored::Damaged(why) | Restored::Refused(why) => Err(why),
-    })
+    Ok(
+        match restore_checked(vm, launch, &snapshot, Some(held)).await {
+            Restored::Started(instance) => Ok((*instance, Start::MadeSnapshot { key: id })),
+            Restored::Damaged(why) | Restored::Refused(why) => Err(why),
+        },
+    )
 }
 
 /// Boots the guest as `vm`'s QEMU, waits until it is ready (as
@@ -376,6 +413,9 @@ async fn make(
     Ok(saved)
 }
 
+/// The name QEMU knows the snapshot's state descriptor by.
+const STATE_FD: &str = "snapshot-state";
+
 /// How long saving a ready guest may take: its RAM, written to a local
 /// file, takes about a second under TCG.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -412,15 +452,33 @@ async fn save(qmp: &Qmp, state: &Path) -> std::result::Result<(), String> {
 async fn restore(
     vm: &mut Vm,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
-    state: &Path,
+    state: std::fs::File,
 ) -> Result<Instance> {
-    let incoming = format!("exec:cat {}", shell_words::quote(&state.to_string_lossy()));
     let restoring =
-        move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming(&incoming, |e| e);
+        move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming("defer", |e| e);
     let instance = vm.start_instance_with(&restoring).await?;
     let deadline = vm.config().start_timeout;
     let began = Instant::now();
     let qmp = instance.qmp().clone();
+    let qmp_error = |step: &'static str| {
+        move |source| Error::Qmp {
+            step: step.into(),
+            source,
+        }
+    };
+    qmp.execute_with_fd("getfd", json!({ "fdname": STATE_FD }), state.as_fd())
+        .await
+        .map_err(qmp_error("passing the snapshot's state (`getfd`)"))?;
+    // QEMU reads its own copy of the descriptor.
+    drop(state);
+    let incoming = migrate_incoming {
+        uri: Some(format!("fd:{STATE_FD}")),
+        channels: None,
+        exit_on_error: None,
+    };
+    qmp.execute(incoming)
+        .await
+        .map_err(qmp_error("`migrate-incoming` from the snapshot's state"))?;
     loop {
         let status = tokio::select! {
             status = qmp.execute(query_status {}) => status.map_err(|source| Error::Qmp {

@@ -258,3 +258,74 @@ async fn a_store_that_cannot_be_written_boots_fresh_and_says_where() {
     assert!(why.contains(&store.display().to_string()), "{why}");
     assert_eq!(run(&vm, "echo ok").await, "ok");
 }
+
+/// A guest with a raw disk, described in `dir`.
+fn disk_guest(dir: &Path) -> virtest_guest::GuestDescription {
+    std::fs::write(dir.join("disk.img"), vec![0u8; 1 << 20]).unwrap();
+    let toml = common::write_guest_toml(dir, "[[disks]]\npath = \"disk.img\"\n");
+    virtest_guest::GuestDescription::load(&toml).unwrap().0
+}
+
+/// A disk guest's VM runs on overlays over its snapshot's frozen disks:
+/// pruning, even with `--all`, leaves that snapshot while the VM lives,
+/// and removes it once the VM is gone.
+#[tokio::test]
+async fn a_snapshot_in_use_is_not_pruned() {
+    let _slots = common::guest_slots(1);
+    let (logs, store, guest_dir) = (
+        common::test_logs(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut config = config(logs.path(), store.path());
+    config.guest = disk_guest(guest_dir.path());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let dir = snapshot_dir(store.path());
+    let snapshots = virtest_guest::snapshots::SnapshotStore::new(store.path().to_path_buf());
+    let pruned = snapshots.prune(true).unwrap();
+    assert!(pruned.removed.is_empty(), "{pruned:?}");
+    assert_eq!(pruned.in_use, vec![dir.clone()]);
+    assert!(dir.join("state").is_file());
+    assert_eq!(run(&vm, "echo ok").await, "ok");
+    vm.power_off().await.unwrap();
+    drop(vm);
+    let pruned = snapshots.prune(true).unwrap();
+    assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
+    assert!(!dir.exists());
+}
+
+/// A snapshot whose stream ends before it begins (an empty state,
+/// recorded as whole): the restore fails as soon as QEMU reads it, not
+/// at the start timeout, and the VM boots fresh.
+#[tokio::test]
+async fn a_stream_that_ends_at_once_is_noticed_at_once() {
+    let _slots = common::guest_slots(1);
+    let (logs, store) = (common::test_logs(), tempfile::tempdir().unwrap());
+    drop(started(&logs.path().join("maker"), store.path()).await);
+    let dir = snapshot_dir(store.path());
+    writable(&dir.join("state"));
+    std::fs::write(dir.join("state"), b"").unwrap();
+    let meta_path = dir.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["files"][0]["size"] = 0.into();
+    meta["files"][0]["sha256"] = common::sha256(&dir.join("state")).into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+
+    let mut config = config(&logs.path().join("vm"), store.path());
+    config.start_timeout = Duration::from_secs(60);
+    let mut vm = Vm::new(config);
+    let began = std::time::Instant::now();
+    vm.power_on().await.unwrap();
+    let took = began.elapsed();
+    let Start::SnapshotFailed { why } = vm.start() else {
+        panic!("not a fresh boot: {}", vm.start());
+    };
+    assert!(why.contains("restoring snapshot"), "{why}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the failed restore took {took:?}, as long as the start timeout"
+    );
+}

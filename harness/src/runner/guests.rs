@@ -23,7 +23,7 @@ pub(super) async fn prepare(planned: &[Planned]) -> Result<(), RunError> {
     specs.dedup();
     let home = cache::default_home().map_err(RunError::Guest)?;
     SnapshotStore::in_cache(&home)
-        .keep_private()
+        .tidy()
         .map_err(RunError::Guest)?;
     for spec in specs {
         if spec == guests::DEFAULT && guests::is_unbuilt(spec, &home) {

@@ -11,7 +11,7 @@ use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
 use virtest_qemu_cmdline::binary::{self, BinaryKind, Version};
 
 use virtest_guest::cloud_init::Seed;
-use virtest_guest::snapshots::SnapshotStore;
+use virtest_guest::snapshots::{InUse, SnapshotStore};
 
 use crate::config::Login;
 use crate::dirs;
@@ -218,10 +218,11 @@ impl Vm {
     }
 
     /// Makes the VM's disk state the one frozen in a snapshot (nothing
-    /// for a guest without disks).
-    pub(crate) async fn adopt_disks(&mut self, snapshot: &Path) -> Result<()> {
+    /// for a guest without disks), keeping the snapshot `held` in use as
+    /// long as the VM's overlays are over its disks.
+    pub(crate) async fn adopt_disks(&mut self, snapshot: &Path, held: InUse) -> Result<()> {
         match &mut self.disks {
-            Some(disks) => disks.adopt(snapshot).await,
+            Some(disks) => disks.adopt(snapshot, held).await,
             None => Ok(()),
         }
     }
