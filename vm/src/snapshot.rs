@@ -439,12 +439,35 @@ async fn save(qmp: &Qmp, state: &Path) -> std::result::Result<(), String> {
         .map_err(|e| qmp_error("stop", e))?;
     let saving = Outgoing::start(qmp, Target::Fd(file.as_fd())).await;
     drop(file);
-    let failed = |e: OutgoingError| format!("saving the guest failed: {}", error_chain(&e));
+    let failed = |e: OutgoingError| {
+        let full = disk_full(state).unwrap_or_default();
+        format!(
+            "saving the guest into `{}` failed: {full}{}",
+            state.display(),
+            error_chain(&e)
+        )
+    };
     saving
         .map_err(failed)?
         .finish(SAVE_TIMEOUT)
         .await
         .map_err(failed)
+}
+
+/// "no space left on the disk holding `DIR` (N KiB free): " when the
+/// disk `path` is on is all but full, which QEMU may not say.
+fn disk_full(path: &Path) -> Option<String> {
+    const NEARLY_FULL: u64 = 1 << 20;
+    let dir = path.parent()?;
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    let free = stat.f_bavail * stat.f_frsize;
+    (free < NEARLY_FULL).then(|| {
+        format!(
+            "no space left on the disk holding `{}` ({} KiB free): ",
+            dir.display(),
+            free >> 10
+        )
+    })
 }
 
 /// Starts QEMU with the guest's command line, incoming from `state`, and
