@@ -116,7 +116,7 @@ fn missing_files_are_named() {
     assert!(!ok);
     assert!(
         stderr.contains(&format!(
-            "disk image `{}` does not exist",
+            "disk image `{}`: it does not exist",
             tmp.path().join("gone.qcow2").display()
         )),
         "{stderr}"
@@ -146,4 +146,54 @@ fn log_lines_to_a_pipe_have_no_colours() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DEBUG"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+/// `guest check` refuses what a run would, before QEMU starts: an image
+/// in another format than described, one that is not a file, a backing
+/// chain that loops, memory the machine does not have.
+#[test]
+fn check_refuses_what_a_run_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("raw.img"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::create_dir(dir.join("a-dir")).unwrap();
+    let fifo = Command::new("mkfifo")
+        .arg(dir.join("a-fifo"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::os::unix::fs::symlink("link-b", dir.join("link-a")).unwrap();
+    std::os::unix::fs::symlink("link-a", dir.join("link-b")).unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.join("loop.qcow2"))
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let rebased = Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b", "loop.qcow2"])
+        .arg(dir.join("loop.qcow2"))
+        .status()
+        .unwrap();
+    assert!(rebased.success());
+    for (disk, said) in [
+        (
+            "path = \"raw.img\"\nformat = \"qcow2\"",
+            "it is a raw image, but its description says qcow2",
+        ),
+        ("path = \"a-dir\"", "it is a directory"),
+        ("path = \"a-fifo\"", "not a regular file"),
+        ("path = \"link-a\"", "symbolic links"),
+        ("path = \"loop.qcow2\"", "infinite loop"),
+    ] {
+        let toml = common::write_guest_toml(dir, &format!("[[disks]]\n{disk}\n"));
+        let (ok, stdout, stderr) = virtest(&["guest", "check", &toml.to_string_lossy()]);
+        assert!(!ok, "{disk}: {stdout}");
+        assert!(stderr.contains(said), "{disk}: {stderr}");
+    }
+    let toml = common::write_guest_toml(dir, "[machine]\nmemory = 99999999\n");
+    let (ok, _, stderr) = virtest(&["guest", "check", &toml.to_string_lossy()]);
+    assert!(!ok);
+    assert!(stderr.contains("more than this machine has"), "{stderr}");
 }

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use virtest_guest::description::DiskSource;
 use virtest_qemu_cmdline::accel::Chosen;
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_vm::{ConsoleOutput, GuestLaunch, Overlay, UefiFiles};
@@ -50,25 +51,20 @@ fn check(spec: &str) -> CliResult {
     {
         problems.push(format!("login key `{}` does not exist", key.display()));
     }
+    problems.extend(disk_problems(&guest));
+    problems.extend(memory_problem(&guest));
     // The overlays and firmware files a VM would get, named as a VM's are.
     let overlays: Vec<Overlay> = guest
         .disks
         .iter()
         .enumerate()
-        .map(|(index, disk)| {
-            if let virtest_guest::description::DiskSource::File(base) = &disk.source
-                && !base.is_file()
-            {
-                problems.push(format!("disk image `{}` does not exist", base.display()));
-            }
-            Overlay {
-                path: format!("<vm>/disks/disk{index}.qcow2").into(),
-                base: match &disk.source {
-                    virtest_guest::description::DiskSource::File(p) => p.clone(),
-                    virtest_guest::description::DiskSource::Url { url, .. } => url.into(),
-                },
-                base_format: disk.format,
-            }
+        .map(|(index, disk)| Overlay {
+            path: format!("<vm>/disks/disk{index}.qcow2").into(),
+            base: match &disk.source {
+                DiskSource::File(p) => p.clone(),
+                DiskSource::Url { url, .. } => url.into(),
+            },
+            base_format: disk.format,
         })
         .collect();
     let uefi = UefiFiles {
@@ -116,4 +112,60 @@ fn check(spec: &str) -> CliResult {
         }
         Ok(ExitCode::from(1))
     }
+}
+
+/// What is wrong with the guest's disk images, asked of qemu-img as a
+/// run would (format, backing chain, loops).
+fn disk_problems(guest: &virtest_guest::GuestDescription) -> Vec<String> {
+    let files: Vec<_> = guest
+        .disks
+        .iter()
+        .filter_map(|disk| match &disk.source {
+            DiskSource::File(path) => Some((path.clone(), disk.format)),
+            DiskSource::Url { .. } => None,
+        })
+        .collect();
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let qemu_img = match binary::find(BinaryKind::Img, None) {
+        Ok(qemu_img) => qemu_img,
+        Err(e) => return vec![format!("the disk images cannot be checked: {e}")],
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return vec![format!("the disk images cannot be checked: {e}")],
+    };
+    files
+        .iter()
+        .filter_map(|(path, format)| {
+            let checked = runtime.block_on(virtest_vm::check_image(&qemu_img, path, *format));
+            checked
+                .err()
+                .map(|why| format!("disk image `{}`: {why}", path.display()))
+        })
+        .collect()
+}
+
+/// The guest's memory, when this machine has less in all.
+fn memory_problem(guest: &virtest_guest::GuestDescription) -> Option<String> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let wanted = u64::from(guest.machine.memory_mib);
+    (wanted > total_kib >> 10).then(|| {
+        format!(
+            "`machine.memory` is {wanted} MiB, more than this machine has ({} MiB)",
+            total_kib >> 10
+        )
+    })
 }

@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
@@ -112,6 +112,12 @@ impl VmDisks {
                 base,
                 base_format: disk.format,
             };
+            crate::image::check_image(qemu_img, &overlay.base, disk.format)
+                .await
+                .map_err(|reason| Error::Disk {
+                    path: overlay.base.clone(),
+                    reason,
+                })?;
             create_overlay(qemu_img, &overlay).await?;
             disks.sources.push(overlay.base.clone());
             disks.overlays.push(overlay);
@@ -287,17 +293,19 @@ async fn fetch_image(guest: &GuestDescription, url: &str, sha256: &str) -> Resul
     }
 }
 
+/// How long one qemu-img command may take (it makes a small file or
+/// reads a header).
+const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs `qemu-img create -q -f qcow2 ARGS...`: `Err` with qemu-img's
 /// own message when it fails.
 pub(crate) async fn qemu_img_create(
     qemu_img: &Path,
     args: &[&OsStr],
 ) -> Result<std::result::Result<(), String>> {
-    let output = tokio::process::Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2"])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
+    let mut command = std::process::Command::new(qemu_img);
+    command.args(["create", "-q", "-f", "qcow2"]).args(args);
+    let output = crate::process::run_tool(command, "qemu-img", QEMU_IMG_TIMEOUT)
         .await
         .map_err(|source| Error::Spawn {
             binary: qemu_img.to_path_buf(),

@@ -19,7 +19,8 @@
 //! - `network`: [`Network`], private L2 segments between VMs.
 //! - `hotplug`: [`Vm::hotplug`], devices added to a running VM.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
-//!   UEFI variable store.
+//!   UEFI variable store; `image`: [`check_image`], a disk image as
+//!   qemu-img sees it.
 //! - `snapshot`: ready snapshots: making one from a boot, starting from
 //!   one, refreshing what clones must not share.
 //! - `dirs`: ids and private directories.
@@ -49,6 +50,7 @@ mod error;
 mod exit;
 mod extensions;
 mod hotplug;
+mod image;
 mod instance;
 mod launch;
 mod network;
@@ -66,6 +68,7 @@ pub use error::{Error, Result};
 pub use exit::QemuExit;
 pub use extensions::Extensions;
 pub use hotplug::Hotplug;
+pub use image::check_image;
 pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};

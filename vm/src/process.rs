@@ -13,7 +13,7 @@
 
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub(crate) struct Process {
     pid: u32,
     shared: Arc<Shared>,
     exited: watch::Receiver<Option<ExitStatus>>,
+    /// The child's stdout and stderr, when the command piped them.
+    pipes: (Option<ChildStdout>, Option<ChildStderr>),
 }
 
 #[derive(Debug)]
@@ -71,7 +73,8 @@ impl Process {
                         return;
                     }
                 };
-                let _ = spawned_tx.send(Ok(child.id()));
+                let pipes = (child.stdout.take(), child.stderr.take());
+                let _ = spawned_tx.send(Ok((child.id(), pipes)));
                 wait_without_reaping(child.id());
                 let mut status = thread_shared.status.lock().expect("status lock");
                 let reaped = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
@@ -81,13 +84,14 @@ impl Process {
             })?;
         // Forking takes a few milliseconds; waiting here synchronously
         // leaves no moment where a child exists without its guard.
-        let pid = spawned_rx
+        let (pid, pipes) = spawned_rx
             .recv()
             .map_err(|_| io::Error::other("the spawning thread died"))??;
         Ok(Process {
             pid,
             shared,
             exited,
+            pipes,
         })
     }
 
@@ -155,6 +159,53 @@ impl Process {
             .reaped
             .wait_timeout_while(status, Duration::from_secs(5), |s| s.is_none());
     }
+}
+
+/// What a short-lived tool said, and how it exited.
+#[derive(Debug)]
+pub(crate) struct ToolOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs a short-lived tool (qemu-img, say) as QEMU is run: it dies with
+/// this process, and with the future (a test's timeout drops it). One
+/// still running after `deadline` is killed, and that is an error.
+pub(crate) async fn run_tool(
+    mut command: Command,
+    name: &str,
+    deadline: Duration,
+) -> io::Result<ToolOutput> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut process = Process::spawn(command, name)?;
+    let (stdout, stderr) = std::mem::take(&mut process.pipes);
+    let (stdout, stderr) = (read_all(stdout), read_all(stderr));
+    let Some(status) = process.wait_within(deadline).await else {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{name} did not finish within {deadline:?}, so it was killed"),
+        ));
+    };
+    Ok(ToolOutput {
+        status,
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: stderr.await.unwrap_or_default(),
+    })
+}
+
+/// Reads `pipe` to its end off the async threads.
+fn read_all(pipe: Option<impl io::Read + Send + 'static>) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 impl Drop for Process {
