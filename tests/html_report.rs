@@ -143,8 +143,37 @@ async fn a_browser_shows_the_job() {
         .filter(|n| n.has_tag_name("svg") && n.attribute("class") == Some("timeline"))
         .count();
     assert_eq!(timelines, 2, "one per test that migrated");
-    let bars = doc.descendants().filter(|n| n.has_tag_name("rect")).count();
-    assert_eq!(bars, 3 * 3, "setup, copy and downtime of each migration");
+    let bars: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("rect"))
+        .filter_map(|n| n.attribute("fill"))
+        .collect();
+    assert_eq!(
+        bars.len(),
+        3 * 3,
+        "setup, copy and downtime of each migration"
+    );
+    // Each timeline says what its colours mean, in the colours it uses.
+    let legends: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("legend"))
+        .collect();
+    assert_eq!(legends.len(), 2, "one legend per timeline");
+    for legend in legends {
+        let text: String = legend.descendants().filter_map(|n| n.text()).collect();
+        for phase in ["setup", "copying RAM", "downtime"] {
+            assert!(text.contains(phase), "{phase} not in the legend: {text}");
+        }
+        let keys: Vec<&str> = legend
+            .descendants()
+            .filter_map(|n| n.attribute("style"))
+            .filter_map(|style| style.strip_prefix("background:"))
+            .collect();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        for colour in &bars {
+            assert!(keys.contains(colour), "{colour} has no key in {keys:?}");
+        }
+    }
 
     // A picture of the page, to look at.
     let picture = job.dir.join("results.png");

@@ -47,7 +47,9 @@ border-radius:3px;color:#fff}.PASS{background:#2e7d32}.WARN{background:#b28704}.
 .flaky{background:#ef6c00;color:#fff;padding:1px 5px;border-radius:3px;margin-left:4px}\
 .params{font-size:12px;color:#555}pre{background:#111;color:#eee;padding:6px;overflow-x:auto;\
 max-height:24em}.detail td{background:#fafafa}img.screen{max-width:720px;border:1px solid #999}\
-.counts span{margin-right:1em}.incomplete{color:#c62828;font-weight:bold}";
+.counts span{margin-right:1em}.incomplete{color:#c62828;font-weight:bold}\
+.legend{font-size:12px;margin-top:0}.legend .key{display:inline-block;width:12px;height:12px;\
+margin:0 4px 0 12px;vertical-align:middle}.legend .key:first-child{margin-left:0}";
 
 fn summary(page: &mut String, results: &JobResults) {
     let counts = [
@@ -252,6 +254,7 @@ fn migrations(out: &mut String, dir: &Path, title: &str) {
     }
     let _ = writeln!(out, "<p><b>{}</b></p>", escape(title));
     out.push_str(&timeline(&reports));
+    out.push_str(&legend());
     out.push_str(
         "<table><tr><th>#</th><th>transport</th><th>total</th><th>downtime</th><th>setup</th>\
          <th>sent</th><th>throughput</th><th>RAM passes</th><th>wall</th></tr>\n",
@@ -274,8 +277,26 @@ fn migrations(out: &mut String, dir: &Path, title: &str) {
     out.push_str("</table>\n");
 }
 
-/// One bar per migration on a shared time axis: setup (grey), the copy
-/// (blue), the downtime at its end (red).
+/// The phases a timeline's bars show, with their colours.
+const PHASES: [(&str, &str); 3] = [
+    ("setup", "#9e9e9e"),
+    ("copying RAM", "#1e88e5"),
+    ("downtime", "#e53935"),
+];
+
+/// What the timeline's colours mean.
+fn legend() -> String {
+    let keys: String = PHASES
+        .iter()
+        .map(|(phase, colour)| {
+            format!("<span class=\"key\" style=\"background:{colour}\"></span>{phase}")
+        })
+        .collect();
+    format!("<p class=\"legend\">{keys}</p>\n")
+}
+
+/// One bar per migration on a shared time axis: setup, the copy, the
+/// downtime at its end ([`PHASES`]).
 fn timeline(reports: &[(usize, MigrationReport)]) -> String {
     const LABEL: f64 = 90.0;
     const WIDTH: f64 = 600.0;
@@ -322,9 +343,15 @@ fn timeline(reports: &[(usize, MigrationReport)]) -> String {
                 to - from
             )
         };
-        svg.push_str(&bar(setup, active, "#9e9e9e", "setup"));
-        svg.push_str(&bar(active, end - downtime, "#1e88e5", "copying RAM"));
-        svg.push_str(&bar(end - downtime, end, "#e53935", "downtime"));
+        let [setup_phase, copy_phase, downtime_phase] = PHASES;
+        svg.push_str(&bar(setup, active, setup_phase.1, setup_phase.0));
+        svg.push_str(&bar(active, end - downtime, copy_phase.1, copy_phase.0));
+        svg.push_str(&bar(
+            end - downtime,
+            end,
+            downtime_phase.1,
+            downtime_phase.0,
+        ));
     }
     let axis = ROW * reports.len() as f64 + 16.0;
     for tick in [0.0, span / 2.0, span] {
