@@ -1,6 +1,7 @@
 //! The README's table of parameters is the one the declarations make:
 //! changing a default or a meaning in `harness/src/params/known.rs`
-//! without the README fails here, with the table to paste.
+//! without the README fails here, with the table to paste. Its fleet
+//! example is the code `tests/readme_fleet.rs` runs on both guests.
 
 const START: &str = "<!-- parameters: ";
 const END: &str = "<!-- end of parameters -->";
@@ -20,5 +21,22 @@ fn the_readmes_parameter_table_is_generated_from_the_declarations() {
         body[..end] == expected,
         "README.md's parameter table is out of date; replace it with \
          `cargo run -q -- list --parameters --markdown`:\n{expected}"
+    );
+}
+
+#[test]
+fn the_readmes_fleet_example_is_the_code_the_fleet_test_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let source = include_str!("readme_fleet.rs");
+    let begin = source.find("// README fleet begin\n").expect("marked") + 22;
+    let end = source.find("        // README fleet end").expect("marked");
+    let snippet: String = source[begin..end]
+        .lines()
+        .map(|line| line.strip_prefix("        ").unwrap_or(line).to_string() + "\n")
+        .collect();
+    assert!(
+        readme.contains(&format!("```rust\n{snippet}```")),
+        "README.md's fleet example differs from tests/readme_fleet.rs; show:\n{snippet}"
     );
 }

@@ -52,6 +52,17 @@ const PACKAGES: &[&str] = &[
     "busybox",
 ];
 
+/// busybox applets Debian has no command of its own for, installed as
+/// commands (`/usr/local/bin/wget` runs `busybox wget`), so the same
+/// command line runs on both built-in guests.
+const BUSYBOX_COMMANDS: &[&str] = &["wget", "httpd", "nc", "usleep"];
+
+/// The serial console logs root in by itself, as the default guest's
+/// does: `vm.serial()` needs no password, so a VM from a ready snapshot
+/// (which no password shapes) has it. Only the VM's owner reaches the
+/// console (its socket is in the VM's private runtime directory).
+const SERIAL_AUTOLOGIN: &str = "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 - $TERM\n";
+
 /// The virtual disk's size; the image stores only what is used.
 const DISK_BYTES: u64 = 2 << 30;
 
@@ -255,11 +266,11 @@ fn description_file(kernel_release: &str) -> GuestFile {
 /// A hash of everything the image is made from.
 fn inputs() -> String {
     let mut hasher = Sha256::new();
-    for part in [SUITE, CMDLINE, CLOUD_CFG, NETWORK] {
+    for part in [SUITE, CMDLINE, CLOUD_CFG, NETWORK, SERIAL_AUTOLOGIN] {
         hasher.update(part);
         hasher.update([0]);
     }
-    for list in [PACKAGES, INITRAMFS_MODULES, MASKED_UNITS] {
+    for list in [PACKAGES, INITRAMFS_MODULES, MASKED_UNITS, BUSYBOX_COMMANDS] {
         hasher.update(list.join(","));
         hasher.update([0]);
     }
@@ -370,6 +381,17 @@ fn customize(root: &Path) -> Result<String> {
     write("etc/machine-id", "")?;
     write("etc/systemd/network/80-virtest-dhcp.network", NETWORK)?;
     write("etc/cloud/cloud.cfg.d/90-virtest.cfg", CLOUD_CFG)?;
+    write(
+        "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
+        SERIAL_AUTOLOGIN,
+    )?;
+    for command in BUSYBOX_COMMANDS {
+        let link = root.join("usr/local/bin").join(command);
+        fs::create_dir_all(link.parent().expect("a directory"))
+            .io_context("creating", link.parent().expect("a directory"))?;
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/busybox", &link).io_context("linking", &link)?;
+    }
     write(
         "boot/grub/grub.cfg",
         &format!("set timeout=0\nlinux /vmlinuz {CMDLINE}\ninitrd /initrd.img\nboot\n"),

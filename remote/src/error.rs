@@ -106,6 +106,12 @@ pub enum Error {
         /// Why it failed, with the console's last output.
         reason: String,
     },
+    /// The serial console asks for a login, and no password was given.
+    #[error("serial console: it asks `{user}` to log in, and no password was given")]
+    SerialNeedsPassword {
+        /// The user it would log in as.
+        user: String,
+    },
     /// A local file of a transfer could not be read or written.
     #[error("local file `{path}`")]
     Local {

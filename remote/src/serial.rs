@@ -87,11 +87,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 impl SerialSession {
     /// Connects to a console socket and gets a shell: at a login prompt it
-    /// logs in as `user` with `password`; a shell prompt is used as is.
+    /// logs in as `user` with `password`; a shell prompt (a console that
+    /// logs in by itself, or a session left there) is used as is.
     pub async fn connect(
         socket: &Path,
         user: &str,
-        password: &str,
+        password: Option<&str>,
         deadline: Duration,
     ) -> Result<SerialSession> {
         let until = Instant::now() + deadline;
@@ -119,6 +120,11 @@ impl SerialSession {
             })
             .await?;
         if seen == Seen::Login {
+            let Some(password) = password else {
+                return Err(Error::SerialNeedsPassword {
+                    user: user.to_string(),
+                });
+            };
             console.send(&format!("{user}\r")).await?;
             console
                 .read_until("the password prompt", until, |b| {

@@ -22,7 +22,7 @@ async fn logs_in_on_the_console_and_runs_commands_with_their_status() {
     let console = SerialSession::connect(
         &socket,
         &m.credentials.user,
-        &m.credentials.password,
+        Some(&m.credentials.password),
         Duration::from_secs(30),
     )
     .await
@@ -50,10 +50,29 @@ async fn logs_in_on_the_console_and_runs_commands_with_their_status() {
     assert!(matches!(slow, Error::Timeout { .. }), "{slow}");
     // A later session on the same console finds the shell already there.
     drop(console);
-    let again = SerialSession::connect(&socket, "root", "unused", Duration::from_secs(30))
+    let again = SerialSession::connect(&socket, "root", None, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(again.run("echo again").await.unwrap().stdout, "again\n");
+}
+
+/// A console that asks for a login, and no password to give it.
+#[tokio::test]
+async fn a_login_prompt_without_a_password_is_a_clear_error() {
+    let m = common::guest();
+    let mut vm = Qemu::start(
+        common::description(),
+        QemuOptions {
+            reboot_allowed: false,
+            console_socket: true,
+        },
+    );
+    vm.wait_ready(1, Duration::from_secs(30));
+    let socket = vm.dir.path().join("console.sock");
+    let err = SerialSession::connect(&socket, &m.credentials.user, None, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no password was given"), "{err}");
 }
 
 #[tokio::test]
@@ -71,7 +90,7 @@ async fn a_console_with_no_shell_is_a_clear_error_in_time() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let start = Instant::now();
-    let err = SerialSession::connect(&socket, "root", "x", Duration::from_secs(2))
+    let err = SerialSession::connect(&socket, "root", Some("x"), Duration::from_secs(2))
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -101,7 +120,7 @@ async fn test_code_can_take_either_session() {
     let serial = SerialSession::connect(
         &vm.dir.path().join("console.sock"),
         &m.credentials.user,
-        &m.credentials.password,
+        Some(&m.credentials.password),
         Duration::from_secs(30),
     )
     .await

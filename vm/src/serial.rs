@@ -51,19 +51,11 @@ impl Vm {
             return Err(self.off_error("use the serial console"));
         }
         if self.serial.0.is_none() {
+            // None for a console that logs in by itself (both built-in
+            // guests' do); one that asks gets the error below.
             let password = match &self.config().login {
                 Login::Password(password) => Some(password.clone()),
                 Login::Guest | Login::Key(_) => self.config().guest.login.password.clone(),
-            };
-            let Some(password) = password else {
-                return Err(Error::State {
-                    what: format!(
-                        "no password to log in on the serial console of guest `{}`: its \
-                         description gives none (set one: the guest_password parameter, or \
-                         Login::Password)",
-                        self.config().guest.name
-                    ),
-                });
             };
             let user = self.login_user();
             let deadline = self.config().login_timeout;
@@ -77,7 +69,18 @@ impl Vm {
                     source,
                 })?;
             let left = deadline.saturating_sub(start.elapsed());
-            let session = SerialSession::connect(&socket, &user, &password, left).await?;
+            let session = SerialSession::connect(&socket, &user, password.as_deref(), left)
+                .await
+                .map_err(|e| match e {
+                    e @ virtest_remote::Error::SerialNeedsPassword { .. } => Error::State {
+                        what: format!(
+                            "{e}; guest `{}` has none in its description (set one: the \
+                             guest_password parameter, or Login::Password)",
+                            self.config().guest.name
+                        ),
+                    },
+                    e => Error::Remote(e),
+                })?;
             tracing::info!(user, "logged in on the serial console");
             self.serial.0 = Some(SerialLogin {
                 session,
