@@ -117,7 +117,7 @@ async fn memory(config: &VmConfig) -> Result<()> {
 fn ssh_config(vm: &Vm) -> Result<SshConfig> {
     let login = &vm.config().guest.login;
     Ok(SshConfig {
-        addr: SocketAddr::from(([127, 0, 0, 1], vm.ssh_port().ok_or("off")?)),
+        addr: SocketAddr::from(([127, 0, 0, 1], vm.ssh_access().ok_or("off")?.port)),
         user: login.user.clone(),
         auth: Auth::KeyFile(login.key.clone().ok_or("the default guest has a key")?),
         known_host_keys: login.host_key.iter().cloned().collect(),

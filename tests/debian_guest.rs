@@ -47,7 +47,7 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
-    let host_key = vm.host_key().expect("pinned at first login").to_string();
+    let host_key = vm.ssh_access().and_then(|a| a.host_key).expect("pinned at first login");
     assert!(host_key.starts_with("ssh-ed25519 "), "{host_key}");
     let kernel = run(&vm, "uname -r").await;
     assert_eq!(
@@ -84,7 +84,7 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
             run(&vm, "cat /proc/sys/kernel/random/boot_id").await,
             boot_id
         );
-        assert_eq!(vm.host_key(), Some(host_key.as_str()));
+        assert_eq!(vm.ssh_access().and_then(|a| a.host_key), Some(host_key.clone()));
     }
     // Bounded generously: on a loaded machine the synced writes crawl,
     // and only whether they all landed is checked.
@@ -160,7 +160,7 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
         "{}",
         vm.start()
     );
-    let cmdline = vm.cmdline().unwrap().display();
+    let cmdline = vm.instance().unwrap().cmdline().display();
     assert!(cmdline.contains("OVMF_CODE_4M.fd"), "{cmdline}");
     let vars = vm.disk_dir().unwrap().join("uefi-vars.fd");
     assert!(
@@ -180,7 +180,7 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
         "from-the-snippet"
     );
     vm.migrate(MigrationMode::Unix).await.unwrap();
-    let cmdline = vm.cmdline().unwrap().display();
+    let cmdline = vm.instance().unwrap().cmdline().display();
     assert!(
         cmdline.contains(&vars.to_string_lossy().into_owned()),
         "{cmdline}"

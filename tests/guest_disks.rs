@@ -109,7 +109,7 @@ async fn a_busy_disk_survives_migrations_and_the_base_is_never_written() {
             overlay,
             "the destination uses the same overlay"
         );
-        let cmdline = vm.cmdline().unwrap().display();
+        let cmdline = vm.instance().unwrap().cmdline().display();
         assert!(
             cmdline.contains(&overlay.path.to_string_lossy().into_owned()),
             "{cmdline}"
@@ -322,7 +322,7 @@ async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
     vm.power_on().await.unwrap();
     let seed = vm.disk_dir().unwrap().join("seed.img");
     assert!(seed.is_file());
-    let cmdline = vm.cmdline().unwrap().display();
+    let cmdline = vm.instance().unwrap().cmdline().display();
     assert!(
         cmdline.contains("seed.img") && cmdline.contains("readonly=on"),
         "{cmdline}"

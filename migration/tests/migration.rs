@@ -32,13 +32,13 @@ async fn migrate_over(mode: MigrationMode, times: usize) {
     let (boot_id, mut uptime) = identity(&vm).await;
     for round in 1..=times {
         let source = vm.pid().unwrap();
-        let port = vm.ssh_port();
+        let port = vm.ssh_access().map(|a| a.port);
         let report = vm.migrate(mode).await.unwrap();
         check_report(&report, mode);
         assert_eq!(report.source_pid, source);
         assert_eq!(Some(report.destination_pid), vm.pid());
         assert!(!common::alive(source), "the source is reaped");
-        assert_ne!(vm.ssh_port(), port, "the destination forwards its own port");
+        assert_ne!(vm.ssh_access().map(|a| a.port), port, "the destination forwards its own port");
         assert_eq!(qemus(&vm), vec![report.destination_pid]);
         vm.login_remote().await.unwrap();
         let (id, now) = identity(&vm).await;
@@ -219,7 +219,7 @@ async fn a_forwarded_guest_port_follows_the_vm_across_a_migration() {
         .unwrap();
     let (boot_id, _) = identity(&vm).await;
     let first = vm.forwarded_port(8080).unwrap();
-    assert_ne!(Some(first), vm.ssh_port());
+    assert_ne!(Some(first), vm.ssh_access().map(|a| a.port));
     assert_eq!(http_get(first, "/id").await, boot_id);
 
     vm.migrate(MigrationMode::Unix).await.unwrap();

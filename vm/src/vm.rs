@@ -239,11 +239,6 @@ impl Vm {
         self.config.boot = boot;
     }
 
-    /// The host key logins must present, once known.
-    pub fn host_key(&self) -> Option<&str> {
-        self.host_key.as_deref()
-    }
-
     /// The tracing span of this VM.
     pub fn span(&self) -> &tracing::Span {
         &self.span
@@ -425,8 +420,9 @@ impl Vm {
             .map(Instance::pid)
     }
 
-    /// The host port (on 127.0.0.1) forwarded to the guest's sshd.
-    pub fn ssh_port(&self) -> Option<u16> {
+    /// The host port (on 127.0.0.1) forwarded to the guest's sshd
+    /// ([`Vm::ssh_access`] gives it out).
+    pub(crate) fn ssh_port(&self) -> Option<u16> {
         self.forwarded_port(self.config.guest.login.port)
     }
 
@@ -452,11 +448,6 @@ impl Vm {
             Some(instance) if instance.is_running() => Ok(instance.qmp()),
             _ => Err(self.off_error("use QMP")),
         }
-    }
-
-    /// The command line QEMU runs with.
-    pub fn cmdline(&self) -> Option<&QemuCmdline> {
-        self.instance.as_ref().map(Instance::cmdline)
     }
 
     /// QEMU's run state.

@@ -224,7 +224,7 @@ async fn two_vms_run_at_once_on_distinct_ports() {
     let (ra, rb) = tokio::join!(a.power_on(), b.power_on());
     ra.unwrap();
     rb.unwrap();
-    assert_ne!(a.ssh_port(), b.ssh_port());
+    assert_ne!(a.ssh_access().unwrap().port, b.ssh_access().unwrap().port);
     let (ra, rb) = tokio::join!(a.login_remote(), b.login_remote());
     ra.unwrap();
     rb.unwrap();
