@@ -47,7 +47,10 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
-    let host_key = vm.ssh_access().and_then(|a| a.host_key).expect("pinned at first login");
+    let host_key = vm
+        .ssh_access()
+        .and_then(|a| a.host_key)
+        .expect("pinned at first login");
     assert!(host_key.starts_with("ssh-ed25519 "), "{host_key}");
     let kernel = run(&vm, "uname -r").await;
     assert_eq!(
@@ -84,7 +87,10 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
             run(&vm, "cat /proc/sys/kernel/random/boot_id").await,
             boot_id
         );
-        assert_eq!(vm.ssh_access().and_then(|a| a.host_key), Some(host_key.clone()));
+        assert_eq!(
+            vm.ssh_access().and_then(|a| a.host_key),
+            Some(host_key.clone())
+        );
     }
     // Bounded generously: on a loaded machine the synced writes crawl,
     // and only whether they all landed is checked.

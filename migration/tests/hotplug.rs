@@ -75,7 +75,11 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
     for mode in [MigrationMode::Tcp, MigrationMode::Unix] {
         vm.migrate(mode).await.unwrap();
         assert!(
-            vm.instance().unwrap().cmdline().display().contains("serial=data"),
+            vm.instance()
+                .unwrap()
+                .cmdline()
+                .display()
+                .contains("serial=data"),
             "{mode}: the destination has the disk"
         );
         vm.login_remote().await.unwrap();
@@ -106,7 +110,13 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
     )
     .await;
     assert_eq!(gone, "gone\n", "the guest still has {device}");
-    assert!(!vm.instance().unwrap().cmdline().display().contains("serial=data"));
+    assert!(
+        !vm.instance()
+            .unwrap()
+            .cmdline()
+            .display()
+            .contains("serial=data")
+    );
     let twice = vm.hotplug().unplug("data").await.unwrap_err();
     assert!(
         twice.to_string().contains("no hot-plugged device"),

@@ -38,7 +38,11 @@ async fn migrate_over(mode: MigrationMode, times: usize) {
         assert_eq!(report.source_pid, source);
         assert_eq!(Some(report.destination_pid), vm.pid());
         assert!(!common::alive(source), "the source is reaped");
-        assert_ne!(vm.ssh_access().map(|a| a.port), port, "the destination forwards its own port");
+        assert_ne!(
+            vm.ssh_access().map(|a| a.port),
+            port,
+            "the destination forwards its own port"
+        );
         assert_eq!(qemus(&vm), vec![report.destination_pid]);
         vm.login_remote().await.unwrap();
         let (id, now) = identity(&vm).await;

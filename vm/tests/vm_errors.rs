@@ -165,6 +165,18 @@ async fn qemu_dying_under_a_wait_ends_the_wait_with_its_status() {
     );
     assert!(!vm.is_on());
     assert!(vm.login_remote().await.is_err());
+    // What needs QEMU says how it ended, and so does the VM.
+    let death = format!("QEMU (pid {pid}) was killed by signal 9 (SIGKILL)");
+    let exit = vm.qemu_exit().expect("it ended by itself");
+    assert_eq!(exit.to_string(), death);
+    for error in [
+        vm.qmp().unwrap_err(),
+        vm.serial().await.unwrap_err(),
+        vm.hotplug().disk("data", 8).await.unwrap_err(),
+    ] {
+        assert!(matches!(error, Error::QemuEnded { .. }), "{error:?}");
+        assert!(error.to_string().ends_with(&death), "{error}");
+    }
     // Cleanup after that drains the console again: it must not poll the
     // finished reader a second time (it panicked: "JoinHandle polled
     // after completion").
