@@ -347,7 +347,8 @@ fn new_vm(params: &Params, log_dir: &Path, name: Option<&str>) -> Result<Vm, Tes
 }
 
 /// What `vm.migrate(mode)` does besides its mode, from the parameters:
-/// the timeout, the bandwidth (MiB/s) and the destination's QEMU.
+/// the timeout, the bandwidth (MiB/s), the destination's QEMU and the
+/// capabilities.
 pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
     spec.timeout = params.value(&params::MIGRATE_TIMEOUT)?;
@@ -355,6 +356,12 @@ pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
         .value_if_set(&params::MIGRATE_MAX_BANDWIDTH)?
         .map(|mib| mib.get() << 20);
     spec.destination_qemu = params.value_if_set(&params::QEMU_DST_BIN)?;
+    for name in params
+        .value_if_set(&params::MIGRATION_CAPS)?
+        .unwrap_or_default()
+    {
+        spec.enable(&name);
+    }
     Ok(spec)
 }
 

@@ -123,6 +123,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let source = vm.instance().map_err(Error::Source)?;
     let source_qmp = source.qmp().clone();
     let source_pid = source.pid();
+    check_capabilities(&source_qmp, &spec.extra_capabilities).await?;
     let destination = vm
         .start_incoming("defer", spec.destination_qemu.as_deref())
         .await
@@ -131,11 +132,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let destination_qmp = destination.qmp().clone();
     let mut report = MigrationReport {
         mode: spec.mode,
-        capabilities: spec
-            .enabled_capabilities()
-            .iter()
-            .map(|c| c.to_string())
-            .collect(),
+        capabilities: spec.enabled_capabilities(),
         timeline: Vec::new(),
         total_time_ms: 0,
         downtime_ms: 0,
@@ -211,6 +208,35 @@ async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
     .map_err(|e| Error::Destination(virtest_vm::Error::Qemu(e)))
 }
 
+/// Checks that the source QEMU offers every capability in `wanted`; an
+/// unknown one is an error listing those it offers.
+async fn check_capabilities(source: &Qmp, wanted: &[String]) -> Result<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let offered = source
+        .execute_raw("query-migrate-capabilities", serde_json::Value::Null)
+        .await
+        .map_err(|source| Error::Qmp {
+            side: "source",
+            step: "`query-migrate-capabilities`".into(),
+            source,
+        })?;
+    let offered: Vec<&str> = offered
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|status| status["capability"].as_str())
+        .collect();
+    match wanted.iter().find(|name| !offered.contains(&name.as_str())) {
+        Some(unknown) => Err(Error::Spec(format!(
+            "unknown migration capability `{unknown}`; this QEMU offers: {}",
+            offered.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Capabilities on both sides, parameters where they apply.
 async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Result<()> {
     let capabilities: Vec<_> = spec
@@ -252,6 +278,17 @@ async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Res
         })
         .await
         .map_err(failed("`migrate-set-capabilities`"))?;
+        if !spec.extra_capabilities.is_empty() {
+            let extra: Vec<_> = spec
+                .extra_capabilities
+                .iter()
+                .map(|name| serde_json::json!({ "capability": name, "state": true }))
+                .collect();
+            let args = serde_json::json!({ "capabilities": extra });
+            qmp.execute_raw("migrate-set-capabilities", args)
+                .await
+                .map_err(failed("`migrate-set-capabilities` (extra)"))?;
+        }
         qmp.execute(migrate_set_parameters(params))
             .await
             .map_err(failed("`migrate-set-parameters`"))?;

@@ -36,6 +36,11 @@ pub struct MigrationSpec {
     pub xbzrle_cache_bytes: Option<u64>,
     /// `auto-converge`: throttle the guest's CPUs until it converges.
     pub auto_converge: bool,
+    /// More capabilities to turn on, by QEMU's names (`validate-uuid`,
+    /// `zero-blocks`...), on both sides. They are checked against what
+    /// the source QEMU offers before anything starts; an unknown one is
+    /// an error listing the valid ones.
+    pub extra_capabilities: Vec<String>,
     /// `max-bandwidth` in bytes per second (`None`: no cap,
     /// [`virtest_qmp::outgoing::UNCAPPED_BANDWIDTH`], since the migration stays on
     /// this host; QEMU's own default is 128 MiB/s in 7.2).
@@ -64,11 +69,40 @@ impl MigrationSpec {
             multifd_channels: None,
             xbzrle_cache_bytes: None,
             auto_converge: false,
+            extra_capabilities: Vec::new(),
             max_bandwidth: None,
             downtime_limit_ms: None,
             timeout: DEFAULT_TIMEOUT,
             destination_qemu: None,
             wait_for_boot: true,
+        }
+    }
+
+    /// Turns on the capability QEMU calls `name`: through the spec's own
+    /// field for those it manages (`postcopy-ram`, or `postcopy`;
+    /// `multifd` with QEMU's default 2 channels; `xbzrle` with QEMU's
+    /// default 64 MiB cache; `auto-converge`; `events` is always on),
+    /// else as an extra capability, checked against the QEMU.
+    ///
+    /// ```
+    /// use virtest_migration::{MigrationMode, MigrationSpec};
+    /// let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    /// spec.enable("postcopy");
+    /// spec.enable("validate-uuid");
+    /// assert!(spec.postcopy);
+    /// assert_eq!(spec.extra_capabilities, ["validate-uuid"]);
+    /// ```
+    pub fn enable(&mut self, name: &str) {
+        match name {
+            "events" => {}
+            "postcopy" | "postcopy-ram" => self.postcopy = true,
+            "multifd" => self.multifd_channels = self.multifd_channels.or(Some(2)),
+            "xbzrle" => self.xbzrle_cache_bytes = self.xbzrle_cache_bytes.or(Some(64 << 20)),
+            "auto-converge" => self.auto_converge = true,
+            other if !self.extra_capabilities.iter().any(|c| c == other) => {
+                self.extra_capabilities.push(other.to_string());
+            }
+            _ => {}
         }
     }
 
@@ -117,10 +151,12 @@ impl MigrationSpec {
     }
 
     /// The capabilities turned on, by QEMU's names (`postcopy-ram`).
-    pub fn enabled_capabilities(&self) -> Vec<&'static str> {
+    pub fn enabled_capabilities(&self) -> Vec<String> {
         self.capabilities()
             .into_iter()
-            .filter_map(|(capability, on)| on.then_some(capability.name()))
+            .filter(|(_, on)| *on)
+            .map(|(capability, _)| capability.name().to_string())
+            .chain(self.extra_capabilities.iter().cloned())
             .collect()
     }
 }
@@ -158,9 +194,10 @@ mod tests {
         assert_eq!(spec.enabled_capabilities(), ["events"]);
         spec.auto_converge = true;
         spec.xbzrle_cache_bytes = Some(1 << 26);
+        spec.extra_capabilities = vec!["validate-uuid".into()];
         assert_eq!(
             spec.enabled_capabilities(),
-            ["events", "xbzrle", "auto-converge"]
+            ["events", "xbzrle", "auto-converge", "validate-uuid"]
         );
         assert!(
             spec.capabilities()

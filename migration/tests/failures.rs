@@ -291,3 +291,27 @@ async fn a_destination_that_refuses_the_stream_is_quoted() {
     source_survives(&vm, source).await;
     vm.power_off_within(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A capability the QEMU does not have is refused before anything
+/// starts, with the ones it has; the source keeps running.
+#[tokio::test]
+async fn an_unknown_capability_lists_the_valid_ones() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    let source = vm.pid().unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Unix);
+    spec.extra_capabilities = vec!["nosuch".into()];
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("unknown migration capability `nosuch`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("auto-converge") && text.contains("validate-uuid"),
+        "{text}"
+    );
+    source_survives(&vm, source).await;
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}

@@ -182,6 +182,40 @@ async fn a_dirtying_guest_converges_with_postcopy() {
     );
 }
 
+/// Capabilities by QEMU's names, beyond those the spec has fields for,
+/// are on for the migration and in its report.
+#[tokio::test]
+async fn extra_capabilities_by_name_are_on() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.extra_capabilities = vec!["validate-uuid".into(), "zero-blocks".into()];
+    let report = vm.migrate_with(&spec).await.unwrap();
+    check_report(&report, MigrationMode::Tcp);
+    for name in ["validate-uuid", "zero-blocks"] {
+        assert!(
+            report.capabilities.contains(&name.to_string()),
+            "{report:?}"
+        );
+    }
+    let caps = vm
+        .qmp()
+        .unwrap()
+        .execute_raw("query-migrate-capabilities", serde_json::Value::Null)
+        .await
+        .unwrap();
+    let on = |name: &str| {
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["capability"] == name && c["state"] == true)
+    };
+    assert!(on("validate-uuid"), "the destination has it on: {caps}");
+    vm.login_remote().await.unwrap();
+    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+}
+
 #[tokio::test]
 async fn multifd_and_xbzrle_complete() {
     let _slot = common::guest_slots(2);

@@ -105,6 +105,22 @@ impl ParamValue for Vec<u16> {
     }
 }
 
+impl ParamValue for Vec<String> {
+    fn expected() -> String {
+        "names, comma-separated (postcopy-ram,validate-uuid)".into()
+    }
+    fn parse(text: &str) -> Option<Vec<String>> {
+        let names: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        let valid = |name: &String| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        names.iter().all(valid).then_some(names)
+    }
+}
+
 /// `one of a, b, c`.
 fn one_of(names: &[&str]) -> String {
     format!("one of {}", names.join(", "))
@@ -364,6 +380,12 @@ pub const MIGRATE_MAX_BANDWIDTH: Param<NonZeroU64, NoDefault> = Param::optional(
     "no cap",
     "MiB/s a migration may use (`max-bandwidth`). virtest's migrations stay on the host, so none is capped unless asked; QEMU's own default, 128 in 7.2, made the tiny guest's migration take 0.6 s instead of 0.12-0.38 s",
 );
+/// `migration_caps`.
+pub const MIGRATION_CAPS: Param<Vec<String>, NoDefault> = Param::optional(
+    "migration_caps",
+    "(none)",
+    "migration capabilities to turn on, by QEMU's names (`postcopy-ram,validate-uuid`; `postcopy` for short; `multifd` with 2 channels, `xbzrle` with a 64 MiB cache): checked against the source QEMU's, and an unknown one is an error listing them",
+);
 /// `timeout`.
 pub const TIMEOUT: Param<Duration> = Param::new(
     "timeout",
@@ -402,6 +424,7 @@ pub const KNOWN: &[&dyn Known] = &[
     &MIGRATION_ITERATIONS,
     &MIGRATE_TIMEOUT,
     &MIGRATE_MAX_BANDWIDTH,
+    &MIGRATION_CAPS,
     &TIMEOUT,
     &EVIDENCE_TIMEOUT,
     &FORWARD_PORTS,
