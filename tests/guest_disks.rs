@@ -224,19 +224,21 @@ async fn a_missing_image_is_named() {
     let error = power_on_error(config_with_disk(&missing, DiskFormat::Qcow2, tmp.path())).await;
     let text = error.to_string();
     assert!(text.contains("no-such-disk.qcow2"), "{text}");
-    assert!(text.contains("No such file"), "{text}");
+    assert!(text.contains("it does not exist"), "{text}");
 }
 
 #[tokio::test]
-async fn a_file_that_is_not_a_disk_image_says_what_qemu_img_said() {
+async fn a_file_not_in_its_described_format_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let notes = tmp.path().join("notes.qcow2");
     std::fs::write(&notes, "these are notes, not a disk\n").unwrap();
     let error = power_on_error(config_with_disk(&notes, DiskFormat::Qcow2, tmp.path())).await;
     let text = error.to_string();
     assert!(text.contains("notes.qcow2"), "{text}");
-    assert!(text.contains("qemu-img"), "{text}");
-    assert!(text.contains("qcow2"), "{text}");
+    assert!(
+        text.contains("it is a raw image, but its description says qcow2"),
+        "{text}"
+    );
     assert!(matches!(error, Error::Disk { .. }), "{error:?}");
     assert!(
         !tmp.path().join("disks").exists(),
