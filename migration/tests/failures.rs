@@ -144,26 +144,9 @@ async fn a_vm_that_is_off_cannot_migrate() {
 #[tokio::test]
 async fn a_report_that_cannot_be_written_fails_the_migration_call() {
     let _slot = common::guest_slots(1);
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mount) = common::small_disk(4) else {
         return;
-    }
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mount.path());
+    };
     let mut vm = running_vm(mount.path()).await;
     let (boot_id, _) = identity(&vm).await;
     // Fill the disk: whatever is left goes to the filler.

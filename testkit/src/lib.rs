@@ -11,6 +11,7 @@
 //!   for a condition.
 //! - `logs`: [`TestLogs`], a test's log directory, kept with its
 //!   consoles' tails printed when the test fails.
+//! - `tmpfs`: [`small_disk`], a disk of its own to fill (needs root).
 #![deny(missing_docs)]
 
 mod guests;
@@ -18,12 +19,14 @@ mod logs;
 mod process;
 mod qemu;
 mod slots;
+mod tmpfs;
 
 pub use guests::{debian, description, guest, write_guest_toml};
 pub use logs::{TestLogs, files_under, test_logs};
 pub use process::{Reaped, alive, children_of, eventually, is_qemu, processes_with};
 pub use qemu::{Qemu, QemuOptions};
 pub use slots::{GuestSlots, guest_slots};
+pub use tmpfs::{SmallDisk, small_disk};
 
 /// The SHA-256 of a file, hex (by `sha256sum`, as a user would check).
 pub fn sha256(path: &std::path::Path) -> String {

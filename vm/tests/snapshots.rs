@@ -337,26 +337,9 @@ async fn a_stream_that_ends_at_once_is_noticed_at_once() {
 async fn a_full_disk_while_saving_is_named() {
     let _slots = common::guest_slots(1);
     let logs = common::test_logs();
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mount) = common::small_disk(4) else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mount.path());
+    };
     let vm = started(logs.path(), mount.path()).await;
     let Start::SnapshotFailed { why } = vm.start() else {
         panic!("not a fresh boot: {}", vm.start());
