@@ -2,8 +2,15 @@
 //!
 //! # Layout
 //!
-//! - `vm`: [`Vm`], its states and power operations.
-//! - `agent`: [`Vm::agent`], the guest agent over the VM's channel.
+//! The modules below `vm` know nothing of [`Vm`]; `vm` and its
+//! submodules put them together (no import circle):
+//!
+//! - `vm`: [`Vm`], its states and the QMP it sends a running guest;
+//!   `vm::power` starts and ends QEMU, `vm::login` logs in by SSH,
+//!   `vm::ready` waits on the console and for readiness, `vm::agent` is
+//!   [`Vm::agent`], `vm::serial` [`Vm::serial`], `vm::hotplug`
+//!   [`Vm::hotplug`], `vm::networks` a VM on [`Network`]s, and
+//!   `vm::from_snapshot` a start from a ready snapshot.
 //! - `config`: [`VmConfig`], what a VM is made from.
 //! - `instance`: [`Instance`], one QEMU process with its console and QMP
 //!   connected; a VM has one, two during a migration.
@@ -13,16 +20,14 @@
 //!   and input typed into it.
 //! - `console_share`: [`SharedConsole`], the console on a socket for
 //!   people (`virtest console`) and for [`Vm::serial`].
-//! - `serial`: [`Vm::serial`], a logged-in session on the serial
-//!   console, and `exec_command_and_wait_for_pattern`.
 //! - `launch`: [`GuestLaunch`], a guest's QEMU command line.
 //! - `network`: [`Network`], private L2 segments between VMs.
-//! - `hotplug`: [`Vm::hotplug`], devices added to a running VM.
+//! - `hotplug`: what a VM holds hot-plugged, and its PCIe root ports.
 //! - `disks`: the VM's qcow2 overlays over its guest's disks, and its
 //!   UEFI variable store; `image`: [`check_image`], a disk image as
 //!   qemu-img sees it.
-//! - `snapshot`: ready snapshots: making one from a boot, starting from
-//!   one, refreshing what clones must not share.
+//! - `snapshot`: ready snapshots' keys, and QEMU's state saved into and
+//!   loaded from a file; refreshing what clones must not share.
 //! - `dirs`: ids and private directories.
 //!
 //! # Tracing
@@ -40,7 +45,6 @@
 //! group and reaps QEMU.
 #![deny(missing_docs)]
 
-mod agent;
 mod config;
 mod console;
 mod console_share;
@@ -55,7 +59,6 @@ mod instance;
 mod launch;
 mod network;
 mod process;
-mod serial;
 mod snapshot;
 mod vm;
 
@@ -67,10 +70,9 @@ pub use disks::{Overlay, UefiFiles};
 pub use error::{Error, Result};
 pub use exit::QemuExit;
 pub use extensions::Extensions;
-pub use hotplug::Hotplug;
 pub use image::check_image;
 pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};
 pub use snapshot::{BootMode, Start};
-pub use vm::{PowerOff, Reboot, SshAccess, Vm, VmState};
+pub use vm::{Hotplug, PowerOff, Reboot, SshAccess, Vm, VmState};

@@ -9,17 +9,14 @@
 //! `10.10.index.0/24`, its members `.1`, `.2`, ... in the order they
 //! joined (a hot-plugged NIC's address is free again once it is gone),
 //! each with a MAC made the same way. Each login sets them in the guest
-//! (the NIC is found by its MAC, [`Vm::set_network_addresses`]), so they
+//! (the NIC is found by its MAC), so they
 //! hold after a reboot too, and a ready snapshot of a VM on a network
 //! serves the next run's.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
-use virtest_remote::SshSession;
-
 use crate::error::{Error, Result};
-use crate::vm::Vm;
 
 /// The first host address of a network's subnet.
 const FIRST_HOST: u8 = 1;
@@ -116,28 +113,14 @@ impl Network {
         members.iter().map(|(name, _)| name.clone()).collect()
     }
 
-    /// Puts `vm`, still off, on the network: it gets a NIC on the segment
-    /// and the next address, which this returns.
-    pub fn join(&self, vm: &mut Vm) -> Result<Ipv4Addr> {
-        if vm.has_started_qemu() {
-            return Err(Error::Network {
-                network: self.name.clone(),
-                reason: format!(
-                    "VM `{}` has been powered on: VMs join a network before their first \
-                     power_on (or hot-plug a NIC: vm.hotplug().nic)",
-                    vm.name()
-                ),
-            });
-        }
-        let nic = self.next_nic(vm)?;
-        let address = nic.address;
-        vm.join_network(nic);
-        Ok(address)
-    }
-
-    /// A NIC on the network for `vm`, with the lowest free address.
-    pub(crate) fn next_nic(&self, vm: &Vm) -> Result<NetworkNic> {
-        let name = vm.name().to_string();
+    /// A NIC on the network for the VM `name`, which has `nics` already,
+    /// with the lowest free address.
+    pub(crate) fn next_nic<'a>(
+        &self,
+        name: &str,
+        mut nics: impl Iterator<Item = &'a NetworkNic>,
+    ) -> Result<NetworkNic> {
+        let name = name.to_string();
         let refuse = |reason: String| Error::Network {
             network: self.name.clone(),
             reason,
@@ -146,7 +129,7 @@ impl Network {
         if members.iter().any(|(member, _)| *member == name) {
             return Err(refuse(format!("VM `{name}` is on it already")));
         }
-        if vm.nics().any(|n| n.network == self.name) {
+        if nics.any(|n| n.network == self.name) {
             return Err(refuse(format!(
                 "VM `{name}` is on another network of that name"
             )));
@@ -172,44 +155,6 @@ impl Network {
     pub(crate) fn release(&self, vm_name: &str) {
         let mut members = self.members.lock().expect("never poisoned");
         members.retain(|(member, _)| member != vm_name);
-    }
-}
-
-impl Vm {
-    /// The VM's address on `network`, if it joined it.
-    pub fn address(&self, network: &Network) -> Option<Ipv4Addr> {
-        self.nics()
-            .find(|nic| nic.network == network.name() && nic.segment == network.segment())
-            .map(|nic| nic.address)
-    }
-
-    /// The VM's NICs on private networks: those it started with, then
-    /// hot-plugged ones.
-    pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
-        self.config().networks.iter().chain(self.hotplugged.nics())
-    }
-
-    /// Gives the guest its address on each of its networks; every login
-    /// does, so they hold after a reboot (setting one again is harmless).
-    pub(crate) async fn set_network_addresses(&self, session: &SshSession) -> Result<()> {
-        let nics: Vec<NetworkNic> = self.nics().cloned().collect();
-        let script = address_script(&nics);
-        let names = || {
-            let names: Vec<&str> = nics.iter().map(|n| n.network.as_str()).collect();
-            names.join(", ")
-        };
-        match session.run(&script).await {
-            Ok(_) => {
-                tracing::debug!(networks = names(), "set the guest's network addresses");
-                Ok(())
-            }
-            Err(source) => Err(Error::Network {
-                network: names(),
-                reason: format!(
-                    "the guest's address could not be set (it needs `ip` and /sys/class/net): {source}"
-                ),
-            }),
-        }
     }
 }
 
@@ -271,44 +216,6 @@ mod tests {
         }
         let lan = Network::new("lan-1", 3).unwrap();
         assert_eq!(lan.subnet(), "10.10.3.0/24");
-    }
-
-    /// A VM that is never started, named `name`.
-    fn vm(name: &str) -> Vm {
-        let text = "[boot]\nkernel = \"vmlinux\"\n[login]\nuser = \"root\"\npassword = \"pw\"\n";
-        let (guest, _) =
-            virtest_guest::GuestDescription::parse(text, std::path::Path::new("/g/guest.toml"))
-                .unwrap();
-        let mut config = crate::VmConfig::new(guest);
-        config.name = Some(name.into());
-        Vm::new(config)
-    }
-
-    #[test]
-    fn addresses_are_given_once_and_freed_on_release() {
-        let lan = Network::new("lan", 2).unwrap();
-        let clone = lan.clone();
-        let (mut a, mut b, c) = (vm("a"), vm("b"), vm("c"));
-        assert_eq!(lan.join(&mut a).unwrap(), Ipv4Addr::new(10, 10, 2, 1));
-        assert_eq!(
-            clone.join(&mut b).unwrap(),
-            Ipv4Addr::new(10, 10, 2, 2),
-            "clones share"
-        );
-        assert_eq!(b.config().networks[0].mac, "52:54:00:0a:02:02");
-        let again = lan.join(&mut a).unwrap_err().to_string();
-        assert!(again.contains("on it already"), "{again}");
-        // A hot-plugged NIC that went away frees its address, and only it.
-        let nic = lan.next_nic(&c).unwrap();
-        assert_eq!(nic.address, Ipv4Addr::new(10, 10, 2, 3));
-        lan.release("c");
-        lan.release("a");
-        assert_eq!(lan.members(), ["b"]);
-        assert_eq!(
-            lan.next_nic(&c).unwrap().address,
-            Ipv4Addr::new(10, 10, 2, 1)
-        );
-        assert_eq!(lan.members(), ["b", "c"]);
     }
 
     #[test]

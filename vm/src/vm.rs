@@ -24,13 +24,18 @@ use crate::error::{Error, Result};
 use crate::exit::QemuExit;
 use crate::extensions::Extensions;
 use crate::instance::{Endpoints, Files, Instance};
-use crate::network::NetworkNic;
 use crate::snapshot::{BootMode, Start};
 
+mod agent;
+mod from_snapshot;
+mod hotplug;
 mod login;
+mod networks;
 mod power;
 mod ready;
+mod serial;
 
+pub use hotplug::Hotplug;
 pub use login::SshAccess;
 pub use power::PowerOff;
 
@@ -93,13 +98,13 @@ pub struct Vm {
     remote: Option<SshSession>,
     /// The serial console session (`serial.rs`), until a power cycle or
     /// reboot.
-    pub(crate) serial: crate::serial::SerialLink,
+    serial: serial::SerialLink,
     /// The guest agent's connection (`agent.rs`), with the socket of the
     /// QEMU process it is connected to.
-    pub(crate) agent: crate::agent::AgentLink,
+    agent: agent::AgentLink,
     /// Devices hot-plugged into the running QEMU (`hotplug.rs`), until
     /// it powers off.
-    pub(crate) hotplugged: crate::hotplug::Plugged,
+    hotplugged: crate::hotplug::Plugged,
     /// The overlays and firmware variables, made at the first power_on
     /// and dropped (removed) after QEMU.
     disks: Option<VmDisks>,
@@ -180,11 +185,6 @@ impl Vm {
     /// The VM's name in its test (`vm` unless [`VmConfig::name`] says).
     pub fn name(&self) -> &str {
         self.config.name.as_deref().unwrap_or("vm")
-    }
-
-    /// Adds a NIC on a network (for [`crate::Network::join`], which checks).
-    pub(crate) fn join_network(&mut self, nic: NetworkNic) {
-        self.config.networks.push(nic);
     }
 
     /// The VM's short id (in its tracing span and runtime directory).

@@ -5,16 +5,16 @@ use qapi::qmp::{PciDeviceInfo, PciInfo};
 use virtest_qemu_cmdline::Props;
 
 /// The spare PCIe root ports of a q35 VM.
-pub(super) const ROOT_PORTS: usize = 4;
+pub(crate) const ROOT_PORTS: usize = 4;
 
 /// The id of spare root port `n`.
-pub(super) fn root_port_id(n: usize) -> String {
+pub(crate) fn root_port_id(n: usize) -> String {
     format!("hotplug{n}")
 }
 
 /// Whether `machine_type` has a PCIe root complex, where hot-plugged
 /// devices need root ports.
-pub(super) fn is_pcie(machine_type: &str) -> bool {
+pub(crate) fn is_pcie(machine_type: &str) -> bool {
     machine_type.contains("q35")
 }
 
@@ -36,7 +36,7 @@ pub(crate) fn root_ports(machine_type: &str) -> Vec<Props> {
 }
 
 /// in a `query-pci` reply, looking behind bridges and root ports.
-pub(super) fn guest_pci_address(buses: &[PciInfo], id: &str) -> Option<String> {
+pub(crate) fn guest_pci_address(buses: &[PciInfo], id: &str) -> Option<String> {
     fn search(devices: &[PciDeviceInfo], id: &str) -> Option<String> {
         devices.iter().find_map(|device| {
             if device.qdev_id == id {

@@ -21,7 +21,7 @@ use crate::instance::{Endpoints, Instance};
 use crate::launch::{ConsoleOutput, GuestLaunch};
 use crate::snapshot::{self, BootMode, Start};
 
-use super::Vm;
+use super::{Vm, from_snapshot};
 
 /// How `power_off` ended QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +199,7 @@ impl Vm {
                     seed.as_ref(),
                     &self.config.networks,
                 )?;
-                snapshot::start(self, &store, &key, launch).await
+                from_snapshot::start(self, &store, &key, launch).await
             }
             Err(why) => {
                 tracing::debug!(why, "booting fresh");

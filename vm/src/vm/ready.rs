@@ -21,7 +21,7 @@ impl Vm {
     }
 
     /// Waits until `pattern` appears on the console after `since`
-    /// (see [`Console::cursor`]); returns where it ends. Fails at once
+    /// (see [`crate::Console::cursor`]); returns where it ends. Fails at once
     /// when QEMU exits.
     pub async fn wait_for_console_from(
         &mut self,

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use virtest_remote::SerialSession;
 
+use super::Vm;
 use crate::config::Login;
 use crate::console_share::SharedConsole;
 use crate::error::{Error, Result};
-use crate::vm::Vm;
 
 /// A logged-in console session and the socket it speaks through.
 #[derive(Debug)]
@@ -26,11 +26,11 @@ struct SerialLogin {
 /// The serial console session of a VM, until a power cycle or reboot:
 /// this module's own part of a [`Vm`].
 #[derive(Debug, Default)]
-pub(crate) struct SerialLink(Option<SerialLogin>);
+pub(super) struct SerialLink(Option<SerialLogin>);
 
 impl SerialLink {
     /// Ends the session (the guest rebooted, or QEMU ended).
-    pub(crate) fn forget(&mut self) {
+    pub(super) fn forget(&mut self) {
         self.0 = None;
     }
 }

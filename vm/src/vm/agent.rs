@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use virtest_qmp::Qga;
 
+use super::Vm;
 use crate::error::{Error, Result};
-use crate::vm::Vm;
 
 /// The agent's connection, with the socket of the QEMU process it is
 /// connected to: this module's own part of a [`Vm`].
 #[derive(Debug, Default)]
-pub(crate) struct AgentLink(Option<(std::path::PathBuf, Qga)>);
+pub(super) struct AgentLink(Option<(std::path::PathBuf, Qga)>);
 
 impl Vm {
     /// The guest agent, connected and answering, waiting for it as long
