@@ -89,7 +89,7 @@ async fn main() -> Result<()> {
             vm.power_on().await?;
             vm.login_remote().await?;
             times.push(start.elapsed());
-            vm.power_off_within(Duration::ZERO).await?;
+            vm.within(Duration::ZERO).power_off().await?;
         }
         println!(
             "  {name:<28} {:>8.2} s   (runs: {})",

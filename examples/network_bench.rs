@@ -104,7 +104,7 @@ async fn main() -> Result<()> {
         );
     }
     for vm in &mut vms {
-        vm.power_off_within(std::time::Duration::ZERO).await?;
+        vm.within(std::time::Duration::ZERO).power_off().await?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ async fn ready(config: &VmConfig) -> Result<(f64, Start)> {
     vm.login_remote().await?;
     let took = start.elapsed().as_secs_f64();
     let how = vm.start().clone();
-    vm.power_off_within(std::time::Duration::ZERO).await?;
+    vm.within(std::time::Duration::ZERO).power_off().await?;
     Ok((took, how))
 }
 

@@ -124,7 +124,8 @@ async fn debian_boots_its_disk_and_a_busy_disk_survives_every_transport() {
     )
     .await;
     let error = vm
-        .login_remote_within(Duration::from_secs(60))
+        .within(Duration::from_secs(60))
+        .login_remote()
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Login { .. }), "{error:?}");
@@ -168,7 +169,7 @@ async fn debian_boots_under_uefi_with_a_users_snippet_and_migrates() {
     );
     let cmdline = vm.instance().unwrap().cmdline().display();
     assert!(cmdline.contains("OVMF_CODE_4M.fd"), "{cmdline}");
-    let vars = vm.disk_dir().unwrap().join("uefi-vars.fd");
+    let vars = vm.files().disk_dir().unwrap().join("uefi-vars.fd");
     assert!(
         cmdline.contains(&vars.to_string_lossy().into_owned()),
         "{cmdline}"

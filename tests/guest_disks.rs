@@ -57,7 +57,7 @@ async fn a_busy_disk_survives_migrations_and_the_base_is_never_written() {
     vm.login_remote().await.unwrap();
 
     // The overlay is the VM's own, backed by the base.
-    let overlay = vm.overlays()[0].clone();
+    let overlay = vm.files().overlays()[0].clone();
     assert!(overlay.path.starts_with(logs.join("disks")), "{overlay:?}");
     let info = Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
@@ -105,7 +105,7 @@ async fn a_busy_disk_survives_migrations_and_the_base_is_never_written() {
         vm.migrate(mode).await.unwrap();
         vm.login_remote().await.unwrap();
         assert_eq!(
-            vm.overlays()[0],
+            vm.files().overlays()[0],
             overlay,
             "the destination uses the same overlay"
         );
@@ -150,7 +150,7 @@ async fn a_busy_disk_survives_migrations_and_the_base_is_never_written() {
         base_sha,
         "the base image was written"
     );
-    let disk_dir = vm.disk_dir().unwrap().to_path_buf();
+    let disk_dir = vm.files().disk_dir().unwrap().to_path_buf();
     drop(vm);
     assert!(!disk_dir.exists(), "the overlay outlived its VM");
 }
@@ -193,13 +193,16 @@ async fn two_vms_of_one_base_write_their_own_overlays_and_kept_disks_stay() {
             .unwrap();
         assert_eq!(out.stdout, text);
     }
-    assert_ne!(first.overlays()[0].path, second.overlays()[0].path);
+    assert_ne!(
+        first.files().overlays()[0].path,
+        second.files().overlays()[0].path
+    );
     let (a, b) = tokio::join!(first.power_off(), second.power_off());
     a.unwrap();
     b.unwrap();
     let (first_dir, second_dir) = (
-        first.disk_dir().unwrap().to_path_buf(),
-        second.disk_dir().unwrap().to_path_buf(),
+        first.files().disk_dir().unwrap().to_path_buf(),
+        second.files().disk_dir().unwrap().to_path_buf(),
     );
     drop((first, second));
     assert!(!first_dir.exists());
@@ -322,7 +325,7 @@ async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
     config.login = virtest::vm::Login::Password("pw-in-the-seed".into());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
-    let seed = vm.disk_dir().unwrap().join("seed.img");
+    let seed = vm.files().disk_dir().unwrap().join("seed.img");
     assert!(seed.is_file());
     let cmdline = vm.instance().unwrap().cmdline().display();
     assert!(
@@ -330,7 +333,8 @@ async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
         "{cmdline}"
     );
     let error = vm
-        .login_remote_within(std::time::Duration::from_secs(8))
+        .within(std::time::Duration::from_secs(8))
+        .login_remote()
         .await
         .unwrap_err();
     let text = error.to_string();
@@ -345,7 +349,7 @@ async fn a_cloud_init_guest_that_never_gets_ready_names_its_seed() {
         "the console tail is there: {text}"
     );
     vm.power_off().await.unwrap();
-    let disk_dir = vm.disk_dir().unwrap().to_path_buf();
+    let disk_dir = vm.files().disk_dir().unwrap().to_path_buf();
     drop(vm);
     assert!(disk_dir.is_dir(), "keep_disks keeps the disk directory");
     assert!(!seed.exists(), "a seed with a password outlived its VM");

@@ -128,7 +128,7 @@ async fn recorded(vm: &mut Vm, dir: &Path, missing: &mut Vec<String>) {
         }
         Err(e) => missing.push(format!("console-tail.txt: {e}")),
     }
-    match vm.recorded_events().await {
+    match vm.files().recorded_events().await {
         Ok(events) => {
             let newest = &events[events.len().saturating_sub(EVENTS)..];
             let lines: String = newest.iter().map(|event| format!("{event}\n")).collect();
@@ -155,7 +155,8 @@ async fn guest_view(vm: &mut Vm, deadline: Instant) -> Result<String, String> {
 /// [`GUEST_VIEW`] through the test's session, or a new one.
 async fn guest_view_by_ssh(vm: &mut Vm, deadline: Instant) -> Result<String, String> {
     if vm.remote().is_err() {
-        vm.login_remote_within(piece_time(deadline))
+        vm.within(piece_time(deadline))
+            .login_remote()
             .await
             .map_err(|e| format!("no session into the guest: {e}"))?;
     }
@@ -194,7 +195,8 @@ async fn guest_view_by_agent(
     no_ssh: &str,
 ) -> Result<String, String> {
     let agent = vm
-        .agent_within(piece_time(deadline))
+        .within(piece_time(deadline))
+        .agent()
         .await
         .map_err(|e| format!("no guest agent either: {e}"))?;
     let first_line = no_ssh.lines().next().unwrap_or(no_ssh);

@@ -82,7 +82,7 @@ impl Pauser {
             let Some(pid) = vm.pid().filter(|_| vm.is_on()) else {
                 continue;
             };
-            let socket = vm.runtime_dir().join("console-shared.sock");
+            let socket = vm.files().runtime_dir().join("console-shared.sock");
             let shared = vm
                 .console()
                 .map_err(std::io::Error::other)

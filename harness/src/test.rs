@@ -55,7 +55,7 @@ pub trait VirtTest: Send + 'static {
                 if vm.is_on() {
                     match vm.config().keep_disks {
                         true => vm.power_off().await?,
-                        false => vm.power_off_within(Duration::ZERO).await?,
+                        false => vm.within(Duration::ZERO).power_off().await?,
                     };
                 }
             }

@@ -112,7 +112,10 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     };
     if spec.wait_for_boot && source_state == VmState::Running {
         let deadline = vm.config().login_timeout;
-        vm.wait_ready(deadline).await.map_err(Error::Source)?;
+        vm.within(deadline)
+            .wait_ready()
+            .await
+            .map_err(Error::Source)?;
     }
     let wall = Instant::now();
     if !matches!(source_state, VmState::Running | VmState::Paused) {
@@ -150,7 +153,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     configure(&source_qmp, &destination_qmp, spec).await?;
     let transport = Transport::open(
         spec.mode,
-        vm.runtime_dir(),
+        vm.files().runtime_dir(),
         destination.pid(),
         &source_qmp,
         &destination_qmp,
@@ -176,10 +179,10 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         wall.elapsed()
             .saturating_sub(Duration::from_millis(report.total_time_ms)),
     );
-    if let Err(source) = report.save(vm.log_dir()) {
+    if let Err(source) = report.save(vm.files().log_dir()) {
         tracing::error!(error = %source, "the migration report could not be saved");
         return Err(Error::ReportNotSaved {
-            dir: vm.log_dir().to_path_buf(),
+            dir: vm.files().log_dir().to_path_buf(),
             report: Box::new(report),
             source,
         });

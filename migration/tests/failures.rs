@@ -22,7 +22,7 @@ enum Side {
 /// returns that QEMU's pid.
 fn signal_mid_migration(vm: &Vm, side: Side, signal: i32) -> tokio::task::JoinHandle<u32> {
     let source = vm.pid().unwrap();
-    let runtime = vm.runtime_dir().to_string_lossy().into_owned();
+    let runtime = vm.files().runtime_dir().to_string_lossy().into_owned();
     tokio::task::spawn_blocking(move || {
         let mut destination = None;
         common::eventually(Duration::from_secs(30), || {
@@ -64,7 +64,7 @@ async fn a_destination_killed_mid_migration_leaves_the_source_running() {
     );
     assert!(!common::alive(killed));
     source_survives(&vm, source).await;
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 #[tokio::test]
@@ -94,7 +94,7 @@ async fn a_destination_binary_that_exits_at_once_is_reported() {
     let chain = error_chain(&error);
     assert!(chain.contains("/bin/true"), "{chain}");
     source_survives(&vm, source).await;
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 #[tokio::test]
@@ -128,7 +128,7 @@ async fn a_migration_past_its_timeout_is_cancelled() {
         .unwrap();
     vm.migrate(MigrationMode::Tcp).await.unwrap();
     vm.login_remote().await.unwrap();
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn a_source_killed_mid_migration_is_named() {
         qemus(&vm).is_empty(),
         "the destination outlived the failed migration"
     );
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 /// A source stopped (SIGSTOP) mid-migration: the call ends near its own
@@ -238,7 +238,7 @@ async fn a_stopped_source_ends_the_migration_at_its_deadline() {
     assert!(error.to_string().contains("does not answer"), "{error}");
     assert!(took < Duration::from_secs(25), "the call took {took:?}");
     source_survives(&vm, source).await;
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 /// A destination that refuses the stream (its RAM is not the source's:
@@ -272,7 +272,7 @@ async fn a_destination_that_refuses_the_stream_is_quoted() {
         "{first_line}"
     );
     source_survives(&vm, source).await;
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 /// A capability the QEMU does not have is refused before anything
@@ -296,5 +296,5 @@ async fn an_unknown_capability_lists_the_valid_ones() {
         "{text}"
     );
     source_survives(&vm, source).await;
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }

@@ -176,7 +176,7 @@ async fn a_guest_without_an_agent_is_a_clear_timeout() {
         .await
         .unwrap();
     let start = Instant::now();
-    let error = vm.agent_within(Duration::from_secs(3)).await.unwrap_err();
+    let error = vm.within(Duration::from_secs(3)).agent().await.unwrap_err();
     let waited = start.elapsed();
     assert!(
         matches!(&error, Error::Agent { reason, .. } if reason.contains("qemu-ga")),
@@ -186,7 +186,7 @@ async fn a_guest_without_an_agent_is_a_clear_timeout() {
         waited >= Duration::from_secs(3) && waited < Duration::from_secs(30),
         "{waited:?}"
     );
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 
     let mut config = VmConfig::default_guest().unwrap();
     config.agent = false;
@@ -197,7 +197,7 @@ async fn a_guest_without_an_agent_is_a_clear_timeout() {
         error.to_string().contains("no guest agent channel"),
         "{error}"
     );
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 }
 
 /// A guest whose ready signal is its agent: `wait_ready` returns once
@@ -211,9 +211,12 @@ async fn the_agent_answering_can_be_the_ready_signal() {
     config.guest.ready = Ready::Agent;
     let mut vm = logging_to(config, logs.path());
     vm.power_on().await.unwrap();
-    vm.wait_ready(Duration::from_secs(60)).await.unwrap();
+    vm.within(Duration::from_secs(60))
+        .wait_ready()
+        .await
+        .unwrap();
     // Connected by wait_ready: no time is needed.
-    let agent = vm.agent_within(Duration::from_millis(1)).await.unwrap();
+    let agent = vm.within(Duration::from_millis(1)).agent().await.unwrap();
     agent.execute(qapi::qga::guest_ping {}).await.unwrap();
     vm.login_remote().await.unwrap();
     vm.migrate(MigrationMode::Tcp).await.unwrap();
@@ -223,5 +226,5 @@ async fn the_agent_answering_can_be_the_ready_signal() {
         .execute(qapi::qga::guest_ping {})
         .await
         .unwrap();
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 }

@@ -125,7 +125,7 @@ async fn a_disk_survives_migrations(guest: VmConfig) {
     // The port is free again, and a migration after the unplug works.
     vm.hotplug().disk("more", 8).await.unwrap();
     vm.migrate(MigrationMode::Tcp).await.unwrap();
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,6 +209,6 @@ async fn a_hot_plugged_nic_reaches_another_vm_across_a_migration() {
     // Its address was given back: plugged again, it gets the same one.
     assert_eq!(client.hotplug().nic(&lan).await.unwrap(), address);
     for vm in [&mut server, &mut client] {
-        vm.power_off_within(Duration::ZERO).await.unwrap();
+        vm.within(Duration::ZERO).power_off().await.unwrap();
     }
 }

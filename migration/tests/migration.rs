@@ -77,7 +77,8 @@ async fn migrate_over(mode: MigrationMode, times: usize) {
         .run("echo console-after-migration > /dev/ttyS0")
         .await
         .unwrap();
-    vm.wait_for_console_from(mark, "console-after-migration", Duration::from_secs(10))
+    vm.within(Duration::from_secs(10))
+        .wait_for_console_from(mark, "console-after-migration")
         .await
         .unwrap();
     vm.remote().unwrap().run("shutdown -h now").await.unwrap();
@@ -132,7 +133,7 @@ async fn converges_while_dirtying(mut spec: MigrationSpec, survives: bool) -> Mi
             .await
             .unwrap();
     }
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
     report
 }
 
@@ -213,7 +214,7 @@ async fn extra_capabilities_by_name_are_on() {
     };
     assert!(on("validate-uuid"), "the destination has it on: {caps}");
     vm.login_remote().await.unwrap();
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 #[tokio::test]
@@ -232,7 +233,7 @@ async fn multifd_and_xbzrle_complete() {
     check_report(&report, MigrationMode::Unix);
     vm.login_remote().await.unwrap();
     vm.remote().unwrap().run("true").await.unwrap();
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 /// A guest port forwarded besides SSH: QEMU chooses the host port and
@@ -306,10 +307,11 @@ async fn guests_migrated_mid_boot_come_up() {
         let mut spec = MigrationSpec::new(MigrationMode::Unix);
         spec.wait_for_boot = false;
         vm.migrate_with(&spec).await.unwrap();
-        vm.login_remote_within(Duration::from_secs(60))
+        vm.within(Duration::from_secs(60))
+            .login_remote()
             .await
             .unwrap_or_else(|e| panic!("migrated {delay_ms} ms into its boot: {e}"));
-        vm.power_off_within(Duration::ZERO).await.unwrap();
+        vm.within(Duration::ZERO).power_off().await.unwrap();
     }
 }
 
@@ -386,5 +388,5 @@ async fn a_users_own_host_endpoints_are_fresh_on_the_destination() {
         assert_ne!(moved, 0, "{mode}");
     }
     vm.login_remote().await.unwrap();
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 }

@@ -54,7 +54,7 @@ async fn a_live_migration_carries_every_page_of_a_running_debian_guest() {
     pmemsave(&qmp, ram, &source_ram).await;
     let source_id = generation_id(&qmp).await;
     let cmdline = vm.instance().unwrap().cmdline().clone();
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 
     // The destination: the VM's own command line, cloned as a migration
     // does, started paused so its RAM is what it loaded.

@@ -1,4 +1,4 @@
-//! `vm.serial()` and `vm.exec_command_and_wait_for_pattern`: the serial
+//! `vm.serial()` and `vm.within(d).exec_command_and_wait_for_pattern`: the serial
 //! console of a running VM, logged in at its prompt, kept across a live
 //! migration, recorded in `console.log` all along; the error paths.
 
@@ -69,16 +69,14 @@ async fn the_serial_console_session_outlives_a_migration() {
     assert_eq!(failed.exit_status, 1);
 
     let printed = vm
-        .exec_command_and_wait_for_pattern(
-            "echo mark-$((2+3))-done",
-            "mark-5-done",
-            Duration::from_secs(30),
-        )
+        .within(Duration::from_secs(30))
+        .exec_command_and_wait_for_pattern("echo mark-$((2+3))-done", "mark-5-done")
         .await
         .unwrap();
     assert!(printed.ends_with("mark-5-done"), "{printed:?}");
     let timeout = vm
-        .exec_command_and_wait_for_pattern("true", "never-printed", Duration::from_secs(2))
+        .within(Duration::from_secs(2))
+        .exec_command_and_wait_for_pattern("true", "never-printed")
         .await
         .unwrap_err();
     assert!(matches!(timeout, Error::ConsoleTimeout { .. }), "{timeout}");
@@ -103,7 +101,7 @@ async fn the_serial_console_session_outlives_a_migration() {
         assert_eq!(operstate.stdout, "down\n", "the network stays down");
     }
 
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
     assert!(matches!(vm.serial().await, Err(Error::Off { .. })));
     let log = std::fs::read_to_string(logs.path().join("console.log")).unwrap();
     assert!(
@@ -151,5 +149,5 @@ async fn the_debian_console_needs_no_password() {
         .unwrap()
         .stdout;
     assert_eq!(after, "still\n");
-    vm.power_off_within(Duration::ZERO).await.unwrap();
+    vm.within(Duration::ZERO).power_off().await.unwrap();
 }

@@ -150,7 +150,7 @@ fn make(guest: &str, mut assignments: Vec<String>) -> CliResult {
         let mut vm = Vm::new(config);
         let powered = vm.power_on().await;
         let start = vm.start().clone();
-        let _ = vm.power_off_within(std::time::Duration::ZERO).await;
+        let _ = vm.within(std::time::Duration::ZERO).power_off().await;
         powered.map(|()| start)
     })?;
     match start {

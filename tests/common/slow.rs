@@ -30,6 +30,6 @@ pub fn cleanup_mark(t: &Test) -> PathBuf {
 /// powers the VM off.
 pub async fn mark_cleanup(t: &mut Test) -> TestResult {
     std::fs::write(cleanup_mark(t), t.vm.pid().unwrap_or(0).to_string())?;
-    t.vm.power_off_within(Duration::from_secs(2)).await?;
+    t.vm.within(Duration::from_secs(2)).power_off().await?;
     Ok(())
 }

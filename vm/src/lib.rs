@@ -75,4 +75,4 @@ pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};
 pub use snapshot::{BootMode, Start};
-pub use vm::{Hotplug, PowerOff, Reboot, SshAccess, Vm, VmState};
+pub use vm::{Hotplug, PowerOff, Reboot, SshAccess, Vm, VmFiles, VmState, Within};

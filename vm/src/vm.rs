@@ -19,7 +19,7 @@ use virtest_remote::SshSession;
 use crate::config::VmConfig;
 use crate::console::{Console, ConsoleCursor};
 use crate::dirs;
-use crate::disks::{Overlay, VmDisks};
+use crate::disks::VmDisks;
 use crate::error::{Error, Result};
 use crate::exit::QemuExit;
 use crate::extensions::Extensions;
@@ -27,6 +27,7 @@ use crate::instance::{Endpoints, Files, Instance};
 use crate::snapshot::{BootMode, Start};
 
 mod agent;
+mod files;
 mod from_snapshot;
 mod hotplug;
 mod login;
@@ -34,10 +35,13 @@ mod networks;
 mod power;
 mod ready;
 mod serial;
+mod within;
 
+pub use files::VmFiles;
 pub use hotplug::Hotplug;
 pub use login::SshAccess;
 pub use power::PowerOff;
+pub use within::Within;
 
 /// What the VM is doing, as QEMU says (`query-status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,30 +201,8 @@ impl Vm {
         &self.config
     }
 
-    /// Where `console.log`, `qmp.log` and `qemu.log` are.
-    pub fn log_dir(&self) -> &Path {
-        &self.log_dir
-    }
-
-    /// The private directory of the VM's sockets.
-    pub fn runtime_dir(&self) -> &Path {
-        &self.runtime_dir
-    }
-
-    /// The VM's disk overlays (empty before the first `power_on`, and
-    /// for a guest without disks).
-    pub fn overlays(&self) -> &[Overlay] {
-        self.disks.as_ref().map_or(&[], |d| d.overlays())
-    }
-
-    /// The directory of the VM's overlays and firmware variables, once
-    /// made.
-    pub fn disk_dir(&self) -> Option<&Path> {
-        self.disks.as_ref().map(|d| d.dir())
-    }
-
     /// Keeps the VM's disk files when it is dropped (for a failed test,
-    /// say), in [`Vm::disk_dir`].
+    /// say), in [`VmFiles::disk_dir`].
     pub fn keep_disks(&mut self) {
         if let Some(disks) = &mut self.disks {
             disks.keep();
@@ -388,19 +370,6 @@ impl Vm {
         Ok(self.qmp_log.insert(writer).clone())
     }
 
-    /// Waits until `qmp.log` holds every line sent and received so far,
-    /// for at most 5 s (a disk that hangs longer is warned of).
-    async fn qmp_log_written(&self) {
-        let Some(writer) = &self.qmp_log else { return };
-        let wait = Duration::from_secs(5);
-        if tokio::time::timeout(wait, writer.written()).await.is_err() {
-            tracing::warn!(
-                path = %self.log_dir.join("qmp.log").display(),
-                "the QMP transcript is still not written after {wait:?}; reading it as it is"
-            );
-        }
-    }
-
     /// Whether a QEMU was ever started for this VM (it may have ended
     /// since): then it has a console and QMP events to show.
     pub fn has_started_qemu(&self) -> bool {
@@ -540,25 +509,6 @@ impl Vm {
         })
         .await
         .map(drop)
-    }
-
-    /// The QMP events every QEMU of this VM sent, across power cycles and
-    /// migrations, oldest first: read back from `qmp.log`, once every
-    /// line received so far is written.
-    pub async fn recorded_events(&self) -> Result<Vec<Value>> {
-        self.qmp_log_written().await;
-        let path = self.log_dir.join("qmp.log");
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(virtest_qmp::transcript::events(&String::from_utf8_lossy(
-                &bytes,
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(source) => Err(Error::Io {
-                what: "reading",
-                path,
-                source,
-            }),
-        }
     }
 
     /// A QMP command on the running QEMU, its error naming the command.

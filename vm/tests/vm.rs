@@ -34,7 +34,7 @@ async fn the_guides_boot_test_leaves_logs_and_no_qemu() {
     let pid = vm.pid().unwrap();
     assert!(vm.is_on());
     assert_eq!(vm.state().await.unwrap(), VmState::Running);
-    let mode = std::fs::metadata(vm.runtime_dir())
+    let mode = std::fs::metadata(vm.files().runtime_dir())
         .unwrap()
         .permissions()
         .mode();
@@ -66,7 +66,7 @@ async fn the_guides_boot_test_leaves_logs_and_no_qemu() {
     assert_eq!(events.last().unwrap()["event"], "SHUTDOWN", "{qmp}");
     let qemu = std::fs::read_to_string(logs.path().join("qemu.log")).unwrap();
     assert!(qemu.contains("virtest: starting") && qemu.contains("-no-user-config"));
-    let runtime = vm.runtime_dir().to_path_buf();
+    let runtime = vm.files().runtime_dir().to_path_buf();
     drop(vm);
     assert!(!runtime.exists(), "the runtime dir is removed with the VM");
 }
@@ -132,7 +132,7 @@ async fn a_paused_guest_clock_stalls_and_screendumps_are_png() {
     assert_eq!((width, height), (720, 400));
     // No time for the guest: it is not asked to shut down.
     assert_eq!(
-        vm.power_off_within(Duration::ZERO).await.unwrap(),
+        vm.within(Duration::ZERO).power_off().await.unwrap(),
         PowerOff::Quit
     );
     let qmp = std::fs::read_to_string(logs.path().join("qmp.log")).unwrap();
@@ -191,14 +191,15 @@ async fn power_off_forces_a_hung_guest_and_a_frozen_qemu() {
     let logs = common::test_logs();
     let mut vm = Vm::new(config(logs.path()));
     vm.power_on().await.unwrap();
-    vm.wait_for_console(&common::guest().ready_marker, Duration::from_secs(60))
+    vm.within(Duration::from_secs(60))
+        .wait_for_console(&common::guest().ready_marker)
         .await
         .unwrap();
     // A paused guest cannot answer the power button: QEMU must be told
     // to quit.
     vm.pause().await.unwrap();
     let pid = vm.pid().unwrap();
-    let how = vm.power_off_within(Duration::from_secs(1)).await.unwrap();
+    let how = vm.within(Duration::from_secs(1)).power_off().await.unwrap();
     assert_eq!(how, PowerOff::Quit);
     assert!(!common::alive(pid));
 
@@ -208,7 +209,7 @@ async fn power_off_forces_a_hung_guest_and_a_frozen_qemu() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     let start = Instant::now();
-    let how = vm.power_off_within(Duration::from_secs(1)).await.unwrap();
+    let how = vm.within(Duration::from_secs(1)).power_off().await.unwrap();
     assert_eq!(how, PowerOff::Killed);
     assert!(!common::alive(pid));
     assert!(start.elapsed() < Duration::from_secs(15));

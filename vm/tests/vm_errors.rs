@@ -16,7 +16,7 @@ fn config() -> VmConfig {
 /// Powers on and returns the error, checking no QEMU of this VM is left.
 async fn power_on_error(config: VmConfig) -> Error {
     let mut vm = Vm::new(config);
-    let marker = vm.runtime_dir().to_string_lossy().into_owned();
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
     let error = vm.power_on().await.unwrap_err();
     assert!(!vm.is_on());
     assert!(common::processes_with(&marker).is_empty());
@@ -104,7 +104,8 @@ async fn a_guest_that_never_gets_ready_times_out_with_the_console_tail() {
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     let error = vm
-        .login_remote_within(Duration::from_secs(10))
+        .within(Duration::from_secs(10))
+        .login_remote()
         .await
         .unwrap_err();
     let Error::Login { console_tail, .. } = &error else {
@@ -122,7 +123,7 @@ async fn a_guest_that_never_gets_ready_times_out_with_the_console_tail() {
         first.contains("a-ready-line-this-guest-never-prints"),
         "{error}"
     );
-    vm.power_off_within(Duration::from_secs(5)).await.unwrap();
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
 #[tokio::test]
@@ -153,7 +154,8 @@ async fn qemu_dying_under_a_wait_ends_the_wait_with_its_status() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
     let error = vm
-        .wait_for_console("never printed", Duration::from_secs(60))
+        .within(Duration::from_secs(60))
+        .wait_for_console("never printed")
         .await
         .unwrap_err();
     let Error::Exited { status, .. } = &error else {

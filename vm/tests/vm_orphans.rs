@@ -77,7 +77,7 @@ fn a_panicking_owner_leaves_no_qemu() {
 async fn a_task_cancelled_in_power_on_leaves_no_qemu() {
     let _slot = common::guest_slots(1);
     let mut vm = Vm::new(VmConfig::new(common::description().clone()));
-    let marker = vm.runtime_dir().to_string_lossy().into_owned();
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let task = tokio::spawn({
         let finished = finished.clone();

@@ -144,11 +144,11 @@ impl TestRun {
             for (vm_name, vm) in t.vms_mut() {
                 if vm.is_on() {
                     tracing::warn!(vm = vm_name, "a VM is still on after cleanup: killing it");
-                    let _ = vm.power_off_within(Duration::ZERO).await;
+                    let _ = vm.within(Duration::ZERO).power_off().await;
                 }
                 if failed || vm.config().keep_disks {
                     vm.keep_disks();
-                    kept_disks.extend(vm.overlays().iter().map(|o| o.path.clone()));
+                    kept_disks.extend(vm.files().overlays().iter().map(|o| o.path.clone()));
                 }
             }
             if !kept_disks.is_empty() {

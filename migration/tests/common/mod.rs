@@ -42,7 +42,7 @@ pub async fn identity(vm: &Vm) -> (String, f64) {
 
 /// QEMU processes of this VM (its runtime directory is in their sockets).
 pub fn qemus(vm: &Vm) -> Vec<u32> {
-    processes_with(&vm.runtime_dir().to_string_lossy())
+    processes_with(&vm.files().runtime_dir().to_string_lossy())
 }
 
 /// Starts a workload that dirties 32 MiB of guest memory in a loop, with

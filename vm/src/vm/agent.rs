@@ -34,7 +34,7 @@ impl Vm {
 
     /// [`Vm::agent`] with its own deadline. A guest that runs no agent
     /// is an [`Error::Agent`] once it passes.
-    pub async fn agent_within(&mut self, deadline: Duration) -> Result<&Qga> {
+    pub(crate) async fn agent_within(&mut self, deadline: Duration) -> Result<&Qga> {
         if !self.config().agent {
             return Err(Error::Agent {
                 reason: "the VM has no guest agent channel (its VmConfig::agent is off)".into(),

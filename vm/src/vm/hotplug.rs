@@ -136,7 +136,7 @@ impl Vm {
     /// ```
     async fn hotplug_disk(&mut self, id: &str, size_mib: u64) -> Result<String> {
         let port = self.hotplug_slot(id)?;
-        let file = self.runtime_dir().join(format!("hotplug-{id}.qcow2"));
+        let file = self.runtime_dir.join(format!("hotplug-{id}.qcow2"));
         create_qcow2(self, &file, size_mib).await?;
         let file_name = file.to_string_lossy().into_owned();
         let mut blockdev = Props::new();

@@ -64,7 +64,7 @@ impl Vm {
 
     /// [`Vm::login_remote`] with its own deadline. On timeout the error
     /// holds the console's last 30 lines.
-    pub async fn login_remote_within(&mut self, deadline: Duration) -> Result<&SshSession> {
+    pub(crate) async fn login_remote_within(&mut self, deadline: Duration) -> Result<&SshSession> {
         let span = tracing::info_span!(parent: &self.span, "login_remote", phase = "logging in");
         let start = Instant::now();
         let port = self

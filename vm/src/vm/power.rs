@@ -304,7 +304,7 @@ impl Vm {
 
     /// [`Vm::power_off`], waiting at most `graceful` for the guest; with
     /// zero, the guest is not asked and QEMU quits at once.
-    pub async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
+    pub(crate) async fn power_off_within(&mut self, graceful: Duration) -> Result<PowerOff> {
         let span = tracing::info_span!(parent: &self.span, "power_off", phase = "powering off");
         self.remote = None;
         self.serial.forget();
@@ -353,7 +353,7 @@ impl Vm {
         instance.drain_console(Duration::from_secs(1)).await;
         instance.drain_qmp(Duration::from_secs(1)).await;
         drop(instance);
-        self.qmp_log_written().await;
+        self.files().qmp_log_written().await;
         span.in_scope(|| tracing::info!(?how, "powered off"));
         Ok(how)
     }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 impl Vm {
     /// Waits until `pattern` appears on the console in the current boot.
-    pub async fn wait_for_console(
+    pub(crate) async fn wait_for_console(
         &mut self,
         pattern: &str,
         deadline: Duration,
@@ -23,7 +23,7 @@ impl Vm {
     /// Waits until `pattern` appears on the console after `since`
     /// (see [`crate::Console::cursor`]); returns where it ends. Fails at once
     /// when QEMU exits.
-    pub async fn wait_for_console_from(
+    pub(crate) async fn wait_for_console_from(
         &mut self,
         since: ConsoleCursor,
         pattern: &str,
@@ -65,7 +65,7 @@ impl Vm {
     /// (its own, or cloud-init's), or its agent answering; at once when
     /// that was seen already, or when the guest's readiness is its sshd
     /// answering, which `login_remote` tries.
-    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+    pub(crate) async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
         if self.ready_seen {
             return Ok(());
         }

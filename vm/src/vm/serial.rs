@@ -1,7 +1,7 @@
 //! A session on a VM's serial console, for guests or moments without a
 //! network: `vm.serial()` logs in at the console's prompt (or uses the
 //! shell there) and runs commands, while `console.log` keeps recording;
-//! `vm.exec_command_and_wait_for_pattern` types a line and waits for
+//! `vm.within(d).exec_command_and_wait_for_pattern` types a line and waits for
 //! what it prints, as QEMU's functional tests do. Both go through the
 //! VM's [`Console`](crate::Console), which moves with the VM on a
 //! migration, so a session outlives it; a power cycle or reboot ends it.
@@ -61,7 +61,7 @@ impl Vm {
             let deadline = self.config().login_timeout;
             let start = Instant::now();
             self.wait_ready(deadline).await?;
-            let socket = self.runtime_dir().join("serial.sock");
+            let socket = self.runtime_dir.join("serial.sock");
             let shared =
                 SharedConsole::new(self.console()?, &socket, 0).map_err(|source| Error::Io {
                     what: "sharing the console on",
@@ -95,7 +95,7 @@ impl Vm {
     /// the pattern's end. For a prompt that is already there (a shell, a
     /// boot loader); see [`Vm::serial`] for commands with their output
     /// and exit status.
-    pub async fn exec_command_and_wait_for_pattern(
+    pub(crate) async fn exec_command_and_wait_for_pattern(
         &mut self,
         command: &str,
         pattern: &str,
@@ -108,7 +108,7 @@ impl Vm {
             .await
             .map_err(|source| Error::Io {
                 what: "typing into the console of",
-                path: self.log_dir().join("console.log"),
+                path: self.log_dir.join("console.log"),
                 source,
             })?;
         let end = self.wait_for_console_from(since, pattern, deadline).await?;
