@@ -5,7 +5,7 @@
 //! verbatim where they were.
 
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::args::{Arg, FlagOption, PropsOption, ValueOption};
 use crate::error::{Error, Result};
@@ -156,6 +156,45 @@ impl QemuCmdline {
             p.push(k, *v);
         }
         self.push(Arg::Props(PropsOption::Device, p))
+    }
+
+    /// A disk on virtio-blk: `-drive file=FILE,format=FORMAT,if=none,id=ID`
+    /// with `drive`'s further properties, and `-device
+    /// virtio-blk-pci,drive=ID` with `device`'s.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use virtest_qemu_cmdline::QemuCmdline;
+    /// let mut cmd = QemuCmdline::new("qemu");
+    /// let seed = Path::new("/run/vm/seed.img");
+    /// cmd.virtio_disk("seed", seed, "raw", &[("readonly", "on")], &[]);
+    /// assert_eq!(
+    ///     cmd.display(),
+    ///     "qemu -drive file=/run/vm/seed.img,format=raw,if=none,id=seed,readonly=on \
+    ///      -device virtio-blk-pci,drive=seed"
+    /// );
+    /// ```
+    pub fn virtio_disk(
+        &mut self,
+        id: &str,
+        file: &Path,
+        format: &str,
+        drive: &[(&str, &str)],
+        device: &[(&str, &str)],
+    ) -> &mut QemuCmdline {
+        let mut props = Props::default();
+        props
+            .set("file", file.to_string_lossy())
+            .set("format", format)
+            .set("if", "none")
+            .set("id", id);
+        for (key, value) in drive {
+            props.set(key, *value);
+        }
+        self.push(Arg::Props(PropsOption::Drive, props));
+        let mut device_props = vec![("drive", id)];
+        device_props.extend_from_slice(device);
+        self.device("virtio-blk-pci", &device_props)
     }
 
     /// `-netdev user,id=ID,hostfwd=...` with the given forwards.

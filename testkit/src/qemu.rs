@@ -90,32 +90,14 @@ impl Qemu {
             let overlay = dir.path().join(format!("disk{index}.qcow2"));
             make_overlay(disk, &overlay);
             let id = format!("disk{index}");
-            let mut drive = Props::default();
-            drive
-                .set("file", overlay.to_string_lossy())
-                .set("format", "qcow2")
-                .set("if", "none")
-                .set("id", &id);
-            cmd.push(Arg::Props(PropsOption::Drive, drive));
             let boot_index = index.to_string();
-            cmd.device(
-                "virtio-blk-pci",
-                &[("drive", &id), ("bootindex", &boot_index)],
-            );
+            cmd.virtio_disk(&id, &overlay, "qcow2", &[], &[("bootindex", &boot_index)]);
         }
         let mut login_key = guest.login.key.clone();
         if guest.cloud_init.enabled {
             let seed = dir.path().join("seed.img");
             login_key = Some(write_seed(guest, &seed));
-            let mut drive = Props::default();
-            drive
-                .set("file", seed.to_string_lossy())
-                .set("format", "raw")
-                .set("if", "none")
-                .set("id", "seed")
-                .set("readonly", "on");
-            cmd.push(Arg::Props(PropsOption::Drive, drive));
-            cmd.device("virtio-blk-pci", &[("drive", "seed")]);
+            cmd.virtio_disk("seed", &seed, "raw", &[("readonly", "on")], &[]);
         }
         if machine.cpus != 1 {
             cmd.smp(machine.cpus);

@@ -181,31 +181,16 @@ impl<'a> GuestLaunch<'a> {
         }
         for (index, overlay) in self.disks.iter().enumerate() {
             let id = format!("disk{index}");
-            let mut drive = Props::default();
-            drive
-                .set("file", overlay.path.to_string_lossy())
-                .set("format", "qcow2")
-                .set("if", "none")
-                .set("id", &id)
-                .set("discard", "unmap");
-            cmd.push(Arg::Props(PropsOption::Drive, drive));
             let boot_index = index.to_string();
-            let mut props = vec![("drive", id.as_str())];
-            if guest.boot.kernel.is_none() {
-                props.push(("bootindex", boot_index.as_str()));
-            }
-            cmd.device("virtio-blk-pci", &props);
+            let device: &[(&str, &str)] = match guest.boot.kernel {
+                None => &[("bootindex", &boot_index)],
+                Some(_) => &[],
+            };
+            let drive = [("discard", "unmap")];
+            cmd.virtio_disk(&id, &overlay.path, "qcow2", &drive, device);
         }
         if let Some(seed) = self.seed {
-            let mut drive = Props::default();
-            drive
-                .set("file", seed.to_string_lossy())
-                .set("format", "raw")
-                .set("if", "none")
-                .set("id", "seed")
-                .set("readonly", "on");
-            cmd.push(Arg::Props(PropsOption::Drive, drive));
-            cmd.device("virtio-blk-pci", &[("drive", "seed")]);
+            cmd.virtio_disk("seed", seed, "raw", &[("readonly", "on")], &[]);
         }
         let cpus = self.cpus.unwrap_or(machine.cpus);
         if cpus != 1 {
