@@ -99,8 +99,14 @@ impl VirtTest for Migration {
         for round in 1..=t.params.value(&params::MIGRATION_ITERATIONS)? {
             let report = t.vm.migrate(mode).await?;
             t.log(format_args!(
-                "migration {round} over {mode}: {} ms, downtime {} ms, wall {:.0} ms",
-                report.total_time_ms, report.downtime_ms, report.wall_ms
+                "migration {round} over {mode}, QEMU {} to {} on {}: {} ms, downtime {} ms, \
+                 wall {:.0} ms",
+                report.source_qemu,
+                report.destination_qemu,
+                report.machine_type,
+                report.total_time_ms,
+                report.downtime_ms,
+                report.wall_ms
             ));
             t.vm.login_remote().await?;
             ensure!(

@@ -20,6 +20,19 @@ pub struct Package {
     pub version: String,
     /// The names in its `Depends` (first alternative of each).
     pub depends: Vec<String>,
+    /// Its `Depends` with their version constraints (first alternative
+    /// of each).
+    pub requirements: Vec<Requirement>,
+}
+
+/// One entry of a `Depends` field: a package, and the versions of it
+/// that do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// The package name.
+    pub name: String,
+    /// The relation and version (`(">=", "1.16.3-1~")`), if any.
+    pub constraint: Option<(String, String)>,
 }
 
 /// The apt and dpkg programs, and the directory downloaded `.deb`s are
@@ -36,6 +49,8 @@ pub struct Apt {
     pub dpkg_query: PathBuf,
     /// Where `.deb` files are kept.
     pub download_dir: PathBuf,
+    /// A private state of apt's own ([`Apt::private`]), or the host's.
+    pub state: Option<PathBuf>,
 }
 
 /// Where apt keeps its binary package cache for our calls. Hosts (Debian
@@ -66,7 +81,85 @@ impl Apt {
             dpkg_deb: "dpkg-deb".into(),
             dpkg_query: "dpkg-query".into(),
             download_dir,
+            state: None,
         }
+    }
+
+    /// The system's apt and dpkg on a state of their own under `dir`:
+    /// the sources in `dir/sources.list` only, their package lists, and
+    /// no installed packages, so that every candidate is from those
+    /// sources. `.deb`s are kept in `dir/debs`.
+    pub fn private(dir: &Path) -> Apt {
+        Apt {
+            state: Some(dir.to_path_buf()),
+            ..Apt::system(dir.join("debs"))
+        }
+    }
+
+    /// The `-o` arguments for every apt call: the package cache, and a
+    /// private state's directories.
+    fn settings(&self) -> Vec<String> {
+        let mut args = pkgcache_args(&self.download_dir).to_vec();
+        if let Some(dir) = &self.state {
+            for (key, path) in [
+                ("Dir::Etc::SourceList", "sources.list"),
+                ("Dir::Etc::SourceParts", "sources.list.d"),
+                ("Dir::State::Lists", "lists"),
+                ("Dir::State::status", "status"),
+                ("Dir::Cache", "cache"),
+            ] {
+                args.push("-o".into());
+                args.push(format!("{key}={}", dir.join(path).display()));
+            }
+        }
+        args
+    }
+
+    /// `apt-get update` of a private state ([`Apt::private`]): reads its
+    /// sources' signed indexes into its lists; an index that cannot be
+    /// fetched or verified is an error. The host's lists are the host's to
+    /// update: on its state this does nothing.
+    pub fn update(&self) -> Result<()> {
+        let Some(state) = self.state.as_deref() else {
+            return Ok(());
+        };
+        for dir in [
+            "debs",
+            "sources.list.d",
+            "lists/partial",
+            "cache/archives/partial",
+        ] {
+            let path = state.join(dir);
+            std::fs::create_dir_all(&path).io_context("creating", &path)?;
+        }
+        let status = state.join("status");
+        if !status.exists() {
+            std::fs::write(&status, "").io_context("writing", &status)?;
+        }
+        run(
+            Command::new(&self.apt_get).args(self.settings()).args([
+                "update",
+                "-q",
+                "--error-on=any",
+            ]),
+            "apt",
+            false,
+        )
+        .map(drop)
+    }
+
+    /// Every version of `name` the sources offer, newest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<Package>> {
+        let _ = std::fs::create_dir_all(self.download_dir.join("apt-cache"));
+        let out = run(
+            Command::new(&self.apt_cache)
+                .args(self.settings())
+                .args(["show", name]),
+            "apt",
+            true,
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.split("\n\n").filter_map(parse_stanza).collect())
     }
 
     /// The candidate version of `name` and its dependencies.
@@ -79,7 +172,7 @@ impl Apt {
         let _ = std::fs::create_dir_all(self.download_dir.join("apt-cache"));
         let out = run(
             Command::new(&self.apt_cache)
-                .args(pkgcache_args(&self.download_dir))
+                .args(self.settings())
                 .args(["show", "--no-all-versions"])
                 .args(names),
             "apt",
@@ -132,7 +225,7 @@ impl Apt {
         let spec = format!("{}={}", package.name, package.version);
         let result = run(
             Command::new(&self.apt_get)
-                .args(pkgcache_args(&self.download_dir))
+                .args(self.settings())
                 .args(["download", "-q", &spec])
                 .current_dir(&staging),
             "apt",
@@ -252,7 +345,26 @@ fn parse_stanza(stanza: &str) -> Option<Package> {
         name: field("Package")?.to_string(),
         version: field("Version")?.to_string(),
         depends: field("Depends").map(parse_depends).unwrap_or_default(),
+        requirements: field("Depends").map(parse_requirements).unwrap_or_default(),
     })
+}
+
+/// A `Depends` field's entries, the first alternative of each, with its
+/// version constraint and without architecture qualifiers.
+fn parse_requirements(field: &str) -> Vec<Requirement> {
+    field
+        .split(',')
+        .filter_map(|dep| {
+            let first = dep.split('|').next()?.trim();
+            let (name, rest) = first.split_once('(').unwrap_or((first, ""));
+            let name = name.trim().split(':').next()?.to_string();
+            let constraint = rest
+                .trim_end_matches(')')
+                .split_once(' ')
+                .map(|(op, version)| (op.trim().to_string(), version.trim().to_string()));
+            (!name.is_empty()).then_some(Requirement { name, constraint })
+        })
+        .collect()
 }
 
 /// Names from a `Depends` field: the first alternative of each entry,
@@ -299,6 +411,25 @@ mod tests {
         assert_eq!(
             parse_depends(field),
             ["libc6", "libcrypt1", "initramfs-tools", "python3"]
+        );
+    }
+
+    #[test]
+    fn requirements_keep_their_version_constraints() {
+        let field = "libc6 (>= 2.34), qemu-system-data (>> 1:10.0.2+ds~), seabios (>> 1.16.3-1~) | x, ipxe-qemu, python3:any";
+        let requirement = |name: &str, constraint: Option<(&str, &str)>| Requirement {
+            name: name.into(),
+            constraint: constraint.map(|(op, v)| (op.into(), v.into())),
+        };
+        assert_eq!(
+            parse_requirements(field),
+            [
+                requirement("libc6", Some((">=", "2.34"))),
+                requirement("qemu-system-data", Some((">>", "1:10.0.2+ds~"))),
+                requirement("seabios", Some((">>", "1.16.3-1~"))),
+                requirement("ipxe-qemu", None),
+                requirement("python3", None),
+            ]
         );
     }
 

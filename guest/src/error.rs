@@ -160,6 +160,12 @@ pub enum Error {
         /// The step.
         what: &'static str,
     },
+    /// A QEMU build cannot be fetched or does not run.
+    #[error("{reason}")]
+    QemuBuild {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A built-in guest was named that is not built yet.
     #[error("guest `{name}` is not built (no `{path}`): run `virtest bootstrap --guest {name}`")]
     NotBuilt {

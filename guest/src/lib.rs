@@ -42,6 +42,7 @@ pub mod manifest;
 #[cfg(feature = "provision")]
 pub mod modules;
 pub mod private;
+pub mod qemu_builds;
 #[cfg(feature = "provision")]
 pub mod rootfs;
 pub mod snapshots;

@@ -28,6 +28,7 @@ pub mod params;
 pub mod pause;
 pub mod prelude;
 mod progress;
+pub mod qemus;
 pub mod results;
 pub mod runner;
 mod status;

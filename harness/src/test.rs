@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
+use virtest_qemu_cmdline::binary::{self, BinaryKind};
+use virtest_qemu_cmdline::machine_types;
 use virtest_vm::{Login, Network, Vm, VmConfig};
 
 use crate::outcome::{TestError, TestResult};
@@ -341,9 +343,32 @@ impl Test {
 fn new_vm(params: &Params, log_dir: &Path, name: Option<&str>) -> Result<Vm, TestError> {
     let mut config = vm_config(params, log_dir)?;
     config.name = name.map(str::to_string);
+    let migration = migration_defaults(params)?;
+    if let Some(destination) = &migration.destination_qemu {
+        pin_machine_type(&mut config, destination)?;
+    }
     let mut vm = Vm::new(config);
-    vm.set_migration_defaults(migration_defaults(params)?);
+    vm.set_migration_defaults(migration);
     Ok(vm)
+}
+
+/// Pins the VM's machine type to a versioned one its QEMU and the
+/// migrations' `destination` both have, when its alias (`q35`) stands for
+/// another type on each: then it can migrate there and back.
+fn pin_machine_type(config: &mut VmConfig, destination: &Path) -> Result<(), TestError> {
+    let source = binary::find(BinaryKind::System, config.qemu.as_deref())?;
+    let destination = binary::find(BinaryKind::Destination, Some(destination))?;
+    let (on_source, on_destination) = (binary::probe(&source)?, binary::probe(&destination)?);
+    let machine = &mut config.guest.machine.machine_type;
+    if let Some(shared) = machine_types::shared(&on_source, &on_destination, machine)? {
+        tracing::info!(
+            "machine type `{machine}` pinned to `{shared}`, which QEMU {} and QEMU {} both have",
+            on_source.version,
+            on_destination.version
+        );
+        *machine = shared;
+    }
+    Ok(())
 }
 
 /// What `vm.migrate(mode)` does besides its mode, from the parameters:
@@ -355,7 +380,10 @@ pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
     spec.max_bandwidth = params
         .value_if_set(&params::MIGRATE_MAX_BANDWIDTH)?
         .map(|mib| mib.get() << 20);
-    spec.destination_qemu = params.value_if_set(&params::QEMU_DST_BIN)?;
+    spec.destination_qemu = params
+        .value_if_set(&params::QEMU_DST_BIN)?
+        .map(|choice| choice.resolve())
+        .transpose()?;
     for name in params
         .value_if_set(&params::MIGRATION_CAPS)?
         .unwrap_or_default()
@@ -376,7 +404,10 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
             source,
         })?;
     let mut config = VmConfig::new(description);
-    config.qemu = params.value_if_set(&params::QEMU_BIN)?;
+    config.qemu = params
+        .value_if_set(&params::QEMU_BIN)?
+        .map(|choice| choice.resolve())
+        .transpose()?;
     config.qemu_img = params.value_if_set(&params::QEMU_IMG_BIN)?;
     config.accel = params.value(&params::ACCEL)?;
     config.memory_mib = params.value_if_set(&params::MEMORY)?.map(|n| n.get());

@@ -11,6 +11,8 @@ use qapi::qmp::{
 };
 use serde_json::Value;
 use tracing::Instrument;
+use virtest_qemu_cmdline::binary;
+use virtest_qemu_cmdline::{PropsOption, QemuCmdline};
 use virtest_qmp::Qmp;
 use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target, UNCAPPED_BANDWIDTH};
 use virtest_vm::{Instance, Vm, VmState};
@@ -126,6 +128,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let source = vm.instance().map_err(Error::Source)?;
     let source_qmp = source.qmp().clone();
     let source_pid = source.pid();
+    let source_cmdline = source.cmdline().clone();
     check_capabilities(&source_qmp, &spec.extra_capabilities).await?;
     let destination = vm
         .start_incoming("defer", spec.destination_qemu.as_deref())
@@ -133,6 +136,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         .map_err(Error::Destination)?;
     // From here on, dropping `destination` (on any error) kills it.
     let destination_qmp = destination.qmp().clone();
+    let (source_qemu, destination_qemu, machine_type) =
+        qemus_and_machine(source_cmdline, destination.cmdline());
     let mut report = MigrationReport {
         mode: spec.mode,
         capabilities: spec.enabled_capabilities(),
@@ -147,6 +152,9 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         overhead_ms: 0.0,
         source_pid,
         destination_pid: destination.pid(),
+        source_qemu,
+        destination_qemu,
+        machine_type,
         measurements: Default::default(),
         file: None,
     };
@@ -200,7 +208,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
 /// checked as the source's is (found, then probed), before anything
 /// starts: `/bin/true` is not a QEMU.
 async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
-    use virtest_qemu_cmdline::binary::{self, BinaryKind};
+    use virtest_qemu_cmdline::binary::BinaryKind;
     let binary = binary.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let found = binary::find(BinaryKind::Destination, Some(&binary))?;
@@ -213,6 +221,24 @@ async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
 
 /// Checks that the source QEMU offers every capability in `wanted`; an
 /// unknown one is an error listing those it offers.
+/// The source's and the destination's QEMU versions, and the machine type
+/// the guest runs on (as the destination resolves its `-machine`), for
+/// the report; `?` for what a probe cannot tell.
+fn qemus_and_machine(source: QemuCmdline, destination: &QemuCmdline) -> (String, String, String) {
+    let version = |cmdline: &QemuCmdline| {
+        binary::probe(&cmdline.binary).map_or_else(|_| "?".to_string(), |p| p.version.to_string())
+    };
+    let asked = destination
+        .props(PropsOption::Machine)
+        .and_then(|p| p.head())
+        .unwrap_or("?");
+    let machine = binary::probe(&destination.binary)
+        .ok()
+        .and_then(|p| p.resolve_machine(asked).map(str::to_string))
+        .unwrap_or_else(|| asked.to_string());
+    (version(&source), version(destination), machine)
+}
+
 async fn check_capabilities(source: &Qmp, wanted: &[String]) -> Result<()> {
     if wanted.is_empty() {
         return Ok(());

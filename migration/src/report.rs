@@ -69,6 +69,12 @@ pub struct MigrationReport {
     pub source_pid: u32,
     /// The destination QEMU's pid (the VM's QEMU after the call).
     pub destination_pid: u32,
+    /// The source QEMU's version (`7.2.22`).
+    pub source_qemu: String,
+    /// The destination QEMU's version (`10.0.2`).
+    pub destination_qemu: String,
+    /// The versioned machine type the guest runs on (`pc-q35-7.2`).
+    pub machine_type: String,
     /// What the test measured of this migration itself (the longest
     /// stall of a stream through it, say), by name: see
     /// [`MigrationReport::record`].
@@ -177,6 +183,9 @@ mod tests {
             overhead_ms: 0.0,
             source_pid: 1,
             destination_pid: 2,
+            source_qemu: "7.2.22".into(),
+            destination_qemu: "10.0.2".into(),
+            machine_type: "pc-q35-7.2".into(),
             measurements: BTreeMap::new(),
             file: None,
         }

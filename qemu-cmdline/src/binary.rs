@@ -202,12 +202,28 @@ pub struct Probe {
     pub accelerators: Vec<String>,
     /// Machine types it offers (`pc`, `q35`, `pc-q35-7.2`).
     pub machines: Vec<String>,
+    /// Its aliases of machine types (`q35` is `pc-q35-7.2`).
+    pub machine_aliases: Vec<(String, String)>,
 }
 
 impl Probe {
     /// Whether the binary was built with `accel`.
     pub fn has_accel(&self, accel: &str) -> bool {
         self.accelerators.iter().any(|a| a == accel)
+    }
+
+    /// The machine type `name` is on this QEMU: the type an alias
+    /// stands for (`q35` is `pc-q35-7.2` on QEMU 7.2), or `name` itself
+    /// if it offers that type; `None` if not.
+    pub fn resolve_machine(&self, name: &str) -> Option<&str> {
+        match self.machine_aliases.iter().find(|(alias, _)| alias == name) {
+            Some((_, machine)) => Some(machine),
+            None => self
+                .machines
+                .iter()
+                .find(|m| *m == name)
+                .map(String::as_str),
+        }
     }
 }
 
@@ -229,24 +245,36 @@ pub fn probe(path: &Path) -> Result<Arc<Probe>> {
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect();
-    let machines = run(path, "-machine", "help")?
+    let machine_help = run(path, "-machine", "help")?;
+    let machines = machine_help
         .lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect();
+    let machine_aliases = machine_help.lines().filter_map(parse_alias).collect();
     let probe = Arc::new(Probe {
         path: path.to_path_buf(),
         version,
         version_line,
         accelerators,
         machines,
+        machine_aliases,
     });
     cache
         .lock()
         .expect("probe cache lock")
         .insert(key, probe.clone());
     Ok(probe)
+}
+
+/// The alias a line of `-machine help` declares: `q35  Standard PC (Q35 +
+/// ICH9, 2009) (alias of pc-q35-7.2)` is `("q35", "pc-q35-7.2")`.
+fn parse_alias(line: &str) -> Option<(String, String)> {
+    let name = line.split_whitespace().next()?;
+    let (_, rest) = line.rsplit_once("(alias of ")?;
+    let machine = rest.split(')').next()?.trim();
+    Some((name.to_string(), machine.to_string()))
 }
 
 /// The version of any QEMU binary (system emulator or `qemu-img`).
@@ -331,6 +359,20 @@ fn run(path: &Path, flag: &'static str, arg: &str) -> Result<String> {
 mod tests {
     use super::*;
     use std::ffi::OsString;
+
+    #[test]
+    fn machine_help_lines_declare_their_aliases() {
+        assert_eq!(
+            parse_alias(
+                "q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)"
+            ),
+            Some(("q35".into(), "pc-q35-7.2".into()))
+        );
+        assert_eq!(
+            parse_alias("pc-q35-7.0           Standard PC (Q35 + ICH9, 2009) (deprecated)"),
+            None
+        );
+    }
 
     #[test]
     fn versions_of_every_format_parse() {

@@ -63,6 +63,9 @@ pub enum Error {
         /// The text, its first 80 characters.
         text: String,
     },
+    /// Two QEMUs share no machine type a VM can migrate between them on.
+    #[error(transparent)]
+    NoSharedMachine(Box<crate::machine_types::NoSharedMachine>),
 }
 
 /// A `Result` with this crate's [`Error`].

@@ -18,6 +18,7 @@ pub mod cmdline;
 pub mod error;
 pub mod hostfwd;
 pub mod incoming;
+pub mod machine_types;
 pub mod props;
 pub mod quirks;
 mod validate;

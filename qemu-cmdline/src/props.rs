@@ -64,6 +64,13 @@ impl Props {
         self.head.as_deref()
     }
 
+    /// Replaces the head, keeping the properties (`q35,smm=on` becomes
+    /// `pc-q35-7.2,smm=on`).
+    pub fn set_head(&mut self, head: impl Into<String>) -> &mut Props {
+        self.head = Some(head.into());
+        self
+    }
+
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries

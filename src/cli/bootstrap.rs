@@ -1,6 +1,7 @@
-//! `virtest bootstrap`: build the default guest, or the Debian guest.
+//! `virtest bootstrap`: build the default guest, or the Debian guest;
+//! or fetch another QEMU.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use virtest_guest::bootstrap::{self, BootstrapOptions};
@@ -43,6 +44,11 @@ pub struct Args {
     /// minutes).
     #[arg(long, value_name = "NAME", default_value = "default", value_parser = ["default", "debian"])]
     guest: String,
+    /// Instead of a guest, fetch QEMU VERSION (`10.0`: its newest
+    /// `10.0.x`) from Debian's backports into the cache, for
+    /// `-p qemu_bin=VERSION` and `-p qemu_dst_bin=VERSION`.
+    #[arg(long, value_name = "VERSION", conflicts_with = "guest")]
+    qemu: Option<String>,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -50,6 +56,9 @@ pub fn run(args: Args) -> CliResult {
         Some(home) => home,
         None => cache::default_home()?,
     };
+    if let Some(version) = args.qemu {
+        return qemu(&home, &version);
+    }
     if args.guest == virtest_guest::debian::DEBIAN_GUEST {
         return debian(home, args.force);
     }
@@ -95,6 +104,38 @@ pub fn run(args: Args) -> CliResult {
     println!(
         "  manifest   {}",
         m.dir.join(virtest_guest::manifest::MANIFEST_FILE).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn qemu(home: &Path, version: &str) -> CliResult {
+    use virtest_guest::qemu_builds::{self, Backports};
+    if !qemu_builds::is_version(version) {
+        return Err(format!(
+            "`--qemu {version}`: give a QEMU version, two or three numbers (`10.0`, `10.0.2`)"
+        )
+        .into());
+    }
+    if let Some(build) = qemu_builds::find(home, version) {
+        println!(
+            "QEMU {} is in the cache: {}",
+            build.version,
+            build.binary.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let backports = Backports::of_host()?;
+    eprintln!(
+        "virtest: fetching QEMU {version} from {} ({})...",
+        backports.suite, backports.mirror
+    );
+    let started = std::time::Instant::now();
+    let build = qemu_builds::fetch(home, version, &backports)?;
+    println!(
+        "fetched QEMU {} in {:.1} s: {}",
+        build.version,
+        started.elapsed().as_secs_f64(),
+        build.binary.display()
     );
     Ok(ExitCode::SUCCESS)
 }

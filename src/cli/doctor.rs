@@ -20,6 +20,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> CliResult {
     let mut fixes: Vec<String> = Vec::new();
+    let home = match args.home {
+        Some(h) => h,
+        None => cache::default_home()?,
+    };
 
     println!("QEMU");
     let mut has_kvm = false;
@@ -54,6 +58,26 @@ pub fn run(args: Args) -> CliResult {
         }
     }
 
+    for build in virtest_guest::qemu_builds::installed(&home) {
+        let name = format!("QEMU {}", build.version);
+        match binary::probe(&build.binary) {
+            Ok(p) => println!(
+                "  ok       {name:<20} {} {} (accelerators: {})",
+                build.binary.display(),
+                p.version,
+                p.accelerators.join(", ")
+            ),
+            Err(e) => {
+                println!("  broken   {name:<20} {e}");
+                fixes.push(format!(
+                    "rm -r {} && virtest bootstrap --qemu {}",
+                    build.dir.display(),
+                    build.version
+                ));
+            }
+        }
+    }
+
     println!("Accelerator");
     let host = HostKvm::detect();
     let decision = accel::choose(Accel::Auto, &host, has_kvm)?;
@@ -79,10 +103,6 @@ pub fn run(args: Args) -> CliResult {
         }
     }
 
-    let home = match args.home {
-        Some(h) => h,
-        None => cache::default_home()?,
-    };
     println!("Guest cache {}", home.display());
     let dir = cache::guest_dir(&home, bootstrap::DEFAULT_GUEST);
     match Manifest::load(&dir) {

@@ -37,6 +37,22 @@ pub fn debian() -> &'static GuestDescription {
     })
 }
 
+/// The cache's build of QEMU `version` (`10.0`), fetched from Debian's
+/// backports the first time (as `virtest bootstrap --qemu VERSION`
+/// does).
+pub fn qemu_build(version: &str) -> PathBuf {
+    use virtest_guest::qemu_builds::{self, Backports};
+    let home = cache::default_home().expect("virtest's cache directory");
+    let fetched = match qemu_builds::find(&home, version) {
+        Some(build) => Ok(build),
+        None => Backports::of_host().and_then(|b| qemu_builds::fetch(&home, version, &b)),
+    };
+    match fetched {
+        Ok(build) => build.binary,
+        Err(e) => panic!("fetching QEMU {version} into {}: {e}", home.display()),
+    }
+}
+
 /// Writes `dir/guest.toml`: the default guest as a user would describe
 /// it by hand (absolute paths, its key and password), plus `extra` TOML
 /// (say, a `[[disks]]` table).

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - `guests`: the built-in guests, bootstrapped once per test binary,
-//!   and a `guest.toml` written by hand.
+//!   a `guest.toml` written by hand, and the cache's QEMU builds.
 //! - `qemu`: [`Qemu`], a guest booted by a command line built here and
 //!   `std::process`, for the layers below `vm`.
 //! - `slots`: [`guest_slots`], how many guests a test binary runs at once.
@@ -21,7 +21,7 @@ mod qemu;
 mod slots;
 mod tmpfs;
 
-pub use guests::{debian, description, guest, write_guest_toml};
+pub use guests::{debian, description, guest, qemu_build, write_guest_toml};
 pub use logs::{TestLogs, files_under, test_logs};
 pub use process::{Reaped, alive, children_of, eventually, is_qemu, processes_with};
 pub use qemu::{Qemu, QemuOptions};

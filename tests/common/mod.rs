@@ -11,3 +11,17 @@ mod harness;
 
 pub use harness::run_job;
 pub use virtest_testkit::*;
+
+/// `virtest ARGS` (this build's): whether it succeeded, its stdout and
+/// its stderr.
+pub fn virtest(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtest"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

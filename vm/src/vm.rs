@@ -12,7 +12,8 @@ use qapi::Enum;
 use qapi::qmp::{ImageFormat, RunState, cont, query_status, screendump, stop, system_reset};
 use serde_json::Value;
 use tracing::Instrument;
-use virtest_qemu_cmdline::QemuCmdline;
+use virtest_qemu_cmdline::{PropsOption, QemuCmdline};
+use virtest_qemu_cmdline::{binary, machine_types};
 use virtest_qmp::{Qmp, TranscriptWriter};
 use virtest_remote::SshSession;
 
@@ -128,6 +129,49 @@ pub struct Vm {
     refresh_pending: bool,
     /// What layers above keep with the VM.
     extensions: Extensions,
+}
+
+/// The machine type a destination QEMU `binary` must be given for the
+/// VM `source` runs: the versioned type the source's alias stands for,
+/// when it stands for another on the destination; `None` when the same
+/// name does. An error when the destination lacks the type.
+fn running_machine_on(source: &QemuCmdline, binary: &Path) -> Result<Option<String>> {
+    let Some(asked) = source
+        .props(PropsOption::Machine)
+        .and_then(|p| p.head())
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    let on_source = binary::probe(&source.binary).map_err(Error::Qemu)?;
+    let on_destination = binary::probe(binary).map_err(Error::Qemu)?;
+    let running = on_source.resolve_machine(&asked).unwrap_or(&asked);
+    if on_destination.resolve_machine(&asked) == Some(running) {
+        return Ok(None);
+    }
+    if on_destination.machines.iter().any(|m| m == running) {
+        return Ok(Some(running.to_string()));
+    }
+    let hint = match machine_types::shared(&on_source, &on_destination, &asked) {
+        Ok(Some(both)) => format!(
+            "; start the VM on `{both}`, which both have (the guest's machine type, or \
+             virtest's qemu_dst_bin parameter, which pins it)"
+        ),
+        _ => String::new(),
+    };
+    Err(Error::Qemu(virtest_qemu_cmdline::Error::NoSharedMachine(
+        Box::new(machine_types::NoSharedMachine {
+            hint,
+            wanted: asked.clone(),
+            source_qemu: source.binary.clone(),
+            source_type: format!("there `{running}`, which the VM runs"),
+            destination_qemu: binary.to_path_buf(),
+            destination_type: match on_destination.resolve_machine(&asked) {
+                Some(other) => format!("there `{other}`, and no `{running}`"),
+                None => "not there".into(),
+            },
+        }),
+    )))
 }
 
 impl std::fmt::Debug for Vm {
@@ -251,22 +295,30 @@ impl Vm {
     /// (sockets, forwarded ports QEMU chooses) and, if given, another
     /// QEMU binary. It shares the VM's console and logs; hand it over
     /// with [`Vm::hand_over`] once it runs the guest, or drop it.
+    ///
+    /// On another QEMU, a machine type given as an alias (`q35`) becomes
+    /// the versioned type the source runs (`pc-q35-7.2`), which the
+    /// destination must have: QEMU takes a VM's state only on its type.
     pub async fn start_incoming(
         &mut self,
         incoming: &str,
         binary: Option<&Path>,
     ) -> Result<Instance> {
         let source = self.instance()?;
-        let cmdline = source.cmdline().clone();
+        let mut cmdline = source.cmdline().clone();
         let from = source.endpoints().clone();
-        let binary = binary.map(Path::to_path_buf);
-        let build = move |to: &Endpoints| {
-            let mut clone = cmdline.clone_for_incoming(incoming, from.remap_to(to));
-            if let Some(binary) = &binary {
-                clone.binary = binary.clone();
+        if let Some(binary) = binary {
+            if let Some(machine) = running_machine_on(&cmdline, binary)? {
+                let mut props = cmdline
+                    .props(PropsOption::Machine)
+                    .cloned()
+                    .unwrap_or_default();
+                props.set_head(machine);
+                cmdline.set_props(PropsOption::Machine, props);
             }
-            clone
-        };
+            cmdline.binary = binary.to_path_buf();
+        }
+        let build = move |to: &Endpoints| cmdline.clone_for_incoming(incoming, from.remap_to(to));
         self.start_instance_with(&build).await
     }
 

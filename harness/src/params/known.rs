@@ -16,6 +16,8 @@ use virtest_migration::MigrationMode;
 use virtest_qemu_cmdline::accel::Accel;
 use virtest_vm::BootMode;
 
+use crate::qemus::QemuChoice;
+
 use super::{ParamError, Params, shown};
 
 /// A type a parameter's text becomes.
@@ -294,16 +296,16 @@ impl<T: ParamValue, D> Known for Param<T, D> {
 }
 
 /// `qemu_bin`.
-pub const QEMU_BIN: Param<PathBuf, NoDefault> = Param::optional(
+pub const QEMU_BIN: Param<QemuChoice, NoDefault> = Param::optional(
     "qemu_bin",
     "`$QEMU`, then `qemu-system-x86_64` on PATH",
-    "the QEMU system emulator",
+    "the QEMU system emulator; a version is the host's QEMU if it is that one, else the cache's (`virtest bootstrap --qemu 10.0` fetches it)",
 );
 /// `qemu_dst_bin`.
-pub const QEMU_DST_BIN: Param<PathBuf, NoDefault> = Param::optional(
+pub const QEMU_DST_BIN: Param<QemuChoice, NoDefault> = Param::optional(
     "qemu_dst_bin",
     "the source's",
-    "QEMU for a migration's destination",
+    "QEMU for a migration's destination, as `qemu_bin`; VMs then run on a versioned machine type both QEMUs have (`pc-q35-7.2`)",
 );
 /// `qemu_img_bin`.
 pub const QEMU_IMG_BIN: Param<PathBuf, NoDefault> = Param::optional(

@@ -35,6 +35,7 @@ pub(crate) fn root_ports(machine_type: &str) -> Vec<Props> {
         .collect()
 }
 
+/// The guest's PCI address (`0000:BB:SS.F`) of the device with id `id`
 /// in a `query-pci` reply, looking behind bridges and root ports.
 pub(crate) fn guest_pci_address(buses: &[PciInfo], id: &str) -> Option<String> {
     fn search(devices: &[PciDeviceInfo], id: &str) -> Option<String> {
