@@ -390,6 +390,19 @@ pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
     {
         spec.enable(&name);
     }
+    if let Some(compression) = params.value_if_set(&params::MULTIFD_COMPRESSION)? {
+        spec.enable("multifd");
+        spec.set_parameter("multifd-compression", &compression)?;
+    }
+    if let Some(channels) = params.value_if_set(&params::MULTIFD_CHANNELS)? {
+        spec.set_parameter("multifd-channels", &channels.to_string())?;
+    }
+    for (name, value) in params
+        .value_if_set(&params::MIGRATION_PARAMS)?
+        .unwrap_or_default()
+    {
+        spec.set_parameter(&name, &value)?;
+    }
     Ok(spec)
 }
 

@@ -130,6 +130,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let source_pid = source.pid();
     let source_cmdline = source.cmdline().clone();
     check_capabilities(&source_qmp, &spec.extra_capabilities).await?;
+    let extra_parameters = typed_parameters(&source_qmp, &spec.extra_parameters).await?;
     let destination = vm
         .start_incoming("defer", spec.destination_qemu.as_deref())
         .await
@@ -141,6 +142,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let mut report = MigrationReport {
         mode: spec.mode,
         capabilities: spec.enabled_capabilities(),
+        parameters: spec.set_parameters(),
         timeline: Vec::new(),
         total_time_ms: 0,
         downtime_ms: 0,
@@ -158,7 +160,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         measurements: Default::default(),
         file: None,
     };
-    configure(&source_qmp, &destination_qmp, spec).await?;
+    configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
     let transport = Transport::open(
         spec.mode,
         vm.files().runtime_dir(),
@@ -266,8 +268,64 @@ async fn check_capabilities(source: &Qmp, wanted: &[String]) -> Result<()> {
     }
 }
 
+/// `parameters` (by QEMU's names, as text) as `migrate-set-parameters`
+/// arguments, each value given the type of the source QEMU's current one;
+/// an unknown name is an error listing the ones it has.
+async fn typed_parameters(source: &Qmp, parameters: &[(String, String)]) -> Result<Value> {
+    let mut typed = serde_json::Map::new();
+    if parameters.is_empty() {
+        return Ok(Value::Object(typed));
+    }
+    let current = source
+        .execute_raw("query-migrate-parameters", Value::Null)
+        .await
+        .map_err(|source| Error::Qmp {
+            side: "source",
+            step: "`query-migrate-parameters`".into(),
+            source,
+        })?;
+    for (name, text) in parameters {
+        let refuse = |what: String| Error::Spec(format!("migration parameter `{name}`: {what}"));
+        let value = match current.get(name) {
+            None => {
+                let known: Vec<&str> = current
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys().map(String::as_str))
+                    .collect();
+                return Err(Error::Spec(format!(
+                    "unknown migration parameter `{name}`; this QEMU has: {}",
+                    known.join(", ")
+                )));
+            }
+            Some(Value::Bool(_)) => Value::Bool(
+                text.parse()
+                    .map_err(|_| refuse(format!("takes true or false, not `{text}`")))?,
+            ),
+            Some(Value::Number(_)) => Value::from(
+                text.parse::<u64>()
+                    .map_err(|_| refuse(format!("takes a whole number, not `{text}`")))?,
+            ),
+            Some(Value::String(_)) => Value::String(text.clone()),
+            Some(other) => {
+                return Err(refuse(format!(
+                    "takes a structured value ({other}), which virtest sets only through \
+                     MigrationSpec's own fields"
+                )));
+            }
+        };
+        typed.insert(name.clone(), value);
+    }
+    Ok(Value::Object(typed))
+}
+
 /// Capabilities on both sides, parameters where they apply.
-async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Result<()> {
+async fn configure(
+    source: &Qmp,
+    destination: &Qmp,
+    spec: &MigrationSpec,
+    extra_parameters: &Value,
+) -> Result<()> {
     let capabilities: Vec<_> = spec
         .capabilities()
         .into_iter()
@@ -321,6 +379,13 @@ async fn configure(source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Res
         qmp.execute(migrate_set_parameters(params))
             .await
             .map_err(failed("`migrate-set-parameters`"))?;
+        if extra_parameters.as_object().is_some_and(|o| !o.is_empty()) {
+            qmp.execute_raw("migrate-set-parameters", extra_parameters.clone())
+                .await
+                .map_err(failed(&format!(
+                    "`migrate-set-parameters` {extra_parameters}"
+                )))?;
+        }
     }
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct MigrationReport {
     pub mode: MigrationMode,
     /// The capabilities set.
     pub capabilities: Vec<String>,
+    /// The parameters set beyond QEMU's defaults (`multifd-channels=4`).
+    #[serde(default)]
+    pub parameters: Vec<String>,
     /// Every status, in order.
     pub timeline: Vec<StatusChange>,
     /// QEMU's total time, ms.
@@ -70,10 +73,13 @@ pub struct MigrationReport {
     /// The destination QEMU's pid (the VM's QEMU after the call).
     pub destination_pid: u32,
     /// The source QEMU's version (`7.2.22`).
+    #[serde(default)]
     pub source_qemu: String,
     /// The destination QEMU's version (`10.0.2`).
+    #[serde(default)]
     pub destination_qemu: String,
     /// The versioned machine type the guest runs on (`pc-q35-7.2`).
+    #[serde(default)]
     pub machine_type: String,
     /// What the test measured of this migration itself (the longest
     /// stall of a stream through it, say), by name: see
@@ -172,6 +178,7 @@ mod tests {
         MigrationReport {
             mode: MigrationMode::Tcp,
             capabilities: vec![],
+            parameters: vec![],
             timeline: vec![],
             total_time_ms: 0,
             downtime_ms: 0,

@@ -41,6 +41,13 @@ pub struct MigrationSpec {
     /// the source QEMU offers before anything starts; an unknown one is
     /// an error listing the valid ones.
     pub extra_capabilities: Vec<String>,
+    /// More parameters, by QEMU's names and as text
+    /// (`("multifd-compression", "zstd")`), on both sides: each value is
+    /// given the type of the QEMU's current one. Names are checked
+    /// against the source's `query-migrate-parameters` before anything
+    /// starts (an unknown one is an error listing the valid ones); a
+    /// value QEMU refuses is QEMU's error.
+    pub extra_parameters: Vec<(String, String)>,
     /// `max-bandwidth` in bytes per second (`None`: no cap,
     /// [`virtest_qmp::outgoing::UNCAPPED_BANDWIDTH`], since the migration stays on
     /// this host; QEMU's own default is 128 MiB/s in 7.2).
@@ -70,6 +77,7 @@ impl MigrationSpec {
             xbzrle_cache_bytes: None,
             auto_converge: false,
             extra_capabilities: Vec::new(),
+            extra_parameters: Vec::new(),
             max_bandwidth: None,
             downtime_limit_ms: None,
             timeout: DEFAULT_TIMEOUT,
@@ -104,6 +112,49 @@ impl MigrationSpec {
             }
             _ => {}
         }
+    }
+
+    /// Sets the parameter QEMU calls `name` to `value`: through the
+    /// spec's own field for those it manages (`multifd-channels`, which
+    /// turns multifd on; `max-bandwidth`, `downtime-limit`,
+    /// `xbzrle-cache-size`, all numbers), else as an extra parameter,
+    /// checked against the QEMU.
+    ///
+    /// ```
+    /// use virtest_migration::{MigrationMode, MigrationSpec};
+    /// let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    /// spec.set_parameter("multifd-channels", "4")?;
+    /// spec.set_parameter("multifd-compression", "zstd")?;
+    /// assert_eq!(spec.multifd_channels, Some(4));
+    /// assert_eq!(spec.extra_parameters, [("multifd-compression".to_string(), "zstd".to_string())]);
+    /// assert!(spec.set_parameter("multifd-channels", "many").is_err());
+    /// # Ok::<(), virtest_migration::Error>(())
+    /// ```
+    pub fn set_parameter(&mut self, name: &str, value: &str) -> Result<()> {
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                Error::Spec(format!(
+                    "migration parameter `{name}` takes a whole number, not `{value}`"
+                ))
+            })
+        };
+        match name {
+            "multifd-channels" => {
+                let channels = number()?;
+                self.multifd_channels = Some(u8::try_from(channels).map_err(|_| {
+                    Error::Spec(format!("`multifd-channels` is at most 255, not {channels}"))
+                })?);
+            }
+            "max-bandwidth" => self.max_bandwidth = Some(number()?),
+            "downtime-limit" => self.downtime_limit_ms = Some(number()?),
+            "xbzrle-cache-size" => self.xbzrle_cache_bytes = Some(number()?),
+            other => {
+                self.extra_parameters.retain(|(n, _)| n != other);
+                self.extra_parameters
+                    .push((other.to_string(), value.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses combinations QEMU would reject halfway through.
@@ -148,6 +199,26 @@ impl MigrationSpec {
             ),
             (MigrationCapability::auto_converge, self.auto_converge),
         ]
+    }
+
+    /// The parameters the spec sets, by QEMU's names, as text
+    /// (`multifd-channels=4`): its own fields that are set, then the
+    /// extra ones.
+    pub fn set_parameters(&self) -> Vec<String> {
+        let own = [
+            ("max-bandwidth", self.max_bandwidth),
+            ("downtime-limit", self.downtime_limit_ms),
+            ("xbzrle-cache-size", self.xbzrle_cache_bytes),
+            ("multifd-channels", self.multifd_channels.map(u64::from)),
+        ];
+        own.into_iter()
+            .filter_map(|(name, value)| Some(format!("{name}={}", value?)))
+            .chain(
+                self.extra_parameters
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}")),
+            )
+            .collect()
     }
 
     /// The capabilities turned on, by QEMU's names (`postcopy-ram`).

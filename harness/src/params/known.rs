@@ -123,6 +123,24 @@ impl ParamValue for Vec<String> {
     }
 }
 
+impl ParamValue for Vec<(String, String)> {
+    fn expected() -> String {
+        "`name=value` pairs, comma-separated (downtime-limit=100)".into()
+    }
+    fn parse(text: &str) -> Option<Vec<(String, String)>> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                let named =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                (named && !value.is_empty()).then(|| (name.to_string(), value.to_string()))
+            })
+            .collect()
+    }
+}
+
 /// `one of a, b, c`.
 fn one_of(names: &[&str]) -> String {
     format!("one of {}", names.join(", "))
@@ -388,6 +406,24 @@ pub const MIGRATION_CAPS: Param<Vec<String>, NoDefault> = Param::optional(
     "(none)",
     "migration capabilities to turn on, by QEMU's names (`postcopy-ram,validate-uuid`; `postcopy` for short; `multifd` with 2 channels, `xbzrle` with a 64 MiB cache): checked against the source QEMU's, and an unknown one is an error listing them",
 );
+/// `multifd_channels`.
+pub const MULTIFD_CHANNELS: Param<NonZeroU32, NoDefault> = Param::optional(
+    "multifd_channels",
+    "(no multifd)",
+    "migrate over multifd with this many channels (tcp and unix transports)",
+);
+/// `multifd_compression`.
+pub const MULTIFD_COMPRESSION: Param<String, NoDefault> = Param::optional(
+    "multifd_compression",
+    "QEMU's (`none`)",
+    "multifd's compression, by QEMU's name (`zlib`, `zstd`); turns multifd on",
+);
+/// `migration_params`.
+pub const MIGRATION_PARAMS: Param<Vec<(String, String)>, NoDefault> = Param::optional(
+    "migration_params",
+    "(none)",
+    "more migration parameters as `name=value`, by QEMU's names (`downtime-limit=100`): checked against the source QEMU's, and an unknown one is an error listing them",
+);
 /// `timeout`.
 pub const TIMEOUT: Param<Duration> = Param::new(
     "timeout",
@@ -427,6 +463,9 @@ pub const KNOWN: &[&dyn Known] = &[
     &MIGRATE_TIMEOUT,
     &MIGRATE_MAX_BANDWIDTH,
     &MIGRATION_CAPS,
+    &MULTIFD_CHANNELS,
+    &MULTIFD_COMPRESSION,
+    &MIGRATION_PARAMS,
     &TIMEOUT,
     &EVIDENCE_TIMEOUT,
     &FORWARD_PORTS,
