@@ -397,6 +397,8 @@ pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
     if let Some(channels) = params.value_if_set(&params::MULTIFD_CHANNELS)? {
         spec.set_parameter("multifd-channels", &channels.to_string())?;
     }
+    spec.tls = params.value_if_set(&params::TLS)?;
+    spec.tls_hostname = params.value_if_set(&params::TLS_HOSTNAME)?;
     for (name, value) in params
         .value_if_set(&params::MIGRATION_PARAMS)?
         .unwrap_or_default()

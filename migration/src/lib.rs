@@ -7,6 +7,7 @@
 //! - `mode`: [`MigrationMode`], the transports.
 //! - `transport`: each transport's incoming side and source URI.
 //! - `spec`: [`MigrationSpec`], capabilities, parameters and limits.
+//! - `tls`: [`Tls`], the stream encrypted with credentials made per VM.
 //! - `report`: [`MigrationReport`], what happened, in figures.
 #![deny(missing_docs)]
 
@@ -15,6 +16,7 @@ mod migrate;
 mod mode;
 mod report;
 mod spec;
+mod tls;
 mod transport;
 
 pub use error::{Error, Result};
@@ -22,3 +24,4 @@ pub use migrate::Migrate;
 pub use mode::MigrationMode;
 pub use report::{MigrationReport, RamFigures, StatusChange};
 pub use spec::{DEFAULT_TIMEOUT, MigrationSpec};
+pub use tls::Tls;

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
 use crate::report::{MigrationReport, RamFigures, StatusChange};
 use crate::spec::MigrationSpec;
+use crate::tls::{self, Tls};
 use crate::transport::Transport;
 
 /// Live migration for [`Vm`]: after it returns, the same `vm` drives the
@@ -161,6 +162,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         file: None,
     };
     configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
+    secure(vm, &source_qmp, &destination_qmp, spec).await?;
     let transport = Transport::open(
         spec.mode,
         vm.files().runtime_dir(),
@@ -386,6 +388,45 @@ async fn configure(
                     "`migrate-set-parameters` {extra_parameters}"
                 )))?;
         }
+    }
+    Ok(())
+}
+
+/// TLS on both sides as the spec asks: the credentials objects and
+/// `tls-creds` (and the source's `tls-hostname`), or both cleared, since a
+/// QEMU keeps what an earlier migration set.
+async fn secure(vm: &Vm, source: &Qmp, destination: &Qmp, spec: &MigrationSpec) -> Result<()> {
+    let (source_args, destination_args) = match spec.tls {
+        None => (
+            serde_json::json!({ "tls-creds": "", "tls-hostname": "" }),
+            serde_json::json!({ "tls-creds": "" }),
+        ),
+        Some(kind) => {
+            let dir = tls::credentials(kind, vm.files().runtime_dir())?;
+            let server = tls::add_object(destination, kind, &dir, true).await?;
+            let client = tls::add_object(source, kind, &dir, false).await?;
+            let hostname = match (&spec.tls_hostname, spec.mode, kind) {
+                (Some(name), _, _) => name.clone(),
+                (None, MigrationMode::Unix, Tls::X509) => "localhost".into(),
+                (None, _, _) => String::new(),
+            };
+            (
+                serde_json::json!({ "tls-creds": client, "tls-hostname": hostname }),
+                serde_json::json!({ "tls-creds": server }),
+            )
+        }
+    };
+    for (side, qmp, args) in [
+        ("source", source, source_args),
+        ("destination", destination, destination_args),
+    ] {
+        qmp.execute_raw("migrate-set-parameters", args.clone())
+            .await
+            .map_err(|source| Error::Qmp {
+                side,
+                step: format!("`migrate-set-parameters` {args}"),
+                source,
+            })?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use qapi::qmp::MigrationCapability;
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
+use crate::tls::Tls;
 
 /// The default time a migration may take before it is cancelled (as
 /// avocado-virt had it).
@@ -48,6 +49,14 @@ pub struct MigrationSpec {
     /// starts (an unknown one is an error listing the valid ones); a
     /// value QEMU refuses is QEMU's error.
     pub extra_parameters: Vec<(String, String)>,
+    /// Encrypts the stream with credentials made for the VM (tcp and
+    /// unix transports).
+    pub tls: Option<Tls>,
+    /// The name the source checks the destination's x509 certificate
+    /// against (`None`: the transport's host, `127.0.0.1`; `localhost`
+    /// over unix). The certificate is for `localhost` and `127.0.0.1`:
+    /// another name fails the migration, and the source runs on.
+    pub tls_hostname: Option<String>,
     /// `max-bandwidth` in bytes per second (`None`: no cap,
     /// [`virtest_qmp::outgoing::UNCAPPED_BANDWIDTH`], since the migration stays on
     /// this host; QEMU's own default is 128 MiB/s in 7.2).
@@ -78,6 +87,8 @@ impl MigrationSpec {
             auto_converge: false,
             extra_capabilities: Vec::new(),
             extra_parameters: Vec::new(),
+            tls: None,
+            tls_hostname: None,
             max_bandwidth: None,
             downtime_limit_ms: None,
             timeout: DEFAULT_TIMEOUT,
@@ -175,6 +186,19 @@ impl MigrationSpec {
                 ));
             }
         }
+        if let Some(tls) = self.tls
+            && !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix)
+        {
+            return Err(Error::Spec(format!(
+                "TLS ({tls}) needs a socket transport (tcp or unix), not {}",
+                self.mode
+            )));
+        }
+        if self.tls_hostname.is_some() && self.tls != Some(Tls::X509) {
+            return Err(Error::Spec(
+                "a TLS hostname is checked against x509 certificates: set tls to x509".into(),
+            ));
+        }
         if self.timeout.is_zero() {
             return Err(Error::Spec("the timeout must be above zero".into()));
         }
@@ -211,8 +235,15 @@ impl MigrationSpec {
             ("xbzrle-cache-size", self.xbzrle_cache_bytes),
             ("multifd-channels", self.multifd_channels.map(u64::from)),
         ];
+        let tls = [
+            self.tls.map(|tls| format!("tls={tls}")),
+            self.tls_hostname
+                .as_ref()
+                .map(|h| format!("tls-hostname={h}")),
+        ];
         own.into_iter()
             .filter_map(|(name, value)| Some(format!("{name}={}", value?)))
+            .chain(tls.into_iter().flatten())
             .chain(
                 self.extra_parameters
                     .iter()

@@ -12,7 +12,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtest_migration::MigrationMode;
+use virtest_migration::{MigrationMode, Tls};
 use virtest_qemu_cmdline::accel::Accel;
 use virtest_vm::BootMode;
 
@@ -151,6 +151,15 @@ impl ParamValue for MigrationMode {
         one_of(&MigrationMode::ALL.map(MigrationMode::as_str))
     }
     fn parse(text: &str) -> Option<MigrationMode> {
+        text.parse().ok()
+    }
+}
+
+impl ParamValue for Tls {
+    fn expected() -> String {
+        one_of(&Tls::ALL.map(Tls::as_str))
+    }
+    fn parse(text: &str) -> Option<Tls> {
         text.parse().ok()
     }
 }
@@ -424,6 +433,18 @@ pub const MIGRATION_PARAMS: Param<Vec<(String, String)>, NoDefault> = Param::opt
     "(none)",
     "more migration parameters as `name=value`, by QEMU's names (`downtime-limit=100`): checked against the source QEMU's, and an unknown one is an error listing them",
 );
+/// `tls`.
+pub const TLS: Param<Tls, NoDefault> = Param::optional(
+    "tls",
+    "(none)",
+    "encrypt migrations with credentials made per VM: `psk` (a pre-shared key) or `x509` (certificates from a CA made for it); tcp and unix transports",
+);
+/// `tls_hostname`.
+pub const TLS_HOSTNAME: Param<String, NoDefault> = Param::optional(
+    "tls_hostname",
+    "the transport's host",
+    "the name an x509 migration checks the destination's certificate against (it is made for `localhost` and `127.0.0.1`: another name makes the migration fail)",
+);
 /// `timeout`.
 pub const TIMEOUT: Param<Duration> = Param::new(
     "timeout",
@@ -466,6 +487,8 @@ pub const KNOWN: &[&dyn Known] = &[
     &MULTIFD_CHANNELS,
     &MULTIFD_COMPRESSION,
     &MIGRATION_PARAMS,
+    &TLS,
+    &TLS_HOSTNAME,
     &TIMEOUT,
     &EVIDENCE_TIMEOUT,
     &FORWARD_PORTS,
