@@ -497,17 +497,6 @@ impl Vm {
         self.qmp_execute(cont {}).await.map(drop)
     }
 
-    /// Resets the machine and returns at once; the guest boots again.
-    pub async fn reset(&mut self) -> Result<()> {
-        self.remote = None;
-        self.serial.forget();
-        let cursor = self.console()?.cursor();
-        self.qmp_execute(system_reset {}).await?;
-        self.boot_cursor = cursor;
-        self.ready_seen = false;
-        Ok(())
-    }
-
     /// Reboots the guest and waits (the login timeout) until it is ready
     /// again; [`Reboot::Guest`] needs a remote session. Call
     /// [`Vm::login_remote`] afterwards.
