@@ -11,6 +11,7 @@ pub fn tests() -> Vec<TestDef> {
         TestDef::new("Boot", || Boot),
         TestDef::new("Reboot", || Reboot),
         TestDef::new("Migration", || Migration),
+        TestDef::new("MigrationMatrix", || crate::matrix::MigrationMatrix),
     ]
 }
 

@@ -13,4 +13,5 @@ pub use virtest_remote as remote;
 pub use virtest_vm as vm;
 
 pub mod builtin;
+pub mod matrix;
 pub use virtest_harness::prelude;

@@ -8,10 +8,12 @@
 //! - `transport`: each transport's incoming side and source URI.
 //! - `spec`: [`MigrationSpec`], capabilities, parameters and limits.
 //! - `tls`: [`Tls`], the stream encrypted with credentials made per VM.
+//! - `feature`: [`Feature`], the features a migration matrix names.
 //! - `report`: [`MigrationReport`], what happened, in figures.
 #![deny(missing_docs)]
 
 mod error;
+mod feature;
 mod migrate;
 mod mode;
 mod report;
@@ -20,6 +22,7 @@ mod tls;
 mod transport;
 
 pub use error::{Error, Result};
+pub use feature::Feature;
 pub use migrate::Migrate;
 pub use mode::MigrationMode;
 pub use report::{MigrationReport, RamFigures, StatusChange};

@@ -66,6 +66,10 @@ pub trait Migrate {
     /// # Ok(()) }
     /// ```
     fn set_migration_defaults(&mut self, spec: MigrationSpec);
+
+    /// The spec `migrate(mode)` uses, its mode aside: the one
+    /// [`Migrate::set_migration_defaults`] set, else [`MigrationSpec::new`].
+    fn migration_defaults(&self) -> MigrationSpec;
 }
 
 /// A VM's default spec, kept in its extensions.
@@ -73,12 +77,16 @@ struct Defaults(MigrationSpec);
 
 impl Migrate for Vm {
     async fn migrate(&mut self, mode: MigrationMode) -> Result<MigrationReport> {
-        let mut spec = match self.extensions().get::<Defaults>() {
-            Some(Defaults(spec)) => spec.clone(),
-            None => MigrationSpec::new(mode),
-        };
+        let mut spec = self.migration_defaults();
         spec.mode = mode;
         self.migrate_with(&spec).await
+    }
+
+    fn migration_defaults(&self) -> MigrationSpec {
+        match self.extensions().get::<Defaults>() {
+            Some(Defaults(spec)) => spec.clone(),
+            None => MigrationSpec::new(MigrationMode::Tcp),
+        }
     }
 
     async fn migrate_with(&mut self, spec: &MigrationSpec) -> Result<MigrationReport> {

@@ -186,6 +186,14 @@ impl MigrationSpec {
                 ));
             }
         }
+        if self.postcopy && self.mode == MigrationMode::Exec {
+            // QEMU 7.2 starts it anyway and stays in postcopy-active.
+            return Err(Error::Spec(
+                "postcopy needs a return path from the destination, which exec's one-way \
+                 pipe has not: use tcp, unix or fd"
+                    .into(),
+            ));
+        }
         if let Some(tls) = self.tls
             && !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix)
         {
@@ -288,6 +296,10 @@ mod tests {
         spec.postcopy = false;
         spec.multifd_channels = Some(0);
         assert!(spec.validate().is_err());
+        let mut spec = MigrationSpec::new(MigrationMode::Exec);
+        spec.postcopy = true;
+        let error = spec.validate().unwrap_err().to_string();
+        assert!(error.contains("return path"), "{error}");
     }
 
     #[test]

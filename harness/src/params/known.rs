@@ -12,7 +12,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtest_migration::{MigrationMode, Tls};
+use virtest_migration::{Feature, MigrationMode, Tls};
 use virtest_qemu_cmdline::accel::Accel;
 use virtest_vm::BootMode;
 
@@ -151,6 +151,15 @@ impl ParamValue for MigrationMode {
         one_of(&MigrationMode::ALL.map(MigrationMode::as_str))
     }
     fn parse(text: &str) -> Option<MigrationMode> {
+        text.parse().ok()
+    }
+}
+
+impl ParamValue for Feature {
+    fn expected() -> String {
+        one_of(&Feature::ALL.map(Feature::as_str))
+    }
+    fn parse(text: &str) -> Option<Feature> {
         text.parse().ok()
     }
 }
@@ -391,6 +400,12 @@ pub const BOOT: Param<BootMode> = Param::new(
 /// `migration_mode`.
 pub const MIGRATION_MODE: Param<MigrationMode> =
     Param::new("migration_mode", "tcp", "the migration transport");
+/// `migration_feature`.
+pub const MIGRATION_FEATURE: Param<Feature> = Param::new(
+    "migration_feature",
+    "precopy",
+    "the feature the `migration_matrix` test migrates under (`tls-wrong-hostname` must fail, cleanly)",
+);
 /// `migration_iterations`.
 pub const MIGRATION_ITERATIONS: Param<u32> = Param::new(
     "migration_iterations",
@@ -480,6 +495,7 @@ pub const KNOWN: &[&dyn Known] = &[
     &KEEP_DISKS,
     &BOOT,
     &MIGRATION_MODE,
+    &MIGRATION_FEATURE,
     &MIGRATION_ITERATIONS,
     &MIGRATE_TIMEOUT,
     &MIGRATE_MAX_BANDWIDTH,
