@@ -16,7 +16,7 @@ pub fn tests() -> Vec<TestDef> {
 }
 
 /// Reads the guest's boot id over the remote session.
-async fn boot_id(t: &Test) -> Result<String, TestError> {
+pub(crate) async fn boot_id(t: &Test) -> Result<String, TestError> {
     let out =
         t.vm.remote()?
             .run("cat /proc/sys/kernel/random/boot_id")

@@ -12,6 +12,7 @@
 //! virtest run migration_matrix --params-file m.toml
 //! ```
 
+use crate::builtin::boot_id;
 use crate::harness::params;
 use crate::migration::Feature;
 use crate::prelude::*;
@@ -40,7 +41,7 @@ impl VirtTest for MigrationMatrix {
             return Err(skip(missing));
         }
         t.vm.login_remote().await?;
-        let boot = guest_boot_id(t).await?;
+        let boot = boot_id(t).await?;
         start_writer(t).await?;
         let before = stamps(t).await?;
         let migrated = t.vm.migrate_with(&spec).await;
@@ -66,7 +67,7 @@ impl VirtTest for MigrationMatrix {
         }
         t.vm.login_remote().await?;
         ensure!(
-            guest_boot_id(t).await? == boot,
+            boot_id(t).await? == boot,
             "after the migration another guest answered"
         );
         let after = check_pages(t).await?;
@@ -110,14 +111,6 @@ async fn missing_capability(vm: &Vm, feature: Feature) -> Result<Option<String>,
         .iter()
         .find(|name| !has(name))
         .map(|name| format!("QEMU {version} offers no `{name}` capability, which {feature} needs")))
-}
-
-async fn guest_boot_id(t: &Test) -> Result<String, TestError> {
-    let out =
-        t.vm.remote()?
-            .run("cat /proc/sys/kernel/random/boot_id")
-            .await?;
-    Ok(out.stdout.trim().to_string())
 }
 
 /// Starts the writer: it stamps each page of the file with its pass
