@@ -4,7 +4,7 @@
 //! QEMU 7.2 → 10.0 (the cells a transport cannot do SKIP, with the
 //! reason; a capability 7.2 lacks SKIPs with what QEMU said);
 //! `VIRTEST_FULL_MATRIX=1` runs every feature over every transport and
-//! version pair (176 cells).
+//! version pair (176 cells). `results.html` draws the cells as a grid.
 
 mod common;
 
@@ -47,8 +47,18 @@ fn every_cell_passes_skips_with_its_reason_or_fails_as_it_must() {
         .arg(&results)
         .output()
         .unwrap();
-    let job = JobResults::load(&std::fs::canonicalize(results.join("latest")).unwrap()).unwrap();
+    let job_dir = std::fs::canonicalize(results.join("latest")).unwrap();
+    let job = JobResults::load(&job_dir).unwrap();
     assert!(job.tests.len() >= 12, "{:?}", job.tests);
+    // results.html draws the cells as a grid, one cell per test.
+    let html = std::fs::read_to_string(job_dir.join("results.html")).unwrap();
+    let grid = &html[html.find("<table class=\"matrix\">").expect("a grid")..];
+    let grid = &grid[..grid.find("</table>").unwrap()];
+    assert_eq!(
+        grid.matches("<td title=").count(),
+        job.tests.len(),
+        "{grid}"
+    );
     for test in &job.tests {
         let cell = |key: &str| {
             let start = test.name.find(&format!("{key}=")).unwrap() + key.len() + 1;

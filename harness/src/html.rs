@@ -2,7 +2,7 @@
 //! network fetches, the screendumps inside it): the summary, a row per
 //! test with its logs linked, a failed test's screen and console tail,
 //! and each test's migrations drawn as a timeline (SVG) with their
-//! figures.
+//! figures; a migration matrix's cells as a grid (`matrix`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,8 @@ use virtest_migration::MigrationReport;
 
 use crate::results::{JobResults, TestRecord, escape};
 use crate::status::Status;
+
+mod matrix;
 
 /// The largest screendump embedded; a larger one is linked.
 const MAX_EMBEDDED_PNG: u64 = 2 << 20;
@@ -27,6 +29,7 @@ pub(crate) fn render(results: &JobResults, job_dir: &Path) -> String {
         id = escape(&results.job_id)
     );
     summary(&mut page, results);
+    page.push_str(&matrix::grid(results));
     page.push_str(
         "<table class=\"tests\"><thead><tr><th>#</th><th>test</th><th>status</th>\
          <th>time</th><th>VM start</th><th>reason</th><th>params</th><th>logs</th>\
@@ -48,7 +51,8 @@ border-radius:3px;color:#fff}.PASS{background:#2e7d32}.WARN{background:#b28704}.
 .params{font-size:12px;color:#555}pre{background:#111;color:#eee;padding:6px;overflow-x:auto;\
 max-height:24em}.detail td{background:#fafafa}img.screen{max-width:720px;border:1px solid #999}\
 .counts span{margin-right:1em}.incomplete{color:#c62828;font-weight:bold}\
-.legend{font-size:12px;margin-top:0}.legend .key{display:inline-block;width:12px;height:12px;\
+table.matrix{width:auto;margin-bottom:1.5em}table.matrix td{text-align:center}\
+.figures{font-size:12px;color:#555}.legend{font-size:12px;margin-top:0}.legend .key{display:inline-block;width:12px;height:12px;\
 margin:0 4px 0 12px;vertical-align:middle}.legend .key:first-child{margin-left:0}";
 
 fn summary(page: &mut String, results: &JobResults) {
