@@ -1,26 +1,48 @@
 //! A live migration between QEMU versions: the host's QEMU 7.2 and the
 //! cache's 10.0 (`virtest bootstrap --qemu 10.0`). A VM asking for `q35`
 //! migrates to the newer QEMU on the versioned type it runs
-//! (`pc-q35-7.2`), and back; one whose type the destination lacks is
-//! refused before anything starts, and keeps running.
+//! (`pc-q35-7.2`), and back, on both guests, keeping its file and its
+//! hot-plugged disk; one whose type the destination lacks is refused
+//! before anything starts, and keeps running.
 
 mod common;
 
 use common::*;
 use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
-use virtest_vm::Vm;
+use virtest_vm::{BootMode, Vm, VmConfig};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_q35_vm_moves_to_qemu_10_on_its_own_type_and_back() {
-    let _slot = guest_slots(1);
-    let logs = test_logs();
+/// Four migrations between the host's 7.2 and 10.0 and back, one per
+/// transport, with a file written before and a hot-plugged disk written
+/// to: after each, the same guest, the same file and the same disk.
+async fn back_and_forth(mut config: VmConfig) {
     let host = binary::find(BinaryKind::System, None).unwrap();
     let newer = qemu_build("10.0");
-    let mut vm = running_vm(logs.path()).await;
+    config.boot = BootMode::Snapshot;
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
     let (boot_id, _) = identity(&vm).await;
-    for (to, version) in [(&newer, "10.0"), (&host, "7.2")] {
-        let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    let device = vm.hotplug().disk("data", 8).await.unwrap();
+    let written = vm
+        .remote()
+        .unwrap()
+        .run(&format!(
+            "head -c 1048576 /dev/urandom > /root/before && \
+             dd if=/root/before of={device} bs=1M count=1 conv=fsync 2>/dev/null && \
+             sha256sum < /root/before"
+        ))
+        .await
+        .unwrap()
+        .stdout;
+    let hops = [
+        (&newer, "10.0", MigrationMode::Tcp),
+        (&host, "7.2", MigrationMode::Unix),
+        (&newer, "10.0", MigrationMode::Exec),
+        (&host, "7.2", MigrationMode::Fd),
+    ];
+    for (to, version, mode) in hops {
+        let mut spec = MigrationSpec::new(mode);
         spec.destination_qemu = Some(to.clone());
         let report = vm.migrate_with(&spec).await.unwrap();
         assert_eq!(report.machine_type, "pc-q35-7.2", "to {version}");
@@ -28,9 +50,40 @@ async fn a_q35_vm_moves_to_qemu_10_on_its_own_type_and_back() {
         assert_eq!(vm.instance().unwrap().cmdline().binary, *to);
         vm.login_remote().await.unwrap();
         assert_eq!(identity(&vm).await.0, boot_id, "after moving to {version}");
+        let read = vm
+            .remote()
+            .unwrap()
+            .run(&format!(
+                "sha256sum < /root/before && head -c 1048576 {device} | sha256sum"
+            ))
+            .await
+            .unwrap()
+            .stdout;
+        assert_eq!(
+            read,
+            format!("{written}{written}"),
+            "after {mode} to {version}"
+        );
+        assert_eq!(vm.hotplug().devices(), ["data"]);
     }
     assert_eq!(qemus(&vm).len(), 1, "only the VM's QEMU is left");
     vm.power_off().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_guest_goes_between_7_2_and_10_0_four_times() {
+    let _slot = guest_slots(1);
+    let logs = test_logs();
+    back_and_forth(config(logs.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_guest_goes_between_7_2_and_10_0_four_times() {
+    let _slot = guest_slots(1);
+    let logs = test_logs();
+    let mut config = VmConfig::new(debian().clone());
+    config.log_dir = Some(logs.path().to_path_buf());
+    back_and_forth(config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
