@@ -145,3 +145,22 @@ fn a_qemu_version_that_is_not_here_is_named_with_how_to_fetch_it() {
         "{reason}"
     );
 }
+
+#[test]
+fn with_pinning_off_qemu_refuses_another_machine_type_in_its_own_words() {
+    common::qemu_build("10.0");
+    let tmp = tempfile::tempdir().unwrap();
+    let job = run_migration(
+        "qemu_dst_bin = \"10.0\"\npin_machine_type = false\n",
+        &["-p", "migration_iterations=1"],
+        &tmp.path().join("unpinned"),
+    );
+    let test = &job.tests[0];
+    assert_eq!(test.status, Status::Error);
+    let reason = test.fail_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("Machine type received is 'pc-q35-7.2' and local is 'pc-q35-10.0'"),
+        "the destination's words: {reason}"
+    );
+    assert!(reason.contains("the source VM keeps running"), "{reason}");
+}

@@ -344,7 +344,9 @@ fn new_vm(params: &Params, log_dir: &Path, name: Option<&str>) -> Result<Vm, Tes
     let mut config = vm_config(params, log_dir)?;
     config.name = name.map(str::to_string);
     let migration = migration_defaults(params)?;
-    if let Some(destination) = &migration.destination_qemu {
+    if let Some(destination) = &migration.destination_qemu
+        && config.pin_machine_type
+    {
         pin_machine_type(&mut config, destination)?;
     }
     let mut vm = Vm::new(config);
@@ -435,6 +437,7 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
         config.login_timeout = timeout;
     }
     config.keep_disks = params.value(&params::KEEP_DISKS)?;
+    config.pin_machine_type = params.value(&params::PIN_MACHINE_TYPE)?;
     config.forward_ports = params
         .value_if_set(&params::FORWARD_PORTS)?
         .unwrap_or_default();

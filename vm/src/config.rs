@@ -90,6 +90,12 @@ pub struct VmConfig {
     /// Keep the VM's disk overlays when it is dropped (they are removed
     /// otherwise).
     pub keep_disks: bool,
+    /// On a destination QEMU of another binary, run the versioned
+    /// machine type the source runs (`q35` on 7.2 is `pc-q35-7.2`), which
+    /// [`Vm::start_incoming`](crate::Vm::start_incoming) does; off, the
+    /// destination gets `-machine` as written and QEMU itself refuses a
+    /// state of another type.
+    pub pin_machine_type: bool,
     /// How long `power_off` waits for the guest to power itself off
     /// after an ACPI power-button press before it asks QEMU to quit.
     pub graceful_timeout: Duration,
@@ -120,6 +126,7 @@ impl VmConfig {
             login: Login::Guest,
             qemu_img: None,
             keep_disks: false,
+            pin_machine_type: true,
             forward_ports: Vec::new(),
             networks: Vec::new(),
             agent: true,

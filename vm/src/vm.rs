@@ -298,7 +298,8 @@ impl Vm {
     ///
     /// On another QEMU, a machine type given as an alias (`q35`) becomes
     /// the versioned type the source runs (`pc-q35-7.2`), which the
-    /// destination must have: QEMU takes a VM's state only on its type.
+    /// destination must have: QEMU takes a VM's state only on its type
+    /// ([`VmConfig::pin_machine_type`] turns this off).
     pub async fn start_incoming(
         &mut self,
         incoming: &str,
@@ -308,7 +309,9 @@ impl Vm {
         let mut cmdline = source.cmdline().clone();
         let from = source.endpoints().clone();
         if let Some(binary) = binary {
-            if let Some(machine) = running_machine_on(&cmdline, binary)? {
+            if !self.config.pin_machine_type {
+                tracing::info!("the destination's machine type is left as written");
+            } else if let Some(machine) = running_machine_on(&cmdline, binary)? {
                 let mut props = cmdline
                     .props(PropsOption::Machine)
                     .cloned()

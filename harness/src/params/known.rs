@@ -343,6 +343,12 @@ pub const QEMU_DST_BIN: Param<QemuChoice, NoDefault> = Param::optional(
     "the source's",
     "QEMU for a migration's destination, as `qemu_bin`; VMs then run on a versioned machine type both QEMUs have (`pc-q35-7.2`)",
 );
+/// `pin_machine_type`.
+pub const PIN_MACHINE_TYPE: Param<bool> = Param::new(
+    "pin_machine_type",
+    "true",
+    "with `qemu_dst_bin`, run VMs on a versioned machine type both QEMUs have; `false` leaves `-machine` as written, and QEMU refuses a migration between two types in its own words",
+);
 /// `qemu_img_bin`.
 pub const QEMU_IMG_BIN: Param<PathBuf, NoDefault> = Param::optional(
     "qemu_img_bin",
@@ -484,6 +490,7 @@ pub const FORWARD_PORTS: Param<Vec<u16>, NoDefault> = Param::optional(
 pub const KNOWN: &[&dyn Known] = &[
     &QEMU_BIN,
     &QEMU_DST_BIN,
+    &PIN_MACHINE_TYPE,
     &QEMU_IMG_BIN,
     &GUEST,
     &GUEST_USER,
