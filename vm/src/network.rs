@@ -183,7 +183,7 @@ pub(crate) fn address_script(nics: &[NetworkNic]) -> String {
     let mut script = String::new();
     for nic in nics {
         script.push_str(&format!(
-            "n=; for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && n=${{d##*/}}; done; \
+            "n=; for d in /sys/class/net/*; do [ \"$(cat \"$d/address\")\" = {mac} ] && n=${{d##*/}}; done; \
              [ -n \"$n\" ] || {{ echo 'no interface has MAC {mac}' >&2; exit 1; }}; \
              ip link set dev \"$n\" up && ip addr replace {address}/24 dev \"$n\" || exit 1; ",
             mac = nic.mac,

@@ -180,8 +180,13 @@ impl Vm {
             port,
             backend: Backend::Disk { file },
         });
+        // A glob that matched nothing stays as written: unguarded, a disk
+        // appearing between the loop's glob and `cat`'s made `cat` read
+        // every serial, and `echo` print all of /dev (seen in CI).
         let find = format!(
-            "for s in /sys/block/*/serial; do [ \"$(cat $s)\" = {id} ] && d=${{s%/serial}} && echo /dev/${{d##*/}} && exit 0; done; exit 1"
+            "for s in /sys/block/*/serial; do [ -f \"$s\" ] || continue; \
+             [ \"$(cat \"$s\")\" = {id} ] && d=\"${{s%/serial}}\" && echo \"/dev/${{d##*/}}\" && exit 0; \
+             done; exit 1"
         );
         let found = self.wait_in_guest(id, &find).await?;
         tracing::info!(parent: self.span(), id, device = found, size_mib, "hot-plugged a disk");
