@@ -14,7 +14,7 @@
 
 use crate::builtin::boot_id;
 use crate::harness::params;
-use crate::migration::Feature;
+use crate::migration::{Error as MigrationError, Feature};
 use crate::prelude::*;
 
 /// The pages the writer stamps: 4 MiB of the guest's tmpfs.
@@ -54,6 +54,9 @@ impl VirtTest for MigrationMatrix {
                 report.total_time_ms,
                 report.downtime_ms
             )),
+            (Err(e @ MigrationError::UnknownCapability { .. }), false) => {
+                return Err(skip(format!("{feature}: {e}")));
+            }
             (Err(e), false) => return Err(e.into()),
             (Ok(_), true) => {
                 return Err(fail(format!("{feature} must fail, and the guest migrated")));

@@ -13,6 +13,19 @@ pub enum Error {
     /// The spec asks for something that cannot work.
     #[error("invalid migration spec: {0}")]
     Spec(String),
+    /// A QEMU does not offer a capability the spec asks for.
+    #[error(
+        "unknown migration capability `{capability}`; the {side} QEMU offers: {}",
+        offered.join(", ")
+    )]
+    UnknownCapability {
+        /// `source` or `destination`.
+        side: &'static str,
+        /// The capability asked for.
+        capability: String,
+        /// The ones that QEMU offers.
+        offered: Vec<String>,
+    },
     /// The source VM cannot be migrated now.
     #[error("the source VM")]
     Source(#[source] virtest_vm::Error),

@@ -138,7 +138,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     let source_qmp = source.qmp().clone();
     let source_pid = source.pid();
     let source_cmdline = source.cmdline().clone();
-    check_capabilities(&source_qmp, &spec.extra_capabilities).await?;
+    check_capabilities("source", &source_qmp, &spec.extra_capabilities).await?;
     let extra_parameters = typed_parameters(&source_qmp, &spec.extra_parameters).await?;
     let destination = vm
         .start_incoming("defer", spec.destination_qemu.as_deref())
@@ -146,6 +146,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         .map_err(Error::Destination)?;
     // From here on, dropping `destination` (on any error) kills it.
     let destination_qmp = destination.qmp().clone();
+    check_capabilities("destination", &destination_qmp, &spec.extra_capabilities).await?;
     let (source_qemu, destination_qemu, machine_type) =
         qemus_and_machine(source_cmdline, destination.cmdline());
     let mut report = MigrationReport {
@@ -251,29 +252,30 @@ fn qemus_and_machine(source: QemuCmdline, destination: &QemuCmdline) -> (String,
     (version(&source), version(destination), machine)
 }
 
-async fn check_capabilities(source: &Qmp, wanted: &[String]) -> Result<()> {
+async fn check_capabilities(side: &'static str, qmp: &Qmp, wanted: &[String]) -> Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
-    let offered = source
+    let offered = qmp
         .execute_raw("query-migrate-capabilities", serde_json::Value::Null)
         .await
         .map_err(|source| Error::Qmp {
-            side: "source",
+            side,
             step: "`query-migrate-capabilities`".into(),
             source,
         })?;
-    let offered: Vec<&str> = offered
+    let offered: Vec<String> = offered
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|status| status["capability"].as_str())
+        .filter_map(|status| status["capability"].as_str().map(str::to_string))
         .collect();
-    match wanted.iter().find(|name| !offered.contains(&name.as_str())) {
-        Some(unknown) => Err(Error::Spec(format!(
-            "unknown migration capability `{unknown}`; this QEMU offers: {}",
-            offered.join(", ")
-        ))),
+    match wanted.iter().find(|name| !offered.contains(name)) {
+        Some(unknown) => Err(Error::UnknownCapability {
+            side,
+            capability: unknown.clone(),
+            offered,
+        }),
         None => Ok(()),
     }
 }
