@@ -55,7 +55,8 @@ fn run_cells(params: &str, dir: &std::path::Path) -> usize {
         let source = test.params["qemu_bin"].clone();
         let reason = test.fail_reason.clone().unwrap_or_default();
         let socket_only = feature.starts_with("multifd") || feature.starts_with("tls");
-        if mode == "exec" && (socket_only || feature == "postcopy") {
+        let return_path = feature == "postcopy" || feature == "switchover-ack";
+        if mode == "exec" && (socket_only || return_path) {
             assert_eq!(test.status, Status::Skip, "{}: {reason}", test.name);
             assert!(reason.contains(&format!("{feature} over exec")), "{reason}");
             continue;

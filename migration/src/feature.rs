@@ -171,6 +171,9 @@ mod tests {
     #[test]
     fn features_a_transport_cannot_carry_are_refused_by_the_spec() {
         let mut spec = MigrationSpec::new(MigrationMode::Exec);
+        Feature::SwitchoverAck.apply(&mut spec).unwrap();
+        assert!(spec.validate().is_err());
+        let mut spec = MigrationSpec::new(MigrationMode::Exec);
         Feature::Multifd.apply(&mut spec).unwrap();
         assert!(spec.validate().is_err());
         let mut spec = MigrationSpec::new(MigrationMode::Fd);

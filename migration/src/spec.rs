@@ -186,13 +186,22 @@ impl MigrationSpec {
                 ));
             }
         }
-        if self.postcopy && self.mode == MigrationMode::Exec {
-            // QEMU 7.2 starts it anyway and stays in postcopy-active.
-            return Err(Error::Spec(
-                "postcopy needs a return path from the destination, which exec's one-way \
-                 pipe has not: use tcp, unix or fd"
-                    .into(),
-            ));
+        // QEMU starts these over exec anyway, and waits for the
+        // destination's answers until the timeout (postcopy in 7.2,
+        // switchover-ack in 10.0: found by the migration matrix).
+        let needs_return_path = self.postcopy.then_some("postcopy").or_else(|| {
+            self.extra_capabilities
+                .iter()
+                .map(String::as_str)
+                .find(|c| matches!(*c, "return-path" | "switchover-ack"))
+        });
+        if let Some(what) = needs_return_path
+            && self.mode == MigrationMode::Exec
+        {
+            return Err(Error::Spec(format!(
+                "{what} needs a return path from the destination, which exec's one-way pipe \
+                 has not: use tcp, unix or fd"
+            )));
         }
         if let Some(tls) = self.tls
             && !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix)
@@ -299,7 +308,14 @@ mod tests {
         let mut spec = MigrationSpec::new(MigrationMode::Exec);
         spec.postcopy = true;
         let error = spec.validate().unwrap_err().to_string();
-        assert!(error.contains("return path"), "{error}");
+        assert!(error.contains("postcopy needs a return path"), "{error}");
+        spec.postcopy = false;
+        spec.enable("switchover-ack");
+        let error = spec.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("switchover-ack needs a return path"),
+            "{error}"
+        );
     }
 
     #[test]
