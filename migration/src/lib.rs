@@ -5,6 +5,7 @@
 //! - `migrate`: the [`Migrate`] extension trait on `Vm`: destination,
 //!   capabilities, following the events, handover, recovery.
 //! - `mode`: [`MigrationMode`], the transports.
+//! - `setup`: both QEMUs made ready: capabilities, parameters, TLS.
 //! - `transport`: each transport's incoming side and source URI.
 //! - `spec`: [`MigrationSpec`], capabilities, parameters and limits.
 //! - `tls`: [`Tls`], the stream encrypted with credentials made per VM.
@@ -17,6 +18,7 @@ mod feature;
 mod migrate;
 mod mode;
 mod report;
+mod setup;
 mod spec;
 mod tls;
 mod transport;
