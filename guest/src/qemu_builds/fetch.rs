@@ -169,7 +169,10 @@ pub fn fetch(home: &Path, version: &str, backports: &Backports) -> Result<QemuBu
             backports.suite, backports.mirror
         ),
     })?;
-    let offered = apt.versions(QEMU_PACKAGES[0])?;
+    let offered = match apt.versions(QEMU_PACKAGES[0]) {
+        Err(Error::UnknownPackage { .. }) => Vec::new(),
+        offered => offered?,
+    };
     let Some(chosen) = offered
         .iter()
         .find(|p| matches_version(upstream(&p.version), version))
