@@ -164,3 +164,51 @@ fn with_pinning_off_qemu_refuses_another_machine_type_in_its_own_words() {
     );
     assert!(reason.contains("the source VM keeps running"), "{reason}");
 }
+
+#[test]
+fn a_cached_qemu_missing_a_data_file_is_named_with_how_to_fetch_it_again() {
+    let good = common::qemu_build("10.0");
+    let good_dir = good.parent().unwrap().parent().unwrap();
+    // A copy under a version no other test asks for, one file gone.
+    let broken = good_dir.with_file_name("99.1.0");
+    struct Removed<'a>(&'a Path);
+    impl Drop for Removed<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _removed = Removed(&broken);
+    let copied = Command::new("cp")
+        .arg("-al")
+        .arg(good_dir)
+        .arg(&broken)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(broken.join("usr/share/qemu/linuxboot_dma.bin")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = run_migration(
+        "qemu_dst_bin = \"99.1\"\n",
+        &["-p", "migration_iterations=1"],
+        &tmp.path().join("damaged"),
+    );
+    let test = &job.tests[0];
+    assert_eq!(test.status, Status::Error);
+    let reason = test.fail_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("QEMU 99.1.0 in ")
+            && reason.contains("is damaged: `usr/share/qemu/linuxboot_dma.bin` is missing"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("virtest bootstrap --qemu 99.1.0"),
+        "{reason}"
+    );
+    let (_, doctor, _) = virtest(&["doctor"]);
+    assert!(
+        doctor
+            .lines()
+            .any(|l| l.contains("broken") && l.contains("QEMU 99.1.0")),
+        "{doctor}"
+    );
+}

@@ -23,6 +23,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, IoContext, Result};
+
 #[cfg(feature = "provision")]
 mod fetch;
 
@@ -41,6 +43,86 @@ pub struct QemuBuild {
     pub dir: PathBuf,
     /// The program to run as its system emulator.
     pub binary: PathBuf,
+}
+
+/// The file in a build's directory that lists its files with their sizes,
+/// written when it was fetched.
+pub const FILES: &str = "files";
+
+impl QemuBuild {
+    /// Checks that every file the build was fetched with is there, at its
+    /// size. A QEMU missing a data file would quietly take the host's copy,
+    /// another version's, or fail in ways far from the cause.
+    ///
+    /// ```no_run
+    /// # fn f(home: &std::path::Path) -> virtest_guest::Result<()> {
+    /// if let Some(build) = virtest_guest::qemu_builds::find(home, "10.0") {
+    ///     build.check()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        let damaged = |what: String| Error::QemuBuild {
+            reason: format!(
+                "QEMU {} in `{}` is damaged: {what}; fetch it again: `rm -r {} && virtest \
+                 bootstrap --qemu {}`",
+                self.version,
+                self.dir.display(),
+                self.dir.display(),
+                self.version
+            ),
+        };
+        let list = self.dir.join(FILES);
+        let text = std::fs::read_to_string(&list)
+            .map_err(|e| damaged(format!("its list of files `{}`: {e}", list.display())))?;
+        for line in text.lines() {
+            let Some((size, path)) = line.split_once(' ') else {
+                return Err(damaged(format!("its list of files has the line `{line}`")));
+            };
+            let found = std::fs::symlink_metadata(self.dir.join(path)).map(|m| m.len());
+            match found {
+                Ok(found) if size.parse() == Ok(found) => {}
+                Ok(found) => {
+                    return Err(damaged(format!("`{path}` has {found} bytes, not {size}")));
+                }
+                Err(_) => return Err(damaged(format!("`{path}` is missing"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the build in `dir`'s list of files ([`FILES`]): each regular
+/// file under `usr/` and `bin/`, with its size.
+pub(crate) fn write_files_list(dir: &Path) -> Result<()> {
+    fn walk(dir: &Path, root: &Path, out: &mut String) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(&entry.path(), root, out)?;
+            } else if kind.is_file() {
+                let path = entry.path();
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                out.push_str(&format!(
+                    "{} {}\n",
+                    entry.metadata()?.len(),
+                    relative.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+    let mut list = String::new();
+    for top in ["usr", "bin"] {
+        let top = dir.join(top);
+        if top.is_dir() {
+            walk(&top, dir, &mut list).io_context("listing", &top)?;
+        }
+    }
+    let path = dir.join(FILES);
+    std::fs::write(&path, list).io_context("writing", &path)
 }
 
 /// Where the cache keeps QEMU builds.
@@ -116,6 +198,43 @@ mod tests {
         assert!(!matches_version("10.0.2", "10.1"));
         assert!(!matches_version("10.0", "10.0.2"));
         assert!(!matches_version("1.0.2", "10.0"));
+    }
+
+    #[test]
+    fn a_build_missing_a_file_or_with_another_size_is_named_damaged() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = root(home.path()).join("10.0.2");
+        for (path, text) in [
+            ("bin/qemu-system-x86_64", "#!/bin/sh\n"),
+            ("usr/share/qemu/bios.bin", "rom"),
+        ] {
+            std::fs::create_dir_all(dir.join(path).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(path), text).unwrap();
+        }
+        write_files_list(&dir).unwrap();
+        let build = find(home.path(), "10.0").unwrap();
+        build.check().unwrap();
+        std::fs::write(dir.join("usr/share/qemu/bios.bin"), "longer rom").unwrap();
+        let error = build.check().unwrap_err().to_string();
+        assert!(
+            error.contains("`usr/share/qemu/bios.bin` has 10 bytes, not 3"),
+            "{error}"
+        );
+        std::fs::remove_file(dir.join("usr/share/qemu/bios.bin")).unwrap();
+        let error = build.check().unwrap_err().to_string();
+        assert!(
+            error.contains("`usr/share/qemu/bios.bin` is missing"),
+            "{error}"
+        );
+        assert!(error.contains("virtest bootstrap --qemu 10.0.2"), "{error}");
+        std::fs::remove_file(dir.join(FILES)).unwrap();
+        assert!(
+            build
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("its list of files")
+        );
     }
 
     #[test]

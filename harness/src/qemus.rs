@@ -33,7 +33,7 @@ impl ParamValue for QemuChoice {
 impl QemuChoice {
     /// The binary: the path given, or the QEMU of the version: the
     /// host's when it is that version, else the newest build of it in
-    /// the cache.
+    /// the cache, checked whole ([`qemu_builds::QemuBuild::check`]).
     pub fn resolve(&self) -> Result<PathBuf, QemuNotFound> {
         match self {
             QemuChoice::Path(path) => Ok(path.clone()),
@@ -42,17 +42,23 @@ impl QemuChoice {
     }
 }
 
-/// No QEMU of the version asked for is here.
+/// No usable QEMU of the version asked for is here.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "no QEMU {version} here ({found}): `virtest bootstrap --qemu {version}` fetches it from \
-     Debian's backports"
-)]
-pub struct QemuNotFound {
-    /// The version asked for.
-    pub version: String,
-    /// The QEMUs that are here, in words.
-    pub found: String,
+pub enum QemuNotFound {
+    /// Neither the host's QEMU nor a cached build is that version.
+    #[error(
+        "no QEMU {version} here ({found}): `virtest bootstrap --qemu {version}` fetches it \
+         from Debian's backports"
+    )]
+    Missing {
+        /// The version asked for.
+        version: String,
+        /// The QEMUs that are here, in words.
+        found: String,
+    },
+    /// The cache's build of that version lacks a file.
+    #[error(transparent)]
+    Damaged(#[from] virtest_guest::Error),
 }
 
 /// The QEMUs here: the host's (`$QEMU`, then PATH) and the cache's
@@ -82,6 +88,13 @@ fn of_version(version: &str) -> Result<PathBuf, QemuNotFound> {
         .iter()
         .find(|(_, v)| qemu_builds::matches_version(v, version))
     {
+        if let Ok(home) = virtest_guest::cache::default_home()
+            && let Some(build) = qemu_builds::installed(&home)
+                .into_iter()
+                .find(|b| b.binary == *path)
+        {
+            build.check()?;
+        }
         return Ok(path.clone());
     }
     let found = match here.is_empty() {
@@ -92,7 +105,7 @@ fn of_version(version: &str) -> Result<PathBuf, QemuNotFound> {
             .collect::<Vec<_>>()
             .join(", "),
     };
-    Err(QemuNotFound {
+    Err(QemuNotFound::Missing {
         version: version.to_string(),
         found,
     })

@@ -60,7 +60,11 @@ pub fn run(args: Args) -> CliResult {
 
     for build in virtest_guest::qemu_builds::installed(&home) {
         let name = format!("QEMU {}", build.version);
-        match binary::probe(&build.binary) {
+        let probed = build
+            .check()
+            .map_err(|e| e.to_string())
+            .and_then(|()| binary::probe(&build.binary).map_err(|e| e.to_string()));
+        match probed {
             Ok(p) => println!(
                 "  ok       {name:<20} {} {} (accelerators: {})",
                 build.binary.display(),

@@ -208,7 +208,9 @@ pub fn fetch(home: &Path, version: &str, backports: &Backports) -> Result<QemuBu
     let build = upstream(&chosen.version).to_string();
     let staging = root.join(format!(".{build}.part-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let made = unpack(&apt, &packages, &staging).and_then(|()| check(&staging, &build));
+    let made = unpack(&apt, &packages, &staging)
+        .and_then(|()| check(&staging, &build))
+        .and_then(|()| super::write_files_list(&staging));
     if let Err(e) = made {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
