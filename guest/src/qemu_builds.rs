@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 #[cfg(feature = "provision")]
 mod fetch;
@@ -90,39 +90,6 @@ impl QemuBuild {
         }
         Ok(())
     }
-}
-
-/// Writes the build in `dir`'s list of files ([`FILES`]): each regular
-/// file under `usr/` and `bin/`, with its size.
-pub(crate) fn write_files_list(dir: &Path) -> Result<()> {
-    fn walk(dir: &Path, root: &Path, out: &mut String) -> std::io::Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                walk(&entry.path(), root, out)?;
-            } else if kind.is_file() {
-                let path = entry.path();
-                let relative = path.strip_prefix(root).unwrap_or(&path);
-                out.push_str(&format!(
-                    "{} {}\n",
-                    entry.metadata()?.len(),
-                    relative.display()
-                ));
-            }
-        }
-        Ok(())
-    }
-    let mut list = String::new();
-    for top in ["usr", "bin"] {
-        let top = dir.join(top);
-        if top.is_dir() {
-            walk(&top, dir, &mut list).io_context("listing", &top)?;
-        }
-    }
-    let path = dir.join(FILES);
-    std::fs::write(&path, list).io_context("writing", &path)
 }
 
 /// Where the cache keeps QEMU builds.
@@ -211,7 +178,7 @@ mod tests {
             std::fs::create_dir_all(dir.join(path).parent().unwrap()).unwrap();
             std::fs::write(dir.join(path), text).unwrap();
         }
-        write_files_list(&dir).unwrap();
+        fetch::write_files_list(&dir).unwrap();
         let build = find(home.path(), "10.0").unwrap();
         build.check().unwrap();
         std::fs::write(dir.join("usr/share/qemu/bios.bin"), "longer rom").unwrap();

@@ -210,7 +210,7 @@ pub fn fetch(home: &Path, version: &str, backports: &Backports) -> Result<QemuBu
     let _ = std::fs::remove_dir_all(&staging);
     let made = unpack(&apt, &packages, &staging)
         .and_then(|()| check(&staging, &build))
-        .and_then(|()| super::write_files_list(&staging));
+        .and_then(|()| write_files_list(&staging));
     if let Err(e) = made {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -380,6 +380,39 @@ fn check(dir: &Path, version: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes the build in `dir`'s list of files ([`FILES`](super::FILES)): each regular
+/// file under `usr/` and `bin/`, with its size.
+pub(super) fn write_files_list(dir: &Path) -> Result<()> {
+    fn walk(dir: &Path, root: &Path, out: &mut String) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(&entry.path(), root, out)?;
+            } else if kind.is_file() {
+                let path = entry.path();
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                out.push_str(&format!(
+                    "{} {}\n",
+                    entry.metadata()?.len(),
+                    relative.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+    let mut list = String::new();
+    for top in ["usr", "bin"] {
+        let top = dir.join(top);
+        if top.is_dir() {
+            walk(&top, dir, &mut list).io_context("listing", &top)?;
+        }
+    }
+    let path = dir.join(super::FILES);
+    std::fs::write(&path, list).io_context("writing", &path)
 }
 
 #[cfg(test)]
