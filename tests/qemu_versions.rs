@@ -163,6 +163,12 @@ fn with_pinning_off_qemu_refuses_another_machine_type_in_its_own_words() {
         "the destination's words: {reason}"
     );
     assert!(reason.contains("the source VM keeps running"), "{reason}");
+    // 10.0 stays up to say why (`exit-on-error` off), and is asked.
+    assert!(
+        reason.contains("the destination QEMU failed the migration"),
+        "{reason}"
+    );
+    assert!(reason.contains("its QMP said: "), "{reason}");
 }
 
 #[test]

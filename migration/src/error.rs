@@ -78,6 +78,22 @@ pub enum Error {
         /// What the source reported, when it failed the migration.
         source_saw: Option<String>,
     },
+    /// The destination QEMU failed the incoming migration and stayed up
+    /// (`exit-on-error` off, QEMU 9.1 on) to say why; it was then
+    /// stopped.
+    #[error(
+        "the destination QEMU failed the migration: {reason}; the source VM keeps running (it saw: {source_saw})\nits QMP said: {error_desc}\nit said:\n{stderr_tail}"
+    )]
+    DestinationFailed {
+        /// Its first words in its log, else its `error-desc`.
+        reason: String,
+        /// Its `query-migrate` `error-desc`.
+        error_desc: String,
+        /// The end of its output.
+        stderr_tail: String,
+        /// What the source reported.
+        source_saw: String,
+    },
     /// The source QEMU exited during the migration: the guest is lost.
     #[error("the source QEMU exited ({status}) during the migration; the guest is lost")]
     SourceDied {
@@ -134,11 +150,7 @@ impl Error {
         stderr_tail: String,
         source_saw: Option<String>,
     ) -> Error {
-        let reason = stderr_tail
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty() && !line.starts_with("virtest:") && *line != "(nothing)")
-            .map(without_program_name)
+        let reason = first_words(&stderr_tail)
             .unwrap_or("it said nothing")
             .to_string();
         Error::DestinationDied {
@@ -148,6 +160,33 @@ impl Error {
             source_saw,
         }
     }
+
+    /// A destination that failed and stayed up: its first words in its
+    /// log as the reason (QEMU's `error-desc` is often only "load of
+    /// migration failed: Invalid argument", the log says which device
+    /// refused and why), else its `error-desc`.
+    pub(crate) fn destination_failed(
+        error_desc: String,
+        stderr_tail: String,
+        source_saw: String,
+    ) -> Error {
+        let reason = first_words(&stderr_tail).unwrap_or(&error_desc).to_string();
+        Error::DestinationFailed {
+            reason,
+            error_desc,
+            stderr_tail,
+            source_saw,
+        }
+    }
+}
+
+/// The first line QEMU wrote, without its program's name.
+fn first_words(stderr_tail: &str) -> Option<&str> {
+    stderr_tail
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with("virtest:") && *line != "(nothing)")
+        .map(without_program_name)
 }
 
 /// `qemu-system-x86_64: Size mismatch` without the program's name.

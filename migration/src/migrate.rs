@@ -288,8 +288,14 @@ async fn follow(
                     MigrationStatus::completed => return Ok(()),
                     MigrationStatus::failed | MigrationStatus::cancelled => {
                         let reason = outgoing.failure_reason().await;
-                        // A destination that refused the stream exits
-                        // saying why; the source saw only its socket close.
+                        // A destination that refused the stream says why
+                        // (over QMP and in its log, or in its log as it
+                        // exits); the source saw only its socket close.
+                        if transport.destination_stays_up
+                            && let Some(said) = destination_failure(destination).await
+                        {
+                            return Err(Error::destination_failed(said, destination.output_tail(), reason));
+                        }
                         if let Some(status) = destination.wait_exit(DESTINATION_EXIT).await {
                             return Err(Error::destination_died(status, destination.output_tail(), Some(reason)));
                         }
@@ -318,6 +324,28 @@ async fn follow(
             }
         }
     }
+}
+
+/// A destination that stays up after a failed incoming migration: its
+/// `error-desc`, once its status is `failed` (within
+/// [`DESTINATION_EXIT`]); `None` when it did not fail or does not answer.
+async fn destination_failure(destination: &Instance) -> Option<String> {
+    let deadline = Instant::now() + DESTINATION_EXIT;
+    while Instant::now() < deadline {
+        let info = destination
+            .qmp()
+            .execute_within(query_migrate {}, DESTINATION_EXIT)
+            .await
+            .ok()?;
+        if info.status == Some(MigrationStatus::failed) {
+            return Some(
+                info.error_desc
+                    .unwrap_or_else(|| "QEMU gave no reason".into()),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// The source's side of an outgoing migration gone wrong, in this
@@ -374,8 +402,8 @@ async fn destination_runs(
 /// How long a progress query may take.
 const PROGRESS_QUERY: Duration = Duration::from_secs(2);
 
-/// How long a failed migration's destination has to exit, when it
-/// refused the stream.
+/// How long a failed migration's destination has to exit, or to say it
+/// failed, when it refused the stream.
 const DESTINATION_EXIT: Duration = Duration::from_secs(2);
 
 /// How long recovering the source after a failed migration may take, all

@@ -17,6 +17,9 @@ use crate::mode::MigrationMode;
 pub(crate) struct Transport {
     /// What the source's `migrate` is given.
     pub source_uri: String,
+    /// Whether the destination stays up when the incoming migration
+    /// fails (`exit-on-error` off, QEMU 9.1 on), to be asked why.
+    pub destination_stays_up: bool,
     /// Sockets and FIFOs made for this migration.
     files: Vec<PathBuf>,
 }
@@ -39,26 +42,12 @@ impl Transport {
         source: &Qmp,
         destination: &Qmp,
     ) -> Result<Transport> {
-        let incoming = async |uri: &str| {
-            let command = migrate_incoming {
-                uri: Some(uri.into()),
-                channels: None,
-                exit_on_error: None,
-            };
-            destination
-                .execute(command)
-                .await
-                .map_err(|source| Error::Qmp {
-                    side: "destination",
-                    step: format!("`migrate-incoming` on `{uri}`"),
-                    source,
-                })
-        };
+        let incoming = async |uri: &str| incoming(destination, uri).await;
         match mode {
             MigrationMode::Tcp => {
                 // QEMU binds a port of its choosing and says which: no
                 // other process can take it between choosing and binding.
-                incoming("tcp:127.0.0.1:0").await?;
+                let stays_up = incoming("tcp:127.0.0.1:0").await?;
                 let info = destination
                     .execute(query_migrate {})
                     .await
@@ -83,6 +72,7 @@ impl Transport {
                     })?;
                 Ok(Transport {
                     source_uri: format!("tcp:127.0.0.1:{port}"),
+                    destination_stays_up: stays_up,
                     files: vec![],
                 })
             }
@@ -90,9 +80,10 @@ impl Transport {
                 let socket = dir.join(format!("migration-{tag}.sock"));
                 let _ = std::fs::remove_file(&socket);
                 let uri = format!("unix:{}", socket.display());
-                incoming(&uri).await?;
+                let destination_stays_up = incoming(&uri).await?;
                 Ok(Transport {
                     source_uri: uri,
+                    destination_stays_up,
                     files: vec![socket],
                 })
             }
@@ -104,11 +95,12 @@ impl Transport {
                     source,
                 })?;
                 let quoted = shell_words::quote(&fifo.to_string_lossy()).into_owned();
-                let transport = Transport {
+                let mut transport = Transport {
                     source_uri: format!("exec:cat > {quoted}"),
+                    destination_stays_up: false,
                     files: vec![fifo],
                 };
-                incoming(&format!("exec:cat {quoted}")).await?;
+                transport.destination_stays_up = incoming(&format!("exec:cat {quoted}")).await?;
                 Ok(transport)
             }
             MigrationMode::Fd => {
@@ -127,13 +119,43 @@ impl Transport {
                 getfd(destination, "destination", into.as_fd()).await?;
                 getfd(source, "source", out.as_fd()).await?;
                 // QEMU holds its own copies now; ours close here.
-                incoming(&format!("fd:{name}")).await?;
+                let destination_stays_up = incoming(&format!("fd:{name}")).await?;
                 Ok(Transport {
                     source_uri: format!("fd:{name}"),
+                    destination_stays_up,
                     files: vec![],
                 })
             }
         }
+    }
+}
+
+/// `migrate-incoming` on `uri`, with `exit-on-error` off where the
+/// destination QEMU takes it (9.1 on: a QEMU that does not know the
+/// argument says so, and is asked again without it). Returns whether it
+/// was taken: the destination then stays up after a failed migration,
+/// and `query-migrate` gives its reason.
+async fn incoming(destination: &Qmp, uri: &str) -> Result<bool> {
+    let command = |exit_on_error| migrate_incoming {
+        uri: Some(uri.into()),
+        channels: None,
+        exit_on_error,
+    };
+    let failed = |source| Error::Qmp {
+        side: "destination",
+        step: format!("`migrate-incoming` on `{uri}`"),
+        source,
+    };
+    match destination.execute(command(Some(false))).await {
+        Ok(_) => Ok(true),
+        Err(virtest_qmp::Error::Command { ref desc, .. }) if desc.contains("exit-on-error") => {
+            destination
+                .execute(command(None))
+                .await
+                .map_err(failed)
+                .map(|_| false)
+        }
+        Err(e) => Err(failed(e)),
     }
 }
 

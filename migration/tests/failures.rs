@@ -275,6 +275,50 @@ async fn a_destination_that_refuses_the_stream_is_quoted() {
     vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
+/// A destination that stays up after refusing the stream (QEMU 10.0
+/// takes `exit-on-error` off) is asked why: the error quotes its log and
+/// its `error-desc`, and the destination is stopped, the source running.
+#[tokio::test]
+async fn a_destination_that_stays_up_after_refusing_is_asked_why() {
+    let qemu_10 = common::qemu_build("10.0");
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    let source = vm.pid().unwrap();
+    let wrapper = logs.path().join("qemu-10-with-other-ram");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {} \"$@\" -m 300\n", qemu_10.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.destination_qemu = Some(wrapper);
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let Error::DestinationFailed {
+        reason, error_desc, ..
+    } = &error
+    else {
+        panic!("not the destination's failure: {error:?}");
+    };
+    assert!(reason.contains("pc.ram"), "{error}");
+    assert!(!error_desc.is_empty(), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("source VM keeps running"), "{text}");
+    assert!(text.contains("its QMP said: "), "{text}");
+    assert!(
+        common::eventually(Duration::from_secs(5), || qemus(&vm) == [source]),
+        "the destination was not stopped: {:?}",
+        qemus(&vm)
+    );
+    source_survives(&vm, source).await;
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
+}
+
 /// A capability the QEMU does not have is refused before anything
 /// starts, with the ones it has; the source keeps running.
 #[tokio::test]
