@@ -46,14 +46,19 @@ impl VirtTest for MigrationMatrix {
         let before = stamps(t).await?;
         let migrated = t.vm.migrate_with(&spec).await;
         match (migrated, feature.must_fail()) {
-            (Ok(report), false) => t.log(format_args!(
-                "{feature} over {mode}, QEMU {} to {} on {}: {} ms, downtime {} ms",
-                report.source_qemu,
-                report.destination_qemu,
-                report.machine_type,
-                report.total_time_ms,
-                report.downtime_ms
-            )),
+            (Ok(report), false) => {
+                let statuses: Vec<&str> =
+                    report.timeline.iter().map(|s| s.status.as_str()).collect();
+                t.log(format_args!(
+                    "{feature} over {mode}, QEMU {} to {} on {}: {} ms, downtime {} ms; {}",
+                    report.source_qemu,
+                    report.destination_qemu,
+                    report.machine_type,
+                    report.total_time_ms,
+                    report.downtime_ms,
+                    statuses.join(" > ")
+                ));
+            }
             (Err(e @ MigrationError::UnknownCapability { .. }), false) => {
                 return Err(skip(format!("{feature}: {e}")));
             }
@@ -65,7 +70,20 @@ impl VirtTest for MigrationMatrix {
                 t.log(format_args!(
                     "{feature} over {mode} failed, as it must: {e}"
                 ));
+                let cancelled = matches!(e, MigrationError::Cancelled { .. });
+                ensure!(
+                    cancelled == feature.cancels() && !matches!(e, MigrationError::Timeout { .. }),
+                    "{feature} failed otherwise than it must: {e}"
+                );
                 ensure!(t.vm.is_on(), "the source ended with the failed migration");
+                // The source is as it was: a plain migration goes on.
+                let mut plain = t.vm.migration_defaults();
+                plain.mode = mode;
+                let report = t.vm.migrate_with(&plain).await?;
+                t.log(format_args!(
+                    "then plain over {mode}: {} ms, downtime {} ms",
+                    report.total_time_ms, report.downtime_ms
+                ));
             }
         }
         t.vm.login_remote().await?;

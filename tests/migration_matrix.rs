@@ -5,7 +5,7 @@
 //! SKIPs with what QEMU said), and over exec the features a pipe cannot
 //! carry, which SKIP with the reason (tests/qemu_versions.rs runs every
 //! version pair). `VIRTEST_FULL_MATRIX=1` runs every feature over every
-//! transport and version pair (176 cells). `results.html` draws the cells
+//! transport and version pair (256 cells). `results.html` draws the cells
 //! as a grid.
 
 mod common;
@@ -55,7 +55,7 @@ fn run_cells(params: &str, dir: &std::path::Path) -> usize {
         let source = test.params["qemu_bin"].clone();
         let reason = test.fail_reason.clone().unwrap_or_default();
         let socket_only = feature.starts_with("multifd") || feature.starts_with("tls");
-        let return_path = feature == "postcopy" || feature == "switchover-ack";
+        let return_path = feature.starts_with("postcopy") || feature == "switchover-ack";
         if mode == "exec" && (socket_only || return_path) {
             assert_eq!(test.status, Status::Skip, "{}: {reason}", test.name);
             assert!(reason.contains(&format!("{feature} over exec")), "{reason}");
@@ -83,8 +83,16 @@ fn run_cells(params: &str, dir: &std::path::Path) -> usize {
             "{}: the pages were checked",
             test.name
         );
-        if feature == "tls-wrong-hostname" {
+        if feature.parse::<Feature>().unwrap().must_fail() {
             assert!(log.contains("failed, as it must"), "{}", test.name);
+            assert!(log.contains("then plain over"), "{}", test.name);
+        }
+        if feature == "postcopy-recover" {
+            assert!(
+                log.contains("postcopy-paused > postcopy-recover > postcopy-active > completed"),
+                "{}: paused and recovered",
+                test.name
+            );
         }
     }
     job.tests.len()
@@ -109,7 +117,10 @@ fn every_cell_passes_skips_with_its_reason_or_fails_as_it_must() {
             "migration_feature = {features}\nmigration_mode = {modes}\n\
              qemu_bin = [\"7.2\", \"10.0\"]\nqemu_dst_bin = [\"7.2\", \"10.0\"]\n"
         );
-        assert_eq!(run_cells(&params, tmp.path()), 176);
+        assert_eq!(
+            run_cells(&params, tmp.path()),
+            MigrationMode::ALL.len() * Feature::ALL.len() * 4
+        );
         return;
     }
     let every_feature = format!(

@@ -94,6 +94,15 @@ pub enum Error {
         /// What the source reported.
         source_saw: String,
     },
+    /// The migration was cancelled, as the spec asked
+    /// ([`crate::MigrationSpec::cancel_after`]).
+    #[error(
+        "the migration was cancelled after `{after}`, as asked; the destination was stopped and the source VM keeps running"
+    )]
+    Cancelled {
+        /// The status it was cancelled after.
+        after: crate::CancelPoint,
+    },
     /// The source QEMU exited during the migration: the guest is lost.
     #[error("the source QEMU exited ({status}) during the migration; the guest is lost")]
     SourceDied {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::spec::MigrationSpec;
+use crate::spec::{CancelPoint, MigrationSpec};
 use crate::tls::Tls;
 
 /// A migration feature, as a matrix names it (`multifd-zstd`).
@@ -16,6 +16,9 @@ pub enum Feature {
     Precopy,
     /// Postcopy, switched to as soon as the migration is active.
     Postcopy,
+    /// Postcopy, paused once it is active (`migrate-pause`) and
+    /// recovered over a new channel.
+    PostcopyRecover,
     /// multifd with 4 channels.
     Multifd,
     /// multifd with 4 channels, compressed with zstd.
@@ -31,6 +34,16 @@ pub enum Feature {
     /// TLS with x509, the source checking another name than the
     /// certificate's: must fail.
     TlsWrongHostname,
+    /// TLS with x509, the destination holding certificates of another
+    /// CA: must fail.
+    TlsWrongCredentials,
+    /// Cancelled once in `setup`: must fail.
+    CancelSetup,
+    /// Cancelled once `active`: must fail.
+    CancelActive,
+    /// Cancelled in `pre-switchover`, the last point before the devices'
+    /// state: must fail.
+    CancelPreSwitchover,
     /// validate-uuid: the destination checks it is the same machine.
     ValidateUuid,
     /// switchover-ack: the source waits for the destination's go before
@@ -40,9 +53,10 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in a matrix's order.
-    pub const ALL: [Feature; 11] = [
+    pub const ALL: [Feature; 16] = [
         Feature::Precopy,
         Feature::Postcopy,
+        Feature::PostcopyRecover,
         Feature::Multifd,
         Feature::MultifdZstd,
         Feature::Xbzrle,
@@ -50,6 +64,10 @@ impl Feature {
         Feature::TlsPsk,
         Feature::TlsX509,
         Feature::TlsWrongHostname,
+        Feature::TlsWrongCredentials,
+        Feature::CancelSetup,
+        Feature::CancelActive,
+        Feature::CancelPreSwitchover,
         Feature::ValidateUuid,
         Feature::SwitchoverAck,
     ];
@@ -59,6 +77,7 @@ impl Feature {
         match self {
             Feature::Precopy => "precopy",
             Feature::Postcopy => "postcopy",
+            Feature::PostcopyRecover => "postcopy-recover",
             Feature::Multifd => "multifd",
             Feature::MultifdZstd => "multifd-zstd",
             Feature::Xbzrle => "xbzrle",
@@ -66,6 +85,10 @@ impl Feature {
             Feature::TlsPsk => "tls-psk",
             Feature::TlsX509 => "tls-x509",
             Feature::TlsWrongHostname => "tls-wrong-hostname",
+            Feature::TlsWrongCredentials => "tls-wrong-credentials",
+            Feature::CancelSetup => "cancel-setup",
+            Feature::CancelActive => "cancel-active",
+            Feature::CancelPreSwitchover => "cancel-pre-switchover",
             Feature::ValidateUuid => "validate-uuid",
             Feature::SwitchoverAck => "switchover-ack",
         }
@@ -74,10 +97,15 @@ impl Feature {
     /// The capabilities it needs from both QEMUs, by QEMU's names.
     pub fn capabilities(self) -> &'static [&'static str] {
         match self {
-            Feature::Precopy | Feature::TlsPsk | Feature::TlsX509 | Feature::TlsWrongHostname => {
-                &[]
+            Feature::Precopy
+            | Feature::TlsPsk
+            | Feature::TlsX509
+            | Feature::TlsWrongHostname
+            | Feature::TlsWrongCredentials => &[],
+            Feature::Postcopy | Feature::PostcopyRecover => &["postcopy-ram"],
+            Feature::CancelSetup | Feature::CancelActive | Feature::CancelPreSwitchover => {
+                &["pause-before-switchover"]
             }
-            Feature::Postcopy => &["postcopy-ram"],
             Feature::Multifd | Feature::MultifdZstd => &["multifd"],
             Feature::Xbzrle => &["xbzrle"],
             Feature::AutoConverge => &["auto-converge"],
@@ -88,7 +116,23 @@ impl Feature {
 
     /// Whether a migration under it must fail, the source running on.
     pub fn must_fail(self) -> bool {
-        self == Feature::TlsWrongHostname
+        matches!(
+            self,
+            Feature::TlsWrongHostname
+                | Feature::TlsWrongCredentials
+                | Feature::CancelSetup
+                | Feature::CancelActive
+                | Feature::CancelPreSwitchover
+        )
+    }
+
+    /// Whether it cancels the migration (and must end in
+    /// [`Error::Cancelled`]).
+    pub fn cancels(self) -> bool {
+        matches!(
+            self,
+            Feature::CancelSetup | Feature::CancelActive | Feature::CancelPreSwitchover
+        )
     }
 
     /// `spec` changed to migrate under this feature.
@@ -105,6 +149,10 @@ impl Feature {
         match self {
             Feature::Precopy => {}
             Feature::Postcopy => spec.postcopy = true,
+            Feature::PostcopyRecover => {
+                spec.postcopy = true;
+                spec.pause_postcopy = true;
+            }
             Feature::Multifd => spec.set_parameter("multifd-channels", "4")?,
             Feature::MultifdZstd => {
                 spec.set_parameter("multifd-channels", "4")?;
@@ -118,6 +166,13 @@ impl Feature {
                 spec.tls = Some(Tls::X509);
                 spec.tls_hostname = Some("not-the-destination.invalid".into());
             }
+            Feature::TlsWrongCredentials => {
+                spec.tls = Some(Tls::X509);
+                spec.tls_foreign_destination = true;
+            }
+            Feature::CancelSetup => spec.cancel_after = Some(CancelPoint::Setup),
+            Feature::CancelActive => spec.cancel_after = Some(CancelPoint::Active),
+            Feature::CancelPreSwitchover => spec.cancel_after = Some(CancelPoint::PreSwitchover),
             Feature::ValidateUuid => spec.enable("validate-uuid"),
             Feature::SwitchoverAck => {
                 spec.enable("return-path");

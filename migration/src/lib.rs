@@ -28,5 +28,5 @@ pub use feature::Feature;
 pub use migrate::Migrate;
 pub use mode::MigrationMode;
 pub use report::{MigrationReport, RamFigures, StatusChange};
-pub use spec::{DEFAULT_TIMEOUT, MigrationSpec};
+pub use spec::{CancelPoint, DEFAULT_TIMEOUT, MigrationSpec, PAUSE_POSTCOPY_BANDWIDTH};
 pub use tls::Tls;

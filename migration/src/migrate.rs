@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use qapi::Enum;
 use qapi::qmp::{
-    MigrationInfo, MigrationStatus, RunState, cont, migrate_cancel, migrate_start_postcopy,
-    query_migrate, query_status, quit,
+    MigrationInfo, MigrationStatus, RunState, cont, migrate_cancel, migrate_continue,
+    migrate_pause, migrate_start_postcopy, query_migrate, query_status, quit,
 };
 use serde_json::Value;
 use tracing::Instrument;
@@ -170,7 +170,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     };
     configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
     secure(vm, &source_qmp, &destination_qmp, spec).await?;
-    let transport = Transport::open(
+    let mut transport = Transport::open(
         spec.mode,
         vm.files().runtime_dir(),
         destination.pid(),
@@ -178,8 +178,13 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         &destination_qmp,
     )
     .await?;
+    if spec.pause_postcopy {
+        transport
+            .prepare_recovery(&source_qmp, &destination_qmp)
+            .await?;
+    }
     let destination_events = destination_qmp.event_cursor();
-    let outcome = follow(vm, &destination, spec, &transport, wall, &mut report).await;
+    let outcome = follow(vm, &destination, spec, &mut transport, wall, &mut report).await;
     drop(transport);
     let handed_over = match outcome {
         Ok(()) => destination_runs(&destination, &source_state, destination_events).await,
@@ -236,17 +241,21 @@ async fn follow(
     vm: &Vm,
     destination: &Instance,
     spec: &MigrationSpec,
-    transport: &Transport,
+    transport: &mut Transport,
     wall: Instant,
     report: &mut MigrationReport,
 ) -> Result<()> {
     let source = vm.instance().map_err(Error::Source)?;
     let qmp = source.qmp();
+    let destination_events = destination.qmp().event_cursor();
     let mut outgoing = Outgoing::start(qmp, Target::Uri(&transport.source_uri))
         .await
         .map_err(source_error)?;
     let deadline = tokio::time::Instant::from_std(wall) + spec.timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut switched = false;
+    let mut cancelled = false;
+    let mut paused = false;
     // Only for the progress display: statuses come from the events.
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -285,7 +294,62 @@ async fn follow(
                 });
                 tracing::debug!(status = status.name(), "migration status");
                 match status {
+                    MigrationStatus::completed if spec.pause_postcopy && !paused => {
+                        return Err(Error::Failed {
+                            status: status.name().to_string(),
+                            reason: "it completed before postcopy began, so it was not paused \
+                                     and recovered as asked"
+                                .into(),
+                        });
+                    }
                     MigrationStatus::completed => return Ok(()),
+                    MigrationStatus::cancelled if let Some(after) = spec.cancel_after.filter(|_| cancelled) => {
+                        return Err(Error::Cancelled { after });
+                    }
+                    _ if spec.cancel_after.is_some_and(|point| point.status() == status) && !cancelled => {
+                        cancelled = true;
+                        qmp.execute_within(migrate_cancel {}, left())
+                            .await
+                            .map_err(qmp_failed("source", "`migrate-cancel`"))?;
+                    }
+                    MigrationStatus::pre_switchover if !cancelled => {
+                        // `pause-before-switchover`, turned on to cancel
+                        // in time (or by the spec): go on.
+                        let command = migrate_continue { state: MigrationStatus::pre_switchover };
+                        qmp.execute_within(command, left())
+                            .await
+                            .map_err(qmp_failed("source", "`migrate-continue`"))?;
+                    }
+                    MigrationStatus::postcopy_active if spec.pause_postcopy && !paused => {
+                        paused = true;
+                        // Postcopy has begun once the guest runs on the
+                        // destination; before, a pause loses the stream.
+                        destination
+                            .qmp()
+                            .wait_event(destination_events, "RESUME", &Value::Null, left())
+                            .await
+                            .map_err(qmp_failed("destination", "waiting for the guest to resume in postcopy"))?;
+                        qmp.execute_within(migrate_pause {}, left())
+                            .await
+                            .map_err(qmp_failed("source", "`migrate-pause`"))?;
+                    }
+                    MigrationStatus::postcopy_paused if spec.pause_postcopy => {
+                        // From its event: its main loop, which answers
+                        // `query-migrate`, may wait for a missing page.
+                        let destination_qmp = destination.qmp();
+                        let paused = serde_json::json!({ "status": "postcopy-paused" });
+                        destination_qmp
+                            .wait_event(destination_events, "MIGRATION", &paused, left())
+                            .await
+                            .map_err(qmp_failed("destination", "waiting for postcopy to pause"))?;
+                        let uri = transport.recover(destination_qmp).await?;
+                        outgoing.resume(&uri).await.map_err(source_error)?;
+                        // Recovered: the rest of the copy at full speed.
+                        let uncapped = serde_json::json!({ "max-postcopy-bandwidth": 0 });
+                        qmp.execute_raw_within("migrate-set-parameters", uncapped, left())
+                            .await
+                            .map_err(qmp_failed("source", "`migrate-set-parameters` (uncapping postcopy)"))?;
+                    }
                     MigrationStatus::failed | MigrationStatus::cancelled => {
                         let reason = outgoing.failure_reason().await;
                         // A destination that refused the stream says why
@@ -303,14 +367,9 @@ async fn follow(
                     }
                     MigrationStatus::active if spec.postcopy && !switched => {
                         switched = true;
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        qmp.execute_within(migrate_start_postcopy {}, left)
+                        qmp.execute_within(migrate_start_postcopy {}, left())
                             .await
-                            .map_err(|source| Error::Qmp {
-                                side: "source",
-                                step: "`migrate-start-postcopy`".into(),
-                                source,
-                            })?;
+                            .map_err(qmp_failed("source", "`migrate-start-postcopy`"))?;
                     }
                     _ => {}
                 }
@@ -346,6 +405,12 @@ async fn destination_failure(destination: &Instance) -> Option<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// Makes a QMP error of `side`'s `step`.
+fn qmp_failed(side: &'static str, step: &str) -> impl FnOnce(virtest_qmp::Error) -> Error {
+    let step = step.to_string();
+    move |source| Error::Qmp { side, step, source }
 }
 
 /// The source's side of an outgoing migration gone wrong, in this

@@ -15,7 +15,7 @@ use virtest_vm::Vm;
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
-use crate::spec::MigrationSpec;
+use crate::spec::{MigrationSpec, PAUSE_POSTCOPY_BANDWIDTH};
 use crate::tls::{self, Tls};
 
 /// The source's and the destination's QEMU versions, and the machine type
@@ -154,6 +154,11 @@ pub(crate) async fn configure(
         downtime_limit: spec.downtime_limit_ms.or(defaults.downtime_limit),
         xbzrle_cache_size: spec.xbzrle_cache_bytes,
         multifd_channels: spec.multifd_channels,
+        max_postcopy_bandwidth: Some(if spec.pause_postcopy {
+            PAUSE_POSTCOPY_BANDWIDTH
+        } else {
+            0
+        }),
         ..MigrateSetParameters::default()
     };
     let destination_params = MigrateSetParameters {
@@ -213,8 +218,13 @@ pub(crate) async fn secure(
             serde_json::json!({ "tls-creds": "" }),
         ),
         Some(kind) => {
-            let dir = tls::credentials(kind, vm.files().runtime_dir())?;
-            let server = tls::add_object(destination, kind, &dir, true).await?;
+            let runtime_dir = vm.files().runtime_dir();
+            let dir = tls::credentials(kind, runtime_dir)?;
+            let server_dir = match spec.tls_foreign_destination {
+                true => tls::foreign_credentials(kind, runtime_dir)?,
+                false => dir.clone(),
+            };
+            let server = tls::add_object(destination, kind, &server_dir, true).await?;
             let client = tls::add_object(source, kind, &dir, false).await?;
             let hostname = match (&spec.tls_hostname, spec.mode, kind) {
                 (Some(name), _, _) => name.clone(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qapi::Enum;
-use qapi::qmp::MigrationCapability;
+use qapi::qmp::{MigrationCapability, MigrationStatus};
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
@@ -13,6 +13,43 @@ use crate::tls::Tls;
 /// The default time a migration may take before it is cancelled (as
 /// avocado-virt had it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How fast postcopy's background copy may go while
+/// [`MigrationSpec::pause_postcopy`] waits to pause it: 8 MiB/s, a few
+/// seconds of postcopy for the tiny guest.
+pub const PAUSE_POSTCOPY_BANDWIDTH: u64 = 8 << 20;
+
+/// Where a migration is cancelled ([`MigrationSpec::cancel_after`]): the
+/// status QEMU reports first. The `device` state that follows
+/// `pre-switchover` lasts microseconds (QEMU's own tests skip it as
+/// "happens too fast"); `pre-switchover` is the last point before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelPoint {
+    /// `setup`: the channel is being opened.
+    Setup,
+    /// `active`: RAM is being copied.
+    Active,
+    /// `pre-switchover`: copied, the source stopped, before the devices'
+    /// state is sent.
+    PreSwitchover,
+}
+
+impl CancelPoint {
+    /// QEMU's name for the status.
+    pub fn status(self) -> MigrationStatus {
+        match self {
+            CancelPoint::Setup => MigrationStatus::setup,
+            CancelPoint::Active => MigrationStatus::active,
+            CancelPoint::PreSwitchover => MigrationStatus::pre_switchover,
+        }
+    }
+}
+
+impl std::fmt::Display for CancelPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.status().name())
+    }
+}
 
 /// A migration: its transport, capabilities, parameters and limits.
 ///
@@ -57,6 +94,10 @@ pub struct MigrationSpec {
     /// over unix). The certificate is for `localhost` and `127.0.0.1`:
     /// another name fails the migration, and the source runs on.
     pub tls_hostname: Option<String>,
+    /// Gives the destination credentials made apart from the VM's (its
+    /// own CA and certificates, or its own key): the handshake must
+    /// fail, and the source runs on. For testing that refusal.
+    pub tls_foreign_destination: bool,
     /// `max-bandwidth` in bytes per second (`None`: no cap,
     /// [`virtest_qmp::outgoing::UNCAPPED_BANDWIDTH`], since the migration stays on
     /// this host; QEMU's own default is 128 MiB/s in 7.2).
@@ -67,6 +108,18 @@ pub struct MigrationSpec {
     pub timeout: Duration,
     /// The destination's QEMU binary (`None`: the source's).
     pub destination_qemu: Option<PathBuf>,
+    /// Cancels the migration once QEMU reports this status, with
+    /// `pause-before-switchover` on so that it cannot complete first: the
+    /// call then fails with [`Error::Cancelled`], the source running on
+    /// and the destination stopped.
+    pub cancel_after: Option<CancelPoint>,
+    /// Under postcopy: once postcopy is active, pauses the migration
+    /// (`migrate-pause`, as a broken link would), then recovers it over a
+    /// new channel (`migrate-recover` on the destination, `migrate` with
+    /// `resume` on the source). Until then the background copy is capped
+    /// at [`PAUSE_POSTCOPY_BANDWIDTH`] (unless `max-postcopy-bandwidth`
+    /// is set), so that postcopy lasts long enough to be paused.
+    pub pause_postcopy: bool,
     /// Wait for the guest's ready line before migrating a guest that is
     /// still booting (on by default: a test's migration then meets a
     /// booted guest). Turn it off to migrate mid-boot. (Under TCG, QEMU
@@ -89,10 +142,13 @@ impl MigrationSpec {
             extra_parameters: Vec::new(),
             tls: None,
             tls_hostname: None,
+            tls_foreign_destination: false,
             max_bandwidth: None,
             downtime_limit_ms: None,
             timeout: DEFAULT_TIMEOUT,
             destination_qemu: None,
+            cancel_after: None,
+            pause_postcopy: false,
             wait_for_boot: true,
         }
     }
@@ -216,6 +272,24 @@ impl MigrationSpec {
                 "a TLS hostname is checked against x509 certificates: set tls to x509".into(),
             ));
         }
+        if self.tls_foreign_destination && self.tls.is_none() {
+            return Err(Error::Spec(
+                "foreign TLS credentials for the destination need TLS: set tls".into(),
+            ));
+        }
+        if self.pause_postcopy && !self.postcopy {
+            return Err(Error::Spec(
+                "pausing postcopy needs postcopy: set postcopy".into(),
+            ));
+        }
+        if let Some(point) = self.cancel_after
+            && self.postcopy
+        {
+            return Err(Error::Spec(format!(
+                "cancelling after `{point}` is for precopy: a migration that switched to \
+                 postcopy cannot be cancelled"
+            )));
+        }
         if self.timeout.is_zero() {
             return Err(Error::Spec("the timeout must be above zero".into()));
         }
@@ -226,7 +300,7 @@ impl MigrationSpec {
     /// wants (`events` always on). All are set each time, because a QEMU
     /// keeps them: a destination that came in over multifd would
     /// otherwise send over multifd too.
-    pub(crate) fn capabilities(&self) -> [(MigrationCapability, bool); 5] {
+    pub(crate) fn capabilities(&self) -> [(MigrationCapability, bool); 6] {
         [
             (MigrationCapability::events, true),
             (MigrationCapability::postcopy_ram, self.postcopy),
@@ -239,6 +313,10 @@ impl MigrationSpec {
                 self.xbzrle_cache_bytes.is_some(),
             ),
             (MigrationCapability::auto_converge, self.auto_converge),
+            (
+                MigrationCapability::pause_before_switchover,
+                self.cancel_after.is_some(),
+            ),
         ]
     }
 

@@ -90,6 +90,18 @@ pub(crate) fn credentials(kind: Tls, runtime_dir: &Path) -> Result<PathBuf> {
     made.map(|()| dir)
 }
 
+/// Credentials of `kind` made apart from the VM's (another CA, another
+/// key), in `runtime_dir`: a peer holding them must be refused.
+pub(crate) fn foreign_credentials(kind: Tls, runtime_dir: &Path) -> Result<PathBuf> {
+    let parent = runtime_dir.join("tls-foreign");
+    match std::fs::DirBuilder::new().mode(0o700).create(&parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(format!("creating `{}`: {e}", parent.display()))),
+    }
+    credentials(kind, &parent)
+}
+
 fn failed(reason: String) -> Error {
     Error::Spec(format!("making TLS credentials: {reason}"))
 }

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::codec::{self, Message};
+use crate::codec::{self, Execution, Message};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventCursor, EventLog, Subscription};
 use crate::fdpass;
@@ -317,6 +317,40 @@ impl Qmp {
         args: Value,
         deadline: Duration,
     ) -> Result<Value> {
+        self.run(Execution::InBand, name, args, deadline).await
+    }
+
+    /// Runs a command out of band (`exec-oob`): QEMU answers at once, even
+    /// while its main loop is blocked (a destination waiting for a
+    /// paused postcopy's pages). Only commands that allow it
+    /// (`migrate-recover`, `migrate-pause`), on a connection made with
+    /// [`Options::oob`] to a QEMU that offers it.
+    pub async fn execute_oob_within<C: qapi::Command>(
+        &self,
+        command: C,
+        deadline: Duration,
+    ) -> Result<C::Ok> {
+        if !self.inner.shared.send_ids.load(Ordering::Relaxed) {
+            return Err(Error::Protocol(format!(
+                "`{}` out of band: the connection did not negotiate `oob`",
+                C::NAME
+            )));
+        }
+        let args = codec::command_args(&command)?;
+        let value = self
+            .run(Execution::OutOfBand, C::NAME, args, deadline)
+            .await?;
+        codec::typed_reply::<C>(value, "the reply")
+    }
+
+    /// Sends a command as `execution` says and waits for its reply.
+    async fn run(
+        &self,
+        execution: Execution,
+        name: &str,
+        args: Value,
+        deadline: Duration,
+    ) -> Result<Value> {
         let shared = &self.inner.shared;
         let send_ids = shared.send_ids.load(Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -325,7 +359,7 @@ impl Qmp {
             // lock keeps the wire order equal to the order replies are
             // matched in.
             let mut pending = shared.pending.lock().expect("pending lock");
-            let (id, line) = self.take_place(&mut pending, name, &args, send_ids, tx)?;
+            let (id, line) = self.take_place(&mut pending, execution, name, &args, send_ids, tx)?;
             pending.outbox.extend_from_slice(&line);
             (id, pending.waiters.len() > 1)
         };
@@ -342,6 +376,7 @@ impl Qmp {
     fn take_place(
         &self,
         pending: &mut Pending,
+        execution: Execution,
         name: &str,
         args: &Value,
         send_ids: bool,
@@ -353,7 +388,7 @@ impl Qmp {
             });
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = codec::encode_command(name, args, send_ids.then(|| json!(id)).as_ref());
+        let line = codec::encode(execution, name, args, send_ids.then(|| json!(id)).as_ref());
         if let Some(t) = &self.inner.shared.transcript {
             t.line(Direction::Out, &line);
         }
@@ -416,7 +451,8 @@ impl Qmp {
         let mut writer = self.inner.writer.lock().await;
         let (id, line, earlier) = {
             let mut pending = shared.pending.lock().expect("pending lock");
-            let (id, line) = self.take_place(&mut pending, name, &args, send_ids, tx)?;
+            let (id, line) =
+                self.take_place(&mut pending, Execution::InBand, name, &args, send_ids, tx)?;
             (id, line, std::mem::take(&mut pending.outbox))
         };
         let sent = async {

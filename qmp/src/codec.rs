@@ -173,8 +173,29 @@ fn timestamp(value: &Value) -> Option<(i64, i64)> {
 /// "id": id}` and a newline. Null arguments and a missing id are left out:
 /// QEMU reads commands one byte at a time, so every byte costs.
 pub fn encode_command(name: &str, arguments: &Value, id: Option<&Value>) -> Vec<u8> {
+    encode(Execution::InBand, name, arguments, id)
+}
+
+/// How a command is run: in the main loop, queued behind the others
+/// (`execute`), or out of band (`exec-oob`), at once, even while the main
+/// loop is blocked. Only a few commands allow the second
+/// (`migrate-recover`, `migrate-pause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// `execute`.
+    InBand,
+    /// `exec-oob` (negotiated with `oob`; needs an id).
+    OutOfBand,
+}
+
+/// [`encode_command`], run as `execution` says.
+pub fn encode(execution: Execution, name: &str, arguments: &Value, id: Option<&Value>) -> Vec<u8> {
+    let key = match execution {
+        Execution::InBand => "execute",
+        Execution::OutOfBand => "exec-oob",
+    };
     let mut object = Map::new();
-    object.insert("execute".into(), Value::String(name.into()));
+    object.insert(key.into(), Value::String(name.into()));
     if !arguments.is_null() {
         object.insert("arguments".into(), arguments.clone());
     }
@@ -317,6 +338,13 @@ mod tests {
         let line = encode_command("query-status", &Value::Null, Some(&json!(1)));
         assert_eq!(line, b"{\"execute\":\"query-status\",\"id\":1}\n");
         let line = encode_command("stop", &json!({"a": "b\nc"}), Some(&json!(2)));
+        let oob = encode(
+            Execution::OutOfBand,
+            "migrate-pause",
+            &Value::Null,
+            Some(&json!(3)),
+        );
+        assert_eq!(oob, b"{\"exec-oob\":\"migrate-pause\",\"id\":3}\n");
         assert_eq!(
             line.iter().filter(|&&b| b == b'\n').count(),
             1,

@@ -141,6 +141,26 @@ impl<'q> Outgoing<'q> {
         }
     }
 
+    /// Resumes a paused postcopy migration over `uri` (`migrate` with
+    /// `resume`), once the destination listens there (`migrate-recover`);
+    /// its statuses follow in [`Outgoing::next_status`].
+    pub async fn resume(&self, uri: &str) -> Result<(), OutgoingError> {
+        let command = migrate {
+            uri: Some(uri.to_string()),
+            channels: None,
+            detach: None,
+            resume: Some(true),
+        };
+        self.qmp
+            .execute(command)
+            .await
+            .map(drop)
+            .map_err(|source| OutgoingError::Qmp {
+                step: format!("`migrate` to `{uri}` with `resume`"),
+                source,
+            })
+    }
+
     /// The last status QEMU reported (`setup` before the first).
     pub fn last_status(&self) -> MigrationStatus {
         self.last

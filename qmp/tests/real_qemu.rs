@@ -281,12 +281,35 @@ async fn tcp_and_out_of_band_negotiation_work() {
         // With oob enabled, QEMU requires an id on every command: ours all have one.
         let status = qmp.execute(qapi::qmp::query_status {}).await?;
         assert!(status.running);
+        // Out of band, QEMU runs the command itself and answers: here
+        // that there is no postcopy to pause.
+        let paused = qmp
+            .execute_oob_within(qapi::qmp::migrate_pause {}, Duration::from_secs(5))
+            .await;
+        match paused {
+            Err(Error::Command { desc, .. }) => assert!(desc.contains("postcopy"), "{desc}"),
+            other => panic!("migrate-pause out of band: {other:?}"),
+        }
         qmp.quit().await
     }
     .await;
     let _ = child.kill();
     let _ = child.wait();
     outcome.unwrap();
+}
+
+/// Out of band needs `oob` negotiated: a connection without it refuses
+/// before anything is sent.
+#[tokio::test]
+async fn out_of_band_without_negotiating_it_is_refused() {
+    let qemu = common::Qemu::start();
+    let qmp = qemu.connect().await;
+    let error = qmp
+        .execute_oob_within(qapi::qmp::migrate_pause {}, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("did not negotiate `oob`"), "{error}");
+    assert!(qmp.execute(qapi::qmp::query_status {}).await.is_ok());
 }
 
 #[tokio::test]

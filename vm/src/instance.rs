@@ -257,8 +257,11 @@ impl Instance {
             path: endpoints.console_socket.clone(),
             source,
         })?;
+        // Out of band on: a destination whose main loop waits for a
+        // paused postcopy's pages still takes `migrate-recover`.
         let options = virtest_qmp::Options {
             transcript: Some(files.qmp_log.clone()),
+            oob: true,
             ..Default::default()
         };
         let left = deadline.saturating_sub(started.elapsed());
