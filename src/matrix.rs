@@ -59,8 +59,9 @@ impl VirtTest for MigrationMatrix {
                     statuses.join(" > ")
                 ));
             }
-            (Err(e @ MigrationError::UnknownCapability { .. }), false) => {
-                return Err(skip(format!("{feature}: {e}")));
+            (Err(e @ MigrationError::UnknownCapability { .. }), _)
+            | (Err(e @ MigrationError::Unsupported { .. }), _) => {
+                return Err(skip(format!("{feature} over {mode}: {e}")));
             }
             (Err(e), false) => return Err(e.into()),
             (Ok(_), true) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The mode is not one this crate knows.
-    #[error("unknown migration mode `{0}`; valid modes: tcp, unix, exec, fd")]
+    #[error("unknown migration mode `{0}`; valid modes: tcp, unix, exec, fd, file")]
     UnknownMode(String),
     /// The spec asks for something that cannot work.
     #[error("invalid migration spec: {0}")]
@@ -25,6 +25,16 @@ pub enum Error {
         capability: String,
         /// The ones that QEMU offers.
         offered: Vec<String>,
+    },
+    /// A QEMU cannot do what the spec asks (said by its own schema).
+    #[error("the {side} QEMU ({version}) cannot do {what}")]
+    Unsupported {
+        /// `source` or `destination`.
+        side: &'static str,
+        /// Its version.
+        version: String,
+        /// What it cannot do (`a migration to a file (file:)`).
+        what: String,
     },
     /// The source VM cannot be migrated now.
     #[error("the source VM")]

@@ -49,11 +49,16 @@ pub enum Feature {
     /// switchover-ack: the source waits for the destination's go before
     /// it stops the guest (QEMU 8.1 on).
     SwitchoverAck,
+    /// mapped-ram: each page at its own place in the file (QEMU 9.0 on;
+    /// the file transport only).
+    MappedRam,
+    /// mapped-ram written by 4 multifd channels.
+    MappedRamMultifd,
 }
 
 impl Feature {
     /// Every feature, in a matrix's order.
-    pub const ALL: [Feature; 16] = [
+    pub const ALL: [Feature; 18] = [
         Feature::Precopy,
         Feature::Postcopy,
         Feature::PostcopyRecover,
@@ -70,6 +75,8 @@ impl Feature {
         Feature::CancelPreSwitchover,
         Feature::ValidateUuid,
         Feature::SwitchoverAck,
+        Feature::MappedRam,
+        Feature::MappedRamMultifd,
     ];
 
     /// Its name (`tls-wrong-hostname`).
@@ -91,6 +98,8 @@ impl Feature {
             Feature::CancelPreSwitchover => "cancel-pre-switchover",
             Feature::ValidateUuid => "validate-uuid",
             Feature::SwitchoverAck => "switchover-ack",
+            Feature::MappedRam => "mapped-ram",
+            Feature::MappedRamMultifd => "mapped-ram-multifd",
         }
     }
 
@@ -111,6 +120,8 @@ impl Feature {
             Feature::AutoConverge => &["auto-converge"],
             Feature::ValidateUuid => &["validate-uuid"],
             Feature::SwitchoverAck => &["return-path", "switchover-ack"],
+            Feature::MappedRam => &["mapped-ram"],
+            Feature::MappedRamMultifd => &["mapped-ram", "multifd"],
         }
     }
 
@@ -178,6 +189,11 @@ impl Feature {
                 spec.enable("return-path");
                 spec.enable("switchover-ack");
             }
+            Feature::MappedRam => spec.enable("mapped-ram"),
+            Feature::MappedRamMultifd => {
+                spec.enable("mapped-ram");
+                spec.set_parameter("multifd-channels", "4")?;
+            }
         }
         Ok(())
     }
@@ -212,10 +228,14 @@ mod tests {
     use crate::mode::MigrationMode;
 
     #[test]
-    fn every_feature_parses_by_its_name_and_makes_a_valid_spec_over_tcp() {
+    fn every_feature_parses_by_its_name_and_makes_a_valid_spec() {
         for feature in Feature::ALL {
             assert_eq!(feature.as_str().parse::<Feature>().unwrap(), feature);
-            let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+            let mode = match feature {
+                Feature::MappedRam | Feature::MappedRamMultifd => MigrationMode::File,
+                _ => MigrationMode::Tcp,
+            };
+            let mut spec = MigrationSpec::new(mode);
             feature.apply(&mut spec).unwrap();
             spec.validate().unwrap();
         }

@@ -6,6 +6,7 @@
 //!   capabilities, following the events, handover, recovery.
 //! - `mode`: [`MigrationMode`], the transports.
 //! - `setup`: both QEMUs made ready: capabilities, parameters, TLS.
+//! - `schema`: what a QEMU can do, from its QMP schema (`file:`).
 //! - `transport`: each transport's incoming side and source URI.
 //! - `spec`: [`MigrationSpec`], capabilities, parameters and limits.
 //! - `tls`: [`Tls`], the stream encrypted with credentials made per VM.
@@ -18,6 +19,7 @@ mod feature;
 mod migrate;
 mod mode;
 mod report;
+mod schema;
 mod setup;
 mod spec;
 mod tls;

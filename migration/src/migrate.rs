@@ -18,6 +18,7 @@ use virtest_vm::{Instance, Vm, VmState};
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
 use crate::report::{MigrationReport, RamFigures, StatusChange};
+use crate::schema::has_file_transport;
 use crate::setup::{check_capabilities, configure, qemus_and_machine, secure, typed_parameters};
 use crate::spec::MigrationSpec;
 use crate::transport::Transport;
@@ -170,6 +171,18 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     };
     configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
     secure(vm, &source_qmp, &destination_qmp, spec).await?;
+    if spec.mode == MigrationMode::File {
+        for (side, qmp) in [("source", &source_qmp), ("destination", &destination_qmp)] {
+            if !has_file_transport(qmp, side).await? {
+                let (major, minor, micro) = qmp.greeting().version;
+                return Err(Error::Unsupported {
+                    side,
+                    version: format!("{major}.{minor}.{micro}"),
+                    what: "a migration to a file (`file:`, QEMU 8.2 on)".into(),
+                });
+            }
+        }
+    }
     let mut transport = Transport::open(
         spec.mode,
         vm.files().runtime_dir(),
@@ -194,6 +207,9 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         return Err(recover_source(vm, destination, source_state, error, RECOVERY).await);
     }
     report.take_figures(&final_figures(&source_qmp).await?);
+    if let Some(load) = report.measurements.get("file_load_ms") {
+        report.downtime_ms += load.round() as u64;
+    }
     let old = vm.hand_over(destination);
     if let Some(old) = old {
         retire(old).await;
@@ -302,6 +318,13 @@ async fn follow(
                                 .into(),
                         });
                     }
+                    MigrationStatus::completed if transport.is_deferred() => {
+                        // The file is whole: the destination reads it.
+                        let reading = Instant::now();
+                        load_deferred(destination, transport, left()).await?;
+                        report.measurements.insert("file_load_ms".into(), millis(reading.elapsed()));
+                        return Ok(());
+                    }
                     MigrationStatus::completed => return Ok(()),
                     MigrationStatus::cancelled if let Some(after) = spec.cancel_after.filter(|_| cancelled) => {
                         return Err(Error::Cancelled { after });
@@ -405,6 +428,44 @@ async fn destination_failure(destination: &Instance) -> Option<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// Starts the destination reading a migration the source has finished
+/// writing, and follows its `MIGRATION` events until it completes, fails,
+/// exits, or `within` passes.
+async fn load_deferred(
+    destination: &Instance,
+    transport: &mut Transport,
+    within: Duration,
+) -> Result<()> {
+    let qmp = destination.qmp();
+    let mut events = qmp.subscribe();
+    transport.start_deferred(qmp).await?;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let event = event.map_err(qmp_failed("destination", "following the reading of the file"))?;
+                let Some(qapi::qmp::Event::MIGRATION { data, .. }) = event.typed() else {
+                    continue;
+                };
+                match data.status {
+                    MigrationStatus::completed => return Ok(()),
+                    MigrationStatus::failed => {
+                        let said = destination_failure(destination).await.unwrap_or_else(|| "QEMU gave no reason".into());
+                        return Err(Error::destination_failed(said, destination.output_tail(), "the whole state, written".into()));
+                    }
+                    _ => {}
+                }
+            }
+            status = destination.exited() => {
+                return Err(Error::destination_died(status, destination.output_tail(), None));
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Error::Timeout { after: within, last_status: "completed (the destination still reading)".into(), source_answers: true });
+            }
+        }
+    }
 }
 
 /// Makes a QMP error of `side`'s `step`.

@@ -20,11 +20,26 @@ pub enum MigrationMode {
     Exec,
     /// A socket pair whose ends QEMU gets over QMP (`getfd`).
     Fd,
+    /// A file in the VM's runtime directory (`file:`, QEMU 8.2 on): the
+    /// source writes the whole state while the guest runs, stops, and
+    /// then the destination reads it. The guest is paused for the
+    /// reading too; the file is removed after.
+    File,
 }
 
 impl MigrationMode {
     /// Every mode, in the order the documentation lists them.
-    pub const ALL: [MigrationMode; 4] = [
+    pub const ALL: [MigrationMode; 5] = [
+        MigrationMode::Tcp,
+        MigrationMode::Unix,
+        MigrationMode::Exec,
+        MigrationMode::Fd,
+        MigrationMode::File,
+    ];
+
+    /// The modes whose destination reads the stream as the source sends
+    /// it: all but `file`.
+    pub const STREAMED: [MigrationMode; 4] = [
         MigrationMode::Tcp,
         MigrationMode::Unix,
         MigrationMode::Exec,
@@ -38,6 +53,7 @@ impl MigrationMode {
             MigrationMode::Unix => "unix",
             MigrationMode::Exec => "exec",
             MigrationMode::Fd => "fd",
+            MigrationMode::File => "file",
         }
     }
 }
@@ -55,7 +71,7 @@ impl FromStr for MigrationMode {
     /// use virtest_migration::MigrationMode;
     /// assert_eq!("unix".parse::<MigrationMode>().unwrap(), MigrationMode::Unix);
     /// let error = "rdma".parse::<MigrationMode>().unwrap_err();
-    /// assert_eq!(error.to_string(), "unknown migration mode `rdma`; valid modes: tcp, unix, exec, fd");
+    /// assert_eq!(error.to_string(), "unknown migration mode `rdma`; valid modes: tcp, unix, exec, fd, file");
     /// ```
     fn from_str(s: &str) -> Result<MigrationMode, Error> {
         MigrationMode::ALL

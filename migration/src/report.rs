@@ -53,7 +53,9 @@ pub struct MigrationReport {
     pub timeline: Vec<StatusChange>,
     /// QEMU's total time, ms.
     pub total_time_ms: u64,
-    /// QEMU's downtime (guest stopped), ms.
+    /// QEMU's downtime (guest stopped), ms. Over `file`, the guest stays
+    /// stopped while the destination reads the file: that time
+    /// (`measurements["file_load_ms"]`) is added.
     pub downtime_ms: u64,
     /// QEMU's setup time, ms.
     pub setup_time_ms: u64,

@@ -2,6 +2,7 @@
 //! machine type), the capabilities the spec asks for checked and set on
 //! each, its parameters typed and set, and TLS.
 
+use qapi::Enum;
 use qapi::qmp::{
     MigrateSetParameters, MigrationCapabilityStatus, migrate_set_capabilities,
     migrate_set_parameters, query_migrate_parameters,
@@ -173,6 +174,24 @@ pub(crate) async fn configure(
             let step = step.to_string();
             move |source| Error::Qmp { side, step, source }
         };
+        // A QEMU keeps what an earlier migration turned on: a source that
+        // came in over mapped-ram would go out over it too.
+        let stale = stale_capabilities(qmp, spec)
+            .await
+            .map_err(failed("`query-migrate-capabilities`"))?;
+        if !stale.is_empty() {
+            let off: Vec<_> = stale
+                .iter()
+                .map(|name| serde_json::json!({ "capability": name, "state": false }))
+                .collect();
+            let args = serde_json::json!({ "capabilities": off });
+            qmp.execute_raw("migrate-set-capabilities", args)
+                .await
+                .map_err(failed(&format!(
+                    "`migrate-set-capabilities` (turning off {})",
+                    stale.join(", ")
+                )))?;
+        }
         qmp.execute(migrate_set_capabilities {
             capabilities: capabilities.clone(),
         })
@@ -201,6 +220,33 @@ pub(crate) async fn configure(
         }
     }
     Ok(())
+}
+
+/// The capabilities on in the QEMU that `spec` neither manages (those are
+/// set each time) nor asks for among its extra ones.
+async fn stale_capabilities(
+    qmp: &Qmp,
+    spec: &MigrationSpec,
+) -> Result<Vec<String>, virtest_qmp::Error> {
+    let states = qmp
+        .execute_raw("query-migrate-capabilities", Value::Null)
+        .await?;
+    let managed: Vec<&str> = spec
+        .capabilities()
+        .iter()
+        .map(|(capability, _)| capability.name())
+        .collect();
+    Ok(states
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["state"] == true)
+        .filter_map(|c| c["capability"].as_str())
+        .filter(|name| {
+            !managed.contains(name) && !spec.extra_capabilities.iter().any(|e| e == name)
+        })
+        .map(str::to_string)
+        .collect())
 }
 
 /// TLS on both sides as the spec asks: the credentials objects and

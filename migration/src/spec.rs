@@ -226,10 +226,23 @@ impl MigrationSpec {
 
     /// Refuses combinations QEMU would reject halfway through.
     pub fn validate(&self) -> Result<()> {
+        let mapped_ram = self.extra_capabilities.iter().any(|c| c == "mapped-ram");
+        if mapped_ram && self.mode != MigrationMode::File {
+            return Err(Error::Spec(format!(
+                "mapped-ram lays RAM out in a file: it needs the file transport, not {}",
+                self.mode
+            )));
+        }
         if let Some(channels) = self.multifd_channels {
-            if !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix) {
+            let carried = match self.mode {
+                MigrationMode::Tcp | MigrationMode::Unix => true,
+                MigrationMode::File => mapped_ram,
+                MigrationMode::Exec | MigrationMode::Fd => false,
+            };
+            if !carried {
                 return Err(Error::Spec(format!(
-                    "multifd needs a socket transport (tcp or unix), not {}",
+                    "multifd needs a socket transport (tcp or unix), or file with mapped-ram, \
+                     not {}",
                     self.mode
                 )));
             }
@@ -251,13 +264,18 @@ impl MigrationSpec {
                 .map(String::as_str)
                 .find(|c| matches!(*c, "return-path" | "switchover-ack"))
         });
-        if let Some(what) = needs_return_path
-            && self.mode == MigrationMode::Exec
-        {
-            return Err(Error::Spec(format!(
-                "{what} needs a return path from the destination, which exec's one-way pipe \
-                 has not: use tcp, unix or fd"
-            )));
+        if let Some(what) = needs_return_path {
+            let one_way = match self.mode {
+                MigrationMode::Exec => Some("exec's one-way pipe"),
+                MigrationMode::File => Some("a file"),
+                _ => None,
+            };
+            if let Some(one_way) = one_way {
+                return Err(Error::Spec(format!(
+                    "{what} needs a return path from the destination, which {one_way} has \
+                     not: use tcp, unix or fd"
+                )));
+            }
         }
         if let Some(tls) = self.tls
             && !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix)
@@ -392,6 +410,24 @@ mod tests {
         let error = spec.validate().unwrap_err().to_string();
         assert!(
             error.contains("switchover-ack needs a return path"),
+            "{error}"
+        );
+        let mut spec = MigrationSpec::new(MigrationMode::File);
+        spec.postcopy = true;
+        let error = spec.validate().unwrap_err().to_string();
+        assert!(error.contains("which a file has not"), "{error}");
+        let mut spec = MigrationSpec::new(MigrationMode::File);
+        spec.multifd_channels = Some(4);
+        assert!(
+            spec.validate().is_err(),
+            "multifd into a file needs mapped-ram"
+        );
+        spec.enable("mapped-ram");
+        spec.validate().unwrap();
+        spec.mode = MigrationMode::Tcp;
+        let error = spec.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("mapped-ram lays RAM out in a file"),
             "{error}"
         );
     }

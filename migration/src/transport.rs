@@ -26,6 +26,9 @@ pub(crate) struct Transport {
     /// Whether the destination stays up when the incoming migration
     /// fails (`exit-on-error` off, QEMU 9.1 on), to be asked why.
     pub destination_stays_up: bool,
+    /// The destination's `migrate-incoming` URI when it must wait for the
+    /// source to finish (`file:`).
+    deferred: Option<String>,
     /// The destination's and the source's URIs of a channel readied for
     /// recovering a paused postcopy.
     recovery: Option<(String, String)>,
@@ -58,6 +61,7 @@ impl Transport {
             source_uri: String::new(),
             destination_stays_up: false,
             recovery: None,
+            deferred: None,
             files: Vec::new(),
         };
         transport.source_uri = transport.listen(source, destination).await?;
@@ -96,10 +100,11 @@ impl Transport {
                 pass_socket_pair(&name, source, destination).await?;
                 (format!("fd:{name}"), format!("fd:{name}"))
             }
-            MigrationMode::Exec => {
-                return Err(Error::Spec(
-                    "a paused postcopy cannot be recovered over exec: it has no postcopy".into(),
-                ));
+            MigrationMode::Exec | MigrationMode::File => {
+                return Err(Error::Spec(format!(
+                    "a paused postcopy cannot be recovered over {}: it has no postcopy",
+                    self.mode
+                )));
             }
         };
         self.recovery = Some(uris);
@@ -170,6 +175,29 @@ impl Transport {
                 self.incoming(destination, &format!("fd:{name}")).await?;
                 Ok(format!("fd:{name}"))
             }
+            MigrationMode::File => {
+                // The destination reads it once it is whole.
+                let file = self.dir.join(format!("migration-{tag}.state"));
+                let _ = std::fs::remove_file(&file);
+                let uri = format!("file:{}", file.display());
+                self.files.push(file);
+                self.deferred = Some(uri.clone());
+                Ok(uri)
+            }
+        }
+    }
+
+    /// Whether the destination reads only once the source has finished.
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// Starts the destination reading what the source has finished
+    /// writing (`file:`).
+    pub(crate) async fn start_deferred(&mut self, destination: &Qmp) -> Result<()> {
+        match self.deferred.take() {
+            Some(uri) => self.incoming(destination, &uri).await,
+            None => Ok(()),
         }
     }
 

@@ -319,6 +319,33 @@ async fn a_destination_that_stays_up_after_refusing_is_asked_why() {
     vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
 
+/// QEMU 7.2 cannot migrate to a file: its own schema says so before
+/// anything is written, and the source keeps running.
+#[tokio::test]
+async fn a_file_migration_on_a_qemu_without_it_is_refused() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let mut vm = running_vm(logs.path()).await;
+    let source = vm.pid().unwrap();
+    let error = vm.migrate(MigrationMode::File).await.unwrap_err();
+    let Error::Unsupported { side, version, .. } = &error else {
+        panic!("not refused as unsupported: {error:?}");
+    };
+    assert_eq!(*side, "source", "{error}");
+    assert!(version.starts_with("7.2."), "{error}");
+    assert!(
+        error.to_string().contains("`file:`, QEMU 8.2 on"),
+        "{error}"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(5), || qemus(&vm) == [source]),
+        "the destination was not stopped: {:?}",
+        qemus(&vm)
+    );
+    source_survives(&vm, source).await;
+    vm.within(Duration::from_secs(5)).power_off().await.unwrap();
+}
+
 /// A capability the QEMU does not have is refused before anything
 /// starts, with the ones it has; the source keeps running.
 #[tokio::test]

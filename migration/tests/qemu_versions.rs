@@ -12,7 +12,7 @@ use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_vm::{BootMode, Vm, VmConfig};
 
-/// Four migrations between the host's 7.2 and 10.0 and back, one per
+/// Migrations between the host's 7.2 and 10.0 and back, one per
 /// transport, with a file written before and a hot-plugged disk written
 /// to: after each, the same guest, the same file and the same disk.
 async fn back_and_forth(mut config: VmConfig) {
@@ -35,15 +35,21 @@ async fn back_and_forth(mut config: VmConfig) {
         .await
         .unwrap()
         .stdout;
+    // 10.0 to 10.0 goes through a file, its RAM mapped (neither is in
+    // 7.2).
     let hops = [
         (&newer, "10.0", MigrationMode::Tcp),
         (&host, "7.2", MigrationMode::Unix),
         (&newer, "10.0", MigrationMode::Exec),
+        (&newer, "10.0", MigrationMode::File),
         (&host, "7.2", MigrationMode::Fd),
     ];
     for (to, version, mode) in hops {
         let mut spec = MigrationSpec::new(mode);
         spec.destination_qemu = Some(to.clone());
+        if mode == MigrationMode::File {
+            spec.enable("mapped-ram");
+        }
         let report = vm.migrate_with(&spec).await.unwrap();
         assert_eq!(report.machine_type, "pc-q35-7.2", "to {version}");
         assert!(report.destination_qemu.starts_with(version), "{report:?}");
@@ -65,20 +71,31 @@ async fn back_and_forth(mut config: VmConfig) {
             "after {mode} to {version}"
         );
         assert_eq!(vm.hotplug().devices(), ["data"]);
+        let state_files = std::fs::read_dir(vm.files().runtime_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "state")
+            })
+            .count();
+        assert_eq!(state_files, 0, "the state file is removed after {mode}");
     }
     assert_eq!(qemus(&vm).len(), 1, "only the VM's QEMU is left");
     vm.power_off().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_guest_goes_between_7_2_and_10_0_four_times() {
+async fn the_default_guest_goes_between_7_2_and_10_0_over_every_transport() {
     let _slot = guest_slots(1);
     let logs = test_logs();
     back_and_forth(config(logs.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_debian_guest_goes_between_7_2_and_10_0_four_times() {
+async fn the_debian_guest_goes_between_7_2_and_10_0_over_every_transport() {
     let _slot = guest_slots(1);
     let logs = test_logs();
     let mut config = VmConfig::new(debian().clone());

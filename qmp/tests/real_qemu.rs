@@ -308,7 +308,10 @@ async fn out_of_band_without_negotiating_it_is_refused() {
         .execute_oob_within(qapi::qmp::migrate_pause {}, Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("did not negotiate `oob`"), "{error}");
+    assert!(
+        error.to_string().contains("did not negotiate `oob`"),
+        "{error}"
+    );
     assert!(qmp.execute(qapi::qmp::query_status {}).await.is_ok());
 }
 

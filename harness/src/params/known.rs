@@ -410,7 +410,7 @@ pub const MIGRATION_MODE: Param<MigrationMode> =
 pub const MIGRATION_FEATURE: Param<Feature> = Param::new(
     "migration_feature",
     "precopy",
-    "the feature the `migration_matrix` test migrates under (`tls-wrong-hostname` must fail, cleanly)",
+    "the feature the `migration_matrix` test migrates under (`tls-wrong-*` and `cancel-*` must fail cleanly; `mapped-ram*` need the file transport)",
 );
 /// `migration_iterations`.
 pub const MIGRATION_ITERATIONS: Param<u32> = Param::new(
