@@ -167,3 +167,45 @@ fn a_killed_make_leaves_nothing_for_long() {
         "{stdout}{stderr}"
     );
 }
+
+/// `snapshot_format=mapped-ram` makes a snapshot of its own where the
+/// QEMU has mapped-ram (10.0), and is refused, with the reason, where it
+/// has not (7.2).
+#[test]
+fn a_mapped_ram_snapshot_is_made_by_a_qemu_that_has_it() {
+    let _slot = common::guest_slots(1);
+    let built = common::qemu_build("10.0");
+    let home = tempfile::tempdir().unwrap();
+    // The cache's QEMU builds (`<cache>/qemu/<version>/bin/<binary>`),
+    // seen from this cache.
+    let builds = built.ancestors().nth(3).unwrap();
+    assert!(builds.ends_with("qemu"), "{}", built.display());
+    std::os::unix::fs::symlink(builds, home.path().join("qemu")).unwrap();
+    let guest = copy_of_the_default_guest(home.path());
+    let mapped = ["-p", "snapshot_format=mapped-ram"];
+    let (ok, stdout, stderr) = virtest(
+        home.path(),
+        &[&["snapshot", "make", &guest][..], &mapped].concat(),
+    );
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("QEMU 7.2.") && stderr.contains("offers no `mapped-ram` capability"),
+        "{stderr}"
+    );
+    let on_10 = [
+        &["snapshot", "make", &guest][..],
+        &mapped,
+        &["-p", "qemu_bin=10.0"],
+    ]
+    .concat();
+    let (ok, stdout, stderr) = virtest(home.path(), &on_10);
+    assert!(ok, "{stdout}{stderr}");
+    let key = stdout.trim().strip_prefix("made snapshot ").unwrap();
+    let meta =
+        std::fs::read_to_string(home.path().join("snapshots").join(key).join("meta.json")).unwrap();
+    assert!(meta.contains("\"state_format\": \"mapped-ram\""), "{meta}");
+    assert!(
+        meta.contains("state: mapped-ram"),
+        "its key says so: {meta}"
+    );
+}

@@ -134,6 +134,62 @@ pub struct SnapshotMeta {
     pub material: Vec<String>,
     /// The key's input files, as they were.
     pub inputs: Vec<FileStamp>,
+    /// How the state file lays the guest out (a record without one is
+    /// from before mapped-ram: a stream).
+    #[serde(default)]
+    pub state_format: StateFormat,
+    /// How long QEMU took to write the state, in ms (0 in a record from
+    /// before it was kept).
+    #[serde(default)]
+    pub save_ms: u64,
+}
+
+/// How a snapshot's state was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedState {
+    /// Its format.
+    pub format: StateFormat,
+    /// How long QEMU took to write it.
+    pub took: std::time::Duration,
+}
+
+/// How a snapshot's state file holds the guest: what the restoring QEMU
+/// must be told to read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateFormat {
+    /// QEMU's migration stream, pages in the order they were sent.
+    #[default]
+    Stream,
+    /// `mapped-ram` (QEMU 9.0 on): each page at its own offset, a file
+    /// as large as the guest's RAM with holes where pages are zero.
+    MappedRam,
+}
+
+impl StateFormat {
+    /// Every format's name.
+    pub const NAMES: [&'static str; 2] = ["stream", "mapped-ram"];
+
+    /// Its name (`mapped-ram`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateFormat::Stream => "stream",
+            StateFormat::MappedRam => "mapped-ram",
+        }
+    }
+
+    /// The format named `name`.
+    ///
+    /// ```
+    /// use virtest_guest::snapshots::StateFormat;
+    /// assert_eq!(StateFormat::parse("mapped-ram"), Some(StateFormat::MappedRam));
+    /// assert_eq!(StateFormat::parse("raw"), None);
+    /// ```
+    pub fn parse(name: &str) -> Option<StateFormat> {
+        [StateFormat::Stream, StateFormat::MappedRam]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
 }
 
 /// One file of a snapshot, as it was made.
@@ -443,7 +499,16 @@ mod tests {
     fn make(store: &SnapshotStore, key: &SnapshotKey, state: &[u8]) -> Snapshot {
         let pending = store.prepare(key).unwrap();
         fs::write(pending.state(), state).unwrap();
-        pending.commit(store, Duration::from_millis(5)).unwrap()
+        pending
+            .commit(
+                store,
+                Duration::from_millis(5),
+                SavedState {
+                    format: StateFormat::Stream,
+                    took: Duration::from_millis(1),
+                },
+            )
+            .unwrap()
     }
 
     /// A make in progress holds its key's lock and is left alone; one

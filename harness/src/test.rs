@@ -442,6 +442,7 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
         .value_if_set(&params::FORWARD_PORTS)?
         .unwrap_or_default();
     config.boot = params.value(&params::BOOT)?;
+    config.snapshot_format = params.value(&params::SNAPSHOT_FORMAT)?;
     config.log_dir = Some(log_dir.to_path_buf());
     Ok(config)
 }

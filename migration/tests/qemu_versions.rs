@@ -133,3 +133,53 @@ async fn a_type_the_older_qemu_lacks_is_refused_and_the_vm_keeps_running() {
     assert_eq!(identity(&vm).await.0, boot_id, "the source runs on");
     vm.power_off().await.unwrap();
 }
+
+/// A ready snapshot asked for as mapped-ram, on 10.0, is saved as a
+/// mapped-ram file; a VM restored from it runs the guest that was saved,
+/// and it migrates on as a stream (the capability its restore turned on
+/// is turned off again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_ram_snapshot_restores_and_its_vm_migrates_on() {
+    use virtest_guest::snapshots::{SnapshotStore, StateFormat};
+    use virtest_vm::Start;
+    let _slot = guest_slots(1);
+    let logs = test_logs();
+    let store = tempfile::tempdir().unwrap();
+    let mut config = config(logs.path());
+    config.qemu = Some(qemu_build("10.0"));
+    config.snapshot_dir = Some(store.path().to_path_buf());
+    config.snapshot_format = StateFormat::MappedRam;
+    config.boot = BootMode::Snapshot;
+    let mut maker = Vm::new(config.clone());
+    maker.power_on().await.unwrap();
+    assert!(
+        matches!(maker.start(), Start::MadeSnapshot { .. }),
+        "{}",
+        maker.start()
+    );
+    maker.power_off().await.unwrap();
+    let made = SnapshotStore::new(store.path())
+        .list()
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(made.meta.state_format, StateFormat::MappedRam);
+    assert!(made.meta.save_ms > 0, "{:?}", made.meta);
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    assert!(
+        matches!(vm.start(), Start::FromSnapshot { .. }),
+        "{}",
+        vm.start()
+    );
+    vm.login_remote().await.unwrap();
+    let (boot_id, _) = identity(&vm).await;
+    let report = vm.migrate(MigrationMode::Tcp).await.unwrap();
+    assert!(
+        !report.capabilities.iter().any(|c| c == "mapped-ram"),
+        "{report:?}"
+    );
+    vm.login_remote().await.unwrap();
+    assert_eq!(identity(&vm).await.0, boot_id);
+    vm.power_off().await.unwrap();
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use virtest_guest::GuestDescription;
+use virtest_guest::snapshots::StateFormat;
 use virtest_qemu_cmdline::Arg;
 use virtest_qemu_cmdline::accel::Accel;
 
@@ -106,6 +107,10 @@ pub struct VmConfig {
     pub boot: BootMode,
     /// Where ready snapshots are kept (`None`: the cache's `snapshots/`).
     pub snapshot_dir: Option<PathBuf>,
+    /// How a ready snapshot's state is written: QEMU's migration stream
+    /// (the default: it restores faster, see the README), or mapped-ram
+    /// (QEMU 9.0 on; a snapshot of its own, its key says so).
+    pub snapshot_format: StateFormat,
 }
 
 impl VmConfig {
@@ -134,6 +139,7 @@ impl VmConfig {
             start_timeout: Duration::from_secs(30),
             boot: BootMode::Fresh,
             snapshot_dir: None,
+            snapshot_format: StateFormat::Stream,
         }
     }
 

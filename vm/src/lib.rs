@@ -75,4 +75,6 @@ pub use instance::{Endpoints, Forward, Instance};
 pub use launch::{ConsoleOutput, GuestLaunch};
 pub use network::{Network, NetworkNic};
 pub use snapshot::{BootMode, Start};
+/// How a ready snapshot's state is written ([`VmConfig::snapshot_format`]).
+pub use virtest_guest::snapshots::StateFormat;
 pub use vm::{Hotplug, PowerOff, Reboot, SshAccess, Vm, VmFiles, VmState, Within};

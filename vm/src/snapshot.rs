@@ -21,10 +21,10 @@ use qapi::qmp::{
     MigrateSetParameters, RunState, cont, migrate_incoming, migrate_set_parameters, query_status,
     stop,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
-use virtest_guest::snapshots::{FileStamp, SnapshotKey};
+use virtest_guest::snapshots::{FileStamp, SavedState, SnapshotKey, StateFormat};
 use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::binary::Probe;
 use virtest_qmp::Qmp;
@@ -119,7 +119,8 @@ pub(crate) fn unsupported(guest: &GuestDescription, seed_password: bool) -> Opti
 
 /// The key of the snapshot a VM would start from: the guest-visible
 /// command line (its host endpoints and network segments blanked), the
-/// QEMU binary and its version, and the guest's files.
+/// QEMU binary and its version, the guest's files, and the state's
+/// format.
 pub(crate) fn key(
     guest: &GuestDescription,
     qemu: &Probe,
@@ -127,6 +128,7 @@ pub(crate) fn key(
     disks: Option<&VmDisks>,
     seed: Option<&Seed>,
     networks: &[NetworkNic],
+    format: StateFormat,
 ) -> Result<SnapshotKey> {
     let mut template = launch(&Endpoints {
         qmp_socket: PathBuf::from("<qmp>"),
@@ -155,6 +157,10 @@ pub(crate) fn key(
         format!("qemu: {}", qemu.version_line),
         format!("command line: {template}"),
     ];
+    // A stream's key is as it was before there was a choice.
+    if format != StateFormat::Stream {
+        material.push(format!("state: {}", format.as_str()));
+    }
     if let Some(seed) = seed {
         material.push(format!(
             "cloud-init: user {}, keys {}",
@@ -187,11 +193,33 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Saves the guest's state into `state`: stopped, then migrated into
 /// the file through a descriptor QEMU gets over QMP, so the file is
-/// whole when QEMU says the migration completed.
-pub(crate) async fn save(qmp: &Qmp, state: &Path) -> std::result::Result<(), String> {
+/// whole when QEMU says the migration completed; laid out as `format`
+/// says (mapped-ram only where the QEMU offers it).
+pub(crate) async fn save(
+    qmp: &Qmp,
+    state: &Path,
+    format: StateFormat,
+) -> std::result::Result<SavedState, String> {
+    let began = Instant::now();
+    let qmp_error = |step: &str, e: virtest_qmp::Error| format!("saving the guest ({step}): {e}");
+    if format == StateFormat::MappedRam {
+        match offers_mapped_ram(qmp).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let (major, minor, micro) = qmp.greeting().version;
+                return Err(format!(
+                    "QEMU {major}.{minor}.{micro} offers no `mapped-ram` capability (9.0 on), \
+                     which a mapped-ram snapshot needs"
+                ));
+            }
+            Err(e) => return Err(qmp_error("query-migrate-capabilities", e)),
+        }
+    }
     let file =
         std::fs::File::create(state).map_err(|e| format!("creating `{}`: {e}", state.display()))?;
-    let qmp_error = |step: &str, e: virtest_qmp::Error| format!("saving the guest ({step}): {e}");
+    set_state_format(qmp, format)
+        .await
+        .map_err(|e| qmp_error("migrate-set-capabilities", e))?;
     let uncapped = MigrateSetParameters {
         max_bandwidth: Some(UNCAPPED_BANDWIDTH),
         ..MigrateSetParameters::default()
@@ -202,7 +230,15 @@ pub(crate) async fn save(qmp: &Qmp, state: &Path) -> std::result::Result<(), Str
     qmp.execute(stop {})
         .await
         .map_err(|e| qmp_error("stop", e))?;
-    let saving = Outgoing::start(qmp, Target::Fd(file.as_fd())).await;
+    let saving = match format {
+        StateFormat::Stream => Outgoing::start(qmp, Target::Fd(file.as_fd())).await,
+        StateFormat::MappedRam => {
+            let uri = pass_as_fdset(qmp, &file)
+                .await
+                .map_err(|e| qmp_error("add-fd", e))?;
+            Outgoing::start(qmp, Target::Uri(&uri)).await
+        }
+    };
     drop(file);
     let failed = |e: OutgoingError| {
         let full = disk_full(state).unwrap_or_default();
@@ -216,7 +252,43 @@ pub(crate) async fn save(qmp: &Qmp, state: &Path) -> std::result::Result<(), Str
         .map_err(failed)?
         .finish(SAVE_TIMEOUT)
         .await
-        .map_err(failed)
+        .map_err(failed)?;
+    Ok(SavedState {
+        format,
+        took: began.elapsed(),
+    })
+}
+
+/// The fd set a mapped-ram state file is passed in.
+const STATE_FDSET: u64 = 7;
+
+/// Passes `file` to QEMU in an fd set (`add-fd`), and returns the `file:`
+/// URI that names it: mapped-ram writes and reads at each page's offset,
+/// which QEMU does only in a file it opens (an `fd:` is a stream to it).
+async fn pass_as_fdset(qmp: &Qmp, file: &std::fs::File) -> virtest_qmp::Result<String> {
+    qmp.execute_with_fd("add-fd", json!({ "fdset-id": STATE_FDSET }), file.as_fd())
+        .await?;
+    Ok(format!("file:/dev/fdset/{STATE_FDSET}"))
+}
+
+/// Whether the QEMU has the `mapped-ram` capability.
+async fn offers_mapped_ram(qmp: &Qmp) -> virtest_qmp::Result<bool> {
+    let capabilities = qmp
+        .execute_raw("query-migrate-capabilities", Value::Null)
+        .await?;
+    Ok(capabilities
+        .as_array()
+        .is_some_and(|list| list.iter().any(|c| c["capability"] == "mapped-ram")))
+}
+
+/// Tells the QEMU which format the state file has (or gets): `mapped-ram`
+/// on for [`StateFormat::MappedRam`]. A stream needs nothing.
+async fn set_state_format(qmp: &Qmp, format: StateFormat) -> virtest_qmp::Result<()> {
+    if format == StateFormat::MappedRam {
+        let on = json!({ "capabilities": [{ "capability": "mapped-ram", "state": true }] });
+        qmp.execute_raw("migrate-set-capabilities", on).await?;
+    }
+    Ok(())
 }
 
 /// "no space left on the disk holding `DIR` (N KiB free): " when the
@@ -240,6 +312,7 @@ fn disk_full(path: &Path) -> Option<String> {
 pub(crate) async fn load(
     instance: Instance,
     state: std::fs::File,
+    format: StateFormat,
     deadline: Duration,
 ) -> Result<Instance> {
     let began = Instant::now();
@@ -250,13 +323,24 @@ pub(crate) async fn load(
             source,
         }
     };
-    qmp.execute_with_fd("getfd", json!({ "fdname": STATE_FD }), state.as_fd())
-        .await
-        .map_err(qmp_error("passing the snapshot's state (`getfd`)"))?;
+    set_state_format(&qmp, format).await.map_err(qmp_error(
+        "telling the state's format (`migrate-set-capabilities`)",
+    ))?;
+    let uri = match format {
+        StateFormat::Stream => {
+            qmp.execute_with_fd("getfd", json!({ "fdname": STATE_FD }), state.as_fd())
+                .await
+                .map_err(qmp_error("passing the snapshot's state (`getfd`)"))?;
+            format!("fd:{STATE_FD}")
+        }
+        StateFormat::MappedRam => pass_as_fdset(&qmp, &state)
+            .await
+            .map_err(qmp_error("passing the snapshot's state (`add-fd`)"))?,
+    };
     // QEMU reads its own copy of the descriptor.
     drop(state);
     let incoming = migrate_incoming {
-        uri: Some(format!("fd:{STATE_FD}")),
+        uri: Some(uri),
         channels: None,
         exit_on_error: None,
     };

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
-    META, STATE, Snapshot, SnapshotFile, SnapshotKey, SnapshotMeta, SnapshotStore, sha256_file,
+    META, STATE, SavedState, Snapshot, SnapshotFile, SnapshotKey, SnapshotMeta, SnapshotStore,
+    sha256_file,
 };
 use crate::error::{IoContext, Result};
 
@@ -39,10 +40,15 @@ impl PendingSnapshot {
         &self.dir
     }
 
-    /// Records each file's size and hash and makes it read-only, puts the
-    /// snapshot in place, and removes the same guest's snapshots that
-    /// went stale.
-    pub fn commit(mut self, store: &SnapshotStore, make_time: Duration) -> Result<Snapshot> {
+    /// Records each file's size and hash, and the state's format, and
+    /// makes each file read-only, puts the snapshot in place, and removes
+    /// the same guest's snapshots that went stale.
+    pub fn commit(
+        mut self,
+        store: &SnapshotStore,
+        make_time: Duration,
+        saved: SavedState,
+    ) -> Result<Snapshot> {
         let mut files = Vec::new();
         let mut entries: Vec<PathBuf> = fs::read_dir(&self.dir)
             .io_context("listing", &self.dir)?
@@ -73,6 +79,8 @@ impl PendingSnapshot {
             files,
             material: self.key.material.clone(),
             inputs: self.key.inputs.clone(),
+            state_format: saved.format,
+            save_ms: saved.took.as_millis() as u64,
         };
         let meta_path = self.dir.join(META);
         let json = serde_json::to_vec_pretty(&meta).expect("a record serializes");

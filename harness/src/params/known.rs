@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use virtest_migration::{Feature, MigrationMode, Tls};
 use virtest_qemu_cmdline::accel::Accel;
-use virtest_vm::BootMode;
+use virtest_vm::{BootMode, StateFormat};
 
 use crate::qemus::QemuChoice;
 
@@ -188,6 +188,15 @@ impl ParamValue for BootMode {
     }
     fn parse(text: &str) -> Option<BootMode> {
         BootMode::parse(text)
+    }
+}
+
+impl ParamValue for StateFormat {
+    fn expected() -> String {
+        one_of(&StateFormat::NAMES)
+    }
+    fn parse(text: &str) -> Option<StateFormat> {
+        StateFormat::parse(text)
     }
 }
 
@@ -403,6 +412,12 @@ pub const BOOT: Param<BootMode> = Param::new(
     "snapshot",
     "`snapshot`: start VMs from the guest's ready snapshot (the first VM that needs one makes it); `fresh`: boot. Tests of booting (`boot`, `reboot`) always boot",
 );
+/// `snapshot_format`.
+pub const SNAPSHOT_FORMAT: Param<StateFormat> = Param::new(
+    "snapshot_format",
+    "stream",
+    "how a ready snapshot's state is written: `stream` (QEMU's migration stream; it restores faster here) or `mapped-ram` (QEMU 9.0 on, a snapshot of its own)",
+);
 /// `migration_mode`.
 pub const MIGRATION_MODE: Param<MigrationMode> =
     Param::new("migration_mode", "tcp", "the migration transport");
@@ -501,6 +516,7 @@ pub const KNOWN: &[&dyn Known] = &[
     &LOGIN_TIMEOUT,
     &KEEP_DISKS,
     &BOOT,
+    &SNAPSHOT_FORMAT,
     &MIGRATION_MODE,
     &MIGRATION_FEATURE,
     &MIGRATION_ITERATIONS,

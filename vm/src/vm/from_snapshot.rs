@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use virtest_guest::description::Ready;
 use virtest_guest::snapshots::{
-    InUse, Lookup, PendingSnapshot, Snapshot, SnapshotKey, SnapshotStore,
+    InUse, Lookup, PendingSnapshot, SavedState, Snapshot, SnapshotKey, SnapshotStore, StateFormat,
 };
 use virtest_qemu_cmdline::QemuCmdline;
 
@@ -126,7 +126,7 @@ async fn restore_checked(
         tokio::task::spawn_blocking(move || snapshot.verify().map_err(|e| e.to_string()))
     };
     let restored = match vm.adopt_disks(snapshot.dir(), held).await {
-        Ok(()) => restore(vm, launch, state).await,
+        Ok(()) => restore(vm, launch, state, snapshot.meta.state_format).await,
         Err(e) => Err(e),
     };
     let verified = verifying
@@ -186,13 +186,14 @@ async fn make_and_restore(
         Err(e) => return Ok(Err(cannot_store(&e))),
     };
     let began = Instant::now();
-    if let Err(why) = make(vm, launch, &pending).await? {
-        return Ok(Err(why));
-    }
+    let saved = match make(vm, launch, &pending).await? {
+        Ok(saved) => saved,
+        Err(why) => return Ok(Err(why)),
+    };
     // In use from before it is in place, so that no prune comes between.
     let made = store
         .hold(key)
-        .and_then(|held| Ok((pending.commit(store, began.elapsed())?, held)));
+        .and_then(|held| Ok((pending.commit(store, began.elapsed(), saved)?, held)));
     let (snapshot, held) = match made {
         Ok(made) => made,
         Err(e) => return Ok(Err(cannot_store(&e))),
@@ -220,7 +221,7 @@ async fn make(
     vm: &mut Vm,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     pending: &PendingSnapshot,
-) -> Result<std::result::Result<(), String>> {
+) -> Result<std::result::Result<SavedState, String>> {
     let maker = vm.start_instance_with(launch).await?;
     tracing::debug!(pid = maker.pid(), "booting the guest to save it once ready");
     vm.hand_over(maker);
@@ -232,7 +233,8 @@ async fn make(
         }
     }
     let qmp = vm.qmp()?.clone();
-    let saved = snapshot::save(&qmp, &pending.state()).await;
+    let format = vm.config().snapshot_format;
+    let saved = snapshot::save(&qmp, &pending.state(), format).await;
     if let Some(maker) = vm.take_instance() {
         // Saved and stopped: nothing is lost by killing it.
         drop(maker);
@@ -248,15 +250,16 @@ async fn make(
     Ok(saved)
 }
 
-/// Starts QEMU with the guest's command line, incoming from `state`, and
-/// waits until the guest runs.
+/// Starts QEMU with the guest's command line, incoming from `state` (laid
+/// out as `format` says), and waits until the guest runs.
 async fn restore(
     vm: &mut Vm,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     state: std::fs::File,
+    format: StateFormat,
 ) -> Result<Instance> {
     let restoring =
         move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming("defer", |e| e);
     let instance = vm.start_instance_with(&restoring).await?;
-    snapshot::load(instance, state, vm.config().start_timeout).await
+    snapshot::load(instance, state, format, vm.config().start_timeout).await
 }

@@ -198,6 +198,7 @@ impl Vm {
                     self.disks.as_ref(),
                     seed.as_ref(),
                     &self.config.networks,
+                    self.config.snapshot_format,
                 )?;
                 from_snapshot::start(self, &store, &key, launch).await
             }
