@@ -4,7 +4,8 @@
 //!
 //! Layout under `<cache>/snapshots/` (private: a guest's memory and seed
 //! may hold secrets):
-//! - `<key>/state`: QEMU's migration stream of the ready guest.
+//! - `<key>/state`: QEMU's migration stream of the ready guest, or a
+//!   mapped-ram file ([`StateFormat`]).
 //! - `<key>/disk0.qcow2`...: for a disk guest, the overlays as they were
 //!   when it was saved, frozen read-only; the seed and UEFI variables.
 //! - `<key>/meta.json`: [`SnapshotMeta`], each file's size and SHA-256
@@ -39,9 +40,11 @@ use crate::manifest::hex;
 
 mod locks;
 mod pending;
+mod state_format;
 
 pub use locks::{InUse, Pruned, SnapshotLock};
 pub use pending::PendingSnapshot;
+pub use state_format::{SavedState, StateFormat};
 
 /// The file holding the migration stream, in a snapshot's directory.
 pub const STATE: &str = "state";
@@ -142,54 +145,6 @@ pub struct SnapshotMeta {
     /// before it was kept).
     #[serde(default)]
     pub save_ms: u64,
-}
-
-/// How a snapshot's state was saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SavedState {
-    /// Its format.
-    pub format: StateFormat,
-    /// How long QEMU took to write it.
-    pub took: std::time::Duration,
-}
-
-/// How a snapshot's state file holds the guest: what the restoring QEMU
-/// must be told to read it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StateFormat {
-    /// QEMU's migration stream, pages in the order they were sent.
-    #[default]
-    Stream,
-    /// `mapped-ram` (QEMU 9.0 on): each page at its own offset, a file
-    /// as large as the guest's RAM with holes where pages are zero.
-    MappedRam,
-}
-
-impl StateFormat {
-    /// Every format's name.
-    pub const NAMES: [&'static str; 2] = ["stream", "mapped-ram"];
-
-    /// Its name (`mapped-ram`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StateFormat::Stream => "stream",
-            StateFormat::MappedRam => "mapped-ram",
-        }
-    }
-
-    /// The format named `name`.
-    ///
-    /// ```
-    /// use virtest_guest::snapshots::StateFormat;
-    /// assert_eq!(StateFormat::parse("mapped-ram"), Some(StateFormat::MappedRam));
-    /// assert_eq!(StateFormat::parse("raw"), None);
-    /// ```
-    pub fn parse(name: &str) -> Option<StateFormat> {
-        [StateFormat::Stream, StateFormat::MappedRam]
-            .into_iter()
-            .find(|f| f.as_str() == name)
-    }
 }
 
 /// One file of a snapshot, as it was made.

@@ -4,6 +4,7 @@
 //!
 //! - `migrate`: the [`Migrate`] extension trait on `Vm`: destination,
 //!   capabilities, following the events, handover, recovery.
+//! - `ending`: the destination checked, or the source recovered.
 //! - `mode`: [`MigrationMode`], the transports.
 //! - `setup`: both QEMUs made ready: capabilities, parameters, TLS.
 //! - `schema`: what a QEMU can do, from its QMP schema (`file:`).
@@ -14,6 +15,7 @@
 //! - `report`: [`MigrationReport`], what happened, in figures.
 #![deny(missing_docs)]
 
+mod ending;
 mod error;
 mod feature;
 mod migrate;

@@ -5,16 +5,16 @@ use std::time::{Duration, Instant};
 
 use qapi::Enum;
 use qapi::qmp::{
-    MigrationInfo, MigrationStatus, RunState, cont, migrate_cancel, migrate_continue,
-    migrate_pause, migrate_start_postcopy, query_migrate, query_status, quit,
+    MigrationStatus, migrate_cancel, migrate_continue, migrate_pause, migrate_start_postcopy,
+    query_migrate,
 };
 use serde_json::Value;
 use tracing::Instrument;
 use virtest_qemu_cmdline::binary;
-use virtest_qmp::Qmp;
 use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target};
 use virtest_vm::{Instance, Vm, VmState};
 
+use crate::ending::{RECOVERY, destination_runs, final_figures, recover_source, retire};
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
 use crate::report::{MigrationReport, RamFigures, StatusChange};
@@ -397,7 +397,9 @@ async fn follow(
                     _ => {}
                 }
             }
-            status = destination.exited() => {
+            // A cancelled migration's destination exits (7.2 does): the
+            // source's `cancelled` is what ends it then.
+            status = destination.exited(), if !cancelled => {
                 return Err(Error::destination_died(status, destination.output_tail(), None));
             }
             status = source.exited() => return Err(Error::SourceDied { status }),
@@ -492,146 +494,12 @@ fn source_error(error: OutgoingError) -> Error {
     }
 }
 
-/// Checks the destination runs the guest (when the source did).
-async fn destination_runs(
-    destination: &Instance,
-    source_state: &VmState,
-    since: virtest_qmp::EventCursor,
-) -> Result<()> {
-    if *source_state != VmState::Running {
-        return Ok(());
-    }
-    let qmp = destination.qmp();
-    let failed = |step: &str| {
-        let step = step.to_string();
-        move |source| Error::Qmp {
-            side: "destination",
-            step,
-            source,
-        }
-    };
-    qmp.wait_event(since, "RESUME", &Value::Null, Duration::from_secs(10))
-        .await
-        .map_err(failed("waiting for the guest to resume"))?;
-    let status = qmp
-        .execute(query_status {})
-        .await
-        .map_err(failed("`query-status`"))?;
-    if status.status != RunState::running {
-        return Err(Error::NotRunning {
-            state: status.status.name().to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// How long a progress query may take.
 const PROGRESS_QUERY: Duration = Duration::from_secs(2);
 
 /// How long a failed migration's destination has to exit, or to say it
 /// failed, when it refused the stream.
 const DESTINATION_EXIT: Duration = Duration::from_secs(2);
-
-/// How long recovering the source after a failed migration may take, all
-/// its QMP calls together.
-const RECOVERY: Duration = Duration::from_secs(10);
-
-/// After a failed migration: cancels what may still run, kills the
-/// destination, and makes sure the source runs as before, all within
-/// `budget`. Returns `error`, told whether the source was seen running.
-async fn recover_source(
-    vm: &Vm,
-    destination: Instance,
-    source_state: VmState,
-    error: Error,
-    budget: Duration,
-) -> Error {
-    drop(destination);
-    if matches!(error, Error::SourceDied { .. }) {
-        return error;
-    }
-    let Ok(qmp) = vm.qmp() else {
-        return error;
-    };
-    let deadline = Instant::now() + budget;
-    let within = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(2))
-    };
-    let _ = qmp.execute_within(migrate_cancel {}, within()).await;
-    // Cancelling takes effect asynchronously.
-    while Instant::now() < deadline {
-        let info = qmp.execute_within(query_migrate {}, within()).await;
-        match info.map(|info| info.status) {
-            Ok(Some(
-                MigrationStatus::setup
-                | MigrationStatus::active
-                | MigrationStatus::cancelling
-                | MigrationStatus::device
-                | MigrationStatus::pre_switchover,
-            )) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(_) => break,
-            // Not answering: stop asking.
-            Err(_) => break,
-        }
-    }
-    let status = async || {
-        let query = qmp.execute_within(query_status {}, within());
-        query.await.ok().map(|status| status.status)
-    };
-    let mut state = status().await;
-    if source_state == VmState::Running && state.is_some_and(|s| s != RunState::running) {
-        tracing::info!(?state, "resuming the source after the failed migration");
-        let _ = qmp.execute_within(cont {}, within()).await;
-        state = status().await;
-    }
-    let answered = state.is_some();
-    match error {
-        Error::Timeout {
-            after, last_status, ..
-        } => Error::Timeout {
-            after,
-            last_status,
-            source_answers: answered,
-        },
-        other => other,
-    }
-}
-
-/// `query-migrate` on the completed source, re-asked while QEMU's totals
-/// still read 0.
-async fn final_figures(qmp: &Qmp) -> Result<MigrationInfo> {
-    let mut tries = 0;
-    loop {
-        let info = qmp
-            .execute(query_migrate {})
-            .await
-            .map_err(|source| Error::Qmp {
-                side: "source",
-                step: "`query-migrate`".into(),
-                source,
-            })?;
-        tries += 1;
-        let totalled = info.status == Some(MigrationStatus::completed)
-            && info.total_time.is_some_and(|ms| ms > 0);
-        if totalled || tries == 100 {
-            return Ok(info);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Ends the old source: `quit`, then the kill of its drop.
-async fn retire(old: Instance) {
-    let quick = Duration::from_secs(2);
-    let _ = old.qmp().execute_within(quit {}, quick).await;
-    if old.wait_exit(Duration::from_secs(3)).await.is_none() {
-        tracing::warn!(pid = old.pid(), "the old source did not quit; killing it");
-    }
-}
 
 /// Milliseconds, to the microsecond.
 fn millis(d: Duration) -> f64 {

@@ -12,7 +12,6 @@
 //! command a third slower on these machines. With out-of-band enabled QEMU
 //! requires ids, and replies are routed by id.
 
-use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,8 +30,10 @@ use crate::fdpass;
 use crate::transcript::{Direction, TranscriptWriter};
 
 mod reader;
+mod shared;
 
 use reader::{read_greeting, read_loop};
+use shared::{Pending, Shared, Waiter};
 
 /// The default deadline for a command's reply.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,60 +67,6 @@ impl Default for Options {
             oob: false,
         }
     }
-}
-
-/// A reply waiting to be delivered: the command's name and where to send it.
-type Waiter = (String, oneshot::Sender<Result<Value>>);
-
-/// What the reader and the command senders share.
-struct Shared {
-    /// Pending commands by sequence number (their id, when ids are sent).
-    pending: Mutex<Pending>,
-    /// Whether commands carry ids (out-of-band mode) or replies come in order.
-    send_ids: AtomicBool,
-    events: Arc<EventLog>,
-    transcript: Option<TranscriptWriter>,
-    /// Becomes true once the reader has stopped.
-    reader_stopped: tokio::sync::watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Stops waiting for the reply to `id` (the command gave up on it).
-    fn forget(&self, id: u64) {
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .waiters
-            .remove(&id);
-    }
-
-    /// Ends the connection: every pending command gets `reason`, and
-    /// waits on events end.
-    fn close(&self, reason: String) {
-        let waiters = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            if pending.closed.is_none() {
-                pending.closed = Some(reason.clone());
-            }
-            pending.outbox.clear();
-            std::mem::take(&mut pending.waiters)
-        };
-        for (_, (_, tx)) in waiters {
-            let _ = tx.send(Err(Error::Disconnected {
-                reason: reason.clone(),
-            }));
-        }
-        self.events.close();
-    }
-}
-
-#[derive(Default)]
-struct Pending {
-    waiters: BTreeMap<u64, Waiter>,
-    /// Command lines queued for the next write.
-    outbox: Vec<u8>,
-    /// Set once the connection ended, with why.
-    closed: Option<String>,
 }
 
 /// A QMP connection; clone it to use it from many tasks.
