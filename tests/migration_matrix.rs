@@ -105,7 +105,7 @@ fn expected_skip(
     if one_way && return_path {
         return Some("needs a return path");
     }
-    if one_way && socket_only {
+    if socket_only && mode != "tcp" && mode != "unix" {
         return Some(match feature.starts_with("tls") {
             true => "needs a socket transport",
             false => "or file with mapped-ram",
