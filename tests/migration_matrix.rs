@@ -105,11 +105,11 @@ fn expected_skip(
     if one_way && return_path {
         return Some("needs a return path");
     }
-    if socket_only && mode != "tcp" && mode != "unix" {
-        return Some(match feature.starts_with("tls") {
-            true => "needs a socket transport",
-            false => "or file with mapped-ram",
-        });
+    if feature.starts_with("tls") && one_way {
+        return Some("needs a two-way channel");
+    }
+    if socket_only && !feature.starts_with("tls") && mode != "tcp" && mode != "unix" {
+        return Some("or file with mapped-ram");
     }
     // As the source, 7.2's capabilities say so before the VM logs in;
     // as the destination, its own list.

@@ -367,11 +367,15 @@ async fn follow(
                             .map_err(qmp_failed("destination", "waiting for postcopy to pause"))?;
                         let uri = transport.recover(destination_qmp).await?;
                         outgoing.resume(&uri).await.map_err(source_error)?;
-                        // Recovered: the rest of the copy at full speed.
-                        let uncapped = serde_json::json!({ "max-postcopy-bandwidth": 0 });
-                        qmp.execute_raw_within("migrate-set-parameters", uncapped, left())
-                            .await
-                            .map_err(qmp_failed("source", "`migrate-set-parameters` (uncapping postcopy)"))?;
+                        // Recovered: the rest of the copy at full speed,
+                        // unless the spec set its own pace.
+                        let own_pace = spec.extra_parameters.iter().any(|(name, _)| name == "max-postcopy-bandwidth");
+                        if !own_pace {
+                            let uncapped = serde_json::json!({ "max-postcopy-bandwidth": 0 });
+                            qmp.execute_raw_within("migrate-set-parameters", uncapped, left())
+                                .await
+                                .map_err(qmp_failed("source", "`migrate-set-parameters` (uncapping postcopy)"))?;
+                        }
                     }
                     MigrationStatus::failed | MigrationStatus::cancelled => {
                         let reason = outgoing.failure_reason().await;

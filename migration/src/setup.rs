@@ -274,7 +274,7 @@ pub(crate) async fn secure(
             let client = tls::add_object(source, kind, &dir, false).await?;
             let hostname = match (&spec.tls_hostname, spec.mode, kind) {
                 (Some(name), _, _) => name.clone(),
-                (None, MigrationMode::Unix, Tls::X509) => "localhost".into(),
+                (None, MigrationMode::Unix | MigrationMode::Fd, Tls::X509) => "localhost".into(),
                 (None, _, _) => String::new(),
             };
             (

@@ -86,13 +86,14 @@ pub struct MigrationSpec {
     /// starts (an unknown one is an error listing the valid ones); a
     /// value QEMU refuses is QEMU's error.
     pub extra_parameters: Vec<(String, String)>,
-    /// Encrypts the stream with credentials made for the VM (tcp and
-    /// unix transports).
+    /// Encrypts the stream with credentials made for the VM (tcp, unix
+    /// and fd transports).
     pub tls: Option<Tls>,
     /// The name the source checks the destination's x509 certificate
     /// against (`None`: the transport's host, `127.0.0.1`; `localhost`
-    /// over unix). The certificate is for `localhost` and `127.0.0.1`:
-    /// another name fails the migration, and the source runs on.
+    /// over unix and fd, which name no host). The certificate is for
+    /// `localhost` and `127.0.0.1`: another name fails the migration, and
+    /// the source runs on.
     pub tls_hostname: Option<String>,
     /// Gives the destination credentials made apart from the VM's (its
     /// own CA and certificates, or its own key): the handshake must
@@ -117,8 +118,9 @@ pub struct MigrationSpec {
     /// (`migrate-pause`, as a broken link would), then recovers it over a
     /// new channel (`migrate-recover` on the destination, `migrate` with
     /// `resume` on the source). Until then the background copy is capped
-    /// at [`PAUSE_POSTCOPY_BANDWIDTH`] (unless `max-postcopy-bandwidth`
-    /// is set), so that postcopy lasts long enough to be paused.
+    /// at [`PAUSE_POSTCOPY_BANDWIDTH`], so that postcopy lasts long enough
+    /// to be paused, and after it uncapped (a `max-postcopy-bandwidth`
+    /// among the extra parameters holds throughout).
     pub pause_postcopy: bool,
     /// Wait for the guest's ready line before migrating a guest that is
     /// still booting (on by default: a test's migration then meets a
@@ -277,11 +279,12 @@ impl MigrationSpec {
                 )));
             }
         }
+        // The handshake goes both ways: a pipe or a file cannot carry it.
         if let Some(tls) = self.tls
-            && !matches!(self.mode, MigrationMode::Tcp | MigrationMode::Unix)
+            && matches!(self.mode, MigrationMode::Exec | MigrationMode::File)
         {
             return Err(Error::Spec(format!(
-                "TLS ({tls}) needs a socket transport (tcp or unix), not {}",
+                "TLS ({tls}) needs a two-way channel for its handshake (tcp, unix or fd), not {}",
                 self.mode
             )));
         }

@@ -26,6 +26,8 @@ async fn a_vm_migrates_under_psk_and_x509_over_tcp_and_unix() {
         (MigrationMode::Unix, Tls::Psk),
         (MigrationMode::Tcp, Tls::X509),
         (MigrationMode::Unix, Tls::X509),
+        (MigrationMode::Fd, Tls::Psk),
+        (MigrationMode::Fd, Tls::X509),
     ] {
         let report = vm.migrate_with(&spec(mode, tls)).await.unwrap();
         assert!(
@@ -97,7 +99,7 @@ async fn a_wrong_name_or_foreign_credentials_fail_cleanly_and_the_source_runs_on
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("TLS (psk) needs a socket transport"),
+        error.contains("TLS (psk) needs a two-way channel for its handshake"),
         "{error}"
     );
     vm.power_off().await.unwrap();

@@ -473,7 +473,7 @@ pub const MIGRATION_PARAMS: Param<Vec<(String, String)>, NoDefault> = Param::opt
 pub const TLS: Param<Tls, NoDefault> = Param::optional(
     "tls",
     "(none)",
-    "encrypt migrations with credentials made per VM: `psk` (a pre-shared key) or `x509` (certificates from a CA made for it); tcp and unix transports",
+    "encrypt migrations with credentials made per VM: `psk` (a pre-shared key) or `x509` (certificates from a CA made for it); tcp, unix and fd transports",
 );
 /// `tls_hostname`.
 pub const TLS_HOSTNAME: Param<String, NoDefault> = Param::optional(
