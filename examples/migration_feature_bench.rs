@@ -13,7 +13,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use virtest::guest::{cache, qemu_builds};
 use virtest::migration::{Error, Feature, Migrate, MigrationMode, MigrationSpec};
 use virtest::vm::{BootMode, Vm, VmConfig};
 
@@ -66,9 +65,7 @@ async fn column(qemu: PathBuf, features: &[Feature], runs: usize) -> Result<Vec<
 #[tokio::main]
 async fn main() -> Result<()> {
     let runs = common::runs(3)?;
-    let home = cache::default_home()?;
-    let newer = qemu_builds::find(&home, "10.0")
-        .ok_or("no QEMU 10.0 in the cache: run `virtest bootstrap --qemu 10.0`")?;
+    let newer = common::cached_qemu("10.0")?;
     let host = virtest::qemu_cmdline::binary::find(
         virtest::qemu_cmdline::binary::BinaryKind::System,
         None,
@@ -78,7 +75,7 @@ async fn main() -> Result<()> {
         .filter(|f| !f.must_fail())
         .collect();
     let old = column(host, &features, runs).await?;
-    let new = column(newer.binary, &features, runs).await?;
+    let new = column(newer, &features, runs).await?;
     println!(
         "feature               7.2 total  downtime   10.0 total  downtime  (ms, medians of {runs})"
     );

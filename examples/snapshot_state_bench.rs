@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use virtest::guest::snapshots::SnapshotStore;
-use virtest::guest::{cache, qemu_builds};
 use virtest::vm::{BootMode, Start, StateFormat, Vm, VmConfig};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -83,16 +82,14 @@ async fn once(qemu: Option<PathBuf>, format: StateFormat) -> Result<Run> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let runs = common::runs(3)?;
-    let home = cache::default_home()?;
-    let newer = qemu_builds::find(&home, "10.0")
-        .ok_or("no QEMU 10.0 in the cache: run `virtest bootstrap --qemu 10.0`")?;
+    let newer = common::cached_qemu("10.0")?;
     println!(
         "qemu  format     save ms  on disk MiB  apparent MiB  restore s  to login s  (medians of {runs})"
     );
     let rows = [
         ("7.2", None, StateFormat::Stream),
-        ("10.0", Some(newer.binary.clone()), StateFormat::Stream),
-        ("10.0", Some(newer.binary), StateFormat::MappedRam),
+        ("10.0", Some(newer.clone()), StateFormat::Stream),
+        ("10.0", Some(newer), StateFormat::MappedRam),
     ];
     for (name, qemu, format) in rows {
         let mut rows = Vec::new();

@@ -22,3 +22,12 @@ pub fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
     sorted.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
     sorted[sorted.len() / 2]
 }
+
+/// The cache's build of QEMU `version` (`virtest bootstrap --qemu VERSION`).
+pub fn cached_qemu(version: &str) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let home = virtest::guest::cache::default_home()?;
+    let build = virtest::guest::qemu_builds::find(&home, version).ok_or_else(|| {
+        format!("no QEMU {version} in the cache: run `virtest bootstrap --qemu {version}`")
+    })?;
+    Ok(build.binary)
+}

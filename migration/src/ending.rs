@@ -62,7 +62,6 @@ pub(crate) async fn recover_source(
     error: Error,
     budget: Duration,
 ) -> Error {
-    drop(destination);
     if matches!(error, Error::SourceDied { .. }) {
         return error;
     }
@@ -76,6 +75,9 @@ pub(crate) async fn recover_source(
             .min(Duration::from_secs(2))
     };
     let _ = qmp.execute_within(migrate_cancel {}, within()).await;
+    // Killed once the source is cancelling: killed first, it made the
+    // source fail the migration before the cancel came.
+    drop(destination);
     // Cancelling takes effect asynchronously.
     while Instant::now() < deadline {
         let info = qmp.execute_within(query_migrate {}, within()).await;

@@ -279,8 +279,7 @@ async fn follow(
             _ = progress.tick() => {
                 // Bounded: a source that stopped answering must not hold
                 // this loop past its deadline.
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let query = qmp.execute_within(query_migrate {}, left.min(PROGRESS_QUERY));
+                let query = qmp.execute_within(query_migrate {}, left().min(PROGRESS_QUERY));
                 if let Ok(info) = query.await {
                     let throttle = info.cpu_throttle_percentage.unwrap_or(0).max(0) as u64;
                     report.max_cpu_throttle_percentage = report.max_cpu_throttle_percentage.max(throttle);

@@ -151,7 +151,13 @@ pub(crate) async fn configure(
             source,
         })?;
     let source_params = MigrateSetParameters {
-        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(UNCAPPED_BANDWIDTH)),
+        // Paused postcopy needs postcopy to begin: uncapped, the tiny
+        // guest's precopy could complete first.
+        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(if spec.pause_postcopy {
+            PAUSE_POSTCOPY_BANDWIDTH
+        } else {
+            UNCAPPED_BANDWIDTH
+        })),
         downtime_limit: spec.downtime_limit_ms.or(defaults.downtime_limit),
         xbzrle_cache_size: spec.xbzrle_cache_bytes,
         multifd_channels: spec.multifd_channels,

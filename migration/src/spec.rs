@@ -14,7 +14,7 @@ use crate::tls::Tls;
 /// avocado-virt had it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How fast postcopy's background copy may go while
+/// How fast precopy, and postcopy's background copy, may go while
 /// [`MigrationSpec::pause_postcopy`] waits to pause it: 8 MiB/s, a few
 /// seconds of postcopy for the tiny guest.
 pub const PAUSE_POSTCOPY_BANDWIDTH: u64 = 8 << 20;
@@ -120,7 +120,9 @@ pub struct MigrationSpec {
     /// `resume` on the source). Until then the background copy is capped
     /// at [`PAUSE_POSTCOPY_BANDWIDTH`], so that postcopy lasts long enough
     /// to be paused, and after it uncapped (a `max-postcopy-bandwidth`
-    /// among the extra parameters holds throughout).
+    /// among the extra parameters holds throughout); precopy too, unless
+    /// `max_bandwidth` is set, so that it cannot complete before postcopy
+    /// begins.
     pub pause_postcopy: bool,
     /// Wait for the guest's ready line before migrating a guest that is
     /// still booting (on by default: a test's migration then meets a
