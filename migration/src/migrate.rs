@@ -10,6 +10,7 @@ use qapi::qmp::{
 };
 use serde_json::Value;
 use tracing::Instrument;
+use virtest_host::Host;
 use virtest_qemu_cmdline::binary;
 use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target};
 use virtest_vm::{Instance, Vm, VmState};
@@ -41,6 +42,23 @@ pub trait Migrate {
     /// QEMU's defaults, but a 60 s timeout and no bandwidth cap).
     fn migrate(
         &mut self,
+        mode: MigrationMode,
+    ) -> impl Future<Output = Result<MigrationReport>> + Send;
+
+    /// Migrates over `mode` to `host`, with the rest of the VM's default
+    /// spec: the same `vm` then drives QEMU there, and can move back.
+    ///
+    /// ```no_run
+    /// # async fn f(mut vm: virtest_vm::Vm, lab: virtest_host::Lab) -> Result<(), Box<dyn std::error::Error>> {
+    /// use virtest_migration::{Migrate, MigrationMode};
+    /// let b = lab.add_host("b").await?;
+    /// vm.migrate_to(&b, MigrationMode::Tcp).await?;
+    /// vm.login_remote().await?;
+    /// # Ok(()) }
+    /// ```
+    fn migrate_to(
+        &mut self,
+        host: &Host,
         mode: MigrationMode,
     ) -> impl Future<Output = Result<MigrationReport>> + Send;
 
@@ -78,6 +96,13 @@ impl Migrate for Vm {
     async fn migrate(&mut self, mode: MigrationMode) -> Result<MigrationReport> {
         let mut spec = self.migration_defaults();
         spec.mode = mode;
+        self.migrate_with(&spec).await
+    }
+
+    async fn migrate_to(&mut self, host: &Host, mode: MigrationMode) -> Result<MigrationReport> {
+        let mut spec = self.migration_defaults();
+        spec.mode = mode;
+        spec.to = Some(host.clone());
         self.migrate_with(&spec).await
     }
 
@@ -133,6 +158,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
             "the source VM must be running or paused to migrate, not {source_state:?}"
         )));
     }
+    let to = spec.to.clone().unwrap_or_else(|| vm.host().clone());
+    let listen = listen_address(vm.host(), &to, spec.mode)?;
     let source = vm.instance().map_err(Error::Source)?;
     let source_qmp = source.qmp().clone();
     let source_pid = source.pid();
@@ -140,7 +167,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     check_capabilities("source", &source_qmp, &spec.extra_capabilities).await?;
     let extra_parameters = typed_parameters(&source_qmp, &spec.extra_parameters).await?;
     let destination = vm
-        .start_incoming("defer", spec.destination_qemu.as_deref())
+        .start_incoming_on(&to, "defer", spec.destination_qemu.as_deref())
         .await
         .map_err(Error::Destination)?;
     // From here on, dropping `destination` (on any error) kills it.
@@ -170,7 +197,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         file: None,
     };
     configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
-    secure(vm, &source_qmp, &destination_qmp, spec).await?;
+    let crossing = !to.same(vm.host());
+    secure(vm, &source_qmp, &destination_qmp, spec, crossing).await?;
     if spec.mode == MigrationMode::File {
         for (side, qmp) in [("source", &source_qmp), ("destination", &destination_qmp)] {
             if !has_file_transport(qmp, side).await? {
@@ -183,9 +211,17 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
             }
         }
     }
+    // Sockets and FIFOs go where both QEMUs see them: their host's.
+    let dir = destination
+        .endpoints()
+        .qmp_socket
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| vm.files().runtime_dir().to_path_buf());
     let mut transport = Transport::open(
         spec.mode,
-        vm.files().runtime_dir(),
+        &dir,
+        &listen,
         destination.pid(),
         &source_qmp,
         &destination_qmp,
@@ -234,6 +270,43 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         "migrated"
     );
     Ok(report)
+}
+
+/// The address the destination listens on over tcp: 127.0.0.1 on one
+/// host, else the one other hosts reach the destination at. Between
+/// hosts only tcp carries a migration, and on another host than this
+/// machine neither fd (a socket passed over QMP, which SSH does not
+/// carry) nor exec and file (made and read here).
+fn listen_address(from: &Host, to: &Host, mode: MigrationMode) -> Result<String> {
+    let remote = !from.is_local() || !to.is_local();
+    if !from.same(to) && mode != MigrationMode::Tcp {
+        return Err(Error::Spec(format!(
+            "between hosts (`{}` to `{}`) only tcp carries a migration, not {mode}: \
+             {mode} needs both QEMUs on one host",
+            from.name(),
+            to.name()
+        )));
+    }
+    if remote && !matches!(mode, MigrationMode::Tcp | MigrationMode::Unix) {
+        return Err(Error::Spec(format!(
+            "a migration on host `{}` goes over tcp or unix, not {mode}: {}",
+            to.name(),
+            match mode {
+                MigrationMode::Fd =>
+                    "fd passes a socket to each QEMU over QMP, and SSH does not carry file descriptors",
+                _ => "its pipe or file is made on this machine",
+            }
+        )));
+    }
+    match from.same(to) {
+        true => Ok("127.0.0.1".into()),
+        false => to.address().map(str::to_string).ok_or_else(|| {
+            Error::Spec(format!(
+                "host `{}` has no address other hosts reach it at (a simulated lab's `Lab::local()` has one)",
+                to.name()
+            ))
+        }),
+    }
 }
 
 /// A destination binary the spec names must be a QEMU system emulator,

@@ -263,6 +263,7 @@ pub(crate) async fn secure(
     source: &Qmp,
     destination: &Qmp,
     spec: &MigrationSpec,
+    crossing: bool,
 ) -> Result<()> {
     let (source_args, destination_args) = match spec.tls {
         None => (
@@ -281,6 +282,9 @@ pub(crate) async fn secure(
             let hostname = match (&spec.tls_hostname, spec.mode, kind) {
                 (Some(name), _, _) => name.clone(),
                 (None, MigrationMode::Unix | MigrationMode::Fd, Tls::X509) => "localhost".into(),
+                // The VM's certificate names this machine; between hosts
+                // the destination's address is not in it.
+                (None, MigrationMode::Tcp, Tls::X509) if crossing => "localhost".into(),
                 (None, _, _) => String::new(),
             };
             (

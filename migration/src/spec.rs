@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use qapi::Enum;
 use qapi::qmp::{MigrationCapability, MigrationStatus};
+use virtest_host::Host;
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
@@ -130,6 +131,10 @@ pub struct MigrationSpec {
     /// before 9.0 lost about one guest in four migrated mid-boot, until
     /// virtest padded guest RAM as `virtest_qemu_cmdline::quirks` says.)
     pub wait_for_boot: bool,
+    /// The host to migrate to (`None`: the one the VM runs on). Between
+    /// hosts only tcp carries the stream, and the destination listens on
+    /// the address other hosts reach it at.
+    pub to: Option<Host>,
 }
 
 impl MigrationSpec {
@@ -154,6 +159,7 @@ impl MigrationSpec {
             cancel_after: None,
             pause_postcopy: false,
             wait_for_boot: true,
+            to: None,
         }
     }
 

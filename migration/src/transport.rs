@@ -21,6 +21,8 @@ pub(crate) struct Transport {
     dir: PathBuf,
     /// Makes names unique within `dir`.
     tag: u32,
+    /// The address the destination listens on over tcp.
+    listen: String,
     /// What the source's `migrate` is given.
     pub source_uri: String,
     /// Whether the destination stays up when the incoming migration
@@ -50,6 +52,7 @@ impl Transport {
     pub(crate) async fn open(
         mode: MigrationMode,
         dir: &Path,
+        listen: &str,
         tag: u32,
         source: &Qmp,
         destination: &Qmp,
@@ -58,6 +61,7 @@ impl Transport {
             mode,
             dir: dir.to_path_buf(),
             tag,
+            listen: listen.to_string(),
             source_uri: String::new(),
             destination_stays_up: false,
             recovery: None,
@@ -85,7 +89,7 @@ impl Transport {
                         source,
                     })?
                     .port();
-                let uri = format!("tcp:127.0.0.1:{port}");
+                let uri = format!("tcp:{}:{port}", self.listen);
                 (uri.clone(), uri)
             }
             MigrationMode::Unix => {
@@ -144,9 +148,11 @@ impl Transport {
             MigrationMode::Tcp => {
                 // QEMU binds a port of its choosing and says which: no
                 // other process can take it between choosing and binding.
-                self.incoming(destination, "tcp:127.0.0.1:0").await?;
+                let listen = self.listen.clone();
+                self.incoming(destination, &format!("tcp:{listen}:0"))
+                    .await?;
                 let port = listening_port(destination).await?;
-                Ok(format!("tcp:127.0.0.1:{port}"))
+                Ok(format!("tcp:{listen}:{port}"))
             }
             MigrationMode::Unix => {
                 let socket = self.dir.join(format!("migration-{tag}.sock"));

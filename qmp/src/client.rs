@@ -50,6 +50,7 @@ pub struct Greeting {
 }
 
 /// How to connect.
+#[derive(Clone)]
 pub struct Options {
     /// Where to write the transcript, if anywhere.
     pub transcript: Option<TranscriptWriter>,

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use virtest_host::Host;
 
 use virtest_guest::GuestDescription;
 use virtest_guest::snapshots::StateFormat;
@@ -111,6 +112,9 @@ pub struct VmConfig {
     /// (the default: it restores faster, see the README), or mapped-ram
     /// (QEMU 9.0 on; a snapshot of its own, its key says so).
     pub snapshot_format: StateFormat,
+    /// The host `power_on` starts QEMU on ([`Host::local`] here; see
+    /// `virtest_host` for hosts over SSH and simulated ones).
+    pub host: Host,
 }
 
 impl VmConfig {
@@ -140,6 +144,7 @@ impl VmConfig {
             boot: BootMode::Fresh,
             snapshot_dir: None,
             snapshot_format: StateFormat::Stream,
+            host: Host::local(),
         }
     }
 

@@ -305,7 +305,7 @@ pub(crate) async fn qemu_img_create(
 ) -> Result<std::result::Result<(), String>> {
     let mut command = std::process::Command::new(qemu_img);
     command.args(["create", "-q", "-f", "qcow2"]).args(args);
-    let output = crate::process::run_tool(command, "qemu-img", QEMU_IMG_TIMEOUT)
+    let output = virtest_host::process::run_tool(command, "qemu-img", QEMU_IMG_TIMEOUT)
         .await
         .map_err(|source| Error::Spawn {
             binary: qemu_img.to_path_buf(),

@@ -43,6 +43,10 @@ pub enum Error {
         /// The file looked for.
         missing: PathBuf,
     },
+    /// The host QEMU runs on failed: its SSH connection, a forward, a
+    /// command there.
+    #[error(transparent)]
+    Host(virtest_host::Error),
     /// The directory for the VM's sockets is refused or cannot be made.
     #[error(transparent)]
     RuntimeDir(#[from] crate::dirs::RuntimeDirError),

@@ -50,7 +50,7 @@ pub async fn check_image(qemu_img: &Path, path: &Path, format: DiskFormat) -> Re
     command
         .args(["info", "--backing-chain", "--output=json"])
         .arg(path);
-    let output = crate::process::run_tool(command, "qemu-img", INFO_TIMEOUT)
+    let output = virtest_host::process::run_tool(command, "qemu-img", INFO_TIMEOUT)
         .await
         .map_err(|e| format!("`{} info` failed: {e}", qemu_img.display()))?;
     if !output.status.success() {

@@ -5,19 +5,20 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
+use virtest_host::{Host, ReachedPort};
 use virtest_qemu_cmdline::{Endpoint, HostFwd, PropsOption, QemuCmdline};
 use virtest_qmp::{Qmp, TranscriptWriter};
 
 use crate::console::{Console, ConsoleReader};
 use crate::error::{Error, Result};
 use crate::exit::QemuExit;
-use crate::process::Process;
+use virtest_host::process::Process;
 
-/// The host-side endpoints of one QEMU process.
+/// The host-side endpoints of one QEMU process, as its command line
+/// names them: on the host QEMU runs on (see [`Instance::host`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     /// The QMP socket QEMU listens on.
@@ -33,7 +34,8 @@ pub struct Endpoints {
     /// The TCP ports QEMU forwards from 127.0.0.1 to the guest, as QEMU
     /// bound them once it runs: the command line asks for port 0, so
     /// QEMU chooses (nothing picks a free port and hands it over, which
-    /// another process could take in between).
+    /// another process could take in between). On another host, each is
+    /// the port here that leads to QEMU's there.
     pub forwards: Vec<Forward>,
 }
 
@@ -95,8 +97,13 @@ pub struct Forward {
 
 /// Where an instance's files go and who reads its console.
 pub(crate) struct Files<'a> {
-    /// The directory for sockets.
+    /// The host QEMU runs on.
+    pub host: &'a Host,
+    /// The directory for sockets here.
     pub sockets: &'a Path,
+    /// The directory for sockets on the host (the same as `sockets` on
+    /// this machine).
+    pub host_sockets: &'a Path,
     /// QEMU's stdout and stderr, appended.
     pub qemu_log: &'a Path,
     /// The VM's QMP transcript (`qmp.log`), shared by its processes.
@@ -112,12 +119,29 @@ pub struct Instance {
     process: Process,
     qmp: Qmp,
     endpoints: Endpoints,
+    host: Host,
+    /// The paths here that lead to the endpoints' sockets, and the relays
+    /// of forwarded ports, for QEMU on another host.
+    reached: Reached,
     cmdline: QemuCmdline,
     /// Reads the console until QEMU closes it; `None` once it finished.
     console_reader: Option<ConsoleReader>,
     qemu_log: PathBuf,
     /// Where this process's output starts in `qemu.log`.
     log_offset: u64,
+}
+
+/// How the test reaches a QEMU's endpoints.
+#[derive(Debug)]
+struct Reached {
+    /// The QMP socket here.
+    qmp: PathBuf,
+    /// The agent's socket here.
+    agent: PathBuf,
+    /// QEMU's pid file on another host (for signals there).
+    pid_file: PathBuf,
+    /// Relays to forwarded ports on another host.
+    ports: Vec<ReachedPort>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -149,10 +173,11 @@ impl Instance {
         deadline: Duration,
         build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
+        let there = files.host_sockets;
         let endpoints = Endpoints {
-            qmp_socket: files.sockets.join(format!("qmp-{generation}.sock")),
-            console_socket: files.sockets.join(format!("console-{generation}.sock")),
-            agent_socket: files.sockets.join(format!("agent-{generation}.sock")),
+            qmp_socket: there.join(format!("qmp-{generation}.sock")),
+            console_socket: there.join(format!("console-{generation}.sock")),
+            agent_socket: there.join(format!("agent-{generation}.sock")),
             generation,
             forwards: Vec::new(),
         };
@@ -180,9 +205,39 @@ impl Instance {
                     ),
                 });
             }
-            instance.endpoints.forwards = bound;
+            instance.endpoints.forwards = instance.reach_ports(files, bound).await?;
         }
         Ok(instance)
+    }
+
+    /// The ports here that lead to QEMU's forwards `bound` on its host:
+    /// the same on this machine, relays for another.
+    async fn reach_ports(
+        &mut self,
+        files: &Files<'_>,
+        bound: Vec<Forward>,
+    ) -> Result<Vec<Forward>> {
+        if self.host.is_local() {
+            return Ok(bound);
+        }
+        let mut here = Vec::new();
+        for forward in bound {
+            let via = files.sockets.join(format!(
+                "port-{}-{}.sock",
+                self.endpoints.generation, forward.guest_port
+            ));
+            let reached = self
+                .host
+                .reach_port(forward.host_port, &via)
+                .await
+                .map_err(host_error)?;
+            here.push(Forward {
+                host_port: reached.port,
+                guest_port: forward.guest_port,
+            });
+            self.reached.ports.push(reached);
+        }
+        Ok(here)
     }
 
     async fn start_once(
@@ -192,19 +247,35 @@ impl Instance {
         cmdline: QemuCmdline,
     ) -> Result<Instance> {
         let started = Instant::now();
+        let host = files.host;
+        let generation = endpoints.generation;
+        let here = |name: &str| files.sockets.join(format!("{name}-{generation}.sock"));
+        let console_here = here("console");
         for socket in [
             &endpoints.qmp_socket,
-            &endpoints.console_socket,
+            &console_here,
             &endpoints.agent_socket,
         ] {
             let _ = std::fs::remove_file(socket);
         }
-        let listener =
-            UnixListener::bind(&endpoints.console_socket).map_err(|source| Error::Io {
-                what: "listening on",
-                path: endpoints.console_socket.clone(),
-                source,
-            })?;
+        let listener = UnixListener::bind(&console_here).map_err(|source| Error::Io {
+            what: "listening on",
+            path: console_here.clone(),
+            source,
+        })?;
+        // On another host, QEMU's end of each socket is forwarded here.
+        host.serve_socket(&console_here, &endpoints.console_socket)
+            .await
+            .map_err(host_error)?;
+        let qmp_here = host
+            .reach_socket(&endpoints.qmp_socket, &here("qmp"))
+            .await
+            .map_err(host_error)?;
+        let agent_here = host
+            .reach_socket(&endpoints.agent_socket, &here("agent"))
+            .await
+            .map_err(host_error)?;
+        let pid_file = files.host_sockets.join(format!("qemu-{generation}.pid"));
         let io_error = |what, source| Error::Io {
             what,
             path: files.qemu_log.to_path_buf(),
@@ -220,15 +291,16 @@ impl Instance {
         let log_offset = log
             .seek(SeekFrom::End(0))
             .map_err(|e| io_error("seeking", e))?;
-        let mut command = cmdline.to_command();
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| io_error("opening", e))?)
-            .stderr(log);
-        let process = Process::spawn(command, "qemu").map_err(|source| Error::Spawn {
-            binary: cmdline.binary.clone(),
-            source,
-        })?;
+        let stdout = log.try_clone().map_err(|e| io_error("opening", e))?;
+        let process = host
+            .spawn(&argv(&cmdline), &pid_file, stdout.into(), log.into())
+            .map_err(|error| match error {
+                virtest_host::Error::Spawn { source, .. } => Error::Spawn {
+                    binary: cmdline.binary.clone(),
+                    source,
+                },
+                other => host_error(other),
+            })?;
         tracing::debug!(pid = process.pid(), cmdline = %cmdline.display(), "QEMU started");
         let exited =
             |status, during: &str| exit_error(status, during, files.qemu_log, log_offset, &cmdline);
@@ -266,7 +338,7 @@ impl Instance {
         };
         let left = deadline.saturating_sub(started.elapsed());
         let qmp = tokio::select! {
-            qmp = Qmp::connect_unix(&endpoints.qmp_socket, left, options) => match qmp {
+            qmp = connect_qmp(&qmp_here, left, options, !host.is_local()) => match qmp {
                 Ok(qmp) => qmp,
                 // QEMU listens on QMP before it checks all its options:
                 // a rejected option closes the socket as QEMU exits.
@@ -281,6 +353,13 @@ impl Instance {
             process,
             qmp,
             endpoints: endpoints.clone(),
+            host: host.clone(),
+            reached: Reached {
+                qmp: qmp_here,
+                agent: agent_here,
+                pid_file,
+                ports: Vec::new(),
+            },
             cmdline,
             console_reader: Some(console_reader),
             qemu_log: files.qemu_log.to_path_buf(),
@@ -301,6 +380,21 @@ impl Instance {
     /// Its host-side endpoints.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    /// The host it runs on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The path here that leads to its guest agent's socket.
+    pub fn agent_socket_here(&self) -> &Path {
+        &self.reached.agent
+    }
+
+    /// The path here that leads to its QMP socket.
+    pub fn qmp_socket_here(&self) -> &Path {
+        &self.reached.qmp
     }
 
     /// The command line it runs.
@@ -348,9 +442,18 @@ impl Instance {
         self.process.wait().await
     }
 
-    /// Sends a signal to QEMU's process group.
-    pub(crate) fn signal(&self, signal: rustix::process::Signal) {
-        self.process.signal(signal);
+    /// Sends a signal to QEMU (its process group here; on another host,
+    /// QEMU there, or for `KILL` its SSH session, which takes QEMU with
+    /// it).
+    pub(crate) async fn signal(&self, signal: rustix::process::Signal) {
+        if self.host.is_local() || signal == rustix::process::Signal::KILL {
+            self.process.signal(signal);
+            return;
+        }
+        let name = format!("{signal:?}");
+        if let Err(error) = self.host.signal(&self.reached.pid_file, &name).await {
+            tracing::warn!(%error, "signalling QEMU on its host");
+        }
     }
 
     /// The last lines QEMU wrote (stdout and stderr).
@@ -387,6 +490,39 @@ impl Instance {
     pub(crate) async fn drain_qmp(&self, deadline: Duration) {
         let _ = tokio::time::timeout(deadline, self.qmp.reader_stopped()).await;
     }
+}
+
+/// Connects to QMP at `socket` within `deadline`. Through a forward
+/// (`forwarded`) a connection is accepted before QEMU listens there,
+/// and closed at once: it is tried again until QEMU greets.
+async fn connect_qmp(
+    socket: &Path,
+    deadline: Duration,
+    options: virtest_qmp::Options,
+    forwarded: bool,
+) -> virtest_qmp::Result<Qmp> {
+    let started = Instant::now();
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        match Qmp::connect_unix(socket, left, options.clone()).await {
+            Ok(qmp) => return Ok(qmp),
+            Err(error) if !forwarded || started.elapsed() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// QEMU's argv, binary first.
+fn argv(cmdline: &QemuCmdline) -> Vec<String> {
+    std::iter::once(cmdline.binary.as_os_str().to_owned())
+        .chain(cmdline.to_args())
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A failure of the host QEMU runs on (its SSH connection, a forward).
+fn host_error(source: virtest_host::Error) -> Error {
+    Error::Host(source)
 }
 
 /// The guest ports of the command line's TCP forwards.

@@ -58,7 +58,6 @@ mod image;
 mod instance;
 mod launch;
 mod network;
-mod process;
 mod snapshot;
 mod vm;
 

@@ -12,6 +12,7 @@ use qapi::Enum;
 use qapi::qmp::{ImageFormat, RunState, cont, query_status, screendump, stop, system_reset};
 use serde_json::Value;
 use tracing::Instrument;
+use virtest_host::Host;
 use virtest_qemu_cmdline::{PropsOption, QemuCmdline};
 use virtest_qemu_cmdline::{binary, machine_types};
 use virtest_qmp::{Qmp, TranscriptWriter};
@@ -275,18 +276,46 @@ impl Vm {
     /// logs.
     pub(crate) async fn start_instance_with(
         &mut self,
+        host: &Host,
         build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     ) -> Result<Instance> {
         let console = self.console()?.clone();
         let qmp_log = self.qmp_log()?;
         self.generation += 1;
+        let host_sockets = match host.runtime_dir() {
+            Some(dir) => {
+                let dir = dir.join(&self.id);
+                let shown = dir.to_string_lossy();
+                host.check(&["mkdir", "-p", "-m", "700", &shown])
+                    .await
+                    .map_err(Error::Host)?;
+                dir
+            }
+            None => self.runtime_dir.clone(),
+        };
+        // Each host's QEMU writes a log of its own.
+        let qemu_log = match host.is_local() {
+            true => self.log_dir.join("qemu.log"),
+            false => self.log_dir.join(format!("qemu-{}.log", host.name())),
+        };
         let files = Files {
+            host,
             sockets: &self.runtime_dir,
-            qemu_log: &self.log_dir.join("qemu.log"),
+            host_sockets: &host_sockets,
+            qemu_log: &qemu_log,
             qmp_log: &qmp_log,
             console: &console,
         };
         Instance::start(&files, self.generation, self.config.start_timeout, build).await
+    }
+
+    /// The host the VM's QEMU runs on: the running one's, else the
+    /// configured one ([`VmConfig::host`]), where `power_on` starts it.
+    pub fn host(&self) -> &Host {
+        match &self.instance {
+            Some(instance) => instance.host(),
+            None => &self.config.host,
+        }
     }
 
     /// Starts a second QEMU process of this VM, waiting for its state
@@ -305,6 +334,20 @@ impl Vm {
         incoming: &str,
         binary: Option<&Path>,
     ) -> Result<Instance> {
+        let host = self.host().clone();
+        self.start_incoming_on(&host, incoming, binary).await
+    }
+
+    /// [`Vm::start_incoming`] on `host`, which may be another than the
+    /// running QEMU's: its QEMU binary is `binary`, else the host's own
+    /// ([`Host::qemu`]), else the running one's.
+    pub async fn start_incoming_on(
+        &mut self,
+        host: &Host,
+        incoming: &str,
+        binary: Option<&Path>,
+    ) -> Result<Instance> {
+        let binary = binary.or(host.qemu());
         let source = self.instance()?;
         let mut cmdline = source.cmdline().clone();
         let from = source.endpoints().clone();
@@ -322,7 +365,7 @@ impl Vm {
             cmdline.binary = binary.to_path_buf();
         }
         let build = move |to: &Endpoints| cmdline.clone_for_incoming(incoming, from.remap_to(to));
-        self.start_instance_with(&build).await
+        self.start_instance_with(host, &build).await
     }
 
     /// Makes `instance` the VM's QEMU process and returns the previous

@@ -41,7 +41,7 @@ impl Vm {
                 source: None,
             });
         }
-        let socket = self.instance()?.endpoints().agent_socket.clone();
+        let socket = self.instance()?.agent_socket_here().to_path_buf();
         let connected = self
             .agent
             .0

@@ -62,7 +62,9 @@ pub(crate) async fn start(
     };
     tracing::warn!(key = id, "{why}; booting fresh");
     vm.recreate_disks().await?;
-    let instance = vm.start_instance_with(launch).await?;
+    let instance = vm
+        .start_instance_with(&vm.config().host.clone(), launch)
+        .await?;
     Ok((instance, Start::SnapshotFailed { why }))
 }
 
@@ -222,7 +224,9 @@ async fn make(
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     pending: &PendingSnapshot,
 ) -> Result<std::result::Result<SavedState, String>> {
-    let maker = vm.start_instance_with(launch).await?;
+    let maker = vm
+        .start_instance_with(&vm.config().host.clone(), launch)
+        .await?;
     tracing::debug!(pid = maker.pid(), "booting the guest to save it once ready");
     vm.hand_over(maker);
     let deadline = vm.config().login_timeout;
@@ -260,6 +264,8 @@ async fn restore(
 ) -> Result<Instance> {
     let restoring =
         move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming("defer", |e| e);
-    let instance = vm.start_instance_with(&restoring).await?;
+    let instance = vm
+        .start_instance_with(&vm.config().host.clone(), &restoring)
+        .await?;
     snapshot::load(instance, state, format, vm.config().start_timeout).await
 }

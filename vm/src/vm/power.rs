@@ -136,7 +136,8 @@ impl Vm {
         self.ready_seen = false;
         let (instance, start) = match self.config.boot {
             BootMode::Fresh => (
-                self.start_instance_with(&launch).await?,
+                self.start_instance_with(&self.config.host.clone(), &launch)
+                    .await?,
                 Start::Fresh {
                     why_not_snapshot: None,
                 },
@@ -204,7 +205,8 @@ impl Vm {
             }
             Err(why) => {
                 tracing::debug!(why, "booting fresh");
-                let instance = self.start_instance_with(launch).await?;
+                let host = self.config.host.clone();
+                let instance = self.start_instance_with(&host, launch).await?;
                 let why_not_snapshot = Some(why);
                 Ok((instance, Start::Fresh { why_not_snapshot }))
             }
@@ -213,6 +215,11 @@ impl Vm {
 
     /// Why no snapshot can serve this VM, if none can.
     fn snapshot_unsupported(&self) -> Option<&'static str> {
+        if !self.config.host.is_local() {
+            return Some(
+                "a VM on another host boots: a snapshot's state goes to QEMU as a file descriptor, which SSH does not carry",
+            );
+        }
         let seed_password = matches!(self.config.login, Login::Password(_))
             || self.config.guest.login.password.is_some();
         snapshot::unsupported(&self.config.guest, seed_password)
@@ -337,9 +344,9 @@ impl Vm {
                     PowerOff::Quit => {
                         let _ = qmp.execute_within(quit {}, quick).await;
                     }
-                    PowerOff::Terminated => instance.signal(rustix::process::Signal::TERM),
+                    PowerOff::Terminated => instance.signal(rustix::process::Signal::TERM).await,
                     PowerOff::Killed | PowerOff::AlreadyOff | PowerOff::ByGuest => {
-                        instance.signal(rustix::process::Signal::KILL)
+                        instance.signal(rustix::process::Signal::KILL).await
                     }
                 }
                 if instance.wait_exit(wait).await.is_some() {

@@ -1,4 +1,4 @@
-//! A QEMU process that cannot outlive its owner.
+//! A process (QEMU, sshd, a tool) that cannot outlive its owner.
 //!
 //! Each process is forked by a thread of its own, which then waits for it.
 //! The child gets a process group of its own and asks the kernel for
@@ -13,7 +13,7 @@
 
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -23,12 +23,15 @@ use tokio::sync::watch;
 /// A running (or exited, not yet dropped) child in its own process group.
 /// Dropping it kills the group and reaps the child.
 #[derive(Debug)]
-pub(crate) struct Process {
+pub struct Process {
     pid: u32,
     shared: Arc<Shared>,
     exited: watch::Receiver<Option<ExitStatus>>,
     /// The child's stdout and stderr, when the command piped them.
     pipes: (Option<ChildStdout>, Option<ChildStderr>),
+    /// The child's stdin, when the command piped it: held open for the
+    /// child's life (a remote command's watchdog ends it on EOF).
+    _stdin: Option<ChildStdin>,
 }
 
 #[derive(Debug)]
@@ -40,7 +43,7 @@ struct Shared {
 impl Process {
     /// Starts `command` in a new process group, to die with this process.
     /// `name` names the waiting thread.
-    pub(crate) fn spawn(mut command: Command, name: &str) -> io::Result<Process> {
+    pub fn spawn(mut command: Command, name: &str) -> io::Result<Process> {
         let owner = Pid::from_raw(std::process::id() as i32);
         command.process_group(0);
         // SAFETY: the closure runs between fork and exec and makes only
@@ -74,7 +77,8 @@ impl Process {
                     }
                 };
                 let pipes = (child.stdout.take(), child.stderr.take());
-                let _ = spawned_tx.send(Ok((child.id(), pipes)));
+                let stdin = child.stdin.take();
+                let _ = spawned_tx.send(Ok((child.id(), pipes, stdin)));
                 wait_without_reaping(child.id());
                 let mut status = thread_shared.status.lock().expect("status lock");
                 let reaped = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
@@ -84,7 +88,7 @@ impl Process {
             })?;
         // Forking takes a few milliseconds; waiting here synchronously
         // leaves no moment where a child exists without its guard.
-        let (pid, pipes) = spawned_rx
+        let (pid, pipes, stdin) = spawned_rx
             .recv()
             .map_err(|_| io::Error::other("the spawning thread died"))??;
         Ok(Process {
@@ -92,21 +96,27 @@ impl Process {
             shared,
             exited,
             pipes,
+            _stdin: stdin,
         })
     }
 
+    /// Takes the child's stdout and stderr, where the command piped them.
+    pub fn take_output(&mut self) -> (Option<ChildStdout>, Option<ChildStderr>) {
+        std::mem::take(&mut self.pipes)
+    }
+
     /// The child's pid (also its process group id).
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
     /// The exit status, once the child has exited and been reaped.
-    pub(crate) fn status(&self) -> Option<ExitStatus> {
+    pub fn status(&self) -> Option<ExitStatus> {
         *self.exited.borrow()
     }
 
     /// Waits for the child to exit.
-    pub(crate) async fn wait(&self) -> ExitStatus {
+    pub async fn wait(&self) -> ExitStatus {
         let mut exited = self.exited.clone();
         let status = exited
             .wait_for(Option::is_some)
@@ -119,12 +129,12 @@ impl Process {
     }
 
     /// Waits for the child to exit, at most `deadline`.
-    pub(crate) async fn wait_within(&self, deadline: Duration) -> Option<ExitStatus> {
+    pub async fn wait_within(&self, deadline: Duration) -> Option<ExitStatus> {
         tokio::time::timeout(deadline, self.wait()).await.ok()
     }
 
     /// Sends `signal` to the child's process group, unless it was reaped.
-    pub(crate) fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         let status = self.shared.status.lock().expect("status lock");
         // The group still exists while its leader is unreaped.
         if status.is_none()
@@ -138,7 +148,7 @@ impl Process {
     /// a worker of a multi-threaded tokio runtime the wait is announced
     /// to tokio (`block_in_place`), which moves the worker's other tasks
     /// elsewhere: a QEMU slow to die stalls no other test's VMs.
-    pub(crate) fn kill_and_reap(&self) {
+    pub fn kill_and_reap(&self) {
         if self.status().is_some() {
             return;
         }
@@ -163,16 +173,19 @@ impl Process {
 
 /// What a short-lived tool said, and how it exited.
 #[derive(Debug)]
-pub(crate) struct ToolOutput {
+pub struct ToolOutput {
+    /// How it exited.
     pub status: ExitStatus,
+    /// All it wrote to stdout.
     pub stdout: Vec<u8>,
+    /// All it wrote to stderr.
     pub stderr: Vec<u8>,
 }
 
 /// Runs a short-lived tool (qemu-img, say) as QEMU is run: it dies with
 /// this process, and with the future (a test's timeout drops it). One
 /// still running after `deadline` is killed, and that is an error.
-pub(crate) async fn run_tool(
+pub async fn run_tool(
     mut command: Command,
     name: &str,
     deadline: Duration,
@@ -182,7 +195,7 @@ pub(crate) async fn run_tool(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut process = Process::spawn(command, name)?;
-    let (stdout, stderr) = std::mem::take(&mut process.pipes);
+    let (stdout, stderr) = process.take_output();
     let (stdout, stderr) = (read_all(stdout), read_all(stderr));
     let Some(status) = process.wait_within(deadline).await else {
         return Err(io::Error::new(

@@ -1,0 +1,175 @@
+//! Migrations between hosts: simulated ones (network namespaces with a
+//! veth link and an sshd each), reached over real OpenSSH, QEMU started
+//! there, its QMP, console and guest port forwarded back. Needs root;
+//! without it each test says why it is skipped.
+
+mod common;
+
+use common::{config, identity};
+
+use std::path::Path;
+use std::time::Duration;
+
+use virtest_host::{Error as HostError, Host, Lab};
+use virtest_migration::{Error, Migrate, MigrationMode, MigrationSpec, Tls};
+use virtest_vm::{Vm, VmState};
+
+/// A lab in `dir`, or `None` (the reason printed) without root.
+async fn lab(dir: &Path) -> Option<Lab> {
+    match Lab::new(&dir.join("lab")).await {
+        Ok(lab) => Some(lab),
+        Err(error @ HostError::NeedsRoot { .. }) => {
+            eprintln!("skipped: {error}");
+            None
+        }
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// A lab with hosts a and b, and a VM of the default guest on a,
+/// logged in; `None` without root.
+async fn vm_on_a(logs: &Path) -> Option<(Lab, Host, Host, Vm)> {
+    let lab = lab(logs).await?;
+    let a = lab.add_host("a").await.unwrap();
+    let b = lab.add_host("b").await.unwrap();
+    let mut config = config(logs);
+    config.host = a.clone();
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    assert_eq!(vm.host().name(), "a");
+    vm.login_remote().await.unwrap();
+    Some((lab, a, b, vm))
+}
+
+/// The VM's QEMU processes (not the SSH clients that run them), each
+/// with whether it runs in this process's network namespace.
+fn qemus_and_namespaces(vm: &Vm) -> Vec<(u32, bool)> {
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    common::processes_with(vm.id())
+        .into_iter()
+        .filter(|&pid| common::is_qemu(pid))
+        .map(|pid| {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            (pid, theirs.as_ref() == Some(&ours))
+        })
+        .collect()
+}
+
+/// The guest's boot id, and the file written before the first migration.
+async fn guest_state(vm: &mut Vm) -> (String, String) {
+    vm.login_remote().await.unwrap();
+    let (boot_id, _) = identity(vm).await;
+    let marker = vm
+        .remote()
+        .unwrap()
+        .run("cat /root/marker")
+        .await
+        .unwrap()
+        .stdout;
+    (boot_id, marker)
+}
+
+/// The guide's migration across hosts: the VM starts on host a, goes to
+/// b, to the test's own host, back to a under TLS (x509), to b under TLS
+/// (psk), and back to a in postcopy. The same `vm` drives it throughout;
+/// the guest is the same one with the same files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_moves_between_hosts_and_back() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let Some((lab, a, b, mut vm)) = vm_on_a(logs.path()).await else {
+        return;
+    };
+    vm.remote()
+        .unwrap()
+        .run("echo written-on-a > /root/marker")
+        .await
+        .unwrap();
+    let before = guest_state(&mut vm).await;
+    assert_eq!(before.1, "written-on-a\n");
+    assert_eq!(
+        qemus_and_namespaces(&vm)
+            .iter()
+            .map(|q| q.1)
+            .collect::<Vec<_>>(),
+        [false],
+        "QEMU runs in host a's namespace"
+    );
+
+    let local = lab.local();
+    let hops: [(&Host, Option<Tls>, bool); 5] = [
+        (&b, None, false),
+        (&local, None, false),
+        (&a, Some(Tls::X509), false),
+        (&b, Some(Tls::Psk), false),
+        (&a, None, true),
+    ];
+    for (round, (to, tls, postcopy)) in hops.into_iter().enumerate() {
+        let from = vm.host().name().to_string();
+        let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+        spec.to = Some(to.clone());
+        spec.tls = tls;
+        spec.postcopy = postcopy;
+        let report = vm
+            .migrate_with(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("{from} to {}: {}", to.name(), common::error_chain(&e)));
+        assert_eq!(vm.host().name(), to.name());
+        assert_eq!(report.timeline.last().unwrap().status, "completed");
+        let state = guest_state(&mut vm).await;
+        assert_eq!(state, before, "round {round}: {from} to {}", to.name());
+        let here = qemus_and_namespaces(&vm);
+        assert_eq!(here.len(), 1, "one QEMU after round {round}: {here:?}");
+        assert_eq!(here[0].1, to.is_local(), "round {round}: QEMU's namespace");
+    }
+    assert_eq!(vm.state().await.unwrap(), VmState::Running);
+    // Each host's QEMU wrote its own log.
+    for log in ["qemu-a.log", "qemu-b.log", "qemu.log"] {
+        let text = std::fs::read_to_string(logs.path().join(log)).unwrap();
+        assert!(text.contains("virtest: starting"), "{log}: {text}");
+    }
+    vm.power_off().await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || qemus_and_namespaces(&vm)
+            .is_empty()),
+        "QEMU left: {:?}",
+        qemus_and_namespaces(&vm)
+    );
+}
+
+/// Between hosts only tcp carries a migration; each refusal comes before
+/// anything starts, and the VM runs on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_cross_hosts_is_refused_at_once() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let Some((_lab, _a, b, mut vm)) = vm_on_a(logs.path()).await else {
+        return;
+    };
+    let source = vm.pid().unwrap();
+    for mode in [
+        MigrationMode::Unix,
+        MigrationMode::Exec,
+        MigrationMode::Fd,
+        MigrationMode::File,
+    ] {
+        let error = vm.migrate_to(&b, mode).await.unwrap_err();
+        assert!(matches!(error, Error::Spec(_)), "{mode}: {error}");
+        assert!(error.to_string().contains("only tcp"), "{mode}: {error}");
+    }
+    // On one host that is another than this machine: no fd.
+    let error = vm.migrate(MigrationMode::Fd).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("SSH does not carry file descriptors"),
+        "{error}"
+    );
+    assert_eq!(vm.pid(), Some(source));
+    assert_eq!(vm.host().name(), "a");
+    // Over unix on host a itself, the socket is a's.
+    vm.migrate(MigrationMode::Unix).await.unwrap();
+    assert_eq!(vm.host().name(), "a");
+    vm.login_remote().await.unwrap();
+    vm.power_off().await.unwrap();
+}
