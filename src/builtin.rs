@@ -93,15 +93,31 @@ pub struct Migration;
 
 impl VirtTest for Migration {
     async fn action(&mut self, t: &mut Test) -> TestResult {
+        let mut hosts = Vec::new();
+        for name in t
+            .params
+            .value_if_set(&params::MIGRATION_HOSTS)?
+            .unwrap_or_default()
+        {
+            hosts.push(t.add_host(&name).await?);
+        }
+        if let Some(first) = hosts.first() {
+            t.vm.set_host(first.clone())?;
+        }
         t.vm.power_on().await?;
         t.vm.login_remote().await?;
         let boot = boot_id(t).await?;
         let mode = t.params.value(&params::MIGRATION_MODE)?;
         for round in 1..=t.params.value(&params::MIGRATION_ITERATIONS)? {
-            let report = t.vm.migrate(mode).await?;
+            let from = t.vm.host().name().to_string();
+            let report = match hosts.get(round as usize % hosts.len().max(1)) {
+                Some(host) => t.vm.migrate_to(host, mode).await?,
+                None => t.vm.migrate(mode).await?,
+            };
             t.log(format_args!(
-                "migration {round} over {mode}, QEMU {} to {} on {}: {} ms, downtime {} ms, \
-                 wall {:.0} ms",
+                "migration {round} over {mode} from host {from} to {}, QEMU {} to {} on {}: \
+                 {} ms, downtime {} ms, wall {:.0} ms",
+                t.vm.host().name(),
                 report.source_qemu,
                 report.destination_qemu,
                 report.machine_type,

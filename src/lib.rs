@@ -6,6 +6,7 @@
 pub use virtest_guest as guest;
 pub use virtest_harness as harness;
 pub use virtest_harness::main;
+pub use virtest_host as host;
 pub use virtest_migration as migration;
 pub use virtest_qemu_cmdline as qemu_cmdline;
 pub use virtest_qmp as qmp;

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod evidence;
+mod hosts;
 mod html;
 mod job_args;
 pub mod libtest;

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use virtest_host::Host;
 use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_qemu_cmdline::machine_types;
 use virtest_vm::{Login, Network, Vm, VmConfig};
 
+use crate::hosts::TestHosts;
 use crate::outcome::{TestError, TestResult};
 use crate::params::{self, Params};
 
@@ -160,6 +162,8 @@ pub struct Test {
     added: Vec<(String, Vm)>,
     /// Networks [`Test::add_network`] made, in order.
     networks: Vec<Network>,
+    /// Hosts [`Test::add_host`] added; dropped after the VMs.
+    hosts: TestHosts,
 }
 
 impl Test {
@@ -168,6 +172,7 @@ impl Test {
     pub fn new(name: &str, params: Params, log_dir: &Path) -> Result<Test, TestError> {
         Ok(Test {
             vm: new_vm(&params, log_dir, None)?,
+            hosts: TestHosts::new(params.value_if_set(&params::HOSTS)?.as_deref())?,
             params,
             name: name.to_string(),
             log_dir: log_dir.to_path_buf(),
@@ -278,6 +283,34 @@ impl Test {
         );
         self.networks.push(network.clone());
         Ok(network)
+    }
+
+    /// Host `name`, added at the first call (later calls give the same):
+    /// a real host where the `hosts` parameter's file names it, else a
+    /// simulated one on this machine, a network namespace with its own
+    /// link, address, sshd and storage (this needs root; without it the
+    /// test is skipped, saying so). Move a VM there with
+    /// `vm.migrate_to(&host, mode)`, or start it there
+    /// (`vm.set_host(host)` before `power_on`).
+    ///
+    /// ```no_run
+    /// # async fn f(t: &mut virtest_harness::Test) -> virtest_harness::TestResult {
+    /// use virtest_harness::prelude::*;
+    /// let b = t.add_host("b").await?;
+    /// t.vm.power_on().await?;
+    /// t.vm.migrate_to(&b, MigrationMode::Tcp).await?;
+    /// t.vm.login_remote().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_host(&mut self, name: &str) -> Result<Host, TestError> {
+        self.hosts.add(name, &self.log_dir).await
+    }
+
+    /// The test's own host, as the hosts [`Test::add_host`] made reach
+    /// it: a VM migrates back here with `vm.migrate_to(&t.local_host(),
+    /// mode)`.
+    pub fn local_host(&self) -> Host {
+        self.hosts.local()
     }
 
     /// The VM named `name`: `vm` is [`Test::vm`], others were added.

@@ -84,6 +84,24 @@ pub enum Error {
         /// What it wrote to stderr (its last lines).
         stderr: String,
     },
+    /// A `hosts.toml` cannot be used.
+    #[error("the hosts file `{path}` cannot be used: {why}")]
+    HostsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (the host and field, for a missing field).
+        why: String,
+    },
+    /// A host has no QEMU where its entry says.
+    #[error(
+        "host `{host}` has no QEMU at `{qemu}`: install it there (`apt-get install qemu-system-x86`), or give its path as `qemu` in the host's entry"
+    )]
+    NoQemu {
+        /// The host's name.
+        host: String,
+        /// Where QEMU was looked for.
+        qemu: PathBuf,
+    },
     /// Something did not happen in time.
     #[error("{what} on host `{host}` did not finish within {after:?}")]
     Timeout {

@@ -7,6 +7,7 @@
 
 mod error;
 mod host;
+mod hosts_file;
 mod lab;
 mod link;
 pub mod process;
@@ -15,5 +16,6 @@ pub mod ssh;
 
 pub use error::{Error, Result};
 pub use host::{Host, HostDirs, ReachedPort};
+pub use hosts_file::HostsFile;
 pub use lab::Lab;
 pub use link::Link;

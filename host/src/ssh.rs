@@ -12,6 +12,8 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, stdout_of};
@@ -74,21 +76,20 @@ pub struct Ssh {
     target: SshTarget,
     control: PathBuf,
     log: PathBuf,
-    // Last: dropped (killed) after nothing else needs it.
     master: Process,
 }
 
 impl Ssh {
-    /// Logs into `target` within `deadline`, keeping the control socket
-    /// and the master's log (`ssh-<name>.log`) in `dir`, which must be
-    /// short: a unix socket's path holds 108 bytes.
+    /// Logs into `target` within `deadline`, keeping the master's log
+    /// (`ssh-<name>.log`) in `dir`. Its control socket goes in the
+    /// system's temporary directory, where its path stays short (a unix
+    /// socket's holds 108 bytes).
     ///
     /// A refused key, an unknown host key and an unreachable address
     /// are told apart in the error, with what OpenSSH said.
     pub async fn connect(target: SshTarget, dir: &Path, deadline: Duration) -> Result<Ssh> {
-        let control = dir.join(format!("ssh-{}.sock", target.name));
+        let control = control_path();
         let log = dir.join(format!("ssh-{}.log", target.name));
-        let _ = std::fs::remove_file(&control);
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { what, path, source }
@@ -286,6 +287,38 @@ impl Ssh {
             },
         }
     }
+}
+
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        self.master.kill_and_reap();
+        let _ = std::fs::remove_file(&self.control);
+    }
+}
+
+/// A fresh control socket path, `<tmp>/vtssh-<pid>-<n>.sock`. The first
+/// call of a process removes the sockets of processes that are gone
+/// (SIGKILLed ones leave theirs).
+fn control_path() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SWEPT: Once = Once::new();
+    let dir = std::env::temp_dir();
+    SWEPT.call_once(|| {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = name
+                .strip_prefix("vtssh-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(owner) = owner
+                && !Path::new(&format!("/proc/{owner}")).exists()
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("vtssh-{}-{n}.sock", std::process::id()))
 }
 
 /// The options every ssh of `target` takes, ending with the destination.

@@ -414,3 +414,62 @@ fn a_sigkilled_owner_leaves_no_namespace_link_sshd_or_process() {
     );
     eprintln!("all gone {:?} after the SIGKILL", killed.elapsed());
 }
+
+/// A hosts.toml entry takes the real-host path (the user's ssh config,
+/// its own QEMU and directories) to a simulated host's sshd.
+#[tokio::test]
+async fn a_hosts_file_reaches_its_hosts_and_says_what_is_wrong() {
+    let Some((lab, dir)) = lab().await else {
+        return;
+    };
+    let b = lab.add_host("b").await.unwrap();
+    let lab_dir = dir.path().join("lab");
+    let entry = |qemu: &str| {
+        format!(
+            "[hosts.b]\naddress = \"{}\"\nuser = \"root\"\nkey = \"{}\"\nknown_hosts = \"{}\"\nqemu = \"{qemu}\"\nstorage = \"{}\"\nruntime = \"{}\"\n",
+            b.address().unwrap(),
+            lab_dir.join("id_ed25519").display(),
+            lab_dir.join("known_hosts").display(),
+            dir.path().join("real-b-storage").display(),
+            dir.path().join("real-b-run").display(),
+        )
+    };
+    let path = dir.path().join("hosts.toml");
+    let qemu = which(&qemu());
+    std::fs::write(&path, entry(&qemu.to_string_lossy())).unwrap();
+    let file = virtest_host::HostsFile::load(&path).unwrap();
+    let real_b = file.connect("b", dir.path()).await.unwrap();
+    assert_eq!(real_b.qemu(), Some(qemu.as_path()));
+    assert!(real_b.link().is_none(), "a real host's link is not ours");
+    assert!(dir.path().join("real-b-storage").is_dir());
+    let said = real_b.check(&["ip", "-brief", "address"]).await.unwrap();
+    assert!(said.contains(b.address().unwrap()), "{said}");
+
+    let error = file.connect("c", dir.path()).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("names no host `c` (it names: b)"),
+        "{error}"
+    );
+
+    std::fs::write(&path, entry("/nonexistent/qemu-system-x86_64")).unwrap();
+    let file = virtest_host::HostsFile::load(&path).unwrap();
+    let error = file.connect("b", dir.path()).await.unwrap_err();
+    assert!(matches!(error, Error::NoQemu { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("host `b` has no QEMU at `/nonexistent/"),
+        "{error}"
+    );
+}
+
+/// `program`'s path, as the shell finds it.
+fn which(program: &str) -> PathBuf {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v \"$1\"", "sh", program])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}

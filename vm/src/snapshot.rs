@@ -32,8 +32,9 @@ use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target, UNCAPPED_BANDWIDTH}
 use virtest_remote::SshSession;
 
 use crate::disks::VmDisks;
+use crate::endpoints::Endpoints;
 use crate::error::{Error, Result};
-use crate::instance::{Endpoints, Instance};
+use crate::instance::Instance;
 use crate::network::NetworkNic;
 
 /// How a VM's QEMU starts.

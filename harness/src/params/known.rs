@@ -427,6 +427,18 @@ pub const MIGRATION_FEATURE: Param<Feature> = Param::new(
     "precopy",
     "the feature the `migration_matrix` test migrates under (`tls-wrong-*` and `cancel-*` must fail cleanly; `mapped-ram*` need the file transport)",
 );
+/// `migration_hosts`.
+pub const MIGRATION_HOSTS: Param<Vec<String>, NoDefault> = Param::optional(
+    "migration_hosts",
+    "(this host)",
+    "hosts the migration test moves its VM between (`a,b`): it starts on the first, and each migration goes to the next in the list, round; simulated on this machine (root) unless `hosts` names them",
+);
+/// `hosts`.
+pub const HOSTS: Param<PathBuf, NoDefault> = Param::optional(
+    "hosts",
+    "(simulated)",
+    "a hosts.toml naming real hosts (address, user, key, qemu, storage) that `t.add_host(name)` reaches over SSH; without it hosts are simulated on this machine",
+);
 /// `migration_iterations`.
 pub const MIGRATION_ITERATIONS: Param<u32> = Param::new(
     "migration_iterations",
@@ -520,6 +532,8 @@ pub const KNOWN: &[&dyn Known] = &[
     &MIGRATION_MODE,
     &MIGRATION_FEATURE,
     &MIGRATION_ITERATIONS,
+    &MIGRATION_HOSTS,
+    &HOSTS,
     &MIGRATE_TIMEOUT,
     &MIGRATE_MAX_BANDWIDTH,
     &MIGRATION_CAPS,

@@ -12,8 +12,9 @@ use virtest_guest::snapshots::{
 use virtest_qemu_cmdline::QemuCmdline;
 
 use super::Vm;
+use crate::endpoints::Endpoints;
 use crate::error::Result;
-use crate::instance::{Endpoints, Instance};
+use crate::instance::Instance;
 use crate::snapshot::{self, Start, error_chain};
 
 /// Starts `vm`'s QEMU from the ready snapshot for `key`, making it first

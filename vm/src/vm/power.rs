@@ -16,8 +16,9 @@ use virtest_guest::snapshots::{InUse, SnapshotStore};
 use crate::config::Login;
 use crate::dirs;
 use crate::disks::VmDisks;
+use crate::endpoints::Endpoints;
 use crate::error::{Error, Result};
-use crate::instance::{Endpoints, Instance};
+use crate::instance::Instance;
 use crate::launch::{ConsoleOutput, GuestLaunch};
 use crate::snapshot::{self, BootMode, Start};
 

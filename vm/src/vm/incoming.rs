@@ -1,0 +1,146 @@
+//! Starting further QEMU processes of a VM: each on a host, with fresh
+//! endpoints; the destination of a migration from the running one's
+//! command line, on a machine type the destination QEMU has.
+
+use std::path::Path;
+
+use virtest_host::Host;
+use virtest_qemu_cmdline::{PropsOption, QemuCmdline, binary, machine_types};
+
+use crate::endpoints::Endpoints;
+use crate::error::{Error, Result};
+use crate::instance::{Files, Instance};
+use crate::vm::Vm;
+
+impl Vm {
+    /// Starts another QEMU process of this VM from the command line
+    /// `build` makes for fresh endpoints, sharing the VM's console and
+    /// logs.
+    pub(crate) async fn start_instance_with(
+        &mut self,
+        host: &Host,
+        build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+    ) -> Result<Instance> {
+        let console = self.console()?.clone();
+        let qmp_log = self.qmp_log()?;
+        self.generation += 1;
+        let host_sockets = match host.runtime_dir() {
+            Some(dir) => {
+                let dir = dir.join(&self.id);
+                let shown = dir.to_string_lossy();
+                host.check(&["mkdir", "-p", "-m", "700", &shown])
+                    .await
+                    .map_err(Error::Host)?;
+                dir
+            }
+            None => self.runtime_dir.clone(),
+        };
+        // Each host's QEMU writes a log of its own.
+        let qemu_log = match host.is_local() {
+            true => self.log_dir.join("qemu.log"),
+            false => self.log_dir.join(format!("qemu-{}.log", host.name())),
+        };
+        let files = Files {
+            host,
+            sockets: &self.runtime_dir,
+            host_sockets: &host_sockets,
+            qemu_log: &qemu_log,
+            qmp_log: &qmp_log,
+            console: &console,
+        };
+        Instance::start(&files, self.generation, self.config.start_timeout, build).await
+    }
+
+    /// Starts a second QEMU process of this VM, waiting for its state
+    /// (`-incoming INCOMING`, `defer` to choose the transport later): the
+    /// running one's command line, with a fresh set of host endpoints
+    /// (sockets, forwarded ports QEMU chooses) and, if given, another
+    /// QEMU binary. It shares the VM's console and logs; hand it over
+    /// with [`Vm::hand_over`] once it runs the guest, or drop it.
+    ///
+    /// On another QEMU, a machine type given as an alias (`q35`) becomes
+    /// the versioned type the source runs (`pc-q35-7.2`), which the
+    /// destination must have: QEMU takes a VM's state only on its type
+    /// ([`VmConfig::pin_machine_type`] turns this off).
+    pub async fn start_incoming(
+        &mut self,
+        incoming: &str,
+        binary: Option<&Path>,
+    ) -> Result<Instance> {
+        let host = self.host().clone();
+        self.start_incoming_on(&host, incoming, binary).await
+    }
+
+    /// [`Vm::start_incoming`] on `host`, which may be another than the
+    /// running QEMU's: its QEMU binary is `binary`, else the host's own
+    /// ([`Host::qemu`]), else the running one's.
+    pub async fn start_incoming_on(
+        &mut self,
+        host: &Host,
+        incoming: &str,
+        binary: Option<&Path>,
+    ) -> Result<Instance> {
+        let binary = binary.or(host.qemu());
+        let source = self.instance()?;
+        let mut cmdline = source.cmdline().clone();
+        let from = source.endpoints().clone();
+        if let Some(binary) = binary {
+            if !self.config.pin_machine_type {
+                tracing::info!("the destination's machine type is left as written");
+            } else if let Some(machine) = running_machine_on(&cmdline, binary)? {
+                let mut props = cmdline
+                    .props(PropsOption::Machine)
+                    .cloned()
+                    .unwrap_or_default();
+                props.set_head(machine);
+                cmdline.set_props(PropsOption::Machine, props);
+            }
+            cmdline.binary = binary.to_path_buf();
+        }
+        let build = move |to: &Endpoints| cmdline.clone_for_incoming(incoming, from.remap_to(to));
+        self.start_instance_with(host, &build).await
+    }
+}
+
+/// The machine type a destination QEMU `binary` must be given for the
+/// VM `source` runs: the versioned type the source's alias stands for,
+/// when it stands for another on the destination; `None` when the same
+/// name does. An error when the destination lacks the type.
+fn running_machine_on(source: &QemuCmdline, binary: &Path) -> Result<Option<String>> {
+    let Some(asked) = source
+        .props(PropsOption::Machine)
+        .and_then(|p| p.head())
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    let on_source = binary::probe(&source.binary).map_err(Error::Qemu)?;
+    let on_destination = binary::probe(binary).map_err(Error::Qemu)?;
+    let running = on_source.resolve_machine(&asked).unwrap_or(&asked);
+    if on_destination.resolve_machine(&asked) == Some(running) {
+        return Ok(None);
+    }
+    if on_destination.machines.iter().any(|m| m == running) {
+        return Ok(Some(running.to_string()));
+    }
+    let hint = match machine_types::shared(&on_source, &on_destination, &asked) {
+        Ok(Some(both)) => format!(
+            "; start the VM on `{both}`, which both have (the guest's machine type, or \
+             virtest's qemu_dst_bin parameter, which pins it)"
+        ),
+        _ => String::new(),
+    };
+    Err(Error::Qemu(virtest_qemu_cmdline::Error::NoSharedMachine(
+        Box::new(machine_types::NoSharedMachine {
+            hint,
+            wanted: asked.clone(),
+            source_qemu: source.binary.clone(),
+            source_type: format!("there `{running}`, which the VM runs"),
+            destination_qemu: binary.to_path_buf(),
+            destination_type: match on_destination.resolve_machine(&asked) {
+                Some(other) => format!("there `{other}`, and no `{running}`"),
+                None => "not there".into(),
+            },
+        }),
+    )))
+}
