@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 use virtest::harness::Status;
 use virtest::harness::results::{JobResults, TestRecord};
 
-fn root() -> bool {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: simulated hosts need root");
-    }
-    root
-}
-
 /// `virtest run migration` with `params` into `results`: its output and
 /// the test's result.
 fn run_migration(results: &Path, params: &[&str]) -> (std::process::Output, TestRecord) {
@@ -69,7 +60,7 @@ fn passes(output: &std::process::Output, test: &TestRecord) {
 /// under TLS (x509, psk) and postcopy, there and back.
 #[test]
 fn the_guides_migration_moves_the_default_guest_between_hosts() {
-    if !root() {
+    if !common::is_root() {
         return;
     }
     let _slot = common::guest_slots(1);
@@ -94,7 +85,7 @@ fn the_guides_migration_moves_the_default_guest_between_hosts() {
 /// and back twice.
 #[test]
 fn the_guides_migration_moves_the_debian_guest_between_hosts() {
-    if !root() {
+    if !common::is_root() {
         return;
     }
     let _slot = common::guest_slots(1);
@@ -137,7 +128,7 @@ fn a_bad_hosts_file_is_a_clear_error() {
 /// QEMU, sshd, namespace or link of that job is left.
 #[test]
 fn a_sigkilled_runner_leaves_nothing_on_any_host() {
-    if !root() {
+    if !common::is_root() {
         return;
     }
     let _slot = common::guest_slots(2);

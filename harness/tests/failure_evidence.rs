@@ -19,12 +19,28 @@ use virtest_harness::{Status, TestDef};
 struct FailsAfterMigration;
 impl VirtTest for FailsAfterMigration {
     async fn action(&mut self, t: &mut Test) -> TestResult {
+        // Between two hosts, when the parameters name them.
+        let hosts = t
+            .params
+            .value_if_set(&virtest_harness::params::MIGRATION_HOSTS)?
+            .unwrap_or_default();
+        let to = match hosts.as_slice() {
+            [from, to] => {
+                let from = t.add_host(from).await?;
+                t.vm.set_host(from)?;
+                Some(t.add_host(to).await?)
+            }
+            _ => None,
+        };
         t.vm.power_on().await?;
         t.vm.login_remote().await?;
         t.vm.remote()?
             .run("echo virtest-marker-before-migration > /dev/kmsg")
             .await?;
-        t.vm.migrate(MigrationMode::Unix).await?;
+        match to {
+            Some(to) => t.vm.migrate_to(&to, MigrationMode::Tcp).await?,
+            None => t.vm.migrate(MigrationMode::Unix).await?,
+        };
         Err(fail("the check after the migration failed"))
     }
 }
@@ -203,6 +219,27 @@ async fn a_test_failing_after_a_migration_leaves_its_evidence() {
     assert!(early.evidence.is_empty(), "{:?}", early.evidence);
     assert!(!early.logdir.join("failure").exists());
     assert!(junit_attachments(&job, "fails_without_vm").is_empty());
+}
+
+/// Between hosts, the bundle comes from the destination host: its
+/// screen copied back over SSH, the console and events forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_failing_on_another_host_leaves_its_evidence() {
+    if !kit::is_root() {
+        return;
+    }
+    let _slot = kit::guest_slots(1);
+    kit::guest();
+    let defs = vec![TestDef::new(
+        "FailsAfterMigration",
+        FailsAfterMigration::default,
+    )];
+    let (_tmp, job) = common::run_job(&defs, &["migration_hosts=a,b"], 1).await;
+    check_bundle_after_migration(&job, "inet 10.0.2.15");
+    let test = by_name(&job, "fails_after_migration");
+    for log in ["qemu-a.log", "qemu-b.log", "qmp.log", "console.log"] {
+        assert!(test.logdir.join(log).is_file(), "{log}");
+    }
 }
 
 /// On the Debian guest, the guest's view includes the systemd journal.

@@ -210,6 +210,21 @@ impl Host {
         stdout_of(self.name(), argv, output)
     }
 
+    /// The bytes of file `path` there.
+    pub async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let shown = path.to_string_lossy();
+        let output = self.run(&["cat", &shown]).await?;
+        if !output.status.success() {
+            return Err(Error::Command {
+                host: self.name().into(),
+                command: format!("cat {shown}"),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(output.stdout)
+    }
+
     /// Starts `argv` there, to end with the returned process (dropping
     /// it kills the command, on whichever host). On another host its pid
     /// there goes to `pid_file` (see [`Host::signal`]). Its stdout and

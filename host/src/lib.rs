@@ -18,4 +18,4 @@ pub use error::{Error, Result};
 pub use host::{Host, HostDirs, ReachedPort};
 pub use hosts_file::HostsFile;
 pub use lab::Lab;
-pub use link::Link;
+pub use link::{Faults, Link};

@@ -3,7 +3,7 @@
 //! lost (nftables `numgen random`, both ways), a delay (`netem`, where
 //! the kernel has it), and a cut (`ip link set down`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::lab::Namespace;
@@ -11,10 +11,43 @@ use crate::lab::Namespace;
 /// The nftables table the loss rules live in, in the host's namespace.
 const LOSS_TABLE: &str = "virtest_link";
 
+/// The faults a link has now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// Its rate each way, if limited (Mbit/s).
+    pub rate_mbit_s: Option<u32>,
+    /// The share of packets lost each way (%).
+    pub loss_percent: f64,
+    /// The delay each way, if any (ms).
+    pub delay_ms: Option<u32>,
+    /// Whether it is cut.
+    pub down: bool,
+}
+
+impl Faults {
+    /// The faults as `(name, value)` figures for a report, prefixed with
+    /// `prefix` (`destination_link`): only those set.
+    pub fn figures(&self, prefix: &str) -> Vec<(String, f64)> {
+        let mut figures = Vec::new();
+        if let Some(rate) = self.rate_mbit_s {
+            figures.push((format!("{prefix}_rate_mbit_s"), f64::from(rate)));
+        }
+        if self.loss_percent > 0.0 {
+            figures.push((format!("{prefix}_loss_percent"), self.loss_percent));
+        }
+        if let Some(delay) = self.delay_ms {
+            figures.push((format!("{prefix}_delay_ms"), f64::from(delay)));
+        }
+        figures
+    }
+}
+
 /// A simulated host's link. Faults stay until changed or cleared.
 #[derive(Debug, Clone)]
 pub struct Link {
     host: String,
+    /// Its faults now, shared by its clones.
+    faults: Arc<Mutex<Faults>>,
     /// The host's namespace, where its end (`eth0`) is.
     namespace: Arc<Namespace>,
     /// The switch's namespace, where the other end is.
@@ -22,6 +55,15 @@ pub struct Link {
     /// The switch's end.
     switch_side: String,
 }
+
+/// Links are equal when they are the same host's.
+impl PartialEq for Link {
+    fn eq(&self, other: &Link) -> bool {
+        Arc::ptr_eq(&self.namespace, &other.namespace)
+    }
+}
+
+impl Eq for Link {}
 
 impl Link {
     pub(crate) fn new(
@@ -32,6 +74,7 @@ impl Link {
     ) -> Link {
         Link {
             host: host.to_string(),
+            faults: Arc::default(),
             namespace,
             switch,
             switch_side,
@@ -58,7 +101,17 @@ impl Link {
                 ])
                 .await?;
         }
+        self.note(|f| f.rate_mbit_s = Some(mbit_per_s));
         Ok(())
+    }
+
+    /// Its faults now.
+    pub fn faults(&self) -> Faults {
+        *self.faults.lock().expect("faults lock")
+    }
+
+    fn note(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut self.faults.lock().expect("faults lock"));
     }
 
     /// Drops `percent` of the packets each way, at random.
@@ -70,6 +123,7 @@ impl Link {
             });
         }
         self.clear_loss().await?;
+        self.note(|f| f.loss_percent = 0.0);
         let rule = match (percent * 100.0).round() as u32 {
             0 => return Ok(()),
             10000.. => "drop".to_string(),
@@ -82,6 +136,7 @@ impl Link {
              }}\n"
         );
         self.namespace.run(&["nft", &script]).await?;
+        self.note(|f| f.loss_percent = percent);
         Ok(())
     }
 
@@ -105,12 +160,24 @@ impl Link {
             }
             added?;
         }
+        self.note(|f| f.delay_ms = Some(ms));
         Ok(())
     }
 
     /// Cuts the link: the host is unreachable until [`Link::up`].
     pub async fn down(&self) -> Result<()> {
         self.set(false).await
+    }
+
+    /// Cuts the link now and restores it after `down_for`, in a task of
+    /// its own (the link comes back whatever else happens meanwhile).
+    pub fn cut_for(&self, down_for: std::time::Duration) -> tokio::task::JoinHandle<Result<()>> {
+        let link = self.clone();
+        tokio::spawn(async move {
+            link.down().await?;
+            tokio::time::sleep(down_for).await;
+            link.up().await
+        })
     }
 
     /// Restores a cut link.
@@ -127,6 +194,7 @@ impl Link {
                 .await;
         }
         self.clear_loss().await?;
+        self.note(|f| *f = Faults::default());
         self.set(true).await
     }
 
@@ -157,6 +225,7 @@ impl Link {
         self.switch
             .run(&["ip", "link", "set", &self.switch_side, state])
             .await?;
+        self.note(|f| f.down = !up);
         Ok(())
     }
 

@@ -32,5 +32,5 @@ pub use feature::Feature;
 pub use migrate::Migrate;
 pub use mode::MigrationMode;
 pub use report::{MigrationReport, RamFigures, StatusChange};
-pub use spec::{CancelPoint, DEFAULT_TIMEOUT, MigrationSpec, PAUSE_POSTCOPY_BANDWIDTH};
+pub use spec::{CancelPoint, DEFAULT_TIMEOUT, LinkCut, MigrationSpec, PAUSE_POSTCOPY_BANDWIDTH};
 pub use tls::Tls;

@@ -196,6 +196,13 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         measurements: Default::default(),
         file: None,
     };
+    // The faults of the links the stream crosses, for the report.
+    for (side, host) in [("source", vm.host()), ("destination", &to)] {
+        if let Some(link) = host.link().filter(|_| !to.same(vm.host())) {
+            let figures = link.faults().figures(&format!("{side}_link"));
+            report.measurements.extend(figures);
+        }
+    }
     configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
     let crossing = !to.same(vm.host());
     secure(vm, &source_qmp, &destination_qmp, spec, crossing).await?;
@@ -227,7 +234,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         &destination_qmp,
     )
     .await?;
-    if spec.pause_postcopy {
+    if spec.pauses_postcopy() {
         transport
             .prepare_recovery(&source_qmp, &destination_qmp)
             .await?;
@@ -345,6 +352,8 @@ async fn follow(
     let mut switched = false;
     let mut cancelled = false;
     let mut paused = false;
+    let mut cut: Option<tokio::task::JoinHandle<_>> = None;
+    let pauses = spec.pauses_postcopy();
     // Only for the progress display: statuses come from the events.
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -382,7 +391,7 @@ async fn follow(
                 });
                 tracing::debug!(status = status.name(), "migration status");
                 match status {
-                    MigrationStatus::completed if spec.pause_postcopy && !paused => {
+                    MigrationStatus::completed if pauses && !paused => {
                         return Err(Error::Failed {
                             status: status.name().to_string(),
                             reason: "it completed before postcopy began, so it was not paused \
@@ -415,7 +424,7 @@ async fn follow(
                             .await
                             .map_err(qmp_failed("source", "`migrate-continue`"))?;
                     }
-                    MigrationStatus::postcopy_active if spec.pause_postcopy && !paused => {
+                    MigrationStatus::postcopy_active if pauses && !paused => {
                         paused = true;
                         // Postcopy has begun once the guest runs on the
                         // destination; before, a pause loses the stream.
@@ -424,11 +433,14 @@ async fn follow(
                             .wait_event(destination_events, "RESUME", &Value::Null, left())
                             .await
                             .map_err(qmp_failed("destination", "waiting for the guest to resume in postcopy"))?;
+                        if let Some(link_cut) = &spec.cut_link {
+                            cut = Some(link_cut.link.cut_for(link_cut.down_for));
+                        }
                         qmp.execute_within(migrate_pause {}, left())
                             .await
                             .map_err(qmp_failed("source", "`migrate-pause`"))?;
                     }
-                    MigrationStatus::postcopy_paused if spec.pause_postcopy => {
+                    MigrationStatus::postcopy_paused if pauses => {
                         // From its event: its main loop, which answers
                         // `query-migrate`, may wait for a missing page.
                         let destination_qmp = destination.qmp();
@@ -463,6 +475,9 @@ async fn follow(
                             return Err(Error::destination_died(status, destination.output_tail(), Some(reason)));
                         }
                         return Err(Error::Failed { status: status.name().to_string(), reason });
+                    }
+                    MigrationStatus::active if cut.is_none() && !spec.postcopy && let Some(link_cut) = &spec.cut_link => {
+                        cut = Some(link_cut.link.cut_for(link_cut.down_for));
                     }
                     MigrationStatus::active if spec.postcopy && !switched => {
                         switched = true;

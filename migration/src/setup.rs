@@ -153,7 +153,7 @@ pub(crate) async fn configure(
     let source_params = MigrateSetParameters {
         // Paused postcopy needs postcopy to begin: uncapped, the tiny
         // guest's precopy could complete first.
-        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(if spec.pause_postcopy {
+        max_bandwidth: Some(spec.max_bandwidth.unwrap_or(if spec.pauses_postcopy() {
             PAUSE_POSTCOPY_BANDWIDTH
         } else {
             UNCAPPED_BANDWIDTH
@@ -161,7 +161,7 @@ pub(crate) async fn configure(
         downtime_limit: spec.downtime_limit_ms.or(defaults.downtime_limit),
         xbzrle_cache_size: spec.xbzrle_cache_bytes,
         multifd_channels: spec.multifd_channels,
-        max_postcopy_bandwidth: Some(if spec.pause_postcopy {
+        max_postcopy_bandwidth: Some(if spec.pauses_postcopy() {
             PAUSE_POSTCOPY_BANDWIDTH
         } else {
             0

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use qapi::Enum;
 use qapi::qmp::{MigrationCapability, MigrationStatus};
-use virtest_host::Host;
+use virtest_host::{Host, Link};
 
 use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
@@ -50,6 +50,22 @@ impl std::fmt::Display for CancelPoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.status().name())
     }
+}
+
+/// A host's link cut while a migration crosses it, and restored after
+/// `down_for`, as a network failure would. It is cut once RAM is moving:
+/// under precopy at `active` (the migration then completes late, or
+/// fails by its timeout with the source running); under postcopy once
+/// the guest runs on the destination, where the source is then paused
+/// (`migrate-pause`, as a watchdog of a lost link does: TCP tells
+/// nothing for minutes) and, once the link is back and the destination
+/// paused too, recovered (`migrate-recover`, `migrate` with `resume`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkCut {
+    /// The link (a simulated host's: [`Host::link`]).
+    pub link: Link,
+    /// How long it stays down.
+    pub down_for: Duration,
 }
 
 /// A migration: its transport, capabilities, parameters and limits.
@@ -131,6 +147,8 @@ pub struct MigrationSpec {
     /// before 9.0 lost about one guest in four migrated mid-boot, until
     /// virtest padded guest RAM as `virtest_qemu_cmdline::quirks` says.)
     pub wait_for_boot: bool,
+    /// A link cut during the migration (see [`LinkCut`]).
+    pub cut_link: Option<LinkCut>,
     /// The host to migrate to (`None`: the one the VM runs on). Between
     /// hosts only tcp carries the stream, and the destination listens on
     /// the address other hosts reach it at.
@@ -159,6 +177,7 @@ impl MigrationSpec {
             cancel_after: None,
             pause_postcopy: false,
             wait_for_boot: true,
+            cut_link: None,
             to: None,
         }
     }
@@ -319,10 +338,21 @@ impl MigrationSpec {
                  postcopy cannot be cancelled"
             )));
         }
+        if self.cut_link.is_some() && (self.cancel_after.is_some() || self.pause_postcopy) {
+            return Err(Error::Spec(
+                "a link cut is a fault of its own: not with cancel_after or pause_postcopy".into(),
+            ));
+        }
         if self.timeout.is_zero() {
             return Err(Error::Spec("the timeout must be above zero".into()));
         }
         Ok(())
+    }
+
+    /// Whether postcopy is paused and recovered: asked for, or after a
+    /// link cut.
+    pub(crate) fn pauses_postcopy(&self) -> bool {
+        self.pause_postcopy || (self.postcopy && self.cut_link.is_some())
     }
 
     /// Every capability this crate manages, with the state the spec

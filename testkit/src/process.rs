@@ -80,3 +80,18 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// Whether this process runs as root (its effective uid is 0), as
+/// simulated hosts need; without it a test of them says it is skipped.
+pub fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    let root = effective == Some("0");
+    if !root {
+        eprintln!("skipped: simulated hosts need root");
+    }
+    root
+}

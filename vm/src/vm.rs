@@ -471,14 +471,32 @@ impl Vm {
             path: path.to_path_buf(),
             source,
         })?;
+        // QEMU on another host writes there, into its own directory.
+        let instance = self.instance()?;
+        let host = instance.host();
+        let written = match host.is_local() {
+            true => path.clone(),
+            false => instance
+                .endpoints()
+                .qmp_socket
+                .with_file_name("screendump.png"),
+        };
         self.qmp_execute(screendump {
-            filename: path.to_string_lossy().into_owned(),
+            filename: written.to_string_lossy().into_owned(),
             format: Some(ImageFormat::png),
             device: None,
             head: None,
         })
-        .await
-        .map(drop)
+        .await?;
+        if written != path {
+            let bytes = host.read_file(&written).await.map_err(Error::Host)?;
+            std::fs::write(&path, bytes).map_err(|source| Error::Io {
+                what: "writing",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// A QMP command on the running QEMU, its error naming the command.

@@ -126,7 +126,7 @@ fn config_text(address: &str, host_key: &Path, authorized: &Path) -> String {
          AllowStreamLocalForwarding yes\n\
          StreamLocalBindUnlink yes\n\
          ClientAliveInterval 5\n\
-         ClientAliveCountMax 3\n\
+         ClientAliveCountMax 6\n\
          MaxSessions 100\n\
          MaxStartups 100\n\
          PrintMotd no\n\
