@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virtest::harness::Status;
 use virtest::harness::results::{JobResults, TestRecord};
+use virtest::harness::{Status, TestDef};
+use virtest::prelude::*;
 
 /// `virtest run migration` with `params` into `results`: its output and
 /// the test's result.
@@ -94,6 +95,46 @@ fn the_guides_migration_moves_the_debian_guest_between_hosts() {
     let (output, test) = run_migration(tmp.path(), &["guest=debian", "migration_hosts=a,b"]);
     passes(&output, &test);
     assert_eq!(hops(&test), ["a>b", "b>a", "a>b", "b>a"]);
+}
+
+/// The README's example: here to b and back.
+struct AcrossHosts;
+impl VirtTest for AcrossHosts {
+    async fn action(&mut self, t: &mut Test) -> virtest::prelude::TestResult {
+        // README hosts begin
+        let b = t.add_host("b").await?;
+        t.vm.power_on().await?;
+        let boot_id = "cat /proc/sys/kernel/random/boot_id";
+        let before = t.vm.login_remote().await?.run(boot_id).await?;
+        t.vm.migrate_to(&b, MigrationMode::Tcp).await?; // here -> b
+        t.vm.login_remote().await?;
+        let home = t.local_host();
+        t.vm.migrate_to(&home, MigrationMode::Tcp).await?; // b -> here
+        let after = t.vm.login_remote().await?.run(boot_id).await?;
+        ensure!(after.stdout == before.stdout, "another guest answered");
+        // README hosts end
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_example_moves_a_vm_to_b_and_back() {
+    if !common::is_root() {
+        return;
+    }
+    let _slot = common::guest_slots(2);
+    common::guest();
+    let defs = [TestDef::new("AcrossHosts", || AcrossHosts)];
+    let (_tmp, job) = common::run_job(&defs, &[], 1).await;
+    let test = &job.results.tests[0];
+    assert_eq!(
+        (test.status, test.fail_reason.as_deref()),
+        (Status::Pass, None),
+        "{}",
+        test.logdir.display()
+    );
+    assert!(test.logdir.join("qemu-b.log").is_file());
+    assert_eq!(job.results.tests.len(), 1);
 }
 
 /// A hosts.toml that cannot be used is the test's error, naming the file

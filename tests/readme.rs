@@ -40,3 +40,20 @@ fn the_readmes_fleet_example_is_the_code_the_fleet_test_runs() {
         "README.md's fleet example differs from tests/readme_fleet.rs; show:\n{snippet}"
     );
 }
+
+#[test]
+fn the_readmes_host_example_is_the_code_the_hosts_test_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let source = include_str!("hosts.rs");
+    let begin = source.find("// README hosts begin\n").expect("marked") + 22;
+    let end = source.find("        // README hosts end").expect("marked");
+    let snippet: String = source[begin..end]
+        .lines()
+        .map(|line| line.strip_prefix("        ").unwrap_or(line).to_string() + "\n")
+        .collect();
+    assert!(
+        readme.contains(&format!("```rust\n{snippet}```")),
+        "README.md's host example differs from tests/hosts.rs; show:\n{snippet}"
+    );
+}
