@@ -24,36 +24,36 @@ fn the_readmes_parameter_table_is_generated_from_the_declarations() {
     );
 }
 
-#[test]
-fn the_readmes_fleet_example_is_the_code_the_fleet_test_runs() {
+/// Checks that the README shows, as a Rust block, the code of `source`
+/// (the file `file`) between its `// README NAME begin` and `end` marks.
+fn check_example(name: &str, file: &str, source: &str) {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let source = include_str!("readme_fleet.rs");
-    let begin = source.find("// README fleet begin\n").expect("marked") + 22;
-    let end = source.find("        // README fleet end").expect("marked");
+    let begin_mark = format!("// README {name} begin\n");
+    let begin = source.find(&begin_mark).expect("marked") + begin_mark.len();
+    let end = source
+        .find(&format!("        // README {name} end"))
+        .expect("marked");
     let snippet: String = source[begin..end]
         .lines()
         .map(|line| line.strip_prefix("        ").unwrap_or(line).to_string() + "\n")
         .collect();
     assert!(
         readme.contains(&format!("```rust\n{snippet}```")),
-        "README.md's fleet example differs from tests/readme_fleet.rs; show:\n{snippet}"
+        "README.md's {name} example differs from {file}; show:\n{snippet}"
+    );
+}
+
+#[test]
+fn the_readmes_fleet_example_is_the_code_the_fleet_test_runs() {
+    check_example(
+        "fleet",
+        "tests/readme_fleet.rs",
+        include_str!("readme_fleet.rs"),
     );
 }
 
 #[test]
 fn the_readmes_host_example_is_the_code_the_hosts_test_runs() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let source = include_str!("hosts.rs");
-    let begin = source.find("// README hosts begin\n").expect("marked") + 22;
-    let end = source.find("        // README hosts end").expect("marked");
-    let snippet: String = source[begin..end]
-        .lines()
-        .map(|line| line.strip_prefix("        ").unwrap_or(line).to_string() + "\n")
-        .collect();
-    assert!(
-        readme.contains(&format!("```rust\n{snippet}```")),
-        "README.md's host example differs from tests/hosts.rs; show:\n{snippet}"
-    );
+    check_example("hosts", "tests/hosts.rs", include_str!("hosts.rs"));
 }
