@@ -188,6 +188,9 @@ async fn two_default_guests_stream_through_four_migrations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_debian_guests_stream_through_four_migrations() {
+    if !common::on_demand("the Debian guests' stream through migrations") {
+        return;
+    }
     let _slots = common::guest_slots(2);
     common::debian();
     let (_tmp, job) = common::run_job(&defs(), &["guest=debian"], 1).await;

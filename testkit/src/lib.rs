@@ -23,7 +23,9 @@ mod tmpfs;
 
 pub use guests::{debian, description, guest, qemu_build, write_guest_toml};
 pub use logs::{TestLogs, files_under, test_logs};
-pub use process::{Reaped, alive, children_of, eventually, is_qemu, is_root, processes_with};
+pub use process::{
+    Reaped, alive, children_of, eventually, is_qemu, is_root, on_demand, processes_with,
+};
 pub use qemu::{Qemu, QemuOptions};
 pub use slots::{GuestSlots, guest_slots};
 pub use tmpfs::{SmallDisk, small_disk};

@@ -95,3 +95,14 @@ pub fn is_root() -> bool {
     }
     root
 }
+
+/// Whether the on-demand set runs (`VIRTEST_ON_DEMAND=1`): tests that
+/// repeat on the Debian guest what the default guest covers, left out
+/// of CI for its time. Says so when they are skipped.
+pub fn on_demand(what: &str) -> bool {
+    let run = std::env::var_os("VIRTEST_ON_DEMAND").is_some_and(|v| v == "1");
+    if !run {
+        eprintln!("skipped: {what} runs on demand (VIRTEST_ON_DEMAND=1)");
+    }
+    run
+}

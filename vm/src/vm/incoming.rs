@@ -80,10 +80,13 @@ impl Vm {
         incoming: &str,
         binary: Option<&Path>,
     ) -> Result<Instance> {
-        let binary = binary.or(host.qemu());
         let source = self.instance()?;
         let mut cmdline = source.cmdline().clone();
         let from = source.endpoints().clone();
+        // The same QEMU binary needs no machine type of its own.
+        let binary = binary
+            .or(host.qemu())
+            .filter(|&binary| binary != cmdline.binary);
         if let Some(binary) = binary {
             if !self.config.pin_machine_type {
                 tracing::info!("the destination's machine type is left as written");

@@ -89,6 +89,9 @@ impl Vm {
                 .map_err(|e| Error::State {
                     what: format!("finding QEMU failed: {e}"),
                 })??;
+        // A host that names its QEMU runs that one; the command line is
+        // made for the one found here.
+        let qemu = self.config.host.qemu().map_or(qemu, Path::to_path_buf);
         let binary = qemu.clone();
         dirs::create_runtime_dir(&self.runtime_dir)?;
         dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
