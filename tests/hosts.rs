@@ -90,11 +90,16 @@ fn the_guides_migration_moves_the_debian_guest_between_hosts() {
         return;
     }
     let _slot = common::guest_slots(1);
-    common::debian();
+    let virtest::guest::description::DiskSource::File(base) = &common::debian().disks[0].source
+    else {
+        panic!("the Debian guest's disk is a file")
+    };
+    let before = common::sha256(base);
     let tmp = tempfile::tempdir().unwrap();
     let (output, test) = run_migration(tmp.path(), &["guest=debian", "migration_hosts=a,b"]);
     passes(&output, &test);
     assert_eq!(hops(&test), ["a>b", "b>a", "a>b", "b>a"]);
+    assert_eq!(common::sha256(base), before, "the base image changed");
 }
 
 /// The README's example: here to b and back.

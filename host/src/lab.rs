@@ -76,7 +76,7 @@ impl Lab {
             });
         }
         create_dir(dir)?;
-        let switch = Arc::new(Namespace::new("lab")?);
+        let switch = Arc::new(Namespace::new("lab").await?);
         switch
             .run(&["ip", "link", "add", "br0", "type", "bridge"])
             .await?;
@@ -140,7 +140,7 @@ impl Lab {
         let dir = self.0.dir.join(name);
         let storage = dir.join("storage");
         create_dir(&storage)?;
-        let namespace = Arc::new(Namespace::new(name)?);
+        let namespace = Arc::new(Namespace::new(name).await?);
         let switch_side = format!("h-{name}");
         let pid = namespace.pid().to_string();
         self.0

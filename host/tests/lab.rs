@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use virtest_host::ssh::{Ssh, SshTarget};
 use virtest_host::{Error, Host, Lab};
-use virtest_testkit::{alive, eventually, processes_with};
+use virtest_testkit::{eventually, processes_with};
 
 /// A lab in a fresh directory, or `None` (with the reason printed) when
 /// this process may not make one.
@@ -96,19 +96,29 @@ async fn a_process_on_a_host_dies_with_its_owner() {
         return;
     };
     let b = lab.add_host("b").await.unwrap();
-    let pid_file = b.runtime_dir().unwrap().join("sleep.pid");
+    let there = b.runtime_dir().unwrap();
+    // Found by its command line: pids wrap around fast on a busy machine
+    // (pid_max is 32768 here), and the pid file holds the host's own.
+    let seconds = marker(301);
     let process = b
-        .spawn(&["sleep", "300"], &pid_file, Stdio::null(), Stdio::null())
+        .spawn(
+            &["sleep", &seconds],
+            &there.join("sleep.pid"),
+            Stdio::null(),
+            Stdio::null(),
+        )
         .unwrap();
-    let pid = read_pid(&b, &pid_file).await;
-    assert!(alive(pid));
+    read_pid(&b, &there.join("sleep.pid")).await;
+    let sleeping = || processes_with(&format!("sleep\0{seconds}"));
+    assert!(!sleeping().is_empty(), "the sleep and its watchdog run");
     drop(process);
     assert!(
-        eventually(Duration::from_secs(5), || !alive(pid)),
+        eventually(Duration::from_secs(5), || sleeping().is_empty()),
         "sleep outlived its client"
     );
 
     // Its exit status is the process's own.
+    let pid_file = there.join("exits.pid");
     let exits = b
         .spawn(
             &["sh", "-c", "exit 7"],
@@ -120,6 +130,7 @@ async fn a_process_on_a_host_dies_with_its_owner() {
     assert_eq!(exits.wait().await.code(), Some(7));
 
     // `signal` reaches it there.
+    let pid_file = there.join("signalled.pid");
     let log = dir.path().join("signalled.log");
     let signalled = b
         .spawn(
@@ -136,6 +147,12 @@ async fn a_process_on_a_host_dies_with_its_owner() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(128 + 15));
+}
+
+/// `base.<this process's pid>`: seconds for a `sleep` that no other
+/// test's has.
+fn marker(base: u32) -> String {
+    format!("{base}.{}", std::process::id())
 }
 
 async fn read_pid(host: &Host, pid_file: &Path) -> u32 {
@@ -356,12 +373,18 @@ async fn child_holding_a_lab() {
     let lab = Lab::new(&dir.join("lab")).await.unwrap();
     let b = lab.add_host("b").await.unwrap();
     let pid_file = b.runtime_dir().unwrap().join("sleep.pid");
+    let seconds = marker(303);
     let _sleep = b
-        .spawn(&["sleep", "300"], &pid_file, Stdio::null(), Stdio::null())
+        .spawn(
+            &["sleep", &seconds],
+            &pid_file,
+            Stdio::null(),
+            Stdio::null(),
+        )
         .unwrap();
-    let pid = read_pid(&b, &pid_file).await;
+    read_pid(&b, &pid_file).await;
     let test_side = format!("vtlab{}", lab.range().split('.').nth(2).unwrap());
-    std::fs::write(dir.join("made"), format!("{pid} {test_side}\n")).unwrap();
+    std::fs::write(dir.join("made"), format!("{seconds} {test_side}\n")).unwrap();
     tokio::time::sleep(Duration::from_secs(300)).await;
 }
 
@@ -390,25 +413,27 @@ fn a_sigkilled_owner_leaves_no_namespace_link_sshd_or_process() {
         "the child made no lab"
     );
     let text = std::fs::read_to_string(&made).unwrap();
-    let (pid, test_side) = text.trim().split_once(' ').unwrap();
-    let pid: u32 = pid.parse().unwrap();
+    let (seconds, test_side) = text.trim().split_once(' ').unwrap();
+    let sleeping = || processes_with(&format!("sleep\0{seconds}"));
     let sshd_config = dir.path().join("lab/b/sshd_config");
-    assert!(alive(pid));
+    assert!(!sleeping().is_empty(), "the sleep and its watchdog run");
     assert!(!processes_with(&sshd_config.to_string_lossy()).is_empty());
     assert!(Path::new("/sys/class/net").join(test_side).exists());
 
     let killed = Instant::now();
     child.kill().unwrap();
     child.wait().unwrap();
+    // The sessions' sshd processes rename themselves (`sshd: root@notty`):
+    // any process left in host b's namespaces would hold its link's end.
     let gone = || {
-        !alive(pid)
+        sleeping().is_empty()
             && processes_with(&sshd_config.to_string_lossy()).is_empty()
             && !Path::new("/sys/class/net").join(test_side).exists()
     };
     assert!(
         eventually(Duration::from_secs(10), gone),
-        "left: sleep alive {}, sshd {:?}, link {}",
-        alive(pid),
+        "left: sleep {:?}, sshd {:?}, link {}",
+        sleeping(),
         processes_with(&sshd_config.to_string_lossy()),
         Path::new("/sys/class/net").join(test_side).exists()
     );

@@ -338,3 +338,43 @@ async fn a_link_cut_mid_postcopy_is_recovered() {
     check_writer(&vm, &region).await;
     vm.power_off().await.unwrap();
 }
+
+/// A destination on b holding credentials made apart from the VM's: the
+/// handshake fails, in TLS's words, the source runs on at a, nothing is
+/// left on b, and a plain migration to b goes through after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tls_credentials_between_hosts_fail_cleanly() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let Some((_lab, _a, b, mut vm)) = vm_on_a(logs.path()).await else {
+        return;
+    };
+    let source = vm.pid().unwrap();
+    for tls in [Tls::X509, Tls::Psk] {
+        let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+        spec.to = Some(b.clone());
+        spec.tls = Some(tls);
+        spec.tls_foreign_destination = true;
+        let error = vm.migrate_with(&spec).await.unwrap_err();
+        let chain = common::error_chain(&error);
+        assert!(
+            chain.contains("TLS") || chain.contains("certificate"),
+            "{tls:?}: {chain}"
+        );
+        assert_eq!((vm.pid(), vm.host().name()), (Some(source), "a"));
+        assert_eq!(vm.state().await.unwrap(), VmState::Running);
+        let on_b = || {
+            qemus_and_namespaces(&vm)
+                .iter()
+                .filter(|(pid, _)| in_runtime_dir(*pid, &b))
+                .count()
+        };
+        assert!(
+            common::eventually(Duration::from_secs(10), || on_b() == 0),
+            "{tls:?}: a QEMU is left on b"
+        );
+    }
+    vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm.power_off().await.unwrap();
+}

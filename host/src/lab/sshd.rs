@@ -75,7 +75,8 @@ pub(crate) async fn start(
         path: log.clone(),
         source,
     })?;
-    let mut command = ns.command(SSHD);
+    // Its sessions go into the host's PID namespace, to die with it.
+    let mut command = ns.command_with_pids(SSHD);
     command
         .args(["-D", "-e", "-f"])
         .arg(&config)
