@@ -271,22 +271,32 @@ async fn a_link_cut_mid_precopy_fails_and_leaves_nothing_on_the_destination() {
     });
     let error = vm.migrate_with(&spec).await.unwrap_err();
     eprintln!("mid-precopy cut: {}", common::error_chain(&error));
-    assert_eq!(vm.pid(), Some(source));
-    assert_eq!(vm.host().name(), "a");
-    assert_eq!(vm.state().await.unwrap(), VmState::Running);
-    let on_b = || {
-        qemus_and_namespaces(&vm)
-            .iter()
-            .filter(|(pid, _)| in_runtime_dir(*pid, &b))
-            .count()
-    };
-    assert!(
-        common::eventually(Duration::from_secs(30), || on_b() == 0),
-        "a QEMU is left on b"
-    );
+    source_runs_on_a_and_nothing_is_left_on_b(&vm, source, &b, Duration::from_secs(30)).await;
     vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
     vm.login_remote().await.unwrap();
     vm.power_off().await.unwrap();
+}
+
+/// After a failed migration to `b`: the source QEMU still the VM's, on
+/// a, running; and within `deadline` no QEMU of the VM on b.
+async fn source_runs_on_a_and_nothing_is_left_on_b(
+    vm: &Vm,
+    source: u32,
+    b: &Host,
+    deadline: Duration,
+) {
+    assert_eq!((vm.pid(), vm.host().name()), (Some(source), "a"));
+    assert_eq!(vm.state().await.unwrap(), VmState::Running);
+    let on_b = || {
+        qemus_and_namespaces(vm)
+            .iter()
+            .filter(|(pid, _)| in_runtime_dir(*pid, b))
+            .count()
+    };
+    assert!(
+        common::eventually(deadline, || on_b() == 0),
+        "a QEMU is left on b"
+    );
 }
 
 /// Whether process `pid` names host `host`'s runtime directory.
@@ -361,18 +371,7 @@ async fn wrong_tls_credentials_between_hosts_fail_cleanly() {
             chain.contains("TLS") || chain.contains("certificate"),
             "{tls:?}: {chain}"
         );
-        assert_eq!((vm.pid(), vm.host().name()), (Some(source), "a"));
-        assert_eq!(vm.state().await.unwrap(), VmState::Running);
-        let on_b = || {
-            qemus_and_namespaces(&vm)
-                .iter()
-                .filter(|(pid, _)| in_runtime_dir(*pid, &b))
-                .count()
-        };
-        assert!(
-            common::eventually(Duration::from_secs(10), || on_b() == 0),
-            "{tls:?}: a QEMU is left on b"
-        );
+        source_runs_on_a_and_nothing_is_left_on_b(&vm, source, &b, Duration::from_secs(10)).await;
     }
     vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
     vm.login_remote().await.unwrap();
