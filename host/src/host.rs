@@ -178,7 +178,7 @@ impl Host {
             Place::Local => {
                 let program = argv.first().map_or("", |a| a.as_ref());
                 let mut command = Command::new(program);
-                command.args(argv[1..].iter().map(AsRef::as_ref));
+                command.args(argv.iter().skip(1).map(AsRef::as_ref));
                 run_tool(command, program, LOCAL_COMMAND_TIMEOUT)
                     .await
                     .map_err(|source| match source.kind() {
@@ -242,7 +242,7 @@ impl Host {
                 let program = argv.first().map_or("", |a| a.as_ref());
                 let mut command = Command::new(program);
                 command
-                    .args(argv[1..].iter().map(AsRef::as_ref))
+                    .args(argv.iter().skip(1).map(AsRef::as_ref))
                     .stdin(Stdio::null())
                     .stdout(stdout)
                     .stderr(stderr);
