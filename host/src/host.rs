@@ -57,8 +57,7 @@ pub struct HostDirs {
     /// Where QEMU's sockets and pid files go on the host (short: a unix
     /// socket's path holds 108 bytes).
     pub runtime_dir: PathBuf,
-    /// The only storage the host sees of its own: disks copied to it go
-    /// there.
+    /// The host's own storage directory (hosts.toml's `storage`).
     pub storage_dir: PathBuf,
     /// The QEMU binary there (`None`: the one this machine would use,
     /// looked up by name on the host).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use virtest_qemu_cmdline::{Endpoint, HostFwd, PropsOption, QemuCmdline};
 
 /// The host-side endpoints of one QEMU process, as its command line
-/// names them: on the host QEMU runs on (see [`Instance::host`]).
+/// names them: on the host QEMU runs on (see [`crate::Instance::host`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     /// The QMP socket QEMU listens on.

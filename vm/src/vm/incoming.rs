@@ -61,7 +61,7 @@ impl Vm {
     /// On another QEMU, a machine type given as an alias (`q35`) becomes
     /// the versioned type the source runs (`pc-q35-7.2`), which the
     /// destination must have: QEMU takes a VM's state only on its type
-    /// ([`VmConfig::pin_machine_type`] turns this off).
+    /// ([`crate::VmConfig::pin_machine_type`] turns this off).
     pub async fn start_incoming(
         &mut self,
         incoming: &str,
