@@ -57,8 +57,10 @@ pub struct HostDirs {
     /// Where QEMU's sockets and pid files go on the host (short: a unix
     /// socket's path holds 108 bytes).
     pub runtime_dir: PathBuf,
-    /// The host's own storage directory (hosts.toml's `storage`).
-    pub storage_dir: PathBuf,
+    /// The host's own storage directory (hosts.toml's `storage`), where
+    /// the files of the VMs it runs are copied. `None`: its storage is
+    /// shared with this machine, which it sees at the same paths.
+    pub storage_dir: Option<PathBuf>,
     /// The QEMU binary there (`None`: the one this machine would use,
     /// looked up by name on the host).
     pub qemu: Option<PathBuf>,
@@ -113,16 +115,26 @@ impl Host {
         link: Option<Link>,
         parts: Option<Box<dyn Any + Send + Sync>>,
     ) -> Result<Host> {
-        let runtime = dirs.runtime_dir.to_string_lossy().into_owned();
-        let storage = dirs.storage_dir.to_string_lossy().into_owned();
-        ssh.check(&["mkdir", "-p", "-m", "700", &runtime, &storage])
-            .await?;
+        let mut made = vec![dirs.runtime_dir.to_string_lossy().into_owned()];
+        made.extend(
+            dirs.storage_dir
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned()),
+        );
+        ssh.check(
+            &[
+                &["mkdir", "-p", "-m", "700"][..],
+                &made.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        )
+        .await?;
         Ok(Host(Arc::new(Inner {
             name: ssh.name().to_string(),
             place: Place::Ssh(Box::new(ssh)),
             address: Some(address),
             runtime_dir: Some(dirs.runtime_dir),
-            storage_dir: Some(dirs.storage_dir),
+            storage_dir: dirs.storage_dir,
             qemu: dirs.qemu,
             link,
             _parts: parts,
@@ -155,9 +167,16 @@ impl Host {
         self.0.runtime_dir.as_deref()
     }
 
-    /// Its own storage (`None` on this machine: the caller's own).
+    /// Its own storage, where the files of the VMs it runs are copied
+    /// (`None` on this machine, and on a host whose storage is shared).
     pub fn storage_dir(&self) -> Option<&Path> {
         self.0.storage_dir.as_deref()
+    }
+
+    /// Whether it sees this machine's files at their paths: it is this
+    /// machine, or its storage is shared.
+    pub fn sees_local_files(&self) -> bool {
+        self.0.storage_dir.is_none()
     }
 
     /// The QEMU binary it names, if any.
@@ -207,6 +226,58 @@ impl Host {
         }
         let output = self.run(argv).await?;
         stdout_of(self.name(), argv, output)
+    }
+
+    /// The SHA-256 of file `path` there (lowercase hex), from its
+    /// `sha256sum`.
+    pub async fn sha256(&self, path: &Path) -> Result<String> {
+        let said = self
+            .check(&["sha256sum", "--", &path.to_string_lossy()])
+            .await?;
+        match said.split_whitespace().next() {
+            Some(sum) if sum.len() == 64 => Ok(sum.to_string()),
+            _ => Err(Error::Command {
+                host: self.name().into(),
+                command: format!("sha256sum -- {}", path.display()),
+                status: std::process::ExitStatus::default(),
+                stderr: format!("it said `{}`, not a SHA-256", said.trim()),
+            }),
+        }
+    }
+
+    /// Copies the file `local` here to `there` on the host, within
+    /// `deadline`, and checks it arrived whole: its SHA-256 there must be
+    /// `sha256`. It arrives under a temporary name and is renamed, so
+    /// `there` is whole or absent, also when two copy at once.
+    pub async fn copy_in(
+        &self,
+        local: &Path,
+        there: &Path,
+        sha256: &str,
+        deadline: Duration,
+    ) -> Result<()> {
+        let Place::Ssh(ssh) = &self.0.place else {
+            let io = |source| Error::Io {
+                what: "copying to",
+                path: there.to_path_buf(),
+                source,
+            };
+            let part = part_name(there);
+            std::fs::copy(local, &part).map_err(io)?;
+            return std::fs::rename(&part, there).map_err(io);
+        };
+        let argv = ["sh", "-c", COPY_IN, "sh", &there.to_string_lossy(), sha256];
+        let output = ssh.run_fed(&argv, local, deadline).await?;
+        stdout_of(
+            self.name(),
+            &[format!(
+                "copying {} to {}",
+                local.display(),
+                there.display()
+            )],
+            output,
+        )
+        .map(drop)
     }
 
     /// The bytes of file `path` there.
@@ -312,6 +383,27 @@ impl Host {
             }
         }
     }
+}
+
+/// The script that receives a file on its stdin, as `$1`, checked to
+/// have the SHA-256 `$2`.
+const COPY_IN: &str = r#"set -e
+part="$1.part.$$"
+trap 'rm -f "$part"' EXIT
+cat > "$part"
+sum=$(sha256sum "$part" | cut -d' ' -f1)
+if [ "$sum" != "$2" ]; then
+    echo "it arrived with SHA-256 $sum, not $2" >&2
+    exit 1
+fi
+mv "$part" "$1"
+"#;
+
+/// A temporary name beside `path`, of this process.
+fn part_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".part.{}", std::process::id()));
+    PathBuf::from(name)
 }
 
 /// A port here that leads to one on a host; the relay, if any, ends when

@@ -7,7 +7,7 @@
 //! user = "root"
 //! key = "/home/me/.ssh/id_ed25519"
 //! qemu = "/usr/bin/qemu-system-x86_64"
-//! storage = "/var/lib/virtest"   # the host's own storage
+//! storage = "/var/lib/virtest"   # the host's own storage, or "shared"
 //! # port = 22, known_hosts = "...", runtime = "/tmp/virtest-run"
 //! ```
 
@@ -39,11 +39,31 @@ struct Entry {
     user: String,
     key: PathBuf,
     qemu: PathBuf,
-    storage: PathBuf,
+    storage: Storage,
     #[serde(default = "default_port")]
     port: u16,
     known_hosts: Option<PathBuf>,
     runtime: Option<PathBuf>,
+}
+
+/// A host's `storage`: a directory of its own, or `"shared"`.
+#[derive(Debug, Clone)]
+enum Storage {
+    Own(PathBuf),
+    Shared,
+}
+
+impl<'de> Deserialize<'de> for Storage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Storage, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "shared" => Ok(Storage::Shared),
+            _ if text.starts_with('/') => Ok(Storage::Own(text.into())),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{text}` is neither an absolute path nor `shared`"
+            ))),
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -111,7 +131,10 @@ impl HostsFile {
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/virtest-{}", entry.user)));
         let dirs = HostDirs {
             runtime_dir,
-            storage_dir: entry.storage.clone(),
+            storage_dir: match &entry.storage {
+                Storage::Own(dir) => Some(dir.clone()),
+                Storage::Shared => None,
+            },
             qemu: Some(entry.qemu.clone()),
         };
         Host::over_ssh(ssh, entry.address.clone(), dirs, None, None).await
@@ -151,5 +174,23 @@ mod tests {
         assert!(error.contains("colour"), "{error}");
         let error = load("[hosts.b\n").unwrap_err().to_string();
         assert!(error.contains("hosts.toml"), "{error}");
+    }
+
+    #[test]
+    fn storage_is_a_directory_or_shared() {
+        let shared = load(&B.replace("\"/var/lib/virtest\"", "\"shared\"")).unwrap();
+        assert!(matches!(shared.hosts["b"].storage, Storage::Shared));
+        let own = load(B).unwrap();
+        assert!(
+            matches!(&own.hosts["b"].storage, Storage::Own(d) if d == Path::new("/var/lib/virtest"))
+        );
+        let error = load(&B.replace("\"/var/lib/virtest\"", "\"nfs\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`nfs` is neither an absolute path nor `shared`"),
+            "{error}"
+        );
+        assert!(error.contains("line 6"), "{error}");
     }
 }

@@ -1,7 +1,8 @@
 //! Simulated hosts on this machine: a [`Lab`] is a switch (a bridge in a
 //! network namespace of its own) with a veth link to the test's side;
 //! each host it makes is a network namespace with its own veth link to
-//! the switch, its own address, its own sshd and its own storage. The
+//! the switch, its own address, its own sshd and its own storage (or,
+//! with [`Lab::share_storage`], this machine's). The
 //! test reaches a host over SSH as it would a real one, and migrations
 //! cross the links, which can be slowed, made lossy or cut
 //! ([`Host::link`]).
@@ -13,6 +14,7 @@ mod netns;
 mod sshd;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ struct Inner {
     known_hosts: PathBuf,
     hosts: Mutex<Vec<String>>,
     switch: Arc<Namespace>,
+    /// Whether hosts added from now on share this machine's storage.
+    shared_storage: AtomicBool,
 }
 
 /// What keeps a simulated host alive.
@@ -106,6 +110,7 @@ impl Lab {
             known_hosts,
             hosts: Mutex::new(Vec::new()),
             switch,
+            shared_storage: AtomicBool::new(false),
         })))
     }
 
@@ -118,6 +123,14 @@ impl Lab {
     /// The lab's address range (`10.251.n.0/24`).
     pub fn range(&self) -> String {
         format!("{RANGE}.{}.0/24", self.0.number)
+    }
+
+    /// Makes the hosts added from now on share this machine's storage
+    /// (as NFS would: they see its files at their paths), or, with
+    /// `false`, have storage of their own (the default): a VM moving to
+    /// one gets its files copied there.
+    pub fn share_storage(&self, shared: bool) {
+        self.0.shared_storage.store(shared, Ordering::Relaxed);
     }
 
     /// Makes host `name` (letters, digits and `-`, at most 12): its
@@ -201,7 +214,7 @@ impl Lab {
         };
         let dirs = HostDirs {
             runtime_dir,
-            storage_dir: storage,
+            storage_dir: (!self.0.shared_storage.load(Ordering::Relaxed)).then_some(storage),
             qemu: None,
         };
         Host::over_ssh(ssh, address, dirs, Some(link), Some(Box::new(parts))).await

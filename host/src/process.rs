@@ -185,13 +185,19 @@ pub struct ToolOutput {
 /// Runs a short-lived tool (qemu-img, say) as QEMU is run: it dies with
 /// this process, and with the future (a test's timeout drops it). One
 /// still running after `deadline` is killed, and that is an error.
-pub async fn run_tool(
+pub async fn run_tool(command: Command, name: &str, deadline: Duration) -> io::Result<ToolOutput> {
+    run_tool_fed(command, name, deadline, Stdio::null()).await
+}
+
+/// [`run_tool`] reading `stdin` (a file to send to a host, say).
+pub async fn run_tool_fed(
     mut command: Command,
     name: &str,
     deadline: Duration,
+    stdin: Stdio,
 ) -> io::Result<ToolOutput> {
     command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut process = Process::spawn(command, name)?;

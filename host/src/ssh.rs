@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, stdout_of};
-use crate::process::{Process, ToolOutput, run_tool};
+use crate::process::{Process, ToolOutput, run_tool, run_tool_fed};
 
 /// How long a short command on a host (a forward, `kill`, `mkdir`) may
 /// take.
@@ -171,6 +171,37 @@ impl Ssh {
             .await
             .map_err(|e| self.tool_error(&shown, e))?;
         // 255 is OpenSSH's own failure: the connection, not the command.
+        if output.status.code() == Some(255) && self.master.status().is_some() {
+            return Err(self.disconnected());
+        }
+        Ok(output)
+    }
+
+    /// Runs `argv` on the host reading the local file `input` on its
+    /// stdin, within `deadline`, and returns what it said.
+    pub async fn run_fed<S: AsRef<str>>(
+        &self,
+        argv: &[S],
+        input: &Path,
+        deadline: Duration,
+    ) -> Result<ToolOutput> {
+        self.check_connected()?;
+        let shown = shell_words::join(argv.iter().map(AsRef::as_ref));
+        let file = std::fs::File::open(input).map_err(|source| Error::Io {
+            what: "opening",
+            path: input.to_path_buf(),
+            source,
+        })?;
+        let output = run_tool_fed(self.command(argv), "ssh", deadline, file.into())
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => Error::Timeout {
+                    host: self.target.name.clone(),
+                    what: format!("`{shown}`"),
+                    after: deadline,
+                },
+                _ => self.tool_error(&shown, e),
+            })?;
         if output.status.code() == Some(255) && self.master.status().is_some() {
             return Err(self.disconnected());
         }

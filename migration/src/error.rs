@@ -62,6 +62,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A disk could not be copied to a destination with storage of its
+    /// own.
+    #[error(
+        "copying disk `{drive}` to the destination failed: {reason}; the source VM keeps running on its own disks"
+    )]
+    DiskCopy {
+        /// The drive (its `-drive` id).
+        drive: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// QEMU reported the migration failed.
     #[error("the migration failed ({status}): {reason}; the source VM keeps running")]
     Failed {

@@ -24,6 +24,7 @@ mod report;
 mod schema;
 mod setup;
 mod spec;
+mod storage;
 mod tls;
 mod transport;
 

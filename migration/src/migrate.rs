@@ -22,7 +22,8 @@ use crate::report::{MigrationReport, RamFigures, StatusChange};
 use crate::schema::has_file_transport;
 use crate::setup::{check_capabilities, configure, qemus_and_machine, secure, typed_parameters};
 use crate::spec::MigrationSpec;
-use crate::transport::Transport;
+use crate::storage::DiskCopy;
+use crate::transport::{Transport, listen_address};
 
 /// Live migration for [`Vm`]: after it returns, the same `vm` drives the
 /// destination QEMU (QMP, console, forwarded port); call `login_remote`
@@ -239,9 +240,29 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
             .prepare_recovery(&source_qmp, &destination_qmp)
             .await?;
     }
+    // Disks the destination does not see are copied before RAM moves.
+    let mut copy = match destination.disks_to_fill() {
+        [] => None,
+        drives => {
+            let left = spec.timeout.saturating_sub(wall.elapsed());
+            Some(DiskCopy::start(&source_qmp, &destination_qmp, &listen, drives, left).await?)
+        }
+    };
     let destination_events = destination_qmp.event_cursor();
-    let outcome = follow(vm, &destination, spec, &mut transport, wall, &mut report).await;
+    let outcome = follow(
+        vm,
+        &destination,
+        spec,
+        &mut transport,
+        &mut copy,
+        wall,
+        &mut report,
+    )
+    .await;
     drop(transport);
+    if let Some(copy) = copy.filter(|_| outcome.is_err()) {
+        copy.abandon(&source_qmp).await;
+    }
     let handed_over = match outcome {
         Ok(()) => destination_runs(&destination, &source_state, destination_events).await,
         Err(error) => Err(error),
@@ -279,43 +300,6 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     Ok(report)
 }
 
-/// The address the destination listens on over tcp: 127.0.0.1 on one
-/// host, else the one other hosts reach the destination at. Between
-/// hosts only tcp carries a migration, and on another host than this
-/// machine neither fd (a socket passed over QMP, which SSH does not
-/// carry) nor exec and file (made and read here).
-fn listen_address(from: &Host, to: &Host, mode: MigrationMode) -> Result<String> {
-    let remote = !from.is_local() || !to.is_local();
-    if !from.same(to) && mode != MigrationMode::Tcp {
-        return Err(Error::Spec(format!(
-            "between hosts (`{}` to `{}`) only tcp carries a migration, not {mode}: \
-             {mode} needs both QEMUs on one host",
-            from.name(),
-            to.name()
-        )));
-    }
-    if remote && !matches!(mode, MigrationMode::Tcp | MigrationMode::Unix) {
-        return Err(Error::Spec(format!(
-            "a migration on host `{}` goes over tcp or unix, not {mode}: {}",
-            to.name(),
-            match mode {
-                MigrationMode::Fd =>
-                    "fd passes a socket to each QEMU over QMP, and SSH does not carry file descriptors",
-                _ => "its pipe or file is made on this machine",
-            }
-        )));
-    }
-    match from.same(to) {
-        true => Ok("127.0.0.1".into()),
-        false => to.address().map(str::to_string).ok_or_else(|| {
-            Error::Spec(format!(
-                "host `{}` has no address other hosts reach it at (a simulated lab's `Lab::local()` has one)",
-                to.name()
-            ))
-        }),
-    }
-}
-
 /// A destination binary the spec names must be a QEMU system emulator,
 /// checked as the source's is (found, then probed), before anything
 /// starts: `/bin/true` is not a QEMU.
@@ -338,6 +322,7 @@ async fn follow(
     destination: &Instance,
     spec: &MigrationSpec,
     transport: &mut Transport,
+    copy: &mut Option<DiskCopy>,
     wall: Instant,
     report: &mut MigrationReport,
 ) -> Result<()> {
@@ -417,8 +402,13 @@ async fn follow(
                             .map_err(qmp_failed("source", "`migrate-cancel`"))?;
                     }
                     MigrationStatus::pre_switchover if !cancelled => {
-                        // `pause-before-switchover`, turned on to cancel
-                        // in time (or by the spec): go on.
+                        // `pause-before-switchover`, turned on to end the
+                        // disks' copy with the source stopped, to cancel
+                        // in time, or by the spec: go on.
+                        if let Some(copy) = copy {
+                            let figures = copy.complete(qmp, destination.qmp(), left()).await?;
+                            report.measurements.extend(figures);
+                        }
                         let command = migrate_continue { state: MigrationStatus::pre_switchover };
                         qmp.execute_within(command, left())
                             .await

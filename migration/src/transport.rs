@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use qapi::qmp::{SocketAddress, migrate_incoming, migrate_recover, query_migrate};
 use serde_json::json;
+use virtest_host::Host;
 use virtest_qmp::Qmp;
 
 use crate::error::{Error, Result};
@@ -293,4 +294,41 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
         Mode::RUSR | Mode::WUSR,
         0,
     )?)
+}
+
+/// The address the destination listens on over tcp: 127.0.0.1 on one
+/// host, else the one other hosts reach the destination at. Between
+/// hosts only tcp carries a migration, and on another host than this
+/// machine neither fd (a socket passed over QMP, which SSH does not
+/// carry) nor exec and file (made and read here).
+pub(crate) fn listen_address(from: &Host, to: &Host, mode: MigrationMode) -> Result<String> {
+    let remote = !from.is_local() || !to.is_local();
+    if !from.same(to) && mode != MigrationMode::Tcp {
+        return Err(Error::Spec(format!(
+            "between hosts (`{}` to `{}`) only tcp carries a migration, not {mode}: \
+             {mode} needs both QEMUs on one host",
+            from.name(),
+            to.name()
+        )));
+    }
+    if remote && !matches!(mode, MigrationMode::Tcp | MigrationMode::Unix) {
+        return Err(Error::Spec(format!(
+            "a migration on host `{}` goes over tcp or unix, not {mode}: {}",
+            to.name(),
+            match mode {
+                MigrationMode::Fd =>
+                    "fd passes a socket to each QEMU over QMP, and SSH does not carry file descriptors",
+                _ => "its pipe or file is made on this machine",
+            }
+        )));
+    }
+    match from.same(to) {
+        true => Ok("127.0.0.1".into()),
+        false => to.address().map(str::to_string).ok_or_else(|| {
+            Error::Spec(format!(
+                "host `{}` has no address other hosts reach it at (a simulated lab's `Lab::local()` has one)",
+                to.name()
+            ))
+        }),
+    }
 }

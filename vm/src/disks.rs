@@ -159,6 +159,23 @@ impl VmDisks {
         &self.dir
     }
 
+    /// The qemu-img it makes overlays with.
+    pub(crate) fn qemu_img(&self) -> &Path {
+        &self.qemu_img
+    }
+
+    /// Makes `paths` (files in its directory, over the same bases) the
+    /// overlays, and removes the ones they replace: the VM's disks came
+    /// back to this machine, into new overlays.
+    pub(crate) fn replace_overlays(&mut self, paths: &[PathBuf]) {
+        for (overlay, path) in self.overlays.iter_mut().zip(paths) {
+            if overlay.path != *path {
+                let _ = std::fs::remove_file(&overlay.path);
+                overlay.path = path.clone();
+            }
+        }
+    }
+
     /// Keeps the files when the VM is dropped.
     pub(crate) fn keep(&mut self) {
         self.keep = true;

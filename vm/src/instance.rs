@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
@@ -16,6 +17,7 @@ use crate::console::{Console, ConsoleReader};
 use crate::endpoints::{Endpoints, Forward, forwards_in, tcp_forwards};
 use crate::error::{Error, Result};
 use crate::exit::QemuExit;
+use crate::placement::Placement;
 use virtest_host::process::Process;
 
 /// Where an instance's files go and who reads its console.
@@ -33,6 +35,11 @@ pub(crate) struct Files<'a> {
     pub qmp_log: &'a TranscriptWriter,
     /// The console every instance of the VM writes to.
     pub console: &'a Console,
+    /// Where the VM's files are on the host.
+    pub placement: &'a Arc<Placement>,
+    /// Whether its disks' overlays there are new, for a migration to
+    /// fill.
+    pub fill_disks: bool,
 }
 
 /// A QEMU process with its console read and QMP connected. Dropping it
@@ -43,6 +50,10 @@ pub struct Instance {
     qmp: Qmp,
     endpoints: Endpoints,
     host: Host,
+    /// Where the VM's files are on the host.
+    placement: Arc<Placement>,
+    /// The disks (drive ids) a migration must fill, their overlays new.
+    disks_to_fill: Vec<String>,
     /// The paths here that lead to the endpoints' sockets, and the relays
     /// of forwarded ports, for QEMU on another host.
     reached: Reached,
@@ -277,6 +288,13 @@ impl Instance {
             qmp,
             endpoints: endpoints.clone(),
             host: host.clone(),
+            placement: files.placement.clone(),
+            disks_to_fill: match files.fill_disks {
+                true => (0..files.placement.overlays().len())
+                    .map(crate::launch::disk_id)
+                    .collect(),
+                false => Vec::new(),
+            },
             reached: Reached {
                 qmp: qmp_here,
                 agent: agent_here,
@@ -308,6 +326,19 @@ impl Instance {
     /// The host it runs on.
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The disks (their `-drive` ids) whose overlays on this QEMU's host
+    /// are new and empty, over copies of their bases: the VM's disks are
+    /// on another host's storage, and a migration to this QEMU copies
+    /// them in. Empty when both hosts see the same files.
+    pub fn disks_to_fill(&self) -> &[String] {
+        &self.disks_to_fill
+    }
+
+    /// Where the VM's files are on its host.
+    pub(crate) fn placement(&self) -> &Arc<Placement> {
+        &self.placement
     }
 
     /// The path here that leads to its guest agent's socket.

@@ -180,7 +180,7 @@ impl<'a> GuestLaunch<'a> {
             );
         }
         for (index, overlay) in self.disks.iter().enumerate() {
-            let id = format!("disk{index}");
+            let id = disk_id(index);
             let boot_index = index.to_string();
             let device: &[(&str, &str)] = match guest.boot.kernel {
                 None => &[("bootindex", &boot_index)],
@@ -268,4 +268,9 @@ impl<'a> GuestLaunch<'a> {
         }
         cmd
     }
+}
+
+/// The `-drive` id of the guest's disk `index`.
+pub(crate) fn disk_id(index: usize) -> String {
+    format!("disk{index}")
 }

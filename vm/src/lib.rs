@@ -59,6 +59,7 @@ mod image;
 mod instance;
 mod launch;
 mod network;
+mod placement;
 mod snapshot;
 mod vm;
 

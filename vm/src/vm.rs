@@ -6,6 +6,7 @@
 //! serial console, hot-plug and networks.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use qapi::Enum;
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::exit::QemuExit;
 use crate::extensions::Extensions;
 use crate::instance::Instance;
+use crate::placement::Placement;
 use crate::snapshot::{BootMode, Start};
 
 mod agent;
@@ -112,6 +114,9 @@ pub struct Vm {
     /// The overlays and firmware variables, made at the first power_on
     /// and dropped (removed) after QEMU.
     disks: Option<VmDisks>,
+    /// Where the VM's disks are now: their placement on the host of the
+    /// QEMU that last ran them (`None` before the first power_on).
+    disks_at: Option<Arc<Placement>>,
     /// The host key every login must present: the guest's, or the one
     /// the first login saw.
     host_key: Option<String>,
@@ -167,6 +172,7 @@ impl Vm {
             id,
             host_key: config.guest.login.host_key.clone(),
             disks: None,
+            disks_at: None,
             config,
             runtime_dir,
             log_dir,
@@ -248,6 +254,13 @@ impl Vm {
     /// again.
     pub fn hand_over(&mut self, instance: Instance) -> Option<Instance> {
         self.remote = None;
+        let placement = instance.placement().clone();
+        if placement.host().is_none()
+            && let Some(disks) = &mut self.disks
+        {
+            disks.replace_overlays(placement.overlays());
+        }
+        self.disks_at = Some(placement);
         self.instance.replace(instance)
     }
 

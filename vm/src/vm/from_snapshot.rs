@@ -64,7 +64,7 @@ pub(crate) async fn start(
     tracing::warn!(key = id, "{why}; booting fresh");
     vm.recreate_disks().await?;
     let instance = vm
-        .start_instance_with(&vm.config().host.clone(), launch)
+        .start_instance_with(&vm.config().host.clone(), launch, vm.local_files(), false)
         .await?;
     Ok((instance, Start::SnapshotFailed { why }))
 }
@@ -226,7 +226,7 @@ async fn make(
     pending: &PendingSnapshot,
 ) -> Result<std::result::Result<SavedState, String>> {
     let maker = vm
-        .start_instance_with(&vm.config().host.clone(), launch)
+        .start_instance_with(&vm.config().host.clone(), launch, vm.local_files(), false)
         .await?;
     tracing::debug!(pid = maker.pid(), "booting the guest to save it once ready");
     vm.hand_over(maker);
@@ -266,7 +266,12 @@ async fn restore(
     let restoring =
         move |endpoints: &Endpoints| launch(endpoints).clone_for_incoming("defer", |e| e);
     let instance = vm
-        .start_instance_with(&vm.config().host.clone(), &restoring)
+        .start_instance_with(
+            &vm.config().host.clone(),
+            &restoring,
+            vm.local_files(),
+            false,
+        )
         .await?;
     snapshot::load(instance, state, format, vm.config().start_timeout).await
 }

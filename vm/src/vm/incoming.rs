@@ -3,6 +3,7 @@
 //! command line, on a machine type the destination QEMU has.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use virtest_host::Host;
 use virtest_qemu_cmdline::{PropsOption, QemuCmdline, binary, machine_types};
@@ -10,20 +11,30 @@ use virtest_qemu_cmdline::{PropsOption, QemuCmdline, binary, machine_types};
 use crate::endpoints::Endpoints;
 use crate::error::{Error, Result};
 use crate::instance::{Files, Instance};
+use crate::placement::Placement;
 use crate::vm::Vm;
 
 impl Vm {
     /// Starts another QEMU process of this VM from the command line
     /// `build` makes for fresh endpoints, sharing the VM's console and
-    /// logs.
+    /// logs. The command line names the files of placement `from`; the
+    /// QEMU gets those of `host` (see [`Vm::placement_on`]).
     pub(crate) async fn start_instance_with(
         &mut self,
         host: &Host,
         build: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
+        from: Arc<Placement>,
+        incoming: bool,
     ) -> Result<Instance> {
         let console = self.console()?.clone();
         let qmp_log = self.qmp_log()?;
         self.generation += 1;
+        let (placement, fill_disks) = self.placement_on(host, incoming).await?;
+        let build = |endpoints: &Endpoints| {
+            let mut cmdline = build(endpoints);
+            placement.rewrite(&mut cmdline, &from);
+            cmdline
+        };
         let host_sockets = match host.runtime_dir() {
             Some(dir) => {
                 let dir = dir.join(&self.id);
@@ -47,8 +58,45 @@ impl Vm {
             qemu_log: &qemu_log,
             qmp_log: &qmp_log,
             console: &console,
+            placement: &placement,
+            fill_disks,
         };
-        Instance::start(&files, self.generation, self.config.start_timeout, build).await
+        Instance::start(&files, self.generation, self.config.start_timeout, &build).await
+    }
+
+    /// Where a QEMU of this VM on `host` finds the VM's files: where the
+    /// VM's disks are, when `host` sees them; else placed afresh (copied
+    /// to the host's own storage, new overlays), and then, for an
+    /// `incoming` QEMU, `true`: its disks are for the migration to fill.
+    /// A VM whose disks are on another host's storage powers on there.
+    async fn placement_on(&self, host: &Host, incoming: bool) -> Result<(Arc<Placement>, bool)> {
+        let disks = self.disks.as_ref().expect("made at the first power_on");
+        match &self.disks_at {
+            Some(placement) if placement.serves(host) => return Ok((placement.clone(), false)),
+            None if host.sees_local_files() => {
+                return Ok((Arc::new(Placement::here(disks)), false));
+            }
+            Some(placement) if !incoming && !disks.overlays().is_empty() => {
+                let there = placement.host().map_or("this machine", Host::name);
+                return Err(Error::State {
+                    what: format!(
+                        "the VM's disks are on `{there}`'s storage, where it last ran: power it on \
+                         there (`vm.set_host`), or migrate it to `{}` before it powers off",
+                        host.name()
+                    ),
+                });
+            }
+            _ => {}
+        }
+        let mut inputs = Vec::new();
+        if let Some(kernel) = &self.config.guest.boot.kernel {
+            inputs.push(kernel.kernel.clone());
+            inputs.extend(kernel.initrd.clone());
+        }
+        inputs.extend(disks.seed().map(Path::to_path_buf));
+        let placement = Placement::fresh(host, &self.id, self.generation, disks, &inputs).await?;
+        let fill = incoming && !placement.overlays().is_empty();
+        Ok((Arc::new(placement), fill))
     }
 
     /// Starts a second QEMU process of this VM, waiting for its state
@@ -100,8 +148,10 @@ impl Vm {
             }
             cmdline.binary = binary.to_path_buf();
         }
+        let placement = source.placement().clone();
         let build = move |to: &Endpoints| cmdline.clone_for_incoming(incoming, from.remap_to(to));
-        self.start_instance_with(host, &build).await
+        self.start_instance_with(host, &build, placement, true)
+            .await
     }
 }
 

@@ -2,6 +2,7 @@
 //! snapshot, with the VM's disks and cloud-init seed) and `power_off`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use qapi::qmp::{quit, system_powerdown};
@@ -20,6 +21,7 @@ use crate::endpoints::Endpoints;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 use crate::launch::{ConsoleOutput, GuestLaunch};
+use crate::placement::Placement;
 use crate::snapshot::{self, BootMode, Start};
 
 use super::{Vm, from_snapshot};
@@ -140,8 +142,13 @@ impl Vm {
         self.ready_seen = false;
         let (instance, start) = match self.config.boot {
             BootMode::Fresh => (
-                self.start_instance_with(&self.config.host.clone(), &launch)
-                    .await?,
+                self.start_instance_with(
+                    &self.config.host.clone(),
+                    &launch,
+                    self.local_files(),
+                    false,
+                )
+                .await?,
                 Start::Fresh {
                     why_not_snapshot: None,
                 },
@@ -165,6 +172,7 @@ impl Vm {
             "powered on"
         );
         self.start = start;
+        self.disks_at = Some(instance.placement().clone());
         self.instance = Some(instance);
         Ok(())
     }
@@ -210,7 +218,9 @@ impl Vm {
             Err(why) => {
                 tracing::debug!(why, "booting fresh");
                 let host = self.config.host.clone();
-                let instance = self.start_instance_with(&host, launch).await?;
+                let instance = self
+                    .start_instance_with(&host, launch, self.local_files(), false)
+                    .await?;
                 let why_not_snapshot = Some(why);
                 Ok((instance, Start::Fresh { why_not_snapshot }))
             }
@@ -250,9 +260,17 @@ impl Vm {
 
     /// Makes the VM's disk state anew from the guest's images, for a
     /// boot after a snapshot start fell through.
+    /// This machine's files of the VM, where they are: what the command
+    /// line of a power_on names.
+    pub(crate) fn local_files(&self) -> Arc<Placement> {
+        let disks = self.disks.as_ref().expect("made at the first power_on");
+        Arc::new(Placement::here(disks))
+    }
+
     pub(crate) async fn recreate_disks(&mut self) -> Result<()> {
         if self.disks.as_ref().is_some_and(|d| !d.is_empty()) {
             self.disks = None;
+            self.disks_at = None;
             self.disks = Some(self.create_disks().await?);
         }
         Ok(())

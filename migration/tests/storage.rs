@@ -1,0 +1,197 @@
+//! Migrations between hosts that do not share storage: the VM's disk is
+//! copied live (the destination's new overlay served over NBD, the
+//! source's mirrored into it), its base image copied once per host.
+//! Simulated hosts, real OpenSSH, QEMU and guest. Needs root; without it
+//! each test says why it is skipped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use virtest_guest::GuestDescription;
+use virtest_host::{Error as HostError, Lab};
+use virtest_migration::{Migrate, MigrationMode};
+use virtest_vm::{Vm, VmConfig};
+
+/// The guest's disk: 32 MiB, the first MiB a pattern the guest checks.
+const DISK_MIB: usize = 32;
+
+/// The default guest with a raw disk of [`DISK_MIB`] made in `dir`.
+fn guest_with_disk(dir: &Path) -> (GuestDescription, PathBuf) {
+    let base = dir.join("base.img");
+    let mut bytes = b"virtest-base-pattern\n".repeat((1 << 20) / 21);
+    bytes.resize(DISK_MIB << 20, 0);
+    std::fs::write(&base, bytes).unwrap();
+    let toml = common::write_guest_toml(
+        dir,
+        &format!(
+            "[[disks]]\npath = \"{}\"\nformat = \"raw\"\n",
+            base.display()
+        ),
+    );
+    (GuestDescription::load(&toml).unwrap().0, base)
+}
+
+/// A lab in `dir`, or `None` (the reason printed) without root.
+async fn lab(dir: &Path) -> Option<Lab> {
+    match Lab::new(&dir.join("lab")).await {
+        Ok(lab) => Some(lab),
+        Err(error @ HostError::NeedsRoot { .. }) => {
+            eprintln!("skipped: {error}");
+            None
+        }
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Runs `script` in the guest; its stdout.
+async fn guest(vm: &Vm, script: &str) -> String {
+    let out = vm.remote().unwrap().run(script).await.unwrap();
+    assert_eq!(out.exit_status, 0, "{script}: {}", out.stderr);
+    out.stdout
+}
+
+/// The checksums of the disk's second 8 MiB as the guest sees it (its
+/// page cache), then as the disk holds it (the cache dropped), and of
+/// its first MiB, the base's pattern.
+async fn disk_sums(vm: &Vm) -> (String, String, String) {
+    let sum = "dd if=/dev/vda bs=1M skip=8 count=8 2>/dev/null | md5sum";
+    let out = guest(
+        vm,
+        &format!(
+            "sync; {sum}; echo 3 > /proc/sys/vm/drop_caches; {sum}; \
+             dd if=/dev/vda bs=1M count=1 2>/dev/null | md5sum"
+        ),
+    )
+    .await;
+    let sums: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    (sums[0].clone(), sums[1].clone(), sums[2].clone())
+}
+
+/// A VM whose disk is written on host a moves to b, to this machine,
+/// back to a and to b, the disk written while it moves. After each hop
+/// the disk holds what the guest wrote (read back with its cache
+/// dropped), the base image here is unchanged, each host holds one copy
+/// of the base (under its SHA-256), and the report has the copy's
+/// figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_moves_with_its_vm_between_hosts_of_their_own_storage() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let Some(lab) = lab(logs.path()).await else {
+        return;
+    };
+    let (description, base) = guest_with_disk(logs.path());
+    let base_sum = common::sha256(&base);
+    let a = lab.add_host("a").await.unwrap();
+    let b = lab.add_host("b").await.unwrap();
+    let mut config = VmConfig::new(description);
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.host = a.clone();
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    guest(
+        &vm,
+        "dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=8 conv=fsync 2>/dev/null",
+    )
+    .await;
+    let (written, on_disk, pattern) = disk_sums(&vm).await;
+    assert_eq!(written, on_disk);
+    let local = lab.local();
+    for (round, to) in [&b, &local, &a, &b].into_iter().enumerate() {
+        // A writer keeps rewriting a MiB of the region while it moves.
+        guest(
+            &vm,
+            "setsid sh -c 'while :; do dd if=/dev/urandom of=/dev/vda bs=64k seek=160 \
+             count=16 conv=fsync 2>/dev/null; done' </dev/null >/dev/null 2>&1 & \
+             echo $! > /run/writer.pid",
+        )
+        .await;
+        let from = vm.host().name().to_string();
+        let report = vm
+            .migrate_to(to, MigrationMode::Tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{from} to {}: {}", to.name(), common::error_chain(&e)));
+        let copied = report.measurements.get("disk_copy_mib").copied();
+        assert!(
+            copied.is_some_and(|mib| mib >= 8.0),
+            "round {round}: {copied:?} MiB copied, {:?}",
+            report.measurements
+        );
+        eprintln!(
+            "{from} > {}: {:?}, downtime {} ms",
+            to.name(),
+            report.measurements,
+            report.downtime_ms
+        );
+        vm.login_remote().await.unwrap();
+        guest(&vm, "kill $(cat /run/writer.pid); sleep 0.2").await;
+        let (cached, read_back, base_part) = disk_sums(&vm).await;
+        assert_eq!(cached, read_back, "round {round}: {from} to {}", to.name());
+        assert_eq!(base_part, pattern, "round {round}: the base's part");
+    }
+    assert_eq!(
+        common::sha256(&base),
+        base_sum,
+        "the base image is unchanged"
+    );
+    for host in [&a, &b] {
+        let images = host.storage_dir().unwrap().join("images");
+        let copies: Vec<_> = std::fs::read_dir(&images).unwrap().collect();
+        let names: Vec<String> = copies
+            .iter()
+            .map(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert!(
+            names.contains(&format!("{base_sum}.img")),
+            "{}: {names:?}",
+            host.name()
+        );
+    }
+    vm.power_off().await.unwrap();
+}
+
+/// Hosts that share this machine's storage see the VM's overlay where
+/// it is: nothing is copied, and what the guest wrote is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_storage_moves_no_disk() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let Some(lab) = lab(logs.path()).await else {
+        return;
+    };
+    lab.share_storage(true);
+    let (description, _) = guest_with_disk(logs.path());
+    let b = lab.add_host("b").await.unwrap();
+    assert!(b.sees_local_files());
+    let mut config = VmConfig::new(description);
+    config.log_dir = Some(logs.path().to_path_buf());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    guest(
+        &vm,
+        "dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=8 conv=fsync 2>/dev/null",
+    )
+    .await;
+    let (written, _, _) = disk_sums(&vm).await;
+    for to in [&b, &lab.local()] {
+        let report = vm.migrate_to(to, MigrationMode::Tcp).await;
+        let report = report.unwrap_or_else(|e| panic!("{}", common::error_chain(&e)));
+        assert!(!report.measurements.contains_key("disk_copy_mib"));
+        vm.login_remote().await.unwrap();
+        let (cached, read_back, _) = disk_sums(&vm).await;
+        assert_eq!((&cached, &read_back), (&written, &written));
+    }
+    vm.power_off().await.unwrap();
+}
