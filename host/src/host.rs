@@ -386,12 +386,11 @@ impl Host {
 }
 
 /// The script that receives a file on its stdin, as `$1`, checked to
-/// have the SHA-256 `$2`.
+/// have the SHA-256 `$2` (hashed as it arrives, not read again).
 const COPY_IN: &str = r#"set -e
 part="$1.part.$$"
 trap 'rm -f "$part"' EXIT
-cat > "$part"
-sum=$(sha256sum "$part" | cut -d' ' -f1)
+sum=$(tee "$part" | sha256sum | cut -d' ' -f1)
 if [ "$sum" != "$2" ]; then
     echo "it arrived with SHA-256 $sum, not $2" >&2
     exit 1

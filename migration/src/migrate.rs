@@ -245,6 +245,13 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         [] => None,
         drives => {
             let left = spec.timeout.saturating_sub(wall.elapsed());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    after: spec.timeout,
+                    last_status: "none yet: the destination's files were still being copied".into(),
+                    source_answers: true,
+                });
+            }
             Some(DiskCopy::start(&source_qmp, &destination_qmp, &listen, drives, left).await?)
         }
     };
@@ -261,7 +268,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     .await;
     drop(transport);
     if let Some(copy) = copy.filter(|_| outcome.is_err()) {
-        copy.abandon(&source_qmp).await;
+        copy.abandon(&source_qmp, &destination_qmp).await;
     }
     let handed_over = match outcome {
         Ok(()) => destination_runs(&destination, &source_state, destination_events).await,

@@ -67,7 +67,7 @@ impl DiskCopy {
         {
             Ok(()) => Ok(copy),
             Err(error) => {
-                copy.abandon(source).await;
+                copy.abandon(source, destination).await;
                 Err(error)
             }
         }
@@ -250,34 +250,39 @@ impl DiskCopy {
         ])
     }
 
-    /// After a failed migration: stops the mirrors that still run and
-    /// removes their targets, so the source's disks are as before. The
-    /// destination, and its NBD server, go with its QEMU.
-    pub(crate) async fn abandon(self, source: &Qmp) {
+    /// After a failed migration: stops the destination's NBD server,
+    /// which ends the mirrors' connections (a mirror waits for its
+    /// writes in flight, which a slow link makes long), cancels the
+    /// mirrors, and removes their targets once they are gone, so that the
+    /// source's disks are as before.
+    pub(crate) async fn abandon(self, source: &Qmp, destination: &Qmp) {
+        let _ = destination
+            .execute_raw_within("nbd-server-stop", json!({}), ABANDON)
+            .await;
         for drive in &self.drives {
-            let job = job_of(drive);
-            let cancel = json!({ "device": job, "force": true });
+            let cancel = json!({ "device": job_of(drive), "force": true });
             let _ = source
                 .execute_raw_within("block-job-cancel", cancel, ABANDON)
                 .await;
-            // The job holds the node until it has ended.
-            let deadline = Instant::now() + ABANDON;
-            while Instant::now() < deadline {
-                let node = json!({ "node-name": job });
-                match source
-                    .execute_raw_within("blockdev-del", node, ABANDON)
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
+        }
+        let deadline = Instant::now() + ABANDON;
+        for drive in &self.drives {
+            let node = json!({ "node-name": job_of(drive) });
+            // The job holds its target until it has ended.
+            while source
+                .execute_raw_within("blockdev-del", node.clone(), ABANDON)
+                .await
+                .is_err()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
 /// How long cleaning up after a failure may take.
-const ABANDON: Duration = Duration::from_secs(5);
+const ABANDON: Duration = Duration::from_secs(10);
 
 /// Starts the destination's NBD server on `address`, on a free port of
 /// [`NBD_PORTS`]; returns the port.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use virtest_guest::GuestDescription;
 use virtest_host::{Error as HostError, Lab};
-use virtest_migration::{Migrate, MigrationMode};
+use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
 use virtest_vm::{Vm, VmConfig};
 
 /// The guest's disk: 32 MiB, the first MiB a pattern the guest checks.
@@ -193,5 +193,85 @@ async fn shared_storage_moves_no_disk() {
         let (cached, read_back, _) = disk_sums(&vm).await;
         assert_eq!((&cached, &read_back), (&written, &written));
     }
+    vm.power_off().await.unwrap();
+}
+
+/// A copy that cannot finish in time (24 MiB through 8 Mbit/s, a 10 s
+/// timeout, the base on b already) fails cleanly: the source runs on its own disk, with no
+/// mirror or NBD client left on it, no QEMU on b, and the next migration
+/// works. A VM whose disks are on b's storage powers on there, not here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_fails_leaves_the_source_whole() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let Some(lab) = lab(logs.path()).await else {
+        return;
+    };
+    let (description, _) = guest_with_disk(logs.path());
+    let b = lab.add_host("b").await.unwrap();
+    let mut config = VmConfig::new(description);
+    config.log_dir = Some(logs.path().to_path_buf());
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    guest(
+        &vm,
+        "dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=24 conv=fsync 2>/dev/null",
+    )
+    .await;
+    let (written, _, _) = disk_sums(&vm).await;
+    // The base reaches b at full speed.
+    vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
+    vm.migrate_to(&lab.local(), MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    let link = b.link().unwrap();
+    link.limit_rate(8).await.unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.to = Some(b.clone());
+    spec.timeout = std::time::Duration::from_secs(10);
+    let source = vm.pid().unwrap();
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let shown = common::error_chain(&error);
+    assert!(shown.contains("mirrors to be in sync"), "{shown}");
+    assert_eq!(vm.pid(), Some(source));
+    let qmp = vm.qmp().unwrap();
+    let jobs = qmp
+        .execute_raw("query-block-jobs", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(jobs, serde_json::json!([]), "no mirror left");
+    let nodes = qmp
+        .execute_raw("query-named-block-nodes", serde_json::json!({}))
+        .await
+        .unwrap()
+        .to_string();
+    assert!(!nodes.contains("vt-copy"), "no NBD client left: {nodes}");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || {
+            common::processes_with(vm.id())
+                .into_iter()
+                .filter(|&pid| common::is_qemu(pid))
+                .count()
+                == 1
+        }),
+        "the destination's QEMU is gone"
+    );
+    vm.login_remote().await.unwrap();
+    let (cached, read_back, _) = disk_sums(&vm).await;
+    assert_eq!((&cached, &read_back), (&written, &written));
+
+    link.clear().await.unwrap();
+    vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
+    vm.power_off().await.unwrap();
+    let error = vm.power_on().await.unwrap_err().to_string();
+    assert!(
+        error.contains("the VM's disks are on `b`'s storage"),
+        "{error}"
+    );
+    vm.set_host(b.clone()).unwrap();
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let (_, read_back, _) = disk_sums(&vm).await;
+    assert_eq!(read_back, written, "b's disk, after a power cycle there");
     vm.power_off().await.unwrap();
 }
