@@ -205,8 +205,7 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         }
     }
     configure(&source_qmp, &destination_qmp, spec, &extra_parameters).await?;
-    let crossing = !to.same(vm.host());
-    secure(vm, &source_qmp, &destination_qmp, spec, crossing).await?;
+    let tls = secure(vm, &source_qmp, &destination_qmp, spec, &to).await?;
     if spec.mode == MigrationMode::File {
         for (side, qmp) in [("source", &source_qmp), ("destination", &destination_qmp)] {
             if !has_file_transport(qmp, side).await? {
@@ -252,7 +251,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
                     source_answers: true,
                 });
             }
-            Some(DiskCopy::start(&source_qmp, &destination_qmp, &listen, drives, left).await?)
+            let (source, destination) = (&source_qmp, &destination_qmp);
+            Some(DiskCopy::start(source, destination, &listen, drives, tls.as_ref(), left).await?)
         }
     };
     let destination_events = destination_qmp.event_cursor();

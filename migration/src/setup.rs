@@ -8,6 +8,7 @@ use qapi::qmp::{
     migrate_set_parameters, query_migrate_parameters,
 };
 use serde_json::Value;
+use virtest_host::Host;
 use virtest_qemu_cmdline::binary;
 use virtest_qemu_cmdline::{PropsOption, QemuCmdline};
 use virtest_qmp::Qmp;
@@ -255,16 +256,20 @@ async fn stale_capabilities(
         .collect())
 }
 
-/// TLS on both sides as the spec asks: the credentials objects and
+/// TLS on both sides as the spec asks: the credentials objects (their
+/// files copied to a host that does not see this machine's) and
 /// `tls-creds` (and the source's `tls-hostname`), or both cleared, since a
-/// QEMU keeps what an earlier migration set.
+/// QEMU keeps what an earlier migration set. Returns the credentials, for
+/// the disks' copy to use too.
 pub(crate) async fn secure(
     vm: &Vm,
     source: &Qmp,
     destination: &Qmp,
     spec: &MigrationSpec,
-    crossing: bool,
-) -> Result<()> {
+    to: &Host,
+) -> Result<Option<TlsIds>> {
+    let crossing = !to.same(vm.host());
+    let mut ids = None;
     let (source_args, destination_args) = match spec.tls {
         None => (
             serde_json::json!({ "tls-creds": "", "tls-hostname": "" }),
@@ -277,8 +282,16 @@ pub(crate) async fn secure(
                 true => tls::foreign_credentials(kind, runtime_dir)?,
                 false => dir.clone(),
             };
+            let on = |host: &Host, name: &str| {
+                let runtime = host.runtime_dir().unwrap_or(runtime_dir);
+                runtime.join(vm.id()).join(format!("{name}-{kind}"))
+            };
+            let there = on(to, "tls-server");
+            let server_dir = tls::place(to, kind, &server_dir, true, &there).await?;
+            let there = on(vm.host(), "tls-client");
+            let client_dir = tls::place(vm.host(), kind, &dir, false, &there).await?;
             let server = tls::add_object(destination, kind, &server_dir, true).await?;
-            let client = tls::add_object(source, kind, &dir, false).await?;
+            let client = tls::add_object(source, kind, &client_dir, false).await?;
             let hostname = match (&spec.tls_hostname, spec.mode, kind) {
                 (Some(name), _, _) => name.clone(),
                 (None, MigrationMode::Unix | MigrationMode::Fd, Tls::X509) => "localhost".into(),
@@ -287,6 +300,11 @@ pub(crate) async fn secure(
                 (None, MigrationMode::Tcp, Tls::X509) if crossing => "localhost".into(),
                 (None, _, _) => String::new(),
             };
+            ids = Some(TlsIds {
+                client: client.clone(),
+                server: server.clone(),
+                hostname: hostname.clone(),
+            });
             (
                 serde_json::json!({ "tls-creds": client, "tls-hostname": hostname }),
                 serde_json::json!({ "tls-creds": server }),
@@ -305,5 +323,17 @@ pub(crate) async fn secure(
                 source,
             })?;
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// The TLS credentials objects a migration set up, and the name the
+/// source checks in the server's certificate (empty: its address).
+#[derive(Debug, Clone)]
+pub(crate) struct TlsIds {
+    /// The source's (client) object.
+    pub client: String,
+    /// The destination's (server) object.
+    pub server: String,
+    /// `tls-hostname`.
+    pub hostname: String,
 }

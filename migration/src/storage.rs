@@ -9,7 +9,8 @@
 //! stopped, each mirror is ended in sync (`block-job-cancel` of a ready
 //! mirror leaves the target a copy as of that moment), and only then
 //! does the destination take over. The switch-over's wait counts in the
-//! downtime QEMU reports.
+//! downtime QEMU reports. A migration under TLS copies the disks under
+//! the same credentials.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 use virtest_qmp::Qmp;
 
 use crate::error::{Error, Result};
+use crate::setup::TlsIds;
 
 /// The ports tried for the destination's NBD server: outside Linux's
 /// ephemeral range, so that no outgoing connection holds one.
@@ -53,6 +55,7 @@ impl DiskCopy {
         destination: &Qmp,
         address: &str,
         drives: &[String],
+        tls: Option<&TlsIds>,
         within: Duration,
     ) -> Result<DiskCopy> {
         let mut copy = DiskCopy {
@@ -62,7 +65,7 @@ impl DiskCopy {
             in_sync_after: Duration::ZERO,
         };
         match copy
-            .mirror(source, destination, address, drives, within)
+            .mirror(source, destination, address, drives, tls, within)
             .await
         {
             Ok(()) => Ok(copy),
@@ -79,10 +82,11 @@ impl DiskCopy {
         destination: &Qmp,
         address: &str,
         drives: &[String],
+        tls: Option<&TlsIds>,
         within: Duration,
     ) -> Result<()> {
         let copy = self;
-        let port = start_nbd_server(destination, address, within).await?;
+        let port = start_nbd_server(destination, address, tls, within).await?;
         for drive in drives {
             let node = node_of(destination, drive, within).await?;
             let export = json!({
@@ -109,10 +113,16 @@ impl DiskCopy {
         let mut events = source.subscribe();
         for drive in drives {
             let job = job_of(drive);
-            let target = json!({
+            let mut target = json!({
                 "driver": "nbd", "node-name": job, "export": drive,
                 "server": { "type": "inet", "host": address, "port": port.to_string() },
             });
+            if let Some(tls) = tls {
+                target["tls-creds"] = json!(tls.client);
+                if !tls.hostname.is_empty() {
+                    target["tls-hostname"] = json!(tls.hostname);
+                }
+            }
             qmp_step(source, "source", "blockdev-add", target, within).await?;
             copy.drives.push(drive.clone());
             let mirror = json!({
@@ -286,14 +296,22 @@ const ABANDON: Duration = Duration::from_secs(10);
 
 /// Starts the destination's NBD server on `address`, on a free port of
 /// [`NBD_PORTS`]; returns the port.
-async fn start_nbd_server(destination: &Qmp, address: &str, within: Duration) -> Result<u16> {
+async fn start_nbd_server(
+    destination: &Qmp,
+    address: &str,
+    tls: Option<&TlsIds>,
+    within: Duration,
+) -> Result<u16> {
     let mut last = None;
     for _ in 0..PORT_TRIES {
         let port =
             NBD_PORTS.start + (rand_u32() % u32::from(NBD_PORTS.end - NBD_PORTS.start)) as u16;
-        let args = json!({
+        let mut args = json!({
             "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } },
         });
+        if let Some(tls) = tls {
+            args["tls-creds"] = json!(tls.server);
+        }
         match destination
             .execute_raw_within("nbd-server-start", args, within)
             .await

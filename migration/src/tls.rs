@@ -11,6 +11,7 @@ use std::process::Command;
 use std::str::FromStr;
 
 use serde_json::{Value, json};
+use virtest_host::Host;
 use virtest_qmp::Qmp;
 
 use crate::error::{Error, Result};
@@ -215,6 +216,53 @@ fn openssl(dir: &Path, args: &[&[&str]]) -> Result<()> {
         ))),
     }
 }
+
+/// The files of `kind`'s credentials an endpoint reads: a server's or a
+/// client's (never the CA's key).
+fn endpoint_files(kind: Tls, server: bool) -> &'static [&'static str] {
+    match (kind, server) {
+        (Tls::Psk, _) => &["keys.psk"],
+        (Tls::X509, true) => &["ca-cert.pem", "server-cert.pem", "server-key.pem"],
+        (Tls::X509, false) => &["ca-cert.pem", "client-cert.pem", "client-key.pem"],
+    }
+}
+
+/// Where QEMU on `host` reads the credentials in `dir` as the server or
+/// the client: `dir` itself on a host that sees this machine's files,
+/// else a copy of the endpoint's files in `there` (a private directory
+/// of the VM's on the host), each checked by its SHA-256.
+pub(crate) async fn place(
+    host: &Host,
+    kind: Tls,
+    dir: &Path,
+    server: bool,
+    there: &Path,
+) -> Result<PathBuf> {
+    if host.sees_local_files() {
+        return Ok(dir.to_path_buf());
+    }
+    let failed_on = |e: virtest_host::Error| {
+        failed(format!(
+            "copying the credentials to host `{}`: {e}",
+            host.name()
+        ))
+    };
+    let shown = there.to_string_lossy();
+    host.check(&["mkdir", "-p", "-m", "700", &shown])
+        .await
+        .map_err(failed_on)?;
+    for file in endpoint_files(kind, server) {
+        let here = dir.join(file);
+        let sha256 = Host::local().sha256(&here).await.map_err(failed_on)?;
+        host.copy_in(&here, &there.join(file), &sha256, COPY_TIMEOUT)
+            .await
+            .map_err(failed_on)?;
+    }
+    Ok(there.to_path_buf())
+}
+
+/// How long copying a credentials file may take.
+const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Adds the credentials object of `kind` from `dir` to a QEMU as the
 /// server (a destination) or the client (a source), unless it has it.

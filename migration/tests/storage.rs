@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use virtest_guest::GuestDescription;
 use virtest_host::{Error as HostError, Lab};
-use virtest_migration::{Migrate, MigrationMode, MigrationSpec};
+use virtest_migration::{Migrate, MigrationMode, MigrationSpec, Tls};
 use virtest_vm::{Vm, VmConfig};
 
 /// The guest's disk: 32 MiB, the first MiB a pattern the guest checks.
@@ -72,7 +72,9 @@ async fn disk_sums(vm: &Vm) -> (String, String, String) {
 }
 
 /// A VM whose disk is written on host a moves to b, to this machine,
-/// back to a and to b, the disk written while it moves. After each hop
+/// back to a (TLS, x509) and to b (TLS, psk: the disk copied under the
+/// same credentials, which are copied to the hosts), the disk written
+/// while it moves. After each hop
 /// the disk holds what the guest wrote (read back with its cache
 /// dropped), the base image here is unchanged, each host holds one copy
 /// of the base (under its SHA-256), and the report has the copy's
@@ -102,7 +104,13 @@ async fn a_disk_moves_with_its_vm_between_hosts_of_their_own_storage() {
     let (written, on_disk, pattern) = disk_sums(&vm).await;
     assert_eq!(written, on_disk);
     let local = lab.local();
-    for (round, to) in [&b, &local, &a, &b].into_iter().enumerate() {
+    let hops = [
+        (&b, None),
+        (&local, None),
+        (&a, Some(Tls::X509)),
+        (&b, Some(Tls::Psk)),
+    ];
+    for (round, (to, tls)) in hops.into_iter().enumerate() {
         // A writer keeps rewriting a MiB of the region while it moves.
         guest(
             &vm,
@@ -112,8 +120,11 @@ async fn a_disk_moves_with_its_vm_between_hosts_of_their_own_storage() {
         )
         .await;
         let from = vm.host().name().to_string();
+        let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+        spec.to = Some(to.clone());
+        spec.tls = tls;
         let report = vm
-            .migrate_to(to, MigrationMode::Tcp)
+            .migrate_with(&spec)
             .await
             .unwrap_or_else(|e| panic!("{from} to {}: {}", to.name(), common::error_chain(&e)));
         let copied = report.measurements.get("disk_copy_mib").copied();
@@ -196,10 +207,13 @@ async fn shared_storage_moves_no_disk() {
     vm.power_off().await.unwrap();
 }
 
-/// A copy that cannot finish in time (24 MiB through 8 Mbit/s, a 10 s
-/// timeout, the base on b already) fails cleanly: the source runs on its own disk, with no
-/// mirror or NBD client left on it, no QEMU on b, and the next migration
-/// works. A VM whose disks are on b's storage powers on there, not here.
+/// A copy that fails leaves the source whole: the source runs on its
+/// own disk, with no mirror or NBD client left on it and no QEMU on b,
+/// and the next migration works. Two ways: a destination with other TLS
+/// credentials (the disk goes under the migration's TLS, so NBD refuses
+/// it before any RAM moves), and a copy that cannot finish in time (24
+/// MiB through 8 Mbit/s within 10 s, the base on b already). A VM whose
+/// disks are on b's storage then powers on there, not here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_fails_leaves_the_source_whole() {
     let _slot = common::guest_slots(2);
@@ -222,40 +236,32 @@ async fn a_copy_that_fails_leaves_the_source_whole() {
     let (written, _, _) = disk_sums(&vm).await;
     // The base reaches b at full speed.
     vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
-    vm.migrate_to(&lab.local(), MigrationMode::Tcp).await.unwrap();
+    vm.migrate_to(&lab.local(), MigrationMode::Tcp)
+        .await
+        .unwrap();
     vm.login_remote().await.unwrap();
+    let source = vm.pid().unwrap();
+
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.to = Some(b.clone());
+    spec.tls = Some(Tls::X509);
+    spec.tls_foreign_destination = true;
+    let error = vm.migrate_with(&spec).await.unwrap_err();
+    let shown = common::error_chain(&error);
+    assert!(shown.contains("`blockdev-add`"), "{shown}");
+    assert_eq!(vm.pid(), Some(source));
+    assert_no_copy_left(&vm).await;
+
     let link = b.link().unwrap();
     link.limit_rate(8).await.unwrap();
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
     spec.to = Some(b.clone());
     spec.timeout = std::time::Duration::from_secs(10);
-    let source = vm.pid().unwrap();
     let error = vm.migrate_with(&spec).await.unwrap_err();
     let shown = common::error_chain(&error);
     assert!(shown.contains("mirrors to be in sync"), "{shown}");
     assert_eq!(vm.pid(), Some(source));
-    let qmp = vm.qmp().unwrap();
-    let jobs = qmp
-        .execute_raw("query-block-jobs", serde_json::json!({}))
-        .await
-        .unwrap();
-    assert_eq!(jobs, serde_json::json!([]), "no mirror left");
-    let nodes = qmp
-        .execute_raw("query-named-block-nodes", serde_json::json!({}))
-        .await
-        .unwrap()
-        .to_string();
-    assert!(!nodes.contains("vt-copy"), "no NBD client left: {nodes}");
-    assert!(
-        common::eventually(std::time::Duration::from_secs(5), || {
-            common::processes_with(vm.id())
-                .into_iter()
-                .filter(|&pid| common::is_qemu(pid))
-                .count()
-                == 1
-        }),
-        "the destination's QEMU is gone"
-    );
+    assert_no_copy_left(&vm).await;
     vm.login_remote().await.unwrap();
     let (cached, read_back, _) = disk_sums(&vm).await;
     assert_eq!((&cached, &read_back), (&written, &written));
@@ -274,4 +280,31 @@ async fn a_copy_that_fails_leaves_the_source_whole() {
     let (_, read_back, _) = disk_sums(&vm).await;
     assert_eq!(read_back, written, "b's disk, after a power cycle there");
     vm.power_off().await.unwrap();
+}
+
+/// No mirror or NBD client is left on the VM's QEMU, and no destination
+/// QEMU runs beside it.
+async fn assert_no_copy_left(vm: &Vm) {
+    let qmp = vm.qmp().unwrap();
+    let jobs = qmp
+        .execute_raw("query-block-jobs", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(jobs, serde_json::json!([]), "no mirror left");
+    let nodes = qmp
+        .execute_raw("query-named-block-nodes", serde_json::json!({}))
+        .await
+        .unwrap()
+        .to_string();
+    assert!(!nodes.contains("vt-copy"), "no NBD client left: {nodes}");
+    let qemus = || {
+        common::processes_with(vm.id())
+            .into_iter()
+            .filter(|&pid| common::is_qemu(pid))
+            .count()
+    };
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || qemus() == 1),
+        "the destination's QEMU is gone"
+    );
 }
