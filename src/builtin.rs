@@ -24,6 +24,34 @@ pub(crate) async fn boot_id(t: &Test) -> Result<String, TestError> {
     Ok(out.stdout.trim().to_string())
 }
 
+/// The file the migration test writes before it migrates, in the login
+/// user's home: on a guest whose root is a disk, on that disk.
+const MARKER: &str = "~/.virtest-migration-marker";
+
+/// Writes a MiB of random data to [`MARKER`]; its checksum.
+async fn write_marker(t: &Test) -> Result<String, TestError> {
+    let out =
+        t.vm.remote()?
+            .run(&format!(
+                "head -c 1048576 /dev/urandom > {MARKER} && sync && md5sum < {MARKER}"
+            ))
+            .await?;
+    ensure!(out.exit_status == 0, "writing {MARKER}: {}", out.stderr);
+    Ok(out.stdout.trim().to_string())
+}
+
+/// The checksum of [`MARKER`] as the disk holds it: the page cache is
+/// dropped first (as root; another user reads it as the guest sees it).
+async fn read_marker(t: &Test) -> Result<String, TestError> {
+    let out =
+        t.vm.remote()?
+            .run(&format!(
+                "sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; md5sum < {MARKER}"
+            ))
+            .await?;
+    Ok(out.stdout.trim().to_string())
+}
+
 /// Boots the guest (never from a snapshot), logs in, checks its kernel,
 /// shuts it down.
 pub struct Boot;
@@ -88,7 +116,9 @@ impl VirtTest for Reboot {
 }
 
 /// Migrates the guest `migration_iterations` times over `migration_mode`,
-/// logging in after each; the guest must stay the same one.
+/// logging in after each; the guest must stay the same one, with the
+/// file it wrote before (read back from its disk, where it has one:
+/// between hosts of their own storage, the disk was copied).
 pub struct Migration;
 
 impl VirtTest for Migration {
@@ -107,6 +137,7 @@ impl VirtTest for Migration {
         t.vm.power_on().await?;
         t.vm.login_remote().await?;
         let boot = boot_id(t).await?;
+        let marker = write_marker(t).await?;
         let mode = t.params.value(&params::MIGRATION_MODE)?;
         for round in 1..=t.params.value(&params::MIGRATION_ITERATIONS)? {
             let from = t.vm.host().name().to_string();
@@ -129,6 +160,10 @@ impl VirtTest for Migration {
             ensure!(
                 boot_id(t).await? == boot,
                 "after migration {round} another guest answered"
+            );
+            ensure!(
+                read_marker(t).await? == marker,
+                "after migration {round} the file written before, {MARKER}, is not the same"
             );
         }
         Ok(())

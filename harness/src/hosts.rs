@@ -45,9 +45,10 @@ impl TestHosts {
 
     /// The test's own host, as the other hosts reach it.
     pub(crate) fn local(&self) -> Host {
-        match &self.lab {
-            Some(lab) => lab.local(),
-            None => Host::local(),
+        match (&self.file, &self.lab) {
+            (Some(file), _) => file.local(),
+            (None, Some(lab)) => lab.local(),
+            (None, None) => Host::local(),
         }
     }
 

@@ -9,8 +9,10 @@ use std::str::FromStr;
 use thiserror::Error;
 
 mod known;
+mod value;
 
 pub use known::*;
+pub use value::ParamValue;
 
 /// Whether the framework knows `key`.
 fn is_known(key: &str) -> bool {

@@ -147,6 +147,17 @@ pub(crate) fn stdout_of<S: AsRef<str>>(
     argv: &[S],
     output: crate::process::ToolOutput,
 ) -> Result<String> {
+    let output = succeeded(host, argv, output)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The output of a command `argv` that ran on `host` and succeeded, or
+/// the error of its failure, with the last lines of its stderr.
+pub(crate) fn succeeded<S: AsRef<str>>(
+    host: &str,
+    argv: &[S],
+    output: crate::process::ToolOutput,
+) -> Result<crate::process::ToolOutput> {
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -157,7 +168,7 @@ pub(crate) fn stdout_of<S: AsRef<str>>(
             stderr: lines[lines.len().saturating_sub(10)..].join("; "),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(output)
 }
 
 /// The result of this crate's operations.

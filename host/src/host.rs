@@ -3,12 +3,13 @@
 //! with the test, and reach its sockets from here.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result, stdout_of};
+use crate::error::{Error, Result, stdout_of, succeeded};
 use crate::link::Link;
 use crate::process::{Process, ToolOutput, run_tool};
 use crate::relay::TcpRelay;
@@ -280,19 +281,23 @@ impl Host {
         .map(drop)
     }
 
+    /// Which of `paths` are there, asked in one command.
+    pub async fn present(&self, paths: &[&Path]) -> Result<HashSet<PathBuf>> {
+        if paths.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let script = r#"for f; do [ -e "$f" ] && printf '%s\n' "$f"; done; true"#;
+        let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
+        argv.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
+        let said = self.check(&argv).await?;
+        Ok(said.lines().map(PathBuf::from).collect())
+    }
+
     /// The bytes of file `path` there.
     pub async fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
-        let shown = path.to_string_lossy();
-        let output = self.run(&["cat", &shown]).await?;
-        if !output.status.success() {
-            return Err(Error::Command {
-                host: self.name().into(),
-                command: format!("cat {shown}"),
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(output.stdout)
+        let argv = ["cat", &path.to_string_lossy()];
+        let output = self.run(&argv).await?;
+        Ok(succeeded(self.name(), &argv, output)?.stdout)
     }
 
     /// Starts `argv` there, to end with the returned process (dropping

@@ -9,6 +9,9 @@
 //! qemu = "/usr/bin/qemu-system-x86_64"
 //! storage = "/var/lib/virtest"   # the host's own storage, or "shared"
 //! # port = 22, known_hosts = "...", runtime = "/tmp/virtest-run"
+//!
+//! [local]                        # optional: this machine, as the hosts
+//! address = "192.0.2.1"          # reach it (for a VM to migrate back)
 //! ```
 
 use std::collections::BTreeMap;
@@ -29,6 +32,14 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct HostsFile {
     path: PathBuf,
     hosts: BTreeMap<String, Entry>,
+    local: Option<Local>,
+}
+
+/// This machine, as the hosts reach it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Local {
+    address: String,
 }
 
 /// One host's entry.
@@ -74,6 +85,7 @@ fn default_port() -> u16 {
 #[serde(deny_unknown_fields)]
 struct File {
     hosts: BTreeMap<String, Entry>,
+    local: Option<Local>,
 }
 
 impl HostsFile {
@@ -89,7 +101,14 @@ impl HostsFile {
         Ok(HostsFile {
             path: path.to_path_buf(),
             hosts: file.hosts,
+            local: file.local,
         })
+    }
+
+    /// This machine, reached by the hosts at the address `[local]` gives
+    /// (without one, a VM cannot migrate back here).
+    pub fn local(&self) -> Host {
+        Host::local_at(self.local.as_ref().map(|l| l.address.clone()))
     }
 
     /// Its hosts' names.
@@ -174,6 +193,14 @@ mod tests {
         assert!(error.contains("colour"), "{error}");
         let error = load("[hosts.b\n").unwrap_err().to_string();
         assert!(error.contains("hosts.toml"), "{error}");
+    }
+
+    #[test]
+    fn local_gives_this_machines_address() {
+        assert_eq!(load(B).unwrap().local().address(), None);
+        let file = load(&format!("{B}[local]\naddress = \"192.0.2.1\"\n")).unwrap();
+        assert!(file.local().is_local());
+        assert_eq!(file.local().address(), Some("192.0.2.1"));
     }
 
     #[test]

@@ -282,13 +282,16 @@ pub(crate) async fn secure(
                 true => tls::foreign_credentials(kind, runtime_dir)?,
                 false => dir.clone(),
             };
-            let on = |host: &Host, name: &str| {
+            // Named for the local directory: a foreign one is another.
+            let on = |host: &Host, local: &std::path::Path| {
                 let runtime = host.runtime_dir().unwrap_or(runtime_dir);
-                runtime.join(vm.id()).join(format!("{name}-{kind}"))
+                let name = local.strip_prefix(runtime_dir).unwrap_or(local);
+                let name = name.to_string_lossy().replace('/', "-");
+                runtime.join(vm.id()).join(name)
             };
-            let there = on(to, "tls-server");
+            let there = on(to, &server_dir);
             let server_dir = tls::place(to, kind, &server_dir, true, &there).await?;
-            let there = on(vm.host(), "tls-client");
+            let there = on(vm.host(), &dir);
             let client_dir = tls::place(vm.host(), kind, &dir, false, &there).await?;
             let server = tls::add_object(destination, kind, &server_dir, true).await?;
             let client = tls::add_object(source, kind, &client_dir, false).await?;

@@ -230,7 +230,8 @@ fn endpoint_files(kind: Tls, server: bool) -> &'static [&'static str] {
 /// Where QEMU on `host` reads the credentials in `dir` as the server or
 /// the client: `dir` itself on a host that sees this machine's files,
 /// else a copy of the endpoint's files in `there` (a private directory
-/// of the VM's on the host), each checked by its SHA-256.
+/// of the VM's on the host, named for `dir`), each checked by its
+/// SHA-256 as it arrives, and copied once.
 pub(crate) async fn place(
     host: &Host,
     kind: Tls,
@@ -247,11 +248,18 @@ pub(crate) async fn place(
             host.name()
         ))
     };
+    let files = endpoint_files(kind, server);
+    let wanted: Vec<PathBuf> = files.iter().map(|f| there.join(f)).collect();
+    let wanted: Vec<&Path> = wanted.iter().map(PathBuf::as_path).collect();
+    let present = host.present(&wanted).await.map_err(failed_on)?;
+    if present.len() == files.len() {
+        return Ok(there.to_path_buf());
+    }
     let shown = there.to_string_lossy();
     host.check(&["mkdir", "-p", "-m", "700", &shown])
         .await
         .map_err(failed_on)?;
-    for file in endpoint_files(kind, server) {
+    for file in files {
         let here = dir.join(file);
         let sha256 = Host::local().sha256(&here).await.map_err(failed_on)?;
         host.copy_in(&here, &there.join(file), &sha256, COPY_TIMEOUT)

@@ -326,7 +326,8 @@ pub(crate) fn listen_address(from: &Host, to: &Host, mode: MigrationMode) -> Res
         true => Ok("127.0.0.1".into()),
         false => to.address().map(str::to_string).ok_or_else(|| {
             Error::Spec(format!(
-                "host `{}` has no address other hosts reach it at (a simulated lab's `Lab::local()` has one)",
+                "host `{}` has no address other hosts reach it at (a simulated lab's `Lab::local()` has one; \
+                 for real hosts, give this machine's in hosts.toml: `[local]` with `address = ...`)",
                 to.name()
             ))
         }),

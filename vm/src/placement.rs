@@ -106,10 +106,9 @@ impl Placement {
         let images = storage.join("images");
         let vm_dir = storage.join("vms").join(id);
         let (images_shown, vm_shown) = (images.to_string_lossy(), vm_dir.to_string_lossy());
-        host.check(&["rm", "-rf", &vm_shown])
-            .await
-            .map_err(Error::Host)?;
-        host.check(&["mkdir", "-p", "-m", "700", &images_shown, &vm_shown])
+        // What an earlier placement there left is stale: the disks moved.
+        let script = r#"rm -rf "$2" && mkdir -p -m 700 "$1" "$2""#;
+        host.check(&["sh", "-c", script, "sh", &images_shown, &vm_shown])
             .await
             .map_err(Error::Host)?;
         let mut placement = Placement {
@@ -123,8 +122,14 @@ impl Placement {
                 true => vm_dir.join(input.file_name().expect("a file")),
                 false => images.join(hashed_name(input).await?),
             };
-            copy_once(host, input, &there).await?;
             placement.copies.push((input.clone(), there));
+        }
+        let there: Vec<&Path> = placement.copies.iter().map(|(_, t)| t.as_path()).collect();
+        let present = host.present(&there).await.map_err(Error::Host)?;
+        for (input, there) in &placement.copies {
+            if !present.contains(there) {
+                copy_in(host, input, there).await?;
+            }
         }
         let qemu_img = remote_qemu_img(host);
         for (index, overlay) in disks.overlays().iter().enumerate() {
@@ -164,7 +169,7 @@ impl Placement {
                 // file is made its parent's copy.
                 let incoming = there.with_extension(format!("incoming.{}", std::process::id()));
                 if !exists(host, &there).await? {
-                    copy_once(host, &link.path, &incoming).await?;
+                    copy_in(host, &link.path, &incoming).await?;
                     let (parent, shown) = (parent.to_string_lossy(), incoming.to_string_lossy());
                     let qemu_img = remote_qemu_img(host);
                     let argv = [
@@ -177,8 +182,8 @@ impl Placement {
                         .await
                         .map_err(Error::Host)?;
                 }
-            } else {
-                copy_once(host, &link.path, &there).await?;
+            } else if !exists(host, &there).await? {
+                copy_in(host, &link.path, &there).await?;
             }
             self.copies.push((link.path.clone(), there.clone()));
             below = Some((there, link.format.clone()));
@@ -299,19 +304,11 @@ fn remote_qemu_img(host: &Host) -> String {
 
 /// Whether `path` is there on `host`.
 async fn exists(host: &Host, path: &Path) -> Result<bool> {
-    let output = host
-        .run(&["test", "-e", &path.to_string_lossy()])
-        .await
-        .map_err(Error::Host)?;
-    Ok(output.status.success())
+    Ok(!host.present(&[path]).await.map_err(Error::Host)?.is_empty())
 }
 
-/// Copies `here` to `there` on `host`, unless it is there already.
-async fn copy_once(host: &Host, here: &Path, there: &Path) -> Result<()> {
-    if exists(host, there).await? {
-        tracing::debug!(file = %here.display(), host = host.name(), "already there");
-        return Ok(());
-    }
+/// Copies `here` to `there` on `host`, checked by hash.
+async fn copy_in(host: &Host, here: &Path, there: &Path) -> Result<()> {
     let size = std::fs::metadata(here)
         .map_err(|source| Error::Io {
             what: "reading",
