@@ -308,3 +308,29 @@ async fn assert_no_copy_left(vm: &Vm) {
         "the destination's QEMU is gone"
     );
 }
+
+/// A UEFI guest's variable store is not copied to a host of its own
+/// storage yet: starting one there is refused before QEMU starts, with
+/// what to do instead, and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_guest_is_refused_on_a_host_of_its_own_storage() {
+    let logs = common::test_logs();
+    let Some(lab) = lab(logs.path()).await else {
+        return;
+    };
+    let toml = common::write_guest_toml(logs.path(), "");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("[boot]\n", "[boot]\nfirmware = \"uefi\"\n");
+    std::fs::write(&toml, text).unwrap();
+    let b = lab.add_host("b").await.unwrap();
+    let mut config = VmConfig::new(GuestDescription::load(&toml).unwrap().0);
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.host = b;
+    let mut vm = Vm::new(config);
+    let error = vm.power_on().await.unwrap_err().to_string();
+    assert!(error.contains("UEFI guest's variable store"), "{error}");
+    assert!(error.contains("storage = \"shared\""), "{error}");
+    assert!(!vm.is_on());
+    assert!(common::processes_with(vm.id()).is_empty());
+}
