@@ -289,10 +289,11 @@ pub(crate) async fn secure(
                 let name = name.to_string_lossy().replace('/', "-");
                 runtime.join(vm.id()).join(name)
             };
-            let there = on(to, &server_dir);
-            let server_dir = tls::place(to, kind, &server_dir, true, &there).await?;
-            let there = on(vm.host(), &dir);
-            let client_dir = tls::place(vm.host(), kind, &dir, false, &there).await?;
+            let (to_server, to_client) = (on(to, &server_dir), on(vm.host(), &dir));
+            let (server_dir, client_dir) = tokio::try_join!(
+                tls::place(to, kind, &server_dir, true, &to_server),
+                tls::place(vm.host(), kind, &dir, false, &to_client),
+            )?;
             let server = tls::add_object(destination, kind, &server_dir, true).await?;
             let client = tls::add_object(source, kind, &client_dir, false).await?;
             let hostname = match (&spec.tls_hostname, spec.mode, kind) {

@@ -271,7 +271,7 @@ async fn a_copy_that_fails_leaves_the_source_whole() {
     vm.power_off().await.unwrap();
     let error = vm.power_on().await.unwrap_err().to_string();
     assert!(
-        error.contains("the VM's disks are on `b`'s storage"),
+        error.contains("the VM's disks are on host `b`'s storage"),
         "{error}"
     );
     vm.set_host(b.clone()).unwrap();
@@ -333,4 +333,33 @@ async fn a_uefi_guest_is_refused_on_a_host_of_its_own_storage() {
     assert!(error.contains("storage = \"shared\""), "{error}");
     assert!(!vm.is_on());
     assert!(common::processes_with(vm.id()).is_empty());
+}
+
+/// A hot-plugged disk's file is made here, and not yet copied to a host
+/// of its own storage: a VM with one is refused there before anything
+/// starts (it runs on where it was), and so is hot-plugging a disk on
+/// such a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_plugged_disk_is_refused_on_a_host_of_its_own_storage() {
+    let _slot = common::guest_slots(2);
+    let logs = common::test_logs();
+    let Some(lab) = lab(logs.path()).await else {
+        return;
+    };
+    let b = lab.add_host("b").await.unwrap();
+    let mut vm = Vm::new(common::config(logs.path()));
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    vm.hotplug().disk("data", 16).await.unwrap();
+    let source = vm.pid().unwrap();
+    let error = vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap_err();
+    let shown = common::error_chain(&error);
+    assert!(shown.contains("hot-plugged disk"), "{shown}");
+    assert_eq!(vm.pid(), Some(source));
+    vm.hotplug().unplug("data").await.unwrap();
+    vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    let error = vm.hotplug().disk("data", 16).await.unwrap_err().to_string();
+    assert!(error.contains("not hot-plugged on host `b`"), "{error}");
+    vm.power_off().await.unwrap();
 }

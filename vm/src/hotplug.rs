@@ -66,6 +66,13 @@ pub(crate) struct Plugged(pub(crate) Vec<Hotplugged>);
 
 impl Plugged {
     /// The hot-plugged NICs.
+    /// Whether a hot-plugged disk is among them.
+    pub(crate) fn has_disk(&self) -> bool {
+        self.0
+            .iter()
+            .any(|plugged| matches!(plugged.backend, Backend::Disk { .. }))
+    }
+
     pub(crate) fn nics(&self) -> impl Iterator<Item = &NetworkNic> {
         self.0.iter().filter_map(Hotplugged::nic)
     }

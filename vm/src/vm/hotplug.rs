@@ -135,6 +135,15 @@ impl Vm {
     /// # Ok(()) }
     /// ```
     async fn hotplug_disk(&mut self, id: &str, size_mib: u64) -> Result<String> {
+        if !self.host().sees_local_files() {
+            return Err(Error::State {
+                what: format!(
+                    "a disk is not hot-plugged on host `{}` yet: its file is made here, and the \
+                     host has storage of its own",
+                    self.host().name()
+                ),
+            });
+        }
         let port = self.hotplug_slot(id)?;
         let file = self.runtime_dir.join(format!("hotplug-{id}.qcow2"));
         create_qcow2(self, &file, size_mib).await?;

@@ -77,16 +77,30 @@ impl Vm {
                 return Ok((Arc::new(Placement::here(disks)), false));
             }
             Some(placement) if !incoming && !disks.overlays().is_empty() => {
-                let there = placement.host().map_or("this machine", Host::name);
+                let there = match placement.host() {
+                    Some(own) => format!("host `{}`'s storage", own.name()),
+                    None => "this machine".into(),
+                };
                 return Err(Error::State {
                     what: format!(
-                        "the VM's disks are on `{there}`'s storage, where it last ran: power it on \
-                         there (`vm.set_host`), or migrate it to `{}` before it powers off",
+                        "the VM's disks are on {there}, where it last ran, and host `{}` has \
+                         storage of its own: power the VM on where its disks are (`vm.set_host`), \
+                         or migrate it to `{}` before it powers off",
+                        host.name(),
                         host.name()
                     ),
                 });
             }
             _ => {}
+        }
+        if self.hotplugged.has_disk() {
+            return Err(Error::State {
+                what: format!(
+                    "the VM has a hot-plugged disk, whose file is not copied to host `{}`'s own \
+                     storage yet: unplug it first, or give the host shared storage",
+                    host.name()
+                ),
+            });
         }
         let mut inputs = Vec::new();
         if let Some(kernel) = &self.config.guest.boot.kernel {
