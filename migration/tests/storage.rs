@@ -73,8 +73,8 @@ async fn disk_sums(vm: &Vm) -> (String, String, String) {
 
 /// A VM whose disk is written on host a moves to b, to this machine,
 /// back to a (TLS, x509) and to b (TLS, psk: the disk copied under the
-/// same credentials, which are copied to the hosts), the disk written
-/// while it moves. After each hop
+/// same credentials, which are copied to the hosts), to a on QEMU 10.0
+/// and back to b on 7.2, the disk written while it moves. After each hop
 /// the disk holds what the guest wrote (read back with its cache
 /// dropped), the base image here is unchanged, each host holds one copy
 /// of the base (under its SHA-256), and the report has the copy's
@@ -104,13 +104,19 @@ async fn a_disk_moves_with_its_vm_between_hosts_of_their_own_storage() {
     let (written, on_disk, pattern) = disk_sums(&vm).await;
     assert_eq!(written, on_disk);
     let local = lab.local();
+    // The fifth hop runs QEMU 10.0 on a (its NBD server, then its mirror
+    // back to 7.2 on b).
+    let newer = Some(common::qemu_build("10.0"));
+    let system = Some(vm.instance().unwrap().cmdline().binary.clone());
     let hops = [
-        (&b, None),
-        (&local, None),
-        (&a, Some(Tls::X509)),
-        (&b, Some(Tls::Psk)),
+        (&b, None, None),
+        (&local, None, None),
+        (&a, Some(Tls::X509), None),
+        (&b, Some(Tls::Psk), None),
+        (&a, None, newer),
+        (&b, None, system),
     ];
-    for (round, (to, tls)) in hops.into_iter().enumerate() {
+    for (round, (to, tls, qemu)) in hops.into_iter().enumerate() {
         // A writer keeps rewriting a MiB of the region while it moves.
         guest(
             &vm,
@@ -123,6 +129,7 @@ async fn a_disk_moves_with_its_vm_between_hosts_of_their_own_storage() {
         let mut spec = MigrationSpec::new(MigrationMode::Tcp);
         spec.to = Some(to.clone());
         spec.tls = tls;
+        spec.destination_qemu = qemu;
         let report = vm
             .migrate_with(&spec)
             .await
