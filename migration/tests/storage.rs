@@ -370,3 +370,60 @@ async fn a_hot_plugged_disk_is_refused_on_a_host_of_its_own_storage() {
     assert!(error.contains("not hot-plugged on host `b`"), "{error}");
     vm.power_off().await.unwrap();
 }
+
+/// A VM restored from its ready snapshot has a chain under its overlay
+/// (the snapshot's frozen overlay over the base): both are copied to b,
+/// the frozen one rebased onto the base's copy there, and the disk holds
+/// what the guest wrote after the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_over_a_snapshot_moves_with_its_chain() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let Some(lab) = lab(logs.path()).await else {
+        return;
+    };
+    let (description, base) = guest_with_disk(logs.path());
+    let base_sum = common::sha256(&base);
+    let b = lab.add_host("b").await.unwrap();
+    let mut config = VmConfig::new(description);
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.boot = virtest_vm::BootMode::Snapshot;
+    config.snapshot_dir = Some(logs.path().join("snapshots"));
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    assert!(
+        matches!(vm.start(), virtest_vm::Start::MadeSnapshot { .. }),
+        "{}",
+        vm.start()
+    );
+    vm.login_remote().await.unwrap();
+    guest(
+        &vm,
+        "dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=8 conv=fsync 2>/dev/null",
+    )
+    .await;
+    let (written, _, pattern) = disk_sums(&vm).await;
+    vm.migrate_to(&b, MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    let (cached, read_back, base_part) = disk_sums(&vm).await;
+    assert_eq!((&cached, &read_back), (&written, &written));
+    assert_eq!(base_part, pattern);
+    // The snapshot's overlay, under its hash, backed by the base's copy.
+    let images = b.storage_dir().unwrap().join("images");
+    let frozen: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "qcow2"))
+        .collect();
+    assert_eq!(frozen.len(), 1, "{frozen:?}");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&frozen[0])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let backing = info["backing-filename"].as_str().unwrap();
+    assert!(backing.starts_with(images.to_str().unwrap()), "{backing}");
+    assert!(backing.ends_with(&format!("{base_sum}.img")), "{backing}");
+    vm.power_off().await.unwrap();
+}
