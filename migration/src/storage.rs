@@ -40,9 +40,26 @@ pub(crate) struct DiskCopy {
     in_sync_after: Duration,
 }
 
+/// The prefix of a mirror's job id and its target's node name.
+const JOB_PREFIX: &str = "vt-copy-";
+
 /// A mirror's job id and its target's node name on the source.
 fn job_of(drive: &str) -> String {
-    format!("vt-copy-{drive}")
+    format!("{JOB_PREFIX}{drive}")
+}
+
+/// The drive of the mirror `job`.
+fn drive_of(job: &str) -> String {
+    job.trim_start_matches(JOB_PREFIX).to_string()
+}
+
+/// The job a block job event is about (`""` for none).
+fn job_in(event: &virtest_qmp::Event) -> &str {
+    event
+        .data
+        .get("device")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 impl DiskCopy {
@@ -145,11 +162,7 @@ impl DiskCopy {
                     ),
                     source,
                 })?;
-            let job = event
-                .data
-                .get("device")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let job = job_in(&event);
             if !waiting.iter().any(|w| w == job) {
                 continue;
             }
@@ -165,7 +178,7 @@ impl DiskCopy {
                         .and_then(Value::as_str)
                         .unwrap_or("it ended");
                     return Err(Error::DiskCopy {
-                        drive: job.trim_start_matches("vt-copy-").to_string(),
+                        drive: drive_of(job),
                         reason: format!("its mirror stopped before it was in sync: {said}"),
                     });
                 }
@@ -208,11 +221,7 @@ impl DiskCopy {
                     step: "waiting for the disks' mirrors to end in sync".into(),
                     source,
                 })?;
-            let job = event
-                .data
-                .get("device")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let job = job_in(&event);
             if !matches!(
                 event.name.as_str(),
                 "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED"
@@ -222,7 +231,7 @@ impl DiskCopy {
             }
             if let Some(said) = event.data.get("error").and_then(Value::as_str) {
                 return Err(Error::DiskCopy {
-                    drive: job.trim_start_matches("vt-copy-").to_string(),
+                    drive: drive_of(job),
                     reason: format!("its mirror failed as it ended: {said}"),
                 });
             }

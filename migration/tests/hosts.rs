@@ -5,26 +5,14 @@
 
 mod common;
 
-use common::{config, identity};
+use common::{config, identity, lab};
 
 use std::path::Path;
 use std::time::Duration;
 
-use virtest_host::{Error as HostError, Host, Lab};
+use virtest_host::{Host, Lab};
 use virtest_migration::{Error, LinkCut, Migrate, MigrationMode, MigrationSpec, Tls};
 use virtest_vm::{Vm, VmState};
-
-/// A lab in `dir`, or `None` (the reason printed) without root.
-async fn lab(dir: &Path) -> Option<Lab> {
-    match Lab::new(&dir.join("lab")).await {
-        Ok(lab) => Some(lab),
-        Err(error @ HostError::NeedsRoot { .. }) => {
-            eprintln!("skipped: {error}");
-            None
-        }
-        Err(error) => panic!("{error}"),
-    }
-}
 
 /// A lab with hosts a and b, and a VM of the default guest on a,
 /// logged in; `None` without root.

@@ -8,16 +8,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::lab;
 use virtest_guest::GuestDescription;
-use virtest_host::{Error as HostError, Lab};
 use virtest_migration::{Migrate, MigrationMode, MigrationSpec, Tls};
 use virtest_vm::{Vm, VmConfig};
 
 /// The guest's disk: 32 MiB, the first MiB a pattern the guest checks.
 const DISK_MIB: usize = 32;
 
-/// The default guest with a raw disk of [`DISK_MIB`] made in `dir`.
-fn guest_with_disk(dir: &Path) -> (GuestDescription, PathBuf) {
+/// A VM of the default guest with a raw disk of [`DISK_MIB`] made in
+/// `dir`, its logs there too; and the disk's base image.
+fn config_with_disk(dir: &Path) -> (VmConfig, PathBuf) {
     let base = dir.join("base.img");
     let mut bytes = b"virtest-base-pattern\n".repeat((1 << 20) / 21);
     bytes.resize(DISK_MIB << 20, 0);
@@ -29,19 +30,14 @@ fn guest_with_disk(dir: &Path) -> (GuestDescription, PathBuf) {
             base.display()
         ),
     );
-    (GuestDescription::load(&toml).unwrap().0, base)
+    (config_of(dir, &toml), base)
 }
 
-/// A lab in `dir`, or `None` (the reason printed) without root.
-async fn lab(dir: &Path) -> Option<Lab> {
-    match Lab::new(&dir.join("lab")).await {
-        Ok(lab) => Some(lab),
-        Err(error @ HostError::NeedsRoot { .. }) => {
-            eprintln!("skipped: {error}");
-            None
-        }
-        Err(error) => panic!("{error}"),
-    }
+/// A VM of the guest `toml` describes, its logs in `dir`.
+fn config_of(dir: &Path, toml: &Path) -> VmConfig {
+    let mut config = VmConfig::new(GuestDescription::load(toml).unwrap().0);
+    config.log_dir = Some(dir.to_path_buf());
+    config
 }
 
 /// Runs `script` in the guest; its stdout.
@@ -86,12 +82,10 @@ async fn a_disk_moves_with_its_vm_between_hosts_of_their_own_storage() {
     let Some(lab) = lab(logs.path()).await else {
         return;
     };
-    let (description, base) = guest_with_disk(logs.path());
+    let (mut config, base) = config_with_disk(logs.path());
     let base_sum = common::sha256(&base);
     let a = lab.add_host("a").await.unwrap();
     let b = lab.add_host("b").await.unwrap();
-    let mut config = VmConfig::new(description);
-    config.log_dir = Some(logs.path().to_path_buf());
     config.host = a.clone();
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
@@ -189,11 +183,9 @@ async fn shared_storage_moves_no_disk() {
         return;
     };
     lab.share_storage(true);
-    let (description, _) = guest_with_disk(logs.path());
+    let (config, _) = config_with_disk(logs.path());
     let b = lab.add_host("b").await.unwrap();
     assert!(b.sees_local_files());
-    let mut config = VmConfig::new(description);
-    config.log_dir = Some(logs.path().to_path_buf());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
@@ -228,10 +220,8 @@ async fn a_copy_that_fails_leaves_the_source_whole() {
     let Some(lab) = lab(logs.path()).await else {
         return;
     };
-    let (description, _) = guest_with_disk(logs.path());
+    let (config, _) = config_with_disk(logs.path());
     let b = lab.add_host("b").await.unwrap();
-    let mut config = VmConfig::new(description);
-    config.log_dir = Some(logs.path().to_path_buf());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
     vm.login_remote().await.unwrap();
@@ -331,8 +321,7 @@ async fn a_uefi_guest_is_refused_on_a_host_of_its_own_storage() {
         .replace("[boot]\n", "[boot]\nfirmware = \"uefi\"\n");
     std::fs::write(&toml, text).unwrap();
     let b = lab.add_host("b").await.unwrap();
-    let mut config = VmConfig::new(GuestDescription::load(&toml).unwrap().0);
-    config.log_dir = Some(logs.path().to_path_buf());
+    let mut config = config_of(logs.path(), &toml);
     config.host = b;
     let mut vm = Vm::new(config);
     let error = vm.power_on().await.unwrap_err().to_string();
@@ -382,11 +371,9 @@ async fn a_disk_over_a_snapshot_moves_with_its_chain() {
     let Some(lab) = lab(logs.path()).await else {
         return;
     };
-    let (description, base) = guest_with_disk(logs.path());
+    let (mut config, base) = config_with_disk(logs.path());
     let base_sum = common::sha256(&base);
     let b = lab.add_host("b").await.unwrap();
-    let mut config = VmConfig::new(description);
-    config.log_dir = Some(logs.path().to_path_buf());
     config.boot = virtest_vm::BootMode::Snapshot;
     config.snapshot_dir = Some(logs.path().join("snapshots"));
     let mut vm = Vm::new(config);

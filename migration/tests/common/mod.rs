@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use virtest_host::{Error as HostError, Lab};
 pub use virtest_testkit::*;
 use virtest_vm::{Vm, VmConfig};
 
@@ -87,4 +88,16 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A lab in `dir`, or `None` (the reason printed) without root.
+pub async fn lab(dir: &std::path::Path) -> Option<Lab> {
+    match Lab::new(&dir.join("lab")).await {
+        Ok(lab) => Some(lab),
+        Err(error @ HostError::NeedsRoot { .. }) => {
+            eprintln!("skipped: {error}");
+            None
+        }
+        Err(error) => panic!("{error}"),
+    }
 }
