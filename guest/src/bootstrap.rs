@@ -38,6 +38,8 @@ pub const MODULES: &[&str] = &[
     "virtio_rng",
     "button",
     "evdev",
+    "9pnet_virtio",
+    "9p",
 ];
 
 /// How to bootstrap.

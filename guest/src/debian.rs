@@ -260,6 +260,7 @@ fn description_file(kernel_release: &str) -> GuestFile {
             memory: Some(512),
             ..Default::default()
         },
+        shares: Vec::new(),
     }
 }
 

@@ -22,6 +22,11 @@
 //!
 //! [machine]
 //! memory = 512
+//!
+//! [[shares]]                  # a host folder the guest mounts by its tag
+//! path = "data"
+//! tag = "data"
+//! readonly = false
 //! ```
 //!
 //! Unknown keys are warnings naming the file and line; a value of the
@@ -35,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 
 mod file;
+mod share;
 
 #[cfg(feature = "provision")]
 pub(crate) use file::DiskFile;
@@ -42,6 +48,7 @@ pub(crate) use file::{
     BootFile, CloudInitFile, GuestFile, LoginFile, MachineFile, ReadyFile, ReadyKind,
 };
 use file::{line_of_key, toml_error};
+pub use share::Share;
 
 /// The file name of a guest description in a guest directory.
 pub const DESCRIPTION_FILE: &str = "guest.toml";
@@ -82,6 +89,8 @@ pub struct GuestDescription {
     pub cloud_init: CloudInit,
     /// What the machine looks like.
     pub machine: Machine,
+    /// Host folders shared into every VM of the guest.
+    pub shares: Vec<Share>,
     /// The file this was loaded from.
     pub path: PathBuf,
 }
@@ -383,6 +392,13 @@ memory = 1024
 cpus = 2
 devices = ["virtio-balloon-pci"]
 qemu_args = ["-cpu", "max"]
+[[shares]]
+path = "data"
+tag = "data"
+[[shares]]
+path = "/srv/logs"
+tag = "logs"
+readonly = true
 "#;
         let (guest, warnings) = parse(text).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -409,6 +425,16 @@ qemu_args = ["-cpu", "max"]
         assert_eq!(guest.ready, Ready::Console("login:".into()));
         assert_eq!(guest.machine.cpus, 2);
         assert_eq!(guest.machine.qemu_args, ["-cpu", "max"]);
+        assert_eq!(
+            guest.shares,
+            [
+                Share::new("/images/mine/data", "data").unwrap(),
+                Share {
+                    readonly: true,
+                    ..Share::new("/srv/logs", "logs").unwrap()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -477,6 +503,14 @@ qemu_args = ["-cpu", "max"]
                 "at least 1",
             ),
             ("[[disks]]\npath = \"a\"\n", "`login`"),
+            (
+                "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[[shares]]\npath = \"d\"\ntag = \"a b\"\n",
+                "share tag `a b`",
+            ),
+            (
+                "[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n[[shares]]\npath = \"d\"\ntag = \"t\"\n[[shares]]\npath = \"e\"\ntag = \"t\"\n",
+                "two shares have the tag `t`",
+            ),
         ];
         for (text, expected) in cases {
             let error = parse(text).unwrap_err().to_string();

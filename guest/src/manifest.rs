@@ -270,6 +270,7 @@ impl Manifest {
                     .collect(),
                 qemu_args: Vec::new(),
             },
+            shares: Vec::new(),
         };
         let text = format!(
             "# Written by `virtest bootstrap` from {MANIFEST_FILE}; rewritten with it.\n{}",

@@ -36,6 +36,12 @@ pub enum Error {
         /// What it cannot do (`a migration to a file (file:)`).
         what: String,
     },
+    /// The VM has a device QEMU cannot migrate.
+    #[error("the VM cannot be migrated: {reason}")]
+    NotMigratable {
+        /// Which device, and what to do.
+        reason: String,
+    },
     /// The source VM cannot be migrated now.
     #[error("the source VM")]
     Source(#[source] virtest_vm::Error),

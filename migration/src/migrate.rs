@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::mode::MigrationMode;
 use crate::report::{MigrationReport, RamFigures, StatusChange};
 use crate::schema::has_file_transport;
-use crate::setup::{check_capabilities, configure, qemus_and_machine, secure, typed_parameters};
+use crate::setup::{
+    check_capabilities, check_migratable, configure, qemus_and_machine, secure, typed_parameters,
+};
 use crate::spec::MigrationSpec;
 use crate::storage::DiskCopy;
 use crate::transport::{Transport, listen_address};
@@ -131,6 +133,7 @@ impl Migrate for Vm {
 
 async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     spec.validate()?;
+    check_migratable(vm)?;
     if let Some(binary) = &spec.destination_qemu {
         check_destination_qemu(binary).await?;
     }

@@ -20,6 +20,28 @@ use crate::mode::MigrationMode;
 use crate::spec::{MigrationSpec, PAUSE_POSTCOPY_BANDWIDTH};
 use crate::tls::{self, Tls};
 
+/// Refuses, before anything starts, a VM whose devices QEMU cannot
+/// migrate: a shared host folder (virtio-9p keeps the guest's open files
+/// in QEMU, so QEMU blocks the migration once the guest mounts it).
+pub(crate) fn check_migratable(vm: &Vm) -> Result<()> {
+    let shares = &vm.config().shares;
+    if shares.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = shares
+        .iter()
+        .map(|s| format!("`{}` ({})", s.tag, s.path.display()))
+        .collect();
+    Err(Error::NotMigratable {
+        reason: format!(
+            "it shares host folders into the guest: {}. QEMU cannot migrate a virtio-9p share \
+             (the guest's open files on it live in the source QEMU). Nothing was started; give the VM no shared folder to migrate it (copy files in and out \
+             with `remote`, or over a disk)",
+            named.join(", ")
+        ),
+    })
+}
+
 /// The source's and the destination's QEMU versions, and the machine type
 /// the guest runs on (as the destination resolves its `-machine`), for
 /// the report; `?` for what a probe cannot tell.

@@ -352,3 +352,42 @@ async fn an_unknown_capability_lists_the_valid_ones() {
     source_survives(&vm, source).await;
     vm.within(Duration::from_secs(5)).power_off().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_vm_with_a_shared_folder_is_refused_before_anything_starts() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let folder = tempfile::tempdir().unwrap();
+    let mut config = common::config(logs.path());
+    config.boot = virtest_vm::BootMode::Snapshot;
+    let mut vm = Vm::new(config);
+    let share = vm.share(folder.path(), "data").unwrap();
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let mount = format!("mkdir -p /mnt/data && {}", share.mount_command("/mnt/data"));
+    vm.remote().unwrap().run(&mount).await.unwrap();
+    let source = vm.pid().unwrap();
+    let before = identity(&vm).await.0;
+
+    for mode in [MigrationMode::Tcp, MigrationMode::Unix] {
+        let error = vm.migrate(mode).await.unwrap_err();
+        assert!(matches!(error, Error::NotMigratable { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("`data`"), "{text}");
+        assert!(text.contains(&*folder.path().to_string_lossy()), "{text}");
+        assert!(text.contains("virtio-9p"), "{text}");
+        assert!(text.contains("Nothing was started"), "{text}");
+        source_survives(&vm, source).await;
+    }
+    // The share still works, in the same boot.
+    std::fs::write(folder.path().join("after"), "still shared\n").unwrap();
+    let read = vm
+        .remote()
+        .unwrap()
+        .run("cat /mnt/data/after")
+        .await
+        .unwrap();
+    assert_eq!(read.stdout, "still shared\n");
+    assert_eq!(identity(&vm).await.0, before);
+    vm.power_off().await.unwrap();
+}

@@ -36,6 +36,9 @@ pub enum PropsOption {
     Drive,
     /// `-blockdev driver=qcow2,node-name=disk,...`.
     Blockdev,
+    /// `-fsdev local,id=fs0,path=...` (head: backend): a host folder a
+    /// virtio-9p device shares.
+    Fsdev,
 }
 
 /// Options that take one plain value.
@@ -94,7 +97,7 @@ pub enum Arg {
 
 impl PropsOption {
     /// Every option of this kind.
-    pub const ALL: [PropsOption; 14] = [
+    pub const ALL: [PropsOption; 15] = [
         PropsOption::Machine,
         PropsOption::Accel,
         PropsOption::Cpu,
@@ -109,6 +112,7 @@ impl PropsOption {
         PropsOption::Mon,
         PropsOption::Drive,
         PropsOption::Blockdev,
+        PropsOption::Fsdev,
     ];
 
     /// The option's name without its dash.
@@ -128,6 +132,7 @@ impl PropsOption {
             PropsOption::Mon => "mon",
             PropsOption::Drive => "drive",
             PropsOption::Blockdev => "blockdev",
+            PropsOption::Fsdev => "fsdev",
         }
     }
 
@@ -160,7 +165,8 @@ impl PropsOption {
             | PropsOption::Netdev
             | PropsOption::Chardev
             | PropsOption::Object
-            | PropsOption::Drive => Some("id"),
+            | PropsOption::Drive
+            | PropsOption::Fsdev => Some("id"),
             PropsOption::Blockdev => Some("node-name"),
             _ => None,
         }

@@ -1,5 +1,5 @@
 //! Checks before anything runs: ids unique within their kind, and every
-//! reference (a device's netdev, drive and chardev; a serial port's or
+//! reference (a device's netdev, drive, chardev and fsdev; a serial port's or
 //! monitor's chardev) names something defined.
 
 use std::collections::HashMap;
@@ -47,6 +47,7 @@ impl QemuCmdline {
                     ("netdev", "netdev"),
                     ("drive", "drive"),
                     ("chardev", "chardev"),
+                    ("fsdev", "fsdev"),
                 ]
                 .into_iter()
                 .filter_map(|(key, kind)| p.get(key).map(|id| (kind, id)))
@@ -81,6 +82,7 @@ fn namespace(option: PropsOption) -> &'static str {
         PropsOption::Chardev => "chardev",
         PropsOption::Object => "object",
         PropsOption::Drive | PropsOption::Blockdev => "drive",
+        PropsOption::Fsdev => "fsdev",
         _ => "device",
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use virtest_host::Host;
 
 use virtest_guest::GuestDescription;
+use virtest_guest::description::Share;
 use virtest_guest::snapshots::StateFormat;
 use virtest_qemu_cmdline::Arg;
 use virtest_qemu_cmdline::accel::Accel;
@@ -76,6 +77,10 @@ pub struct VmConfig {
     pub agent: bool,
     /// Give the guest a VGA card, which screendumps need.
     pub vga: bool,
+    /// Host folders shared into the guest (the guest's own, from its
+    /// description, and those [`crate::Vm::share`] adds). A VM with one
+    /// cannot be migrated.
+    pub shares: Vec<Share>,
     /// Where `console.log`, `qmp.log` and `qemu.log` go (`None`: the VM's
     /// private runtime directory, removed when the VM is dropped).
     pub log_dir: Option<PathBuf>,
@@ -122,6 +127,7 @@ impl VmConfig {
     pub fn new(guest: GuestDescription) -> VmConfig {
         VmConfig {
             login_timeout: guest.login.timeout,
+            shares: guest.shares.clone(),
             guest,
             qemu: None,
             accel: Accel::Auto,

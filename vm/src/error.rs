@@ -173,6 +173,12 @@ pub enum Error {
         /// What went wrong, and what to do.
         reason: String,
     },
+    /// A host folder cannot be shared into the guest.
+    #[error("shared folder: {reason}")]
+    Share {
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// A QMP command did not bring the VM to the expected state.
     #[error("{what}")]
     State {

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use virtest_guest::GuestDescription;
-use virtest_guest::description::Firmware;
+use virtest_guest::description::{Firmware, Share};
 use virtest_qemu_cmdline::accel::Chosen;
 use virtest_qemu_cmdline::binary::Version;
 use virtest_qemu_cmdline::cmdline::socket_chardev_props;
@@ -76,6 +76,9 @@ pub struct GuestLaunch<'a> {
     pub uefi: Option<&'a UefiFiles>,
     /// The VM's cloud-init seed volume, attached read-only.
     pub seed: Option<&'a std::path::Path>,
+    /// Host folders shared into the guest (virtio-9p); the guest's own
+    /// unless a caller says otherwise.
+    pub shares: &'a [Share],
     /// Give the guest a VM generation id (`vmgenid`, a new id each time
     /// QEMU starts), on which Linux reseeds its RNG: a VM restored from a
     /// snapshot must not share its siblings' random numbers.
@@ -129,6 +132,7 @@ impl<'a> GuestLaunch<'a> {
             disks: &[],
             uefi: None,
             seed: None,
+            shares: &guest.shares,
             generation_id: false,
         }
     }
@@ -229,6 +233,9 @@ impl<'a> GuestLaunch<'a> {
             cmd.device(&machine.net_device, &[("netdev", &id), ("mac", &nic.mac)]);
         }
         cmd.device("virtio-rng-pci", &[]);
+        for (index, share) in self.shares.iter().enumerate() {
+            push_share(&mut cmd, index, share);
+        }
         for port in crate::hotplug::root_ports(&machine.machine_type) {
             cmd.push(Arg::Props(PropsOption::Device, port));
         }
@@ -268,6 +275,29 @@ impl<'a> GuestLaunch<'a> {
         }
         cmd
     }
+}
+
+/// Shares `share` as the VM's share `index`: an `-fsdev` for the
+/// directory and the virtio-9p device the guest mounts by its tag. The
+/// guest's files get the host's ownership (`security_model=none`: a
+/// guest's chown is ignored), and a folder holding other file systems
+/// keeps its inode numbers apart (`multidevs=remap`).
+fn push_share(cmd: &mut QemuCmdline, index: usize, share: &Share) {
+    let id = format!("share{index}");
+    let mut fsdev = Props::with_head("local");
+    fsdev
+        .set("id", &id)
+        .set("path", share.path.to_string_lossy())
+        .set("security_model", "none")
+        .set("multidevs", "remap");
+    if share.readonly {
+        fsdev.set("readonly", "on");
+    }
+    cmd.push(Arg::Props(PropsOption::Fsdev, fsdev));
+    cmd.device(
+        "virtio-9p-pci",
+        &[("fsdev", &id), ("mount_tag", &share.tag)],
+    );
 }
 
 /// The `-drive` id of the guest's disk `index`.

@@ -31,11 +31,11 @@ use virtest_qmp::Qmp;
 use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target, UNCAPPED_BANDWIDTH};
 use virtest_remote::SshSession;
 
+use crate::config::VmConfig;
 use crate::disks::VmDisks;
 use crate::endpoints::Endpoints;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
-use crate::network::NetworkNic;
 
 /// How a VM's QEMU starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,19 +118,18 @@ pub(crate) fn unsupported(guest: &GuestDescription, seed_password: bool) -> Opti
     )
 }
 
-/// The key of the snapshot a VM would start from: the guest-visible
-/// command line (its host endpoints and network segments blanked), the
-/// QEMU binary and its version, the guest's files, and the state's
-/// format.
+/// The key of the snapshot a VM of `config` would start from: the
+/// guest-visible command line (its host endpoints, network segments and
+/// shared folders' paths blanked), the QEMU binary and its version, the
+/// guest's files, and the state's format.
 pub(crate) fn key(
-    guest: &GuestDescription,
+    config: &VmConfig,
     qemu: &Probe,
     launch: &(dyn Fn(&Endpoints) -> QemuCmdline + Sync),
     disks: Option<&VmDisks>,
     seed: Option<&Seed>,
-    networks: &[NetworkNic],
-    format: StateFormat,
 ) -> Result<SnapshotKey> {
+    let (guest, format) = (&config.guest, config.snapshot_format);
     let mut template = launch(&Endpoints {
         qmp_socket: PathBuf::from("<qmp>"),
         console_socket: PathBuf::from("<console>"),
@@ -142,7 +141,13 @@ pub(crate) fn key(
     if let Some(disks) = disks {
         template = template.replace(&*disks.dir().to_string_lossy(), "<disks>");
     }
-    for nic in networks {
+    for share in &config.shares {
+        template = template.replace(
+            &format!("path={}", share.path.display()),
+            &format!("path=<share {}>", share.tag),
+        );
+    }
+    for nic in &config.networks {
         template = template.replace(
             &format!("mcast={}", nic.segment),
             &format!("mcast=<{}>", nic.network),

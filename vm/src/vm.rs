@@ -37,6 +37,7 @@ mod networks;
 mod power;
 mod ready;
 mod serial;
+mod shares;
 mod within;
 
 pub use files::VmFiles;

@@ -26,6 +26,16 @@ pub(crate) struct GuestFile {
     pub cloud_init: CloudInitFile,
     #[serde(default)]
     pub machine: MachineFile,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareFile>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ShareFile {
+    pub path: String,
+    pub tag: String,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -208,6 +218,12 @@ impl GuestFile {
         if memory_mib == 0 || cpus == 0 {
             return Err("`machine.memory` and `machine.cpus` must be at least 1".into());
         }
+        let shares = self
+            .shares
+            .iter()
+            .map(|s| super::share::resolve(dir, &s.path, &s.tag, s.readonly))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        super::share::check_unique(&shares)?;
         let name = self.name.unwrap_or_else(|| {
             dir.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -242,6 +258,7 @@ impl GuestFile {
                 devices: self.machine.devices,
                 qemu_args: self.machine.qemu_args,
             },
+            shares,
             path: path.to_path_buf(),
         })
     }

@@ -95,6 +95,7 @@ impl Vm {
         // made for the one found here.
         let qemu = self.config.host.qemu().map_or(qemu, Path::to_path_buf);
         let binary = qemu.clone();
+        self.check_shares(&self.config.host)?;
         dirs::create_runtime_dir(&self.runtime_dir)?;
         dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
             what: "creating the VM directory",
@@ -130,6 +131,7 @@ impl Vm {
                 disks: &overlays,
                 uefi: uefi.as_ref(),
                 seed: seed.as_deref(),
+                shares: &config.shares,
                 generation_id,
             }
             .cmdline();
@@ -205,13 +207,11 @@ impl Vm {
                     false => None,
                 };
                 let key = snapshot::key(
-                    &self.config.guest,
+                    &self.config,
                     &probe,
                     launch,
                     self.disks.as_ref(),
                     seed.as_ref(),
-                    &self.config.networks,
-                    self.config.snapshot_format,
                 )?;
                 from_snapshot::start(self, &store, &key, launch).await
             }
