@@ -50,6 +50,8 @@ const PACKAGES: &[&str] = &[
     // The same small tools as the default guest, so one test's commands
     // run on both: nc, httpd, wget, usleep, sha256sum.
     "busybox",
+    // A TPM's tools, for a VM with `tpm = true` (seal, unseal, PCRs).
+    "tpm2-tools",
 ];
 
 /// busybox applets Debian has no command of its own for, installed as

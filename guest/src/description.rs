@@ -22,6 +22,7 @@
 //!
 //! [machine]
 //! memory = 512
+//! tpm = true                  # a TPM 2.0 (swtpm) for each VM
 //!
 //! [[shares]]                  # a host folder the guest mounts by its tag
 //! path = "data"
@@ -270,6 +271,8 @@ pub struct Machine {
     pub devices: Vec<String>,
     /// More QEMU arguments, appended verbatim.
     pub qemu_args: Vec<String>,
+    /// Whether each VM has a TPM 2.0 (an `swtpm` of its own).
+    pub tpm: bool,
 }
 
 impl GuestDescription {
@@ -361,6 +364,7 @@ mod tests {
         assert_eq!(guest.login.timeout, Duration::from_secs(60));
         assert_eq!(guest.machine.machine_type, "q35");
         assert_eq!(guest.machine.memory_mib, 256);
+        assert!(!guest.machine.tpm);
         assert!(!format!("{:?}", guest.login).contains("\"pw\""));
     }
 
@@ -390,6 +394,7 @@ line = "login:"
 type = "pc"
 memory = 1024
 cpus = 2
+tpm = true
 devices = ["virtio-balloon-pci"]
 qemu_args = ["-cpu", "max"]
 [[shares]]
@@ -424,6 +429,7 @@ readonly = true
         assert_eq!(guest.login.timeout, Duration::from_secs_f64(120.5));
         assert_eq!(guest.ready, Ready::Console("login:".into()));
         assert_eq!(guest.machine.cpus, 2);
+        assert!(guest.machine.tpm);
         assert_eq!(guest.machine.qemu_args, ["-cpu", "max"]);
         assert_eq!(
             guest.shares,

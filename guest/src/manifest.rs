@@ -269,6 +269,7 @@ impl Manifest {
                     .cloned()
                     .collect(),
                 qemu_args: Vec::new(),
+                tpm: None,
             },
             shares: Vec::new(),
         };

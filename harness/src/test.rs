@@ -462,6 +462,9 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     config.accel = params.value(&params::ACCEL)?;
     config.memory_mib = params.value_if_set(&params::MEMORY)?.map(|n| n.get());
     config.cpus = params.value_if_set(&params::CPUS)?.map(|n| n.get());
+    if let Some(tpm) = params.value_if_set(&params::TPM)? {
+        config.tpm = tpm;
+    }
     config.user = params.value_if_set(&params::GUEST_USER)?;
     if let Some(password) = params.value_if_set(&params::GUEST_PASSWORD)? {
         config.login = Login::Password(password);

@@ -39,6 +39,9 @@ pub enum PropsOption {
     /// `-fsdev local,id=fs0,path=...` (head: backend): a host folder a
     /// virtio-9p device shares.
     Fsdev,
+    /// `-tpmdev emulator,id=tpm0,chardev=c0` (head: backend): the TPM a
+    /// `tpm-tis` device is.
+    Tpmdev,
 }
 
 /// Options that take one plain value.
@@ -97,7 +100,7 @@ pub enum Arg {
 
 impl PropsOption {
     /// Every option of this kind.
-    pub const ALL: [PropsOption; 15] = [
+    pub const ALL: [PropsOption; 16] = [
         PropsOption::Machine,
         PropsOption::Accel,
         PropsOption::Cpu,
@@ -113,6 +116,7 @@ impl PropsOption {
         PropsOption::Drive,
         PropsOption::Blockdev,
         PropsOption::Fsdev,
+        PropsOption::Tpmdev,
     ];
 
     /// The option's name without its dash.
@@ -133,6 +137,7 @@ impl PropsOption {
             PropsOption::Drive => "drive",
             PropsOption::Blockdev => "blockdev",
             PropsOption::Fsdev => "fsdev",
+            PropsOption::Tpmdev => "tpmdev",
         }
     }
 
@@ -166,7 +171,8 @@ impl PropsOption {
             | PropsOption::Chardev
             | PropsOption::Object
             | PropsOption::Drive
-            | PropsOption::Fsdev => Some("id"),
+            | PropsOption::Fsdev
+            | PropsOption::Tpmdev => Some("id"),
             PropsOption::Blockdev => Some("node-name"),
             _ => None,
         }

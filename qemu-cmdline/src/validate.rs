@@ -1,6 +1,6 @@
 //! Checks before anything runs: ids unique within their kind, and every
-//! reference (a device's netdev, drive, chardev and fsdev; a serial port's or
-//! monitor's chardev) names something defined.
+//! reference (a device's netdev, drive, chardev, fsdev and tpmdev; a serial
+//! port's, monitor's or TPM's chardev) names something defined.
 
 use std::collections::HashMap;
 
@@ -48,10 +48,16 @@ impl QemuCmdline {
                     ("drive", "drive"),
                     ("chardev", "chardev"),
                     ("fsdev", "fsdev"),
+                    ("tpmdev", "tpmdev"),
                 ]
                 .into_iter()
                 .filter_map(|(key, kind)| p.get(key).map(|id| (kind, id)))
                 .collect(),
+                Arg::Props(PropsOption::Tpmdev, p) => p
+                    .get("chardev")
+                    .map(|id| ("chardev", id))
+                    .into_iter()
+                    .collect(),
                 Arg::Props(PropsOption::Mon, p) => p
                     .get("chardev")
                     .map(|id| ("chardev", id))
@@ -83,6 +89,7 @@ fn namespace(option: PropsOption) -> &'static str {
         PropsOption::Object => "object",
         PropsOption::Drive | PropsOption::Blockdev => "drive",
         PropsOption::Fsdev => "fsdev",
+        PropsOption::Tpmdev => "tpmdev",
         _ => "device",
     }
 }

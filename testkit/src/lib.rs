@@ -12,6 +12,7 @@
 //! - `logs`: [`TestLogs`], a test's log directory, kept with its
 //!   consoles' tails printed when the test fails.
 //! - `tmpfs`: [`small_disk`], a disk of its own to fill (needs root).
+//! - `tpm`: a guest's TPM extended and read without tpm2-tools.
 #![deny(missing_docs)]
 
 mod guests;
@@ -20,6 +21,7 @@ mod process;
 mod qemu;
 mod slots;
 mod tmpfs;
+pub mod tpm;
 
 pub use guests::{debian, description, guest, qemu_build, write_guest_toml};
 pub use logs::{TestLogs, files_under, test_logs};

@@ -77,6 +77,12 @@ pub struct VmConfig {
     pub agent: bool,
     /// Give the guest a VGA card, which screendumps need.
     pub vga: bool,
+    /// Give the guest a TPM 2.0: each QEMU process gets an `swtpm` of
+    /// its own, whose state moves with a live migration and is part of
+    /// a ready snapshot (the guest's `machine.tpm`, to start with).
+    pub tpm: bool,
+    /// swtpm, the TPM emulator (`None`: `$SWTPM`, then `swtpm` on PATH).
+    pub swtpm: Option<PathBuf>,
     /// Host folders shared into the guest (the guest's own, from its
     /// description, and those [`crate::Vm::share`] adds). A VM with one
     /// cannot be migrated.
@@ -128,6 +134,8 @@ impl VmConfig {
         VmConfig {
             login_timeout: guest.login.timeout,
             shares: guest.shares.clone(),
+            tpm: guest.machine.tpm,
+            swtpm: None,
             guest,
             qemu: None,
             accel: Accel::Auto,

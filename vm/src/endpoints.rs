@@ -15,6 +15,9 @@ pub struct Endpoints {
     pub console_socket: PathBuf,
     /// The socket QEMU serves the guest agent's channel on.
     pub agent_socket: PathBuf,
+    /// The control socket of the VM's TPM emulator (swtpm), which QEMU
+    /// connects to, for a VM with a TPM.
+    pub tpm_socket: PathBuf,
     /// Which of the VM's QEMU processes these are for (1, 2, ...): names
     /// the sockets, and the copies of host paths the command line has of
     /// its own (see [`Endpoints::remap_to`]).
@@ -44,6 +47,7 @@ impl Endpoints {
     ///     qmp_socket: format!("/run/vm/qmp-{generation}.sock").into(),
     ///     console_socket: format!("/run/vm/console-{generation}.sock").into(),
     ///     agent_socket: format!("/run/vm/agent-{generation}.sock").into(),
+    ///     tpm_socket: format!("/run/vm/tpm-{generation}.sock").into(),
     ///     generation,
     ///     forwards: Vec::new(),
     /// };
@@ -60,6 +64,7 @@ impl Endpoints {
                 Endpoint::Path(to.console_socket.clone())
             }
             Endpoint::Path(p) if p == self.agent_socket => Endpoint::Path(to.agent_socket.clone()),
+            Endpoint::Path(p) if p == self.tpm_socket => Endpoint::Path(to.tpm_socket.clone()),
             Endpoint::Path(p) => Endpoint::Path(generation_path(&p, to.generation)),
             Endpoint::Port(_) => Endpoint::Port(0),
         }
@@ -139,6 +144,7 @@ mod tests {
             qmp_socket: "qmp.sock".into(),
             console_socket: "console.sock".into(),
             agent_socket: "agent.sock".into(),
+            tpm_socket: "tpm.sock".into(),
             generation: 1,
             forwards: forwards_in(info),
         };

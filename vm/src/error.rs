@@ -173,6 +173,12 @@ pub enum Error {
         /// What went wrong, and what to do.
         reason: String,
     },
+    /// The VM's TPM cannot be given to it.
+    #[error("TPM: {reason}")]
+    Tpm {
+        /// What went wrong, and what to do.
+        reason: String,
+    },
     /// A host folder cannot be shared into the guest.
     #[error("shared folder: {reason}")]
     Share {

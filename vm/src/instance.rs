@@ -18,6 +18,7 @@ use crate::endpoints::{Endpoints, Forward, forwards_in, tcp_forwards};
 use crate::error::{Error, Result};
 use crate::exit::QemuExit;
 use crate::placement::Placement;
+use crate::tpm::{Swtpm, TpmFiles};
 use virtest_host::process::Process;
 
 /// Where an instance's files go and who reads its console.
@@ -40,6 +41,8 @@ pub(crate) struct Files<'a> {
     /// Whether its disks' overlays there are new, for a migration to
     /// fill.
     pub fill_disks: bool,
+    /// The TPM emulator to start for QEMU's TPM, if the VM has one.
+    pub tpm: Option<&'a TpmFiles>,
 }
 
 /// A QEMU process with its console read and QMP connected. Dropping it
@@ -47,6 +50,8 @@ pub(crate) struct Files<'a> {
 pub struct Instance {
     // Declared first: dropped (killed) before the reader is aborted.
     process: Process,
+    /// The VM's TPM emulator for this QEMU, ended after it.
+    tpm: Option<Swtpm>,
     qmp: Qmp,
     endpoints: Endpoints,
     host: Host,
@@ -112,6 +117,7 @@ impl Instance {
             qmp_socket: there.join(format!("qmp-{generation}.sock")),
             console_socket: there.join(format!("console-{generation}.sock")),
             agent_socket: there.join(format!("agent-{generation}.sock")),
+            tpm_socket: there.join(format!("tpm-{generation}.sock")),
             generation,
             forwards: Vec::new(),
         };
@@ -226,6 +232,10 @@ impl Instance {
             .seek(SeekFrom::End(0))
             .map_err(|e| io_error("seeking", e))?;
         let stdout = log.try_clone().map_err(|e| io_error("opening", e))?;
+        let tpm = match files.tpm {
+            Some(tpm) => Some(Swtpm::start(host, tpm, &endpoints.tpm_socket).await?),
+            None => None,
+        };
         let process = host
             .spawn(&argv(&cmdline), &pid_file, stdout.into(), log.into())
             .map_err(|error| match error {
@@ -285,6 +295,7 @@ impl Instance {
         };
         Ok(Instance {
             process,
+            tpm,
             qmp,
             endpoints: endpoints.clone(),
             host: host.clone(),
@@ -311,6 +322,17 @@ impl Instance {
     /// QEMU's pid.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The pid of its TPM emulator (swtpm), for a VM with a TPM; on
+    /// another host, of the SSH client that runs it there.
+    pub fn tpm_pid(&self) -> Option<u32> {
+        self.tpm.as_ref().map(Swtpm::pid)
+    }
+
+    /// Where its TPM keeps its state, on its host.
+    pub(crate) fn tpm_state_dir(&self) -> Option<&Path> {
+        self.tpm.as_ref().map(Swtpm::state_dir)
     }
 
     /// Its QMP connection.
@@ -495,8 +517,8 @@ fn exit_error(
     }
 }
 
-/// The last lines QEMU wrote to `log` after `offset`.
-fn log_tail(log: &Path, offset: u64) -> String {
+/// The last lines a process (QEMU, swtpm) wrote to `log` after `offset`.
+pub(crate) fn log_tail(log: &Path, offset: u64) -> String {
     let mut text = String::new();
     if let Ok(mut file) = File::open(log) {
         let _ = file.seek(SeekFrom::Start(offset));

@@ -67,6 +67,10 @@ pub struct GuestLaunch<'a> {
     /// A unix socket QEMU serves the guest agent's channel on, if any
     /// (a virtio-serial port named `org.qemu.guest_agent.0`).
     pub agent_socket: Option<PathBuf>,
+    /// The control socket of a TPM emulator (swtpm) QEMU connects to,
+    /// for a TPM 2.0 (`tpm-tis`); the emulator must listen before QEMU
+    /// starts.
+    pub tpm_socket: Option<PathBuf>,
     /// Whether a guest reboot restarts it (else QEMU exits).
     pub allow_reboot: bool,
     /// The VM's overlay of each of the guest's disks, in order (the base
@@ -128,6 +132,7 @@ impl<'a> GuestLaunch<'a> {
             vga: false,
             qmp_socket: None,
             agent_socket: None,
+            tpm_socket: None,
             allow_reboot: false,
             disks: &[],
             uefi: None,
@@ -256,6 +261,17 @@ impl<'a> GuestLaunch<'a> {
                 "virtserialport",
                 &[("chardev", "agent"), ("name", "org.qemu.guest_agent.0")],
             );
+        }
+        if let Some(socket) = &self.tpm_socket {
+            let mut chardev = Props::with_head("socket");
+            chardev
+                .set("id", "tpm")
+                .set("path", socket.to_string_lossy());
+            cmd.push(Arg::Props(PropsOption::Chardev, chardev));
+            let mut tpmdev = Props::with_head("emulator");
+            tpmdev.set("id", "tpm0").set("chardev", "tpm");
+            cmd.push(Arg::Props(PropsOption::Tpmdev, tpmdev));
+            cmd.device("tpm-tis", &[("tpmdev", "tpm0")]);
         }
         if let Some(socket) = &self.qmp_socket {
             cmd.set_value(

@@ -61,6 +61,7 @@ mod launch;
 mod network;
 mod placement;
 mod snapshot;
+mod tpm;
 mod vm;
 
 pub use config::{Login, VmConfig};

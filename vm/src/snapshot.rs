@@ -134,6 +134,7 @@ pub(crate) fn key(
         qmp_socket: PathBuf::from("<qmp>"),
         console_socket: PathBuf::from("<console>"),
         agent_socket: PathBuf::from("<agent>"),
+        tpm_socket: PathBuf::from("<tpm>"),
         generation: 0,
         forwards: Vec::new(),
     })

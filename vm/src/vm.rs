@@ -38,6 +38,7 @@ mod power;
 mod ready;
 mod serial;
 mod shares;
+mod tpm;
 mod within;
 
 pub use files::VmFiles;
@@ -132,6 +133,9 @@ pub struct Vm {
     /// Whether the next login must refresh what a restored clone shares
     /// with its siblings (entropy, clock).
     refresh_pending: bool,
+    /// Where the TPM of the VM's last QEMU keeps its state: on which
+    /// host, in which directory (for a VM with a TPM).
+    tpm_state: Option<(virtest_host::Host, PathBuf)>,
     /// What layers above keep with the VM.
     extensions: Extensions,
 }
@@ -189,6 +193,7 @@ impl Vm {
             ready_seen: false,
             start: Start::NotStarted,
             refresh_pending: false,
+            tpm_state: None,
             extensions: Extensions::default(),
         }
     }
@@ -262,6 +267,7 @@ impl Vm {
             disks.replace_overlays(placement.overlays());
         }
         self.disks_at = Some(placement);
+        self.note_tpm_state(&instance);
         self.instance.replace(instance)
     }
 

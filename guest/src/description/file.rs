@@ -117,6 +117,8 @@ pub(crate) struct MachineFile {
     pub devices: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qemu_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<bool>,
 }
 
 impl GuestFile {
@@ -257,6 +259,7 @@ impl GuestFile {
                     .unwrap_or_else(|| "virtio-net-pci".into()),
                 devices: self.machine.devices,
                 qemu_args: self.machine.qemu_args,
+                tpm: self.machine.tpm.unwrap_or(false),
             },
             shares,
             path: path.to_path_buf(),

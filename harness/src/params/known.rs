@@ -215,6 +215,12 @@ pub const MEMORY: Param<NonZeroU32, NoDefault> =
 /// `cpus`.
 pub const CPUS: Param<NonZeroU32, NoDefault> =
     Param::optional("cpus", "the guest's (1)", "guest processors");
+/// `tpm`.
+pub const TPM: Param<bool, NoDefault> = Param::optional(
+    "tpm",
+    "the guest's (false)",
+    "give each VM a TPM 2.0 (an swtpm of its own: `apt-get install swtpm`); it moves with a live migration. The guest must boot from its disk (the Debian guest), not a kernel and initrd QEMU loads",
+);
 /// `login_timeout`.
 pub const LOGIN_TIMEOUT: Param<Duration, NoDefault> = Param::optional(
     "login_timeout",
@@ -346,6 +352,7 @@ pub const KNOWN: &[&dyn Known] = &[
     &ACCEL,
     &MEMORY,
     &CPUS,
+    &TPM,
     &LOGIN_TIMEOUT,
     &KEEP_DISKS,
     &BOOT,

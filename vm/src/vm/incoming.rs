@@ -46,6 +46,7 @@ impl Vm {
             }
             None => self.runtime_dir.clone(),
         };
+        let tpm = self.tpm_files(host, &host_sockets, incoming).await?;
         // Each host's QEMU writes a log of its own.
         let qemu_log = match host.is_local() {
             true => self.log_dir.join("qemu.log"),
@@ -60,6 +61,7 @@ impl Vm {
             console: &console,
             placement: &placement,
             fill_disks,
+            tpm: tpm.as_ref(),
         };
         Instance::start(&files, self.generation, self.config.start_timeout, &build).await
     }

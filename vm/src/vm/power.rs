@@ -96,6 +96,7 @@ impl Vm {
         let qemu = self.config.host.qemu().map_or(qemu, Path::to_path_buf);
         let binary = qemu.clone();
         self.check_shares(&self.config.host)?;
+        self.check_tpm()?;
         dirs::create_runtime_dir(&self.runtime_dir)?;
         dirs::create_private(&self.log_dir).map_err(|source| Error::Io {
             what: "creating the VM directory",
@@ -127,6 +128,7 @@ impl Vm {
                 vga: config.vga,
                 qmp_socket: Some(endpoints.qmp_socket.clone()),
                 agent_socket: config.agent.then(|| endpoints.agent_socket.clone()),
+                tpm_socket: config.tpm.then(|| endpoints.tpm_socket.clone()),
                 allow_reboot: true,
                 disks: &overlays,
                 uefi: uefi.as_ref(),
@@ -175,6 +177,7 @@ impl Vm {
         );
         self.start = start;
         self.disks_at = Some(instance.placement().clone());
+        self.note_tpm_state(&instance);
         self.instance = Some(instance);
         Ok(())
     }
