@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod evidence;
+pub mod host_speed;
 mod hosts;
 mod html;
 mod job_args;

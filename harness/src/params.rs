@@ -66,7 +66,7 @@ pub enum ParamError {
 /// let mut params = Params::defaults();
 /// params.set("migration_iterations", "2");
 /// assert_eq!(params.get_or("migration_iterations", 4u32).unwrap(), 2);
-/// assert_eq!(params.get_or("migrate_timeout", 0.0).unwrap(), 60.0);
+/// assert_eq!(params.get_or("timeout", 0.0).unwrap(), 600.0);
 /// assert!(params.get::<u32>("migration_mode").is_err());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -367,7 +367,7 @@ mod tests {
             ]
         );
         assert_eq!(variants[3].params.get_str("memory"), Some("512"));
-        assert_eq!(variants[0].params.get_str("migrate_timeout"), Some("60"));
+        assert_eq!(variants[0].params.get_str("timeout"), Some("600"));
     }
 
     #[test]

@@ -411,7 +411,11 @@ fn pin_machine_type(config: &mut VmConfig, destination: &Path) -> Result<(), Tes
 /// capabilities.
 pub fn migration_defaults(params: &Params) -> Result<MigrationSpec, TestError> {
     let mut spec = MigrationSpec::new(MigrationMode::Tcp);
-    spec.timeout = params.value(&params::MIGRATE_TIMEOUT)?;
+    let scale = params.value(&params::TIMEOUT_SCALE)?.factor();
+    spec.timeout = match params.value_if_set(&params::MIGRATE_TIMEOUT)? {
+        Some(timeout) => timeout,
+        None => spec.timeout.mul_f64(scale),
+    };
     spec.max_bandwidth = params
         .value_if_set(&params::MIGRATE_MAX_BANDWIDTH)?
         .map(|mib| mib.get() << 20);
@@ -469,9 +473,13 @@ pub fn vm_config(params: &Params, log_dir: &Path) -> Result<VmConfig, TestError>
     if let Some(password) = params.value_if_set(&params::GUEST_PASSWORD)? {
         config.login = Login::Password(password);
     }
-    if let Some(timeout) = params.value_if_set(&params::LOGIN_TIMEOUT)? {
-        config.login_timeout = timeout;
-    }
+    // Defaults scale with the host's speed; what the user says is kept.
+    let scale = params.value(&params::TIMEOUT_SCALE)?.factor();
+    config.start_timeout = config.start_timeout.mul_f64(scale);
+    config.login_timeout = match params.value_if_set(&params::LOGIN_TIMEOUT)? {
+        Some(timeout) => timeout,
+        None => config.login_timeout.mul_f64(scale),
+    };
     config.keep_disks = params.value(&params::KEEP_DISKS)?;
     config.pin_machine_type = params.value(&params::PIN_MACHINE_TYPE)?;
     config.forward_ports = params

@@ -1,12 +1,16 @@
 //! `virtest doctor`: what this machine has for running tests, and the
 //! command that fixes each missing piece.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use virtest_guest::{Manifest, bootstrap, cache};
+use virtest_harness::host_speed::{self, Target};
+use virtest_migration::{MigrationMode, MigrationSpec};
 use virtest_qemu_cmdline::accel::{self, Accel, HostKvm};
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
+use virtest_vm::VmConfig;
 
 use super::CliResult;
 
@@ -90,6 +94,8 @@ pub fn run(args: Args) -> CliResult {
         decision.accel.as_str(),
         decision.reason
     );
+
+    host_speed(&home, &mut fixes);
 
     println!("Guest bootstrap tools");
     for (tool, pkg) in [
@@ -182,6 +188,90 @@ pub fn run(args: Args) -> CliResult {
         }
         Ok(ExitCode::from(1))
     }
+}
+
+/// How fast this host runs guests (measured now when the cache has no
+/// measure for this QEMU and accelerator), and the timeouts that gives.
+fn host_speed(home: &Path, fixes: &mut Vec<String>) {
+    println!("Host speed");
+    let target = match Target::resolve(None, Accel::Auto) {
+        Ok(target) => target,
+        Err(e) => {
+            println!("  not measured: {e}");
+            return;
+        }
+    };
+    let speed = match host_speed::cached(home, &target) {
+        Some(speed) => speed,
+        None if virtest_guest::guests::is_unbuilt(virtest_guest::guests::DEFAULT, home) => {
+            println!("  not measured: the default guest, whose boot measures it, is not built");
+            fixes.push("virtest bootstrap".into());
+            return;
+        }
+        None => {
+            println!(
+                "  measuring: {} boots of the default guest (once per cache, QEMU and accelerator)",
+                host_speed::RUNS
+            );
+            let measured = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|runtime| {
+                    runtime
+                        .block_on(host_speed::measure(home, &target))
+                        .map_err(|e| e.to_string())
+                });
+            match measured {
+                Ok(speed) => speed,
+                Err(e) => {
+                    println!("  broken   measuring failed: {e}");
+                    return;
+                }
+            }
+        }
+    };
+    let runs: Vec<String> = speed
+        .boots_ms
+        .iter()
+        .map(|ms| format!("{:.1}", *ms as f64 / 1000.0))
+        .collect();
+    let scale = speed.scale();
+    println!(
+        "  the default guest boots in {:.1} s (median of {} s) on {} ({})",
+        speed.boot().as_secs_f64(),
+        runs.join(", "),
+        speed.qemu_version,
+        speed.accel
+    );
+    let scaled = |timeout: Duration| format!("{:.0} s", timeout.as_secs_f64() * scale);
+    let login = |guest: &str| {
+        let dir = virtest_guest::guests::locate(guest, home);
+        virtest_guest::GuestDescription::load(&dir).map(|(guest, _)| guest.login.timeout)
+    };
+    let mut timeouts = Vec::new();
+    for guest in virtest_guest::guests::BUILT_IN {
+        if let Ok(timeout) = login(guest) {
+            timeouts.push(format!("login ({guest}) {}", scaled(timeout)));
+        }
+    }
+    let vm = virtest_guest::guests::locate(virtest_guest::guests::DEFAULT, home);
+    if let Ok((guest, _)) = virtest_guest::GuestDescription::load(&vm) {
+        timeouts.push(format!(
+            "start {}",
+            scaled(VmConfig::new(guest).start_timeout)
+        ));
+    }
+    let migration = MigrationSpec::new(MigrationMode::Tcp).timeout;
+    timeouts.push(format!("migration {}", scaled(migration)));
+    println!(
+        "  timeouts x{scale} (its boot against {:.0} s): {}",
+        host_speed::REFERENCE_BOOT.as_secs_f64(),
+        timeouts.join(", ")
+    );
+    println!(
+        "  (`-p timeout_scale=off` keeps them as they are, `-p timeout_scale=N` scales them by N)"
+    );
 }
 
 fn package(kind: BinaryKind) -> &'static str {

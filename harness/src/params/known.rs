@@ -16,6 +16,7 @@ use virtest_migration::{Feature, MigrationMode, Tls};
 use virtest_qemu_cmdline::accel::Accel;
 use virtest_vm::{BootMode, StateFormat};
 
+use crate::host_speed::TimeoutScale;
 use crate::qemus::QemuChoice;
 
 use super::value::ParamValue;
@@ -35,11 +36,11 @@ pub struct NoDefault;
 /// ```
 /// use std::time::Duration;
 /// use virtest_harness::Params;
-/// use virtest_harness::params::{MEMORY, MIGRATE_TIMEOUT};
+/// use virtest_harness::params::{MEMORY, TIMEOUT};
 /// let mut params = Params::defaults();
-/// assert_eq!(params.value(&MIGRATE_TIMEOUT).unwrap(), Duration::from_secs(60));
-/// params.set("migrate_timeout", "1.5");
-/// assert_eq!(params.value(&MIGRATE_TIMEOUT).unwrap(), Duration::from_millis(1500));
+/// assert_eq!(params.value(&TIMEOUT).unwrap(), Duration::from_secs(600));
+/// params.set("timeout", "1.5");
+/// assert_eq!(params.value(&TIMEOUT).unwrap(), Duration::from_millis(1500));
 /// assert_eq!(params.value_if_set(&MEMORY).unwrap(), None);
 /// ```
 #[derive(Debug)]
@@ -224,7 +225,7 @@ pub const TPM: Param<bool, NoDefault> = Param::optional(
 /// `login_timeout`.
 pub const LOGIN_TIMEOUT: Param<Duration, NoDefault> = Param::optional(
     "login_timeout",
-    "the guest's (60)",
+    "the guest's (60), scaled (`timeout_scale`)",
     "seconds `login_remote` waits; a guest description may set its own",
 );
 /// `keep_disks`.
@@ -272,10 +273,16 @@ pub const MIGRATION_ITERATIONS: Param<u32> = Param::new(
     "4",
     "migrations the migration test does",
 );
+/// `timeout_scale`.
+pub const TIMEOUT_SCALE: Param<TimeoutScale> = Param::new(
+    "timeout_scale",
+    "auto",
+    "what default login, start and migration timeouts are multiplied by: `auto` measures this host once per cache (the default guest's boot, against 4 s) and never shortens them; `off`; or a factor",
+);
 /// `migrate_timeout`.
-pub const MIGRATE_TIMEOUT: Param<Duration> = Param::new(
+pub const MIGRATE_TIMEOUT: Param<Duration, NoDefault> = Param::optional(
     "migrate_timeout",
-    "60",
+    "60, scaled (`timeout_scale`)",
     "seconds one migration may take before it is cancelled",
 );
 /// `migrate_max_bandwidth`.
@@ -354,6 +361,7 @@ pub const KNOWN: &[&dyn Known] = &[
     &CPUS,
     &TPM,
     &LOGIN_TIMEOUT,
+    &TIMEOUT_SCALE,
     &KEEP_DISKS,
     &BOOT,
     &SNAPSHOT_FORMAT,
@@ -417,11 +425,7 @@ mod tests {
     fn the_table_has_a_row_per_parameter_with_its_default() {
         let table = markdown_table();
         assert_eq!(table.lines().count(), KNOWN.len() + 2);
-        assert!(
-            table.contains(
-                "| `migrate_timeout` | a number of seconds | `60` | seconds one migration"
-            )
-        );
+        assert!(table.contains("| `timeout` | a number of seconds | `600` | seconds per test"));
         assert!(table.contains(
             "| `memory` | a whole number, at least 1 | the guest's (256) | guest memory in MiB |"
         ));

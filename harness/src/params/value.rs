@@ -9,6 +9,8 @@ use virtest_migration::{Feature, MigrationMode, Tls};
 use virtest_qemu_cmdline::accel::Accel;
 use virtest_vm::{BootMode, StateFormat};
 
+use crate::host_speed::TimeoutScale;
+
 /// A type a parameter's text becomes.
 pub trait ParamValue: Sized {
     /// What the text must be, in words (`a number of seconds`).
@@ -186,5 +188,14 @@ impl ParamValue for StateFormat {
     }
     fn parse(text: &str) -> Option<StateFormat> {
         StateFormat::parse(text)
+    }
+}
+
+impl ParamValue for TimeoutScale {
+    fn expected() -> String {
+        "`auto`, `off`, or a factor from 0.1 to 100".into()
+    }
+    fn parse(text: &str) -> Option<TimeoutScale> {
+        text.parse().ok()
     }
 }

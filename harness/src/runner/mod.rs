@@ -5,6 +5,7 @@
 mod guests;
 mod one;
 mod panics;
+mod timeouts;
 
 pub(crate) use one::{Interrupt, signalled};
 
@@ -222,6 +223,10 @@ pub async fn run_job(
     guests::prepare(&planned)
         .with_subscriber(dispatch.clone())
         .await?;
+    let mut planned = planned;
+    timeouts::resolve(&mut planned)
+        .with_subscriber(dispatch.clone())
+        .await;
     let start = results::now();
     JobResults::partial(&job_id, job_log.clone(), start, Vec::new(), planned.len())
         .write(&dir)
