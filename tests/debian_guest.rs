@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use virtest::guest::description::{DiskSource, Firmware};
-use virtest::harness::results::JobResults;
 use virtest::prelude::*;
 use virtest::vm::{Error, Vm, VmConfig};
 
@@ -334,39 +333,12 @@ async fn debian_clones_start_from_one_snapshot_and_migrate() {
     );
 }
 
-/// Runs `virtest run ARGS` into `results` and returns its job's results;
-/// a test that did not pass has the tails of its logs printed, so a CI
-/// failure explains itself.
-fn virtest_run(args: &[&str], results: &Path) -> (std::process::Output, JobResults) {
-    let output = Command::new(env!("CARGO_BIN_EXE_virtest"))
-        .arg("run")
-        .args(args)
-        .arg("--results-dir")
-        .arg(results)
-        .output()
-        .unwrap();
-    let job = std::fs::canonicalize(results.join("latest")).unwrap();
-    let json = JobResults::load(&job).unwrap();
-    for test in json.tests.iter().filter(|t| !t.status.is_success()) {
-        for log in ["debug.log", "console.log", "qemu.log"] {
-            let text = std::fs::read_to_string(test.logdir.join(log)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "--- {} {log} (last 40 lines)\n{}",
-                test.name,
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
-    }
-    (output, json)
-}
-
 #[test]
 fn the_guides_tests_pass_on_debian_unchanged() {
     let _slots = common::guest_slots(2);
     common::debian();
     let tmp = tempfile::tempdir().unwrap();
-    let (output, json) = virtest_run(
+    let (output, json) = common::virtest_run(
         &[
             "boot",
             "migration",
@@ -437,7 +409,7 @@ memory = 512
     let base_sha = common::sha256(&dir.join("root.raw"));
     let results = tmp.path().join("results");
     let guest = format!("guest={}", dir.display());
-    let (output, json) = virtest_run(
+    let (output, json) = common::virtest_run(
         &[
             "boot",
             "migration",

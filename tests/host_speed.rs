@@ -8,9 +8,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 
-use virtest::harness::results::JobResults;
 use virtest::prelude::*;
 
 /// Processes that spin on CPU 0 until dropped.
@@ -38,18 +37,6 @@ impl Drop for Neighbours {
             let _ = child.wait();
         }
     }
-}
-
-fn virtest_run(args: &[&str], results: &Path) -> (Output, JobResults) {
-    let output = Command::new(env!("CARGO_BIN_EXE_virtest"))
-        .arg("run")
-        .args(args)
-        .arg("--results-dir")
-        .arg(results)
-        .output()
-        .unwrap();
-    let job = std::fs::canonicalize(results.join("latest")).unwrap();
-    (output, JobResults::load(&job).unwrap())
 }
 
 /// Removes the measures of QEMUs under `dir` from the cache.
@@ -97,7 +84,7 @@ fn a_slowed_host_passes_because_its_timeouts_were_scaled() {
     let args = ["boot", "-p", &guest, "-p", &qemu_bin, "-p", "accel=auto"];
 
     let results = dir.path().join("scaled");
-    let (output, json) = virtest_run(&args, &results);
+    let (output, json) = common::virtest_run(&args, &results);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let test = &json.tests[0];
     assert_eq!(
@@ -130,7 +117,7 @@ fn a_slowed_host_passes_because_its_timeouts_were_scaled() {
     let results = dir.path().join("unscaled");
     let mut unscaled = args.to_vec();
     unscaled.extend(["-p", "timeout_scale=off"]);
-    let (output, json) = virtest_run(&unscaled, &results);
+    let (output, json) = common::virtest_run(&unscaled, &results);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let test = &json.tests[0];
     assert_ne!(test.status, Status::Pass, "{stderr}");
