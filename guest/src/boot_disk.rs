@@ -32,11 +32,28 @@ struct SfdiskDump {
     partitiontable: PartitionTable,
 }
 
+/// What the ESP holds for a root with the signed boot chain, which
+/// Secure Boot takes: shim (signed by Microsoft's UEFI CA) as the
+/// removable-media loader, the distro-signed GRUB it loads from beside
+/// it, shim's MokManager, and a `grub.cfg` where that GRUB looks (its
+/// prefix `/EFI/debian`, and beside it) that finds the root file system
+/// by its label. A root without the chain gets GRUB built here. Part of
+/// what a built image is made from.
+pub(crate) const ESP_LAYOUT: &str = "BOOTX64.EFI=shim, grubx64.efi=signed GRUB, mmx64.efi, grub.cfg in EFI/BOOT and EFI/debian: search --label root";
+
+/// The signed boot chain in a root: shim, GRUB and MokManager.
+const SHIM: &str = "usr/lib/shim/shimx64.efi.signed";
+const SIGNED_GRUB: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+const MOK_MANAGER: &str = "usr/lib/shim/mmx64.efi.signed";
+
+/// The `grub.cfg` on the ESP: the root file system's own, found by label.
+const ESP_GRUB_CFG: &str = "search --no-floppy --label root --set=root\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n";
+
 /// Makes the GPT disk `raw` of `disk_bytes`: a BIOS boot partition
-/// holding GRUB's i386-pc core, an ESP of `esp_bytes` holding GRUB's EFI
-/// image, and the root file system made from `root` (labelled `root`;
-/// its `/boot/grub/grub.cfg` is what GRUB runs). `work` holds the GRUB
-/// images while they are made.
+/// holding GRUB's i386-pc core, an ESP of `esp_bytes` holding the EFI
+/// boot chain ([`ESP_LAYOUT`]), and the root file system made from
+/// `root` (labelled `root`; its `/boot/grub/grub.cfg` is what GRUB runs).
+/// `work` holds the GRUB images while they are made.
 pub(crate) fn make(
     root: &Path,
     raw: &Path,
@@ -134,12 +151,26 @@ pub(crate) fn make(
     let core = fs::read(&core).io_context("reading", &core)?;
     let (mbr_code, core) = bios_boot(&boot, core, bios.start, bios.size)?;
     let efi = fs::read(&efi).io_context("reading", &efi)?;
-    let esp_image = crate::fat::volume(
-        esp_bytes as usize,
-        "ESP",
-        &[("EFI/BOOT/BOOTX64.EFI", &efi[..])],
-    )
-    .io_context("formatting the ESP of", raw)?;
+    let read = |name: &str| {
+        let path = root.join(name);
+        fs::read(&path).io_context("reading", &path)
+    };
+    let signed = match root.join(SHIM).is_file() && root.join(SIGNED_GRUB).is_file() {
+        true => Some((read(SHIM)?, read(SIGNED_GRUB)?, read(MOK_MANAGER)?)),
+        false => None,
+    };
+    let esp_files: Vec<(&str, &[u8])> = match &signed {
+        Some((shim, grub, mok_manager)) => vec![
+            ("EFI/BOOT/BOOTX64.EFI", shim),
+            ("EFI/BOOT/grubx64.efi", grub),
+            ("EFI/BOOT/mmx64.efi", mok_manager),
+            ("EFI/BOOT/grub.cfg", ESP_GRUB_CFG.as_bytes()),
+            ("EFI/debian/grub.cfg", ESP_GRUB_CFG.as_bytes()),
+        ],
+        None => vec![("EFI/BOOT/BOOTX64.EFI", &efi[..])],
+    };
+    let esp_image = crate::fat::volume(esp_bytes as usize, "ESP", &esp_files)
+        .io_context("formatting the ESP of", raw)?;
     if esp_image.len() as u64 > esp.size * 512 {
         return Err(Error::Io {
             action: "fitting the ESP into",

@@ -52,6 +52,11 @@ const PACKAGES: &[&str] = &[
     "busybox",
     // A TPM's tools, for a VM with `tpm = true` (seal, unseal, PCRs).
     "tpm2-tools",
+    // Secure Boot: the Microsoft-signed shim and Debian-signed GRUB the
+    // ESP boots through (the kernel is signed already), and mokutil.
+    "shim-signed",
+    "grub-efi-amd64-signed",
+    "mokutil",
 ];
 
 /// busybox applets Debian has no command of its own for, installed as
@@ -278,6 +283,7 @@ fn inputs() -> String {
         hasher.update([0]);
     }
     hasher.update(DISK_BYTES.to_le_bytes());
+    hasher.update(crate::boot_disk::ESP_LAYOUT);
     hex(&hasher.finalize())
 }
 

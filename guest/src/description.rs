@@ -6,7 +6,7 @@
 //! name = "my-debian"
 //!
 //! [boot]                      # no kernel: boot the first disk
-//! firmware = "uefi"           # bios (default) or uefi
+//! firmware = "uefi"           # bios (default), uefi, or uefi-secure
 //!
 //! [[disks]]
 //! path = "debian-12.qcow2"    # never written: each VM gets an overlay
@@ -118,13 +118,27 @@ pub struct KernelBoot {
 
 /// The machine's firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Firmware {
     /// SeaBIOS, QEMU's default.
     #[default]
     Bios,
     /// OVMF, from Debian's `ovmf` package.
     Uefi,
+    /// OVMF with Secure Boot enforced: its SMM build, and a variable
+    /// store with Microsoft's keys enrolled, so a boot loader signed by
+    /// Microsoft's UEFI CA (shim) runs and an unsigned one is refused.
+    UefiSecure,
+}
+
+impl Firmware {
+    /// Whether it is OVMF (UEFI), Secure Boot or not.
+    pub fn is_uefi(self) -> bool {
+        match self {
+            Firmware::Bios => false,
+            Firmware::Uefi | Firmware::UefiSecure => true,
+        }
+    }
 }
 
 /// One disk of a guest.
@@ -469,6 +483,14 @@ readonly = true
         let error = parse(text).unwrap_err().to_string();
         assert!(error.contains("`disks[0].format`"), "{error}");
         assert!(error.contains("qcow2") && error.contains("raw"), "{error}");
+    }
+
+    #[test]
+    fn secure_boot_is_a_firmware() {
+        let text = "[boot]\nfirmware = \"uefi-secure\"\n[[disks]]\npath = \"a\"\n[login]\nuser = \"root\"\nkey = \"k\"\n";
+        let (guest, _) = parse(text).unwrap();
+        assert_eq!(guest.boot.firmware, Firmware::UefiSecure);
+        assert!(guest.boot.firmware.is_uefi() && !Firmware::Bios.is_uefi());
     }
 
     #[test]

@@ -23,6 +23,10 @@ const OVMF_DIR: &str = "/usr/share/OVMF";
 const OVMF_CODE: &str = "OVMF_CODE_4M.fd";
 /// The variable store template each VM gets a copy of.
 const OVMF_VARS: &str = "OVMF_VARS_4M.fd";
+/// The firmware code that enforces Secure Boot (built with SMM).
+const OVMF_SECURE_CODE: &str = "OVMF_CODE_4M.secboot.fd";
+/// A variable store with Microsoft's keys enrolled and Secure Boot on.
+const OVMF_MS_VARS: &str = "OVMF_VARS_4M.ms.fd";
 
 /// One overlay: the file QEMU writes, over a base it only reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,11 @@ pub struct UefiFiles {
     pub code: PathBuf,
     /// This VM's own variable store.
     pub vars: PathBuf,
+    /// The store it was copied from.
+    pub template: PathBuf,
+    /// Whether the code enforces Secure Boot (it then needs SMM, and
+    /// flash only SMM code may write).
+    pub secure: bool,
 }
 
 /// The disk state of one VM. Dropping it removes its files unless
@@ -122,12 +131,12 @@ impl VmDisks {
             disks.sources.push(overlay.base.clone());
             disks.overlays.push(overlay);
         }
-        if guest.boot.firmware == Firmware::Uefi {
-            let ovmf = ovmf_dir();
-            disks.uefi = Some(uefi_files(&ovmf, dir)?);
+        if guest.boot.firmware.is_uefi() {
+            let uefi = uefi_files(&ovmf_dir(), guest.boot.firmware, dir)?;
             disks
                 .sources
-                .extend([ovmf.join(OVMF_CODE), ovmf.join(OVMF_VARS)]);
+                .extend([uefi.code.clone(), uefi.template.clone()]);
+            disks.uefi = Some(uefi);
         }
         if let Some(seed) = seed {
             let path = dir.join("seed.img");
@@ -380,25 +389,42 @@ fn ovmf_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(OVMF_DIR), PathBuf::from)
 }
 
-/// The firmware code in `ovmf`, and a private copy of its variable
-/// store in `dir`.
-fn uefi_files(ovmf: &Path, dir: &Path) -> Result<UefiFiles> {
-    let code = ovmf.join(OVMF_CODE);
-    let template = ovmf.join(OVMF_VARS);
-    for file in [&code, &template] {
+impl UefiFiles {
+    /// The files of `firmware` in `ovmf` (`$VIRTEST_OVMF_DIR`, else
+    /// Debian's place, when `None`), with the VM's store at `vars`;
+    /// nothing is checked or copied.
+    pub fn of(firmware: Firmware, ovmf: Option<&Path>, vars: PathBuf) -> UefiFiles {
+        let ovmf = ovmf.map_or_else(ovmf_dir, Path::to_path_buf);
+        let (code, template) = match firmware {
+            Firmware::UefiSecure => (OVMF_SECURE_CODE, OVMF_MS_VARS),
+            Firmware::Uefi | Firmware::Bios => (OVMF_CODE, OVMF_VARS),
+        };
+        UefiFiles {
+            code: ovmf.join(code),
+            vars,
+            template: ovmf.join(template),
+            secure: firmware == Firmware::UefiSecure,
+        }
+    }
+}
+
+/// The firmware code in `ovmf` for `firmware`, and a private copy of its
+/// variable store in `dir`.
+fn uefi_files(ovmf: &Path, firmware: Firmware, dir: &Path) -> Result<UefiFiles> {
+    let files = UefiFiles::of(firmware, Some(ovmf), dir.join("uefi-vars.fd"));
+    for file in [&files.code, &files.template] {
         if !file.is_file() {
             return Err(Error::Firmware {
                 missing: file.clone(),
             });
         }
     }
-    let vars = dir.join("uefi-vars.fd");
-    std::fs::copy(&template, &vars).map_err(|source| Error::Io {
+    std::fs::copy(&files.template, &files.vars).map_err(|source| Error::Io {
         what: "copying the UEFI variable store to",
-        path: vars.clone(),
+        path: files.vars.clone(),
         source,
     })?;
-    Ok(UefiFiles { code, vars })
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -408,7 +434,7 @@ mod tests {
     #[test]
     fn missing_ovmf_names_the_package() {
         let empty = tempfile::tempdir().unwrap();
-        let error = uefi_files(empty.path(), empty.path())
+        let error = uefi_files(empty.path(), Firmware::Uefi, empty.path())
             .unwrap_err()
             .to_string();
         assert!(error.contains("OVMF_CODE_4M.fd"), "{error}");

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use virtest_guest::GuestDescription;
-use virtest_guest::description::{Firmware, Share};
+use virtest_guest::description::Share;
 use virtest_qemu_cmdline::accel::Chosen;
 use virtest_qemu_cmdline::binary::Version;
 use virtest_qemu_cmdline::cmdline::socket_chardev_props;
@@ -163,7 +163,17 @@ impl<'a> GuestLaunch<'a> {
         cmd.flag(FlagOption::NoDefaults)
             .flag(FlagOption::NoUserConfig);
         cmd.push(Arg::Props(PropsOption::Display, Props::with_head("none")));
-        if let (Firmware::Uefi, Some(uefi)) = (guest.boot.firmware, self.uefi) {
+        if let (true, Some(uefi)) = (guest.boot.firmware.is_uefi(), self.uefi) {
+            if uefi.secure {
+                // Secure Boot's variables live in flash only SMM writes.
+                let mut machine = Props::with_head(&guest.machine.machine_type);
+                machine.set("smm", "on");
+                cmd.set_props(PropsOption::Machine, machine);
+                cmd.push(Arg::Raw(vec![
+                    "-global".into(),
+                    "driver=cfi.pflash01,property=secure,value=on".into(),
+                ]));
+            }
             for (unit, file, readonly) in [(0, &uefi.code, true), (1, &uefi.vars, false)] {
                 let mut drive = Props::default();
                 drive
