@@ -1,13 +1,18 @@
 //! Secure Boot (`firmware = "uefi-secure"`): OVMF's SMM build with
 //! Microsoft's keys enrolled boots the Debian guest through its signed
 //! chain (shim, GRUB, kernel) with Secure Boot enforcing, and refuses an
-//! unsigned boot loader, which the firmware says on the console.
+//! unsigned boot loader, which the firmware says on the console. The
+//! Secure Boot guest also shares a host folder (a Debian VM that must
+//! boot anyway, since neither has a ready snapshot to start from): its
+//! kernel loads 9p on the mount, files cross both ways, and `migrate`
+//! refuses the VM before it starts anything.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use virtest::guest::description::{DiskFormat, DiskSource, Firmware, Ready};
+use virtest::prelude::*;
 use virtest::vm::{Vm, VmConfig};
 
 async fn run(vm: &Vm, command: &str) -> String {
@@ -15,13 +20,16 @@ async fn run(vm: &Vm, command: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_boots_with_secure_boot_enforcing() {
+async fn debian_boots_with_secure_boot_enforcing_and_shares_a_folder() {
     let _slot = common::guest_slots(1);
     let logs = common::test_logs();
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("from-host"), "written on the host\n").unwrap();
     let mut config = VmConfig::new(common::debian().clone());
     config.guest.boot.firmware = Firmware::UefiSecure;
     config.log_dir = Some(logs.path().to_path_buf());
     let mut vm = Vm::new(config);
+    let share = vm.share(folder.path(), "results").unwrap();
     vm.power_on().await.unwrap();
     let cmdline = vm.instance().unwrap().cmdline().display();
     for expected in [
@@ -39,6 +47,24 @@ async fn debian_boots_with_secure_boot_enforcing() {
     // The kernel checked what booted it, and locks itself down for it.
     let kernel = run(&vm, "dmesg | grep -i -e 'secure boot' -e lockdown").await;
     assert!(kernel.contains("Secure boot enabled"), "{kernel}");
+
+    run(&vm, &share.mount_command("/mnt")).await;
+    assert_eq!(
+        run(&vm, "cat /mnt/from-host").await,
+        "written on the host\n"
+    );
+    run(&vm, "uname -r > /mnt/from-guest && sync").await;
+    let written = std::fs::read_to_string(folder.path().join("from-guest")).unwrap();
+    assert_eq!(
+        written.trim(),
+        common::debian().kernel_release.as_deref().unwrap()
+    );
+    let error = vm.migrate(MigrationMode::Tcp).await.unwrap_err();
+    assert!(error.to_string().contains("`results`"), "{error}");
+    assert_eq!(
+        run(&vm, "cat /mnt/from-host").await,
+        "written on the host\n"
+    );
     vm.remote().unwrap().run("shutdown -h now").await.unwrap();
     vm.power_off().await.unwrap();
 }

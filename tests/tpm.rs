@@ -179,3 +179,35 @@ fn sigkill_of_the_owner_takes_swtpm_with_it() {
         "QEMU or swtpm ({pids:?}) outlived their SIGKILLed owner"
     );
 }
+
+/// `-p tpm=true`: the guide's migration test on the Debian guest with a
+/// TPM, its VM restored from the TPM guest's ready snapshot (the one the
+/// tests above make), each QEMU's swtpm logging beside it.
+#[test]
+fn the_guides_migration_test_passes_with_a_tpm() {
+    let _slot = common::guest_slots(1);
+    common::debian();
+    let results = tempfile::tempdir().unwrap();
+    let (output, json) = common::virtest_run(
+        &[
+            "migration",
+            "-p",
+            "guest=debian",
+            "-p",
+            "tpm=true",
+            "-p",
+            "migration_iterations=2",
+        ],
+        results.path(),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let test = &json.tests[0];
+    assert_eq!(test.status, Status::Pass, "{stdout}");
+    assert_eq!(test.params["tpm"], "true");
+    let swtpm_log = std::fs::read_to_string(test.logdir.join("swtpm.log")).unwrap();
+    // One swtpm for the VM and each of its 2 destinations, and one more
+    // where this VM made the ready snapshot (the boot, then the restore).
+    let started = swtpm_log.matches("virtest: starting swtpm").count();
+    assert!(matches!(started, 3 | 4), "{started}:\n{swtpm_log}");
+}
