@@ -211,3 +211,30 @@ fn the_guides_migration_test_passes_with_a_tpm() {
     let started = swtpm_log.matches("virtest: starting swtpm").count();
     assert!(matches!(started, 3 | 4), "{started}:\n{swtpm_log}");
 }
+
+/// An swtpm that exits at once (a broken install, say): power_on says
+/// what it said, and leaves no QEMU behind.
+#[tokio::test]
+async fn an_swtpm_that_exits_at_once_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("swtpm");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'swtpm: libtpms is broken here' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&broken, executable).unwrap();
+    let mut config = config();
+    config.boot = BootMode::Fresh;
+    config.swtpm = Some(broken);
+    let mut vm = Vm::new(config);
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
+    let error = vm.power_on().await.unwrap_err();
+    assert!(matches!(error, virtest::vm::Error::Tpm { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("exited at once"), "{text}");
+    assert!(text.contains("libtpms is broken here"), "{text}");
+    assert!(!vm.is_on());
+    assert!(common::processes_with(&marker).is_empty());
+}

@@ -163,7 +163,7 @@ impl<'a> GuestLaunch<'a> {
         cmd.flag(FlagOption::NoDefaults)
             .flag(FlagOption::NoUserConfig);
         cmd.push(Arg::Props(PropsOption::Display, Props::with_head("none")));
-        if let (true, Some(uefi)) = (guest.boot.firmware.is_uefi(), self.uefi) {
+        if let Some(uefi) = self.uefi.filter(|_| guest.boot.firmware.is_uefi()) {
             if uefi.secure {
                 // Secure Boot's variables live in flash only SMM writes.
                 let mut machine = Props::with_head(&guest.machine.machine_type);

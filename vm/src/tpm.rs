@@ -37,15 +37,16 @@ pub(crate) struct TpmFiles {
     pub log: PathBuf,
 }
 
-/// The swtpm binary: `explicit`, else `$SWTPM`, else `swtpm` on PATH. On
-/// this machine it must be there; on another host, PATH there finds it.
+/// The swtpm binary: `explicit`, else `$SWTPM`, else `swtpm` on PATH,
+/// which must be there. On another host: `explicit`, else `swtpm` on the
+/// PATH there (this machine's `$SWTPM` names a file here).
 pub(crate) fn find_swtpm(explicit: Option<&Path>, host: &Host) -> Result<PathBuf> {
+    if !host.is_local() {
+        return Ok(explicit.map_or_else(|| "swtpm".into(), Path::to_path_buf));
+    }
     let named = explicit
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("SWTPM").map(PathBuf::from));
-    if !host.is_local() {
-        return Ok(named.unwrap_or_else(|| "swtpm".into()));
-    }
     let found = match &named {
         Some(path) => path.is_file().then(|| path.clone()),
         None => std::env::var_os("PATH").and_then(|paths| {
