@@ -216,22 +216,10 @@ impl Instance {
             .await
             .map_err(host_error)?;
         let pid_file = files.host_sockets.join(format!("qemu-{generation}.pid"));
-        let io_error = |what, source| Error::Io {
-            what,
-            path: files.qemu_log.to_path_buf(),
-            source,
-        };
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(files.qemu_log)
-            .map_err(|e| io_error("opening", e))?;
-        writeln!(log, "virtest: starting {}", cmdline.display())
-            .map_err(|e| io_error("writing", e))?;
-        let log_offset = log
-            .seek(SeekFrom::End(0))
-            .map_err(|e| io_error("seeking", e))?;
-        let stdout = log.try_clone().map_err(|e| io_error("opening", e))?;
+        let (stdout, log, log_offset) = open_output_log(
+            files.qemu_log,
+            &format!("virtest: starting {}", cmdline.display()),
+        )?;
         let tpm = match files.tpm {
             Some(tpm) => Some(Swtpm::start(host, tpm, &endpoints.tpm_socket).await?),
             None => None,
@@ -515,6 +503,28 @@ fn exit_error(
         stderr_tail: log_tail(log, offset),
         cmdline: cmdline.display(),
     }
+}
+
+/// Opens `log` for a process's output (QEMU's, swtpm's), appending
+/// `header` first: its stdout, its stderr, and where its output starts
+/// (for [`log_tail`]).
+pub(crate) fn open_output_log(log: &Path, header: &str) -> Result<(File, File, u64)> {
+    let io_error = |what, source| Error::Io {
+        what,
+        path: log.to_path_buf(),
+        source,
+    };
+    let mut file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| io_error("opening", e))?;
+    writeln!(file, "{header}").map_err(|e| io_error("writing", e))?;
+    let offset = file
+        .seek(SeekFrom::End(0))
+        .map_err(|e| io_error("seeking", e))?;
+    let stdout = file.try_clone().map_err(|e| io_error("opening", e))?;
+    Ok((stdout, file, offset))
 }
 
 /// The last lines a process (QEMU, swtpm) wrote to `log` after `offset`.

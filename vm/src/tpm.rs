@@ -8,8 +8,6 @@
 //! ready snapshot. A VM powered on again continues its last state, as a
 //! machine's TPM keeps what it holds across power cycles.
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,7 @@ use virtest_host::Host;
 use virtest_host::process::Process;
 
 use crate::error::{Error, Result};
-use crate::instance::log_tail;
+use crate::instance::{log_tail, open_output_log};
 
 /// What to install when swtpm is missing.
 const INSTALL: &str =
@@ -82,22 +80,10 @@ impl Swtpm {
         host.check(&["mkdir", "-p", "-m", "700", &dir])
             .await
             .map_err(Error::Host)?;
-        let io_error = |what, source| Error::Io {
-            what,
-            path: files.log.clone(),
-            source,
-        };
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(&files.log)
-            .map_err(|e| io_error("opening", e))?;
-        writeln!(log, "virtest: starting swtpm for {}", socket.display())
-            .map_err(|e| io_error("writing", e))?;
-        let offset = log
-            .seek(SeekFrom::End(0))
-            .map_err(|e| io_error("seeking", e))?;
-        let stdout = log.try_clone().map_err(|e| io_error("opening", e))?;
+        let (stdout, log, offset) = open_output_log(
+            &files.log,
+            &format!("virtest: starting swtpm for {}", socket.display()),
+        )?;
         let argv = [
             files.binary.to_string_lossy().into_owned(),
             "socket".into(),
