@@ -64,13 +64,10 @@ fn a_slowed_host_passes_because_its_timeouts_were_scaled() {
     // The slowed host: every QEMU of this binary on CPU 0, which three
     // busy loops share with it (its boot took 17 s here, against 4).
     let qemu = dir.path().join("qemu-system-x86_64");
-    std::fs::write(
+    common::write_script(
         &qemu,
         "#!/bin/sh\nexec taskset -c 0 /usr/bin/qemu-system-x86_64 \"$@\"\n",
-    )
-    .unwrap();
-    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&qemu, executable).unwrap();
+    );
     // A guest that logs in within 7 s here (its boot takes 3 to 5 s),
     // and not on the slowed host.
     let toml = common::write_guest_toml(dir.path(), "");

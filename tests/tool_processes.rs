@@ -18,12 +18,7 @@ fn guest_with_sleeping_qemu_img(dir: &Path) -> (std::path::PathBuf, String) {
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let marker = format!("1000.{}{call}", std::process::id());
     let wrapper = dir.join("qemu-img");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec sleep {marker}\n")).unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    common::write_script(&wrapper, &format!("#!/bin/sh\nexec sleep {marker}\n"));
     (toml, marker)
 }
 

@@ -218,13 +218,10 @@ fn the_guides_migration_test_passes_with_a_tpm() {
 async fn an_swtpm_that_exits_at_once_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("swtpm");
-    std::fs::write(
+    common::write_script(
         &broken,
         "#!/bin/sh\necho 'swtpm: libtpms is broken here' >&2\nexit 3\n",
-    )
-    .unwrap();
-    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&broken, executable).unwrap();
+    );
     let mut config = config();
     config.boot = BootMode::Fresh;
     config.swtpm = Some(broken);

@@ -74,12 +74,10 @@ async fn a_destination_binary_that_exits_at_once_is_reported() {
     let mut vm = running_vm(logs.path()).await;
     let source = vm.pid().unwrap();
     let fake = logs.path().join("qemu-that-fails");
-    std::fs::write(
+    common::write_script(
         &fake,
         "#!/bin/sh\necho 'fake qemu: refusing to start' >&2\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let mut spec = MigrationSpec::new(MigrationMode::Unix);
     spec.destination_qemu = Some(fake);
     let error = vm.migrate_with(&spec).await.unwrap_err();
@@ -245,12 +243,7 @@ async fn a_stopped_source_ends_the_migration_at_its_deadline() {
 /// whose RAM is not the source's.
 fn with_other_ram(dir: &std::path::Path, qemu: &str) -> std::path::PathBuf {
     let wrapper = dir.join("qemu-with-other-ram");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec {qemu} \"$@\" -m 300\n")).unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    common::write_script(&wrapper, &format!("#!/bin/sh\nexec {qemu} \"$@\" -m 300\n"));
     wrapper
 }
 

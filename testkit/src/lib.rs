@@ -45,6 +45,14 @@ pub fn sha256(path: &std::path::Path) -> String {
         .to_string()
 }
 
+/// Writes the shell script `text` to `path`, executable (a fake or
+/// wrapped QEMU, swtpm or qemu-img).
+pub fn write_script(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).expect("writing a script");
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(path, executable).expect("making a script executable");
+}
+
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

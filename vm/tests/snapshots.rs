@@ -200,12 +200,7 @@ async fn a_stale_snapshot_is_not_used() {
 
     // Another QEMU binary (a wrapper of the same one) is another key.
     let wrapper = guest_dir.path().join("qemu-wrapper");
-    std::fs::write(&wrapper, "#!/bin/sh\nexec qemu-system-x86_64 \"$@\"\n").unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    common::write_script(&wrapper, "#!/bin/sh\nexec qemu-system-x86_64 \"$@\"\n");
     let mut config = config(&logs.path().join("wrapper"), store.path());
     config.guest = guest.clone();
     config.qemu = Some(wrapper);
