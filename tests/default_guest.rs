@@ -161,6 +161,7 @@ fn reboot_brings_the_guest_back_with_a_new_boot_id() {
 fn missing_qemu_is_an_error_naming_the_package() {
     let err = binary::find_in(
         BinaryKind::System,
+        virtest::guest::description::Arch::X86_64,
         None,
         &|_| None,
         std::ffi::OsStr::new("/nonexistent"),

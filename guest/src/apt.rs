@@ -51,6 +51,9 @@ pub struct Apt {
     pub download_dir: PathBuf,
     /// A private state of apt's own ([`Apt::private`]), or the host's.
     pub state: Option<PathBuf>,
+    /// The Debian architecture packages are for (`arm64`), when not the
+    /// host's ([`Apt::foreign`]).
+    pub architecture: Option<String>,
 }
 
 /// Where apt keeps its binary package cache for our calls. Hosts (Debian
@@ -82,6 +85,7 @@ impl Apt {
             dpkg_query: "dpkg-query".into(),
             download_dir,
             state: None,
+            architecture: None,
         }
     }
 
@@ -93,6 +97,17 @@ impl Apt {
         Apt {
             state: Some(dir.to_path_buf()),
             ..Apt::system(dir.join("debs"))
+        }
+    }
+
+    /// [`Apt::private`] for packages of another architecture
+    /// (`arm64`), without adding it to the host's dpkg: apt is told the
+    /// architecture is that one alone, so every name means its package
+    /// of that architecture, and none is installed on the host.
+    pub fn foreign(dir: &Path, architecture: &str) -> Apt {
+        Apt {
+            architecture: Some(architecture.to_string()),
+            ..Apt::private(dir)
         }
     }
 
@@ -110,6 +125,12 @@ impl Apt {
             ] {
                 args.push("-o".into());
                 args.push(format!("{key}={}", dir.join(path).display()));
+            }
+        }
+        if let Some(arch) = &self.architecture {
+            for key in ["APT::Architecture", "APT::Architectures"] {
+                args.push("-o".into());
+                args.push(format!("{key}={arch}"));
             }
         }
         args
@@ -146,6 +167,20 @@ impl Apt {
             false,
         )
         .map(drop)
+    }
+
+    /// [`Apt::update`] unless a private state's lists were fetched
+    /// already: a build from them needs no network.
+    pub fn update_once(&self) -> Result<()> {
+        let Some(state) = self.state.as_deref() else {
+            return Ok(());
+        };
+        let fetched = std::fs::read_dir(state.join("lists")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        });
+        if fetched { Ok(()) } else { self.update() }
     }
 
     /// Every version of `name` the sources offer, newest first.
@@ -194,12 +229,14 @@ impl Apt {
             .collect()
     }
 
-    /// Whether `name` is installed on the host.
+    /// Whether `name` is installed on the host (for another
+    /// architecture's packages, never).
     pub fn is_installed(&self, name: &str) -> bool {
-        Command::new(&self.dpkg_query)
-            .args(["-W", "-f", "${db:Status-Status}", name])
-            .output()
-            .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+        self.architecture.is_none()
+            && Command::new(&self.dpkg_query)
+                .args(["-W", "-f", "${db:Status-Status}", name])
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
     }
 
     /// The `.deb` of `package`, downloaded unless already kept.

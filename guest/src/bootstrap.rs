@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::apt::{self, Apt};
 use crate::cache;
+use crate::description::Arch;
 use crate::elf::{self, GuestFile};
 use crate::error::{Error, IoContext, Result};
 use crate::kernel;
@@ -26,21 +27,53 @@ pub const DEFAULT_GUEST: &str = "default";
 /// The line the default guest prints when sshd listens.
 pub const READY_MARKER: &str = "virtest-guest-ready";
 
-/// The kernel command line of the default guest.
-pub const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
-
-/// Modules the default guest loads (their dependencies come along).
-pub const MODULES: &[&str] = &[
+/// Modules the default guest loads on every architecture (their
+/// dependencies come along; one built into the kernel is skipped).
+const COMMON_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
     "virtio_blk",
     "virtio_console",
     "virtio_rng",
-    "button",
     "evdev",
     "9pnet_virtio",
     "9p",
 ];
+
+/// The name of the default guest of `arch`.
+pub fn default_guest_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => DEFAULT_GUEST,
+        Arch::Aarch64 => crate::guests::DEFAULT_ARM64,
+    }
+}
+
+/// The architecture of the default guest called `name` (`None`: no
+/// default guest is).
+pub fn default_guest_arch(name: &str) -> Option<Arch> {
+    crate::description::arch::ALL
+        .into_iter()
+        .find(|&arch| default_guest_name(arch) == name)
+}
+
+/// The kernel command line of the default guest of `arch`.
+pub fn cmdline(arch: Arch) -> String {
+    format!("console={} panic=-1 quiet", arch.serial_console())
+}
+
+/// Modules the default guest of `arch` loads: the common ones, and what
+/// delivers the power button (QEMU's `system_powerdown`) as a key press
+/// acpid reads: the ACPI button on x86, the `virt` machine's GPIO key
+/// on Arm.
+pub fn modules(arch: Arch) -> Vec<&'static str> {
+    let power_button = match arch {
+        Arch::X86_64 => "button",
+        Arch::Aarch64 => "gpio_keys",
+    };
+    let mut modules = COMMON_MODULES.to_vec();
+    modules.push(power_button);
+    modules
+}
 
 /// How to bootstrap.
 #[derive(Debug, Clone)]
@@ -55,6 +88,8 @@ pub struct BootstrapOptions {
     pub apt: Option<Apt>,
     /// Rebuild even if the cached guest is good.
     pub force: bool,
+    /// The guest's architecture.
+    pub arch: Arch,
 }
 
 impl BootstrapOptions {
@@ -66,7 +101,50 @@ impl BootstrapOptions {
             user: UserPaths::default(),
             host: Some(HostPaths::default()),
             force: false,
+            arch: Arch::host().unwrap_or_default(),
         }
+    }
+
+    /// Defaults for the default guest of `arch` in `home`. The host's
+    /// own architecture is [`BootstrapOptions::new`]. Another one takes
+    /// nothing from the host: its packages come from the host's Debian
+    /// release on the mirror the host's apt sources name for it (as
+    /// [`crate::qemu_builds::Backports::of_host`] reads them), fetched
+    /// by an apt state of its own for that architecture, under
+    /// `home/packages/<arch>`, without touching the host's dpkg.
+    ///
+    /// ```no_run
+    /// use virtest_guest::bootstrap::{bootstrap, BootstrapOptions};
+    /// use virtest_guest::description::Arch;
+    /// let home = virtest_guest::cache::default_home()?;
+    /// let built = bootstrap(&BootstrapOptions::for_arch(home, Arch::Aarch64)?)?;
+    /// assert_eq!(built.manifest.name, "default-arm64");
+    /// # Ok::<(), virtest_guest::Error>(())
+    /// ```
+    pub fn for_arch(home: PathBuf, arch: Arch) -> Result<BootstrapOptions> {
+        if arch.is_host() {
+            return Ok(BootstrapOptions::new(home));
+        }
+        let mirror = crate::qemu_builds::Backports::of_host()?;
+        let state = home.join("packages").join(arch.debian());
+        std::fs::create_dir_all(&state).io_context("creating", &state)?;
+        let release = mirror.release();
+        let sources: String = [release.to_string(), format!("{release}-updates")]
+            .iter()
+            .map(|suite| mirror.sources_line_for(suite))
+            .collect();
+        let list = state.join("sources.list");
+        if fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
+            fs::write(&list, &sources).io_context("writing", &list)?;
+            // Lists of other sources are not these.
+            let _ = fs::remove_dir_all(state.join("lists"));
+        }
+        Ok(BootstrapOptions {
+            apt: Some(Apt::foreign(&state, arch.debian())),
+            host: None,
+            arch,
+            ..BootstrapOptions::new(home)
+        })
     }
 }
 
@@ -124,12 +202,16 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     if let Some(apt) = &opts.apt {
         cache::ensure_writable(&apt.download_dir)?;
     }
-    let lock_path = guests.join(format!("{DEFAULT_GUEST}.lock"));
+    let arch = opts.arch;
+    let name = default_guest_name(arch);
+    let lock_path = guests.join(format!("{name}.lock"));
     let lock = fs::File::create(&lock_path).io_context("creating", &lock_path)?;
     lock.lock().io_context("locking", &lock_path)?;
 
     let secrets = GuestSecrets::load_or_create(&opts.home.join("keys"))?;
-    let deb_arch = deb_arch()?;
+    if let Some(apt) = &opts.apt {
+        apt.update_once()?;
+    }
     let empty_host = HostPaths {
         boot_dir: PathBuf::new(),
         modules_root: PathBuf::new(),
@@ -140,7 +222,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     };
     let host = opts.host.as_ref().unwrap_or(&empty_host);
     let apt = opts.apt.as_ref();
-    let kernel_src = sources::kernel(&opts.user, host, apt, deb_arch)?;
+    let kernel_src = sources::kernel(&opts.user, host, apt, arch.debian())?;
     let binary = |user: Option<&Path>, host: &[PathBuf], part: &Part| {
         sources::binary(user, host, part.accept, apt, part.package).map_err(|tried| {
             Error::MissingComponent {
@@ -157,10 +239,11 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     steps.done("locate");
 
     let inputs = inputs_fingerprint(
+        arch,
         &[&kernel_src, &busybox_src, &dropbear_src, &qemu_ga_src],
         &secrets,
     );
-    let guest_dir = cache::guest_dir(&opts.home, DEFAULT_GUEST);
+    let guest_dir = cache::guest_dir(&opts.home, name);
     let reason = if opts.force {
         "a rebuild was asked for".to_string()
     } else {
@@ -179,33 +262,39 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
             Err(e) => format!("the cached guest is not good: {e}"),
         }
     };
-    tracing::info!(%reason, "building the default guest");
+    tracing::info!(%reason, guest = name, "building the default guest");
 
     let work = WorkDir::create(&opts.home.join("tmp"))?;
     let build = WorkDir::create(&guests)?;
-    let kernel = materialize(&kernel_src, apt, work.path(), "kernel")?;
-    let busybox = materialize(&busybox_src, apt, work.path(), "busybox")?;
-    let dropbear = materialize(&dropbear_src, apt, work.path(), "dropbear")?;
-    let qemu_ga = materialize(&qemu_ga_src, apt, work.path(), "qemu-ga")?;
+    let kernel = materialize(&kernel_src, apt, work.path(), "kernel", arch)?;
+    let busybox = materialize(&busybox_src, apt, work.path(), "busybox", arch)?;
+    let dropbear = materialize(&dropbear_src, apt, work.path(), "dropbear", arch)?;
+    let qemu_ga = materialize(&qemu_ga_src, apt, work.path(), "qemu-ga", arch)?;
     steps.done("fetch");
 
     let (kernel_image, modules_dir, release) = kernel_files(&kernel)?;
     fs::copy(&kernel_image, build.path().join("vmlinuz")).io_context("copying", &kernel_image)?;
-    let boot_kernel = match kernel::extract_vmlinux(&kernel_image)? {
-        Some(vmlinux) => {
-            fs::write(build.path().join("vmlinux"), vmlinux)
-                .io_context("writing", build.path().join("vmlinux"))?;
-            "vmlinux"
-        }
-        None => {
-            tracing::warn!(kernel = %kernel_image.display(), "kernel has no PVH entry; booting the bzImage");
-            "vmlinuz"
-        }
+    let boot_kernel = match arch {
+        // Arm's kernel image boots as it is.
+        Arch::Aarch64 => "vmlinuz",
+        // x86's bzImage boots faster from the ELF inside it (its PVH
+        // entry).
+        Arch::X86_64 => match kernel::extract_vmlinux(&kernel_image)? {
+            Some(vmlinux) => {
+                fs::write(build.path().join("vmlinux"), vmlinux)
+                    .io_context("writing", build.path().join("vmlinux"))?;
+                "vmlinux"
+            }
+            None => {
+                tracing::warn!(kernel = %kernel_image.display(), "kernel has no PVH entry; booting the bzImage");
+                "vmlinuz"
+            }
+        },
     };
     steps.done("kernel");
 
-    let modules = match &modules_dir {
-        Some(dir) => ModuleTree::open(dir)?.load_order(MODULES)?,
+    let module_files = match &modules_dir {
+        Some(dir) => ModuleTree::open(dir)?.load_order(&modules(arch))?,
         None => {
             tracing::warn!(
                 kernel = %kernel_image.display(),
@@ -216,8 +305,8 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     };
     let dropbear_bin = binary_in(&dropbear, "usr/sbin/dropbear");
     let qemu_ga_bin = binary_in(&qemu_ga, "usr/sbin/qemu-ga");
-    let mut libraries = libraries_of(&dropbear_bin, &dropbear, host, apt, work.path())?;
-    for library in libraries_of(&qemu_ga_bin, &qemu_ga, host, apt, work.path())? {
+    let mut libraries = libraries_of(&dropbear_bin, &dropbear, host, apt, work.path(), arch)?;
+    for library in libraries_of(&qemu_ga_bin, &qemu_ga, host, apt, work.path(), arch)? {
         if !libraries.iter().any(|l| l.guest_path == library.guest_path) {
             libraries.push(library);
         }
@@ -238,11 +327,12 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
             dropbear: &dropbear_bin,
             qemu_ga: &qemu_ga_bin,
             libraries: &libraries,
-            modules: &modules,
+            modules: &module_files,
             host_key: &secrets.dropbear_host_key(),
             authorized_key: &authorized_key,
             password_hash: &secrets.password_hash(),
             ready_marker: READY_MARKER,
+            console: arch.serial_console(),
         },
         &build.path().join("initramfs.cpio.gz"),
     )?;
@@ -258,13 +348,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     }
     let manifest = Manifest {
         format: manifest::FORMAT,
-        name: DEFAULT_GUEST.into(),
-        arch: std::env::consts::ARCH.into(),
+        name: name.into(),
+        arch: arch.as_str().into(),
         kernel: boot_kernel.into(),
         kernel_image: "vmlinuz".into(),
         kernel_release: release,
         initrd: "initramfs.cpio.gz".into(),
-        cmdline: CMDLINE.into(),
+        cmdline: cmdline(arch),
         ready_marker: READY_MARKER.into(),
         credentials: Credentials {
             user: "root".into(),
@@ -278,9 +368,9 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
         },
         ssh_port: 22,
         qemu: QemuHints {
-            machine: "q35".into(),
+            machine: arch.default_machine().into(),
             memory_mib: 256,
-            console: "ttyS0".into(),
+            console: arch.serial_console().into(),
             net_device: "virtio-net-pci".into(),
             devices: vec!["virtio-rng-pci".into()],
         },
@@ -311,22 +401,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     })
 }
 
-/// Debian's name for this machine's architecture. The default guest's
-/// scripts and kernel handling are x86-specific for now.
-fn deb_arch() -> Result<&'static str> {
-    match std::env::consts::ARCH {
-        "x86_64" => Ok("amd64"),
-        other => Err(Error::UnsupportedArch(other)),
-    }
-}
-
 /// A hash of every input: the recipe, each component's identity, and the
 /// guest's secrets.
-fn inputs_fingerprint(located: &[&Located], secrets: &GuestSecrets) -> String {
+fn inputs_fingerprint(arch: Arch, located: &[&Located], secrets: &GuestSecrets) -> String {
     let mut hasher = Sha256::new();
     hasher.update(rootfs::recipe_fingerprint());
-    hasher.update(CMDLINE);
-    hasher.update(MODULES.join(","));
+    hasher.update(cmdline(arch));
+    hasher.update(modules(arch).join(","));
     for l in located {
         hasher.update(l.origin().identity());
         hasher.update("\0");
@@ -356,6 +437,7 @@ fn materialize(
     apt: Option<&Apt>,
     work: &Path,
     name: &str,
+    arch: Arch,
 ) -> Result<Materialized> {
     match located {
         Located::Files { path, modules, .. } => Ok(Materialized::Files {
@@ -367,7 +449,7 @@ fn materialize(
             let deb = apt.fetch(package)?;
             let root = work.join(name);
             if name == "kernel" {
-                unpack_kernel(apt, &deb, &root)?;
+                unpack_kernel(apt, &deb, &root, &modules(arch))?;
             } else {
                 apt.unpack(&deb, &root)?;
             }
@@ -385,14 +467,14 @@ fn materialize(
 ///
 /// The first pass over a package records its module dependencies beside
 /// the `.deb`; later passes read them and keep everything in one pass.
-fn unpack_kernel(apt: &Apt, deb: &Path, root: &Path) -> Result<()> {
+fn unpack_kernel(apt: &Apt, deb: &Path, root: &Path, modules: &[&str]) -> Result<()> {
     let index_path = deb.with_extension("modules.json");
     let index = fs::read(&index_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut selector = match index {
-        Some(index) => Selector::with_index(MODULES, index),
-        None => Selector::new(MODULES),
+        Some(index) => Selector::with_index(modules, index),
+        None => Selector::new(modules),
     };
     apt.stream_files(deb, |path, reader| {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -476,11 +558,12 @@ fn libraries_of(
     host: &HostPaths,
     apt: Option<&Apt>,
     work: &Path,
+    arch: Arch,
 ) -> Result<Vec<GuestFile>> {
     let mut search: Vec<PathBuf> = host.lib_dirs.clone();
     let mut frontier = match materialized {
         Materialized::Unpacked { root, package } => {
-            search.extend(lib_dirs(root));
+            search.extend(lib_dirs(root, arch));
             package.depends.clone()
         }
         Materialized::Files { .. } => Vec::new(),
@@ -505,7 +588,7 @@ fn libraries_of(
         for package in apt.candidates(&wanted)? {
             let root = work.join(format!("dep-{}", package.name));
             apt.unpack(&apt.fetch(&package)?, &root)?;
-            search.extend(lib_dirs(&root));
+            search.extend(lib_dirs(&root, arch));
             next.extend(package.depends.iter().cloned());
             fetched.push(package.name);
         }
@@ -513,8 +596,8 @@ fn libraries_of(
     }
 }
 
-fn lib_dirs(root: &Path) -> Vec<PathBuf> {
-    let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
+fn lib_dirs(root: &Path, arch: Arch) -> Vec<PathBuf> {
+    let triple = arch.triplet();
     [
         format!("lib/{triple}"),
         format!("usr/lib/{triple}"),

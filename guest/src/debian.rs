@@ -243,6 +243,7 @@ fn description_file(kernel_release: &str) -> GuestFile {
     GuestFile {
         name: Some(DEBIAN_GUEST.into()),
         kernel_release: Some(kernel_release.into()),
+        arch: None,
         boot: BootFile::default(),
         disks: vec![crate::description::DiskFile {
             path: Some(IMAGE.into()),

@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! name = "my-debian"
+//! arch = "x86_64"             # or aarch64 (qemu-system-aarch64, machine virt)
 //!
 //! [boot]                      # no kernel: boot the first disk
 //! firmware = "uefi"           # bios (default), uefi, or uefi-secure
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use virtest_qemu_cmdline::arch::{self, Arch};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -78,6 +80,9 @@ pub struct GuestDescription {
     /// The kernel release the guest runs, when known; the built-in boot
     /// test checks it.
     pub kernel_release: Option<String>,
+    /// Its architecture (`x86_64` unless the file says `arch =
+    /// "aarch64"`): which QEMU runs it.
+    pub arch: Arch,
     /// How it boots.
     pub boot: Boot,
     /// Its disks, in the order the guest sees them.
@@ -272,7 +277,7 @@ pub struct CloudInit {
 /// What the virtual machine looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
-    /// The machine type (`q35`).
+    /// The machine type (`q35`; `virt` for aarch64).
     pub machine_type: String,
     /// Memory in MiB.
     pub memory_mib: u32,
@@ -553,6 +558,21 @@ readonly = true
             .to_string();
         assert!(error.contains("/nonexistent/guest.toml"), "{error}");
         assert!(error.contains("no such file"), "{error}");
+    }
+
+    #[test]
+    fn an_arm_guest_runs_on_virt_and_other_architectures_are_refused() {
+        let body = "[[disks]]\npath = \"d.qcow2\"\n[login]\nuser = \"root\"\npassword = \"x\"\n";
+        let (guest, _) = parse(&format!("arch = \"aarch64\"\n{body}")).unwrap();
+        assert_eq!(guest.arch, Arch::Aarch64);
+        assert_eq!(guest.machine.machine_type, "virt");
+        let (guest, _) = parse(body).unwrap();
+        assert_eq!(guest.arch, Arch::X86_64);
+        let error = parse(&format!("arch = \"sparc\"\n{body}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`arch`: `sparc`"), "{error}");
+        assert!(error.contains("x86_64, aarch64"), "{error}");
     }
 
     #[test]

@@ -70,9 +70,6 @@ pub enum Error {
         /// The package name.
         package: String,
     },
-    /// The host's architecture has no default guest recipe yet.
-    #[error("the default guest is built for x86_64 only, not {0}")]
-    UnsupportedArch(&'static str),
     /// A kernel image could not be understood.
     #[error("kernel image `{path}`: {reason}")]
     KernelImage {

@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 pub const DEFAULT: &str = "default";
 
 /// The guests virtest builds itself, by name.
-pub const BUILT_IN: &[&str] = &[DEFAULT, "debian"];
+pub const BUILT_IN: &[&str] = &[DEFAULT, DEFAULT_ARM64, "debian"];
+
+/// The tiny guest for arm64 (`aarch64`, on `qemu-system-aarch64`).
+pub const DEFAULT_ARM64: &str = "default-arm64";
 
 /// The files of the built-in guest `name` that hold its secrets: the
 /// default guest's initramfs has its SSH host key and root's password
@@ -19,7 +22,7 @@ pub const BUILT_IN: &[&str] = &[DEFAULT, "debian"];
 /// logs in. The Debian guest gets its secrets per VM, from its seed.
 fn secret_files(name: &str) -> &'static [&'static str] {
     match name {
-        DEFAULT => &[
+        DEFAULT | DEFAULT_ARM64 => &[
             "initramfs.cpio.gz",
             "id_ed25519",
             DESCRIPTION_FILE,

@@ -236,6 +236,7 @@ impl Manifest {
         let file = GuestFile {
             name: Some(self.name.clone()),
             kernel_release: self.kernel_release.clone(),
+            arch: Some(self.arch.clone()),
             boot: BootFile {
                 firmware: None,
                 kernel: Some(self.kernel.to_string_lossy().into_owned()),

@@ -39,6 +39,8 @@ pub struct RootfsSpec<'a> {
     pub password_hash: &'a str,
     /// The line printed when sshd listens.
     pub ready_marker: &'a str,
+    /// The serial console a login runs on (`ttyS0`).
+    pub console: &'a str,
 }
 
 /// A fingerprint of the recipe itself (scripts and layout), so a change
@@ -118,7 +120,11 @@ fn add_tree<W: Write>(cpio: &mut CpioWriter<W>, spec: &RootfsSpec<'_>) -> std::i
     }
 
     cpio.file("etc/modules", 0o644, module_list.as_bytes())?;
-    cpio.file("etc/inittab", 0o644, INITTAB.as_bytes())?;
+    cpio.file(
+        "etc/inittab",
+        0o644,
+        INITTAB.replace("@CONSOLE@", spec.console).as_bytes(),
+    )?;
     cpio.file(
         "etc/init.d/rcS",
         0o755,

@@ -391,8 +391,9 @@ fn new_vm(params: &Params, log_dir: &Path, name: Option<&str>) -> Result<Vm, Tes
 /// migrations' `destination` both have, when its alias (`q35`) stands for
 /// another type on each: then it can migrate there and back.
 fn pin_machine_type(config: &mut VmConfig, destination: &Path) -> Result<(), TestError> {
-    let source = binary::find(BinaryKind::System, config.qemu.as_deref())?;
-    let destination = binary::find(BinaryKind::Destination, Some(destination))?;
+    let arch = config.guest.arch;
+    let source = binary::find_for(BinaryKind::System, arch, config.qemu.as_deref())?;
+    let destination = binary::find_for(BinaryKind::Destination, arch, Some(destination))?;
     let (on_source, on_destination) = (binary::probe(&source)?, binary::probe(&destination)?);
     let machine = &mut config.guest.machine.machine_type;
     if let Some(shared) = machine_types::shared(&on_source, &on_destination, machine)? {

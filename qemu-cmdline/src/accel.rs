@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::arch::Arch;
 use crate::error::{Error, Result};
 
 /// The accelerator asked for.
@@ -89,6 +90,14 @@ pub enum KvmUnusable {
     /// The QEMU binary has no KVM.
     #[error("this QEMU binary was built without KVM")]
     NotBuiltIn,
+    /// The guest is of another architecture than this machine.
+    #[error("the guest is {guest} and this machine {host}: KVM runs only the machine's own")]
+    ForeignArch {
+        /// The guest's architecture.
+        guest: Arch,
+        /// This machine's.
+        host: &'static str,
+    },
 }
 
 /// What the host offers for KVM.
@@ -163,6 +172,41 @@ impl HostKvm {
 /// assert!(decision.reason.contains("kvm_pvm"));
 /// ```
 pub fn choose(requested: Accel, host: &HostKvm, qemu_has_kvm: bool) -> Result<Decision> {
+    decide(requested, host, qemu_has_kvm)
+}
+
+/// [`choose`] for a guest of `guest`: one of another architecture than
+/// the machine's runs under TCG (and `accel=kvm` is an error saying
+/// why).
+///
+/// ```
+/// use virtest_qemu_cmdline::accel::{choose_for, Accel, Chosen, HostKvm};
+/// use virtest_qemu_cmdline::arch::Arch;
+/// let intel = HostKvm { device: Ok(()), modules: vec!["kvm_intel".into()] };
+/// let arm = choose_for(Accel::Auto, &intel, true, Arch::Aarch64).unwrap();
+/// assert_eq!(arm.accel, Chosen::Tcg);
+/// assert!(arm.reason.contains("aarch64"));
+/// ```
+pub fn choose_for(
+    requested: Accel,
+    host: &HostKvm,
+    qemu_has_kvm: bool,
+    guest: Arch,
+) -> Result<Decision> {
+    if !guest.is_host() {
+        let foreign = HostKvm {
+            device: Err(KvmUnusable::ForeignArch {
+                guest,
+                host: std::env::consts::ARCH,
+            }),
+            modules: host.modules.clone(),
+        };
+        return decide(requested, &foreign, qemu_has_kvm);
+    }
+    decide(requested, host, qemu_has_kvm)
+}
+
+fn decide(requested: Accel, host: &HostKvm, qemu_has_kvm: bool) -> Result<Decision> {
     let kvm = host.usable().and_then(|module| {
         if qemu_has_kvm {
             Ok(module)

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::arch::Arch;
 use crate::error::{Error, Result};
 
 /// The kinds of QEMU binary virtest uses.
@@ -38,21 +39,36 @@ impl BinaryKind {
         }
     }
 
-    fn package(self) -> &'static str {
+    fn package(self, arch: Arch) -> String {
         match self {
-            BinaryKind::System | BinaryKind::Destination => "qemu-system-x86 qemu-utils",
-            BinaryKind::Img => "qemu-utils",
+            BinaryKind::System | BinaryKind::Destination => {
+                format!("{} qemu-utils", arch.emulator_package())
+            }
+            BinaryKind::Img => "qemu-utils".into(),
         }
     }
 
-    /// Names looked for on `PATH`, best first.
-    pub fn path_names(self) -> Vec<String> {
+    /// The environment variable that names this binary for guests of
+    /// `arch`: [`BinaryKind::env_var`] for the host's own, with the
+    /// architecture after it for another (`QEMU_AARCH64`), so `$QEMU` can
+    /// stay the host's emulator.
+    pub fn env_var_for(self, arch: Arch) -> String {
+        match (self, arch.is_host()) {
+            (BinaryKind::Img, _) | (_, true) => self.env_var().into(),
+            (_, false) => format!("{}_{}", self.env_var(), arch.as_str().to_ascii_uppercase()),
+        }
+    }
+
+    /// Names looked for on `PATH`, best first, for guests of `arch`
+    /// (`qemu-kvm` only runs the host's own).
+    pub fn path_names(self, arch: Arch) -> Vec<String> {
         match self {
             BinaryKind::System | BinaryKind::Destination => {
-                vec![
-                    format!("qemu-system-{}", std::env::consts::ARCH),
-                    "qemu-kvm".into(),
-                ]
+                let mut names = vec![arch.system_emulator().to_string()];
+                if arch.is_host() {
+                    names.push("qemu-kvm".into());
+                }
+                names
             }
             BinaryKind::Img => vec!["qemu-img".into()],
         }
@@ -71,14 +87,22 @@ impl BinaryKind {
 /// # Ok::<(), virtest_qemu_cmdline::Error>(())
 /// ```
 pub fn find(kind: BinaryKind, explicit: Option<&Path>) -> Result<PathBuf> {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    let path_var = env("PATH").unwrap_or_default();
-    find_in(kind, explicit, &|name| env(name), &path_var)
+    find_for(kind, Arch::host().unwrap_or_default(), explicit)
 }
 
-/// [`find`] with the environment given, for tests.
+/// [`find`] for guests of `arch`: `qemu-system-aarch64` and
+/// `$QEMU_AARCH64` for Arm guests on an x86 machine
+/// ([`BinaryKind::env_var_for`], [`BinaryKind::path_names`]).
+pub fn find_for(kind: BinaryKind, arch: Arch, explicit: Option<&Path>) -> Result<PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let path_var = env("PATH").unwrap_or_default();
+    find_in(kind, arch, explicit, &|name| env(name), &path_var)
+}
+
+/// [`find_for`] with the environment given, for tests.
 pub fn find_in(
     kind: BinaryKind,
+    arch: Arch,
     explicit: Option<&Path>,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
     path_var: &std::ffi::OsStr,
@@ -95,20 +119,20 @@ pub fn find_in(
     let not_found = |tried: Vec<String>| Error::BinaryNotFound {
         what: kind.describe(),
         tried: tried.into_iter().map(|t| t.trim().to_string()).collect(),
-        package: kind.package(),
-        var: kind.env_var(),
+        package: kind.package(arch),
+        var: kind.env_var_for(arch),
     };
     // A path the user gave is used or reported, never silently replaced.
     if let Some(path) = explicit {
         return candidate(&mut tried, path.to_path_buf(), "the given path".into())
             .ok_or_else(|| not_found(tried));
     }
-    let mut vars = vec![kind.env_var()];
+    let mut vars = vec![kind.env_var_for(arch)];
     if kind == BinaryKind::Destination {
-        vars.push(BinaryKind::System.env_var());
+        vars.push(BinaryKind::System.env_var_for(arch));
     }
     for var in vars {
-        if let Some(value) = env(var) {
+        if let Some(value) = env(&var) {
             let value = PathBuf::from(value);
             // A bare name in the variable is looked up on PATH.
             let resolved = if value.components().count() == 1 {
@@ -124,7 +148,7 @@ pub fn find_in(
             }
         }
     }
-    for name in kind.path_names() {
+    for name in kind.path_names(arch) {
         if let Some(found) = std::env::split_paths(path_var)
             .map(|d| d.join(&name))
             .find(|p| is_executable(p))
@@ -134,6 +158,7 @@ pub fn find_in(
         tried.push(format!("{name} on PATH"));
     }
     if kind != BinaryKind::Img
+        && arch.is_host()
         && let Some(found) = candidate(&mut tried, "/usr/libexec/qemu-kvm".into(), String::new())
     {
         return Ok(found);
@@ -210,6 +235,19 @@ impl Probe {
     /// Whether the binary was built with `accel`.
     pub fn has_accel(&self, accel: &str) -> bool {
         self.accelerators.iter().any(|a| a == accel)
+    }
+
+    /// Checks that this QEMU offers `machine` ([`Probe::resolve_machine`])
+    /// for a guest of `arch`; the error says which emulator would.
+    pub fn check_machine(&self, machine: &str, arch: Arch) -> Result<()> {
+        match self.resolve_machine(machine) {
+            Some(_) => Ok(()),
+            None => Err(Error::NoMachine {
+                path: self.path.clone(),
+                machine: machine.to_string(),
+                arch,
+            }),
+        }
     }
 
     /// The machine type `name` is on this QEMU: the type an alias
@@ -412,6 +450,7 @@ mod tests {
         let no_env = |_: &str| None;
         let err = find_in(
             BinaryKind::System,
+            Arch::X86_64,
             None,
             &no_env,
             &OsString::from("/nonexistent"),
@@ -434,6 +473,7 @@ mod tests {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let err = find_in(
             BinaryKind::System,
+            Arch::X86_64,
             Some(Path::new("/nope/qemu")),
             &no_env,
             &path,
@@ -454,14 +494,50 @@ mod tests {
         let env = |name: &str| (name == "QEMU").then(|| fake.clone().into_os_string());
         let path = OsString::from("/nonexistent");
         assert_eq!(
-            find_in(BinaryKind::System, None, &env, &path).unwrap(),
+            find_in(BinaryKind::System, Arch::X86_64, None, &env, &path).unwrap(),
             fake
         );
         assert_eq!(
-            find_in(BinaryKind::Destination, None, &env, &path).unwrap(),
+            find_in(BinaryKind::Destination, Arch::X86_64, None, &env, &path).unwrap(),
             fake
         );
-        assert!(find_in(BinaryKind::Img, None, &env, &path).is_err());
+        assert!(find_in(BinaryKind::Img, Arch::X86_64, None, &env, &path).is_err());
+    }
+
+    #[test]
+    fn an_arm_guest_on_this_machine_has_its_own_emulator_and_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("qemu-system-aarch64");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // $QEMU is the host's emulator: an Arm guest never takes it.
+        let host_qemu = |name: &str| (name == "QEMU").then(|| OsString::from("/usr/bin/true"));
+        let found = find_in(
+            BinaryKind::System,
+            Arch::Aarch64,
+            None,
+            &host_qemu,
+            dir.path().as_os_str(),
+        );
+        assert_eq!(found.unwrap(), fake);
+        let err = find_in(
+            BinaryKind::Destination,
+            Arch::Aarch64,
+            None,
+            &host_qemu,
+            &OsString::from("/nonexistent"),
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "qemu-system-aarch64 on PATH",
+            "apt-get install qemu-system-arm",
+            "QEMU_DST_AARCH64",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+        assert!(!err.contains("qemu-kvm"), "{err}");
     }
 
     #[test]

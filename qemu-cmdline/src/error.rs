@@ -13,9 +13,9 @@ pub enum Error {
         /// The places tried, in order.
         tried: Vec<String>,
         /// The Debian package that provides it.
-        package: &'static str,
+        package: String,
         /// The environment variable that names it.
-        var: &'static str,
+        var: String,
     },
     /// A binary ran but does not look like QEMU.
     #[error("`{path}` does not look like QEMU: `{flag}` printed {output:?}")]
@@ -66,6 +66,23 @@ pub enum Error {
     /// Two QEMUs share no machine type a VM can migrate between them on.
     #[error(transparent)]
     NoSharedMachine(Box<crate::machine_types::NoSharedMachine>),
+    /// A system emulator lacks the machine type a guest runs on: most
+    /// often it is another architecture's.
+    #[error(
+        "QEMU `{path}` has no machine type `{machine}`, which this {arch} guest runs on: \
+         give {arch} guests {emulator} (`apt-get install {package}`, or set ${var})",
+        emulator = arch.system_emulator(),
+        package = arch.emulator_package(),
+        var = crate::binary::BinaryKind::System.env_var_for(*arch)
+    )]
+    NoMachine {
+        /// The binary.
+        path: PathBuf,
+        /// The machine type.
+        machine: String,
+        /// The guest's architecture.
+        arch: crate::arch::Arch,
+    },
 }
 
 /// A `Result` with this crate's [`Error`].

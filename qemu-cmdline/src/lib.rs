@@ -7,11 +7,13 @@
 //! - `validate`, [`incoming`]: checks, the clone for a migration.
 //! - [`binary`]: find `qemu-system-*`, `qemu-img`; probe version,
 //!   accelerators and machine types (cached per binary).
+//! - [`arch`]: the guest architectures, and what each needs of QEMU.
 //! - [`accel`]: choose KVM or TCG for `accel=auto|kvm|tcg`, with a reason.
 //! - [`quirks`]: defects of particular QEMU versions, and what avoids them.
 #![deny(missing_docs)]
 
 pub mod accel;
+pub mod arch;
 pub mod args;
 pub mod binary;
 pub mod cmdline;

@@ -39,10 +39,11 @@ pub struct Args {
     /// Rebuild even when the cached guest is current.
     #[arg(long)]
     force: bool,
-    /// Which built-in guest: `default` (the tiny guest, seconds) or
-    /// `debian` (Debian 12 from its packages with mmdebstrap, as root:
-    /// minutes).
-    #[arg(long, value_name = "NAME", default_value = "default", value_parser = ["default", "debian"])]
+    /// Which built-in guest: `default` (the tiny guest, seconds),
+    /// `default-arm64` (the tiny guest for aarch64, from Debian's arm64
+    /// packages, fetched once) or `debian` (Debian 12 from its packages
+    /// with mmdebstrap, as root: minutes).
+    #[arg(long, value_name = "NAME", default_value = "default", value_parser = ["default", "default-arm64", "debian"])]
     guest: String,
     /// Instead of a guest, fetch QEMU VERSION (`10.0`: its newest
     /// `10.0.x`) from Debian's backports into the cache, for
@@ -62,14 +63,15 @@ pub fn run(args: Args) -> CliResult {
     if args.guest == virtest_guest::debian::DEBIAN_GUEST {
         return debian(home, args.force);
     }
-    let mut opts = BootstrapOptions::new(home);
+    let arch = bootstrap::default_guest_arch(&args.guest).expect("clap checked the name");
+    let mut opts = BootstrapOptions::for_arch(home, arch)?;
     opts.user.kernel = args.kernel;
     opts.user.modules = args.modules;
     opts.user.busybox = args.busybox;
     opts.user.dropbear = args.dropbear;
     opts.user.qemu_ga = args.qemu_ga;
     opts.force = args.force;
-    if args.no_host {
+    if args.no_host || !arch.is_host() {
         opts.host = None;
     }
     if args.no_apt {

@@ -9,6 +9,7 @@ use virtest_guest::{Manifest, bootstrap, cache};
 use virtest_harness::host_speed::{self, Target};
 use virtest_migration::{MigrationMode, MigrationSpec};
 use virtest_qemu_cmdline::accel::{self, Accel, HostKvm};
+use virtest_qemu_cmdline::arch::Arch;
 use virtest_qemu_cmdline::binary::{self, BinaryKind};
 use virtest_vm::VmConfig;
 
@@ -32,7 +33,7 @@ pub fn run(args: Args) -> CliResult {
     println!("QEMU");
     let mut has_kvm = false;
     for kind in [BinaryKind::System, BinaryKind::Img] {
-        let name = kind.path_names()[0].clone();
+        let name = kind.path_names(Arch::host().unwrap_or_default())[0].clone();
         match binary::find(kind, None) {
             Ok(path) => {
                 let described = if kind == BinaryKind::Img {

@@ -72,7 +72,7 @@ fn check(spec: &str) -> CliResult {
     let launch = GuestLaunch {
         // The installed QEMU's, where there is one: the command line
         // shown is the one this machine would run.
-        qemu_version: binary::find(BinaryKind::System, None)
+        qemu_version: binary::find_for(BinaryKind::System, guest.arch, None)
             .and_then(|qemu| binary::probe(&qemu))
             .ok()
             .map(|probe| probe.version),
@@ -85,7 +85,12 @@ fn check(spec: &str) -> CliResult {
             .cloud_init
             .enabled
             .then_some(std::path::Path::new("<vm>/disks/seed.img")),
-        ..GuestLaunch::new(&guest, "qemu-system-x86_64".into(), Chosen::Tcg, console)
+        ..GuestLaunch::new(
+            &guest,
+            guest.arch.system_emulator().into(),
+            Chosen::Tcg,
+            console,
+        )
     };
     println!("guest `{}` ({})", guest.name, guest.path.display());
     for overlay in &overlays {

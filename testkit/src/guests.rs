@@ -25,6 +25,22 @@ pub fn description() -> &'static GuestDescription {
     DESCRIPTION.get_or_init(|| guest().description().expect("the default guest.toml"))
 }
 
+/// The default guest for arm64 (`default-arm64`), built once into the
+/// cache from Debian's arm64 packages (fetched the first time).
+pub fn default_arm64() -> &'static GuestDescription {
+    static ARM64: OnceLock<GuestDescription> = OnceLock::new();
+    ARM64.get_or_init(|| {
+        let home = cache::default_home().expect("virtest's cache directory");
+        let options = BootstrapOptions::for_arch(home, virtest_guest::description::Arch::Aarch64)
+            .expect("the arm64 guest's package sources");
+        bootstrap(&options)
+            .expect("bootstrapping the arm64 default guest")
+            .manifest
+            .description()
+            .expect("the arm64 guest.toml")
+    })
+}
+
 /// The Debian guest, built once into the cache (a no-op when current;
 /// minutes the first time, as root).
 pub fn debian() -> &'static GuestDescription {

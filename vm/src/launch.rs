@@ -153,6 +153,9 @@ impl<'a> GuestLaunch<'a> {
         let mut cmd = QemuCmdline::new(&self.qemu);
         cmd.machine(&machine.machine_type)
             .accel(self.accel.as_str());
+        if let Some(cpu) = guest.arch.cpu(self.accel) {
+            cmd.cpu(cpu);
+        }
         let mib = self.memory_mib.unwrap_or(machine.memory_mib);
         match self.qemu_version {
             Some(version) if quirks::tcg_migration_loses_writes(version, self.accel) => {
@@ -254,7 +257,7 @@ impl<'a> GuestLaunch<'a> {
         for port in crate::hotplug::root_ports(&machine.machine_type) {
             cmd.push(Arg::Props(PropsOption::Device, port));
         }
-        if self.generation_id {
+        if self.generation_id && guest.arch.has_generation_id() {
             cmd.device("vmgenid", &[("guid", "auto")]);
         }
         for device in &machine.devices {
@@ -329,4 +332,49 @@ fn push_share(cmd: &mut QemuCmdline, index: usize, share: &Share) {
 /// The `-drive` id of the guest's disk `index`.
 pub(crate) fn disk_id(index: usize) -> String {
     format!("disk{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(arch: &str) -> GuestDescription {
+        let text = format!(
+            "arch = \"{arch}\"\n[boot]\nkernel = \"k\"\ninitrd = \"i\"\n\
+             [login]\nuser = \"root\"\npassword = \"x\"\n"
+        );
+        GuestDescription::parse(&text, "/g/guest.toml".as_ref())
+            .unwrap()
+            .0
+    }
+
+    fn args(guest: &GuestDescription) -> String {
+        let launch = GuestLaunch {
+            generation_id: true,
+            ..GuestLaunch::new(
+                guest,
+                guest.arch.system_emulator().into(),
+                Chosen::Tcg,
+                ConsoleOutput::File("/c.log".into()),
+            )
+        };
+        let argv = launch.cmdline().to_args();
+        argv.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn an_arm_guest_gets_virt_a_64_bit_processor_and_no_generation_id() {
+        let arm = args(&guest("aarch64"));
+        assert!(arm.contains("-machine virt"), "{arm}");
+        assert!(arm.contains("-cpu cortex-a72"), "{arm}");
+        assert!(!arm.contains("vmgenid"), "{arm}");
+        assert!(arm.contains("pcie-root-port"), "hot-plug ports: {arm}");
+        let x86 = args(&guest("x86_64"));
+        assert!(x86.contains("-machine q35"), "{x86}");
+        assert!(!x86.contains("-cpu"), "{x86}");
+        assert!(x86.contains("vmgenid"), "{x86}");
+    }
 }

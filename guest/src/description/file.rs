@@ -15,6 +15,8 @@ pub(crate) struct GuestFile {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     #[serde(default)]
     pub boot: BootFile,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -130,6 +132,10 @@ impl GuestFile {
         path: &Path,
     ) -> std::result::Result<GuestDescription, String> {
         let abs = |p: &str| dir.join(p);
+        let arch: Arch = match &self.arch {
+            Some(name) => name.parse().map_err(|e| format!("`arch`: {e}"))?,
+            None => Arch::default(),
+        };
         let boot = Boot {
             firmware: self.boot.firmware.unwrap_or_default(),
             kernel: match (self.boot.kernel, self.boot.initrd, self.boot.cmdline) {
@@ -234,6 +240,7 @@ impl GuestFile {
         Ok(GuestDescription {
             name,
             kernel_release: self.kernel_release,
+            arch,
             boot,
             disks,
             login: LoginSpec {
@@ -250,7 +257,10 @@ impl GuestFile {
                 user_data: self.cloud_init.user_data.iter().map(|p| abs(p)).collect(),
             },
             machine: Machine {
-                machine_type: self.machine.machine_type.unwrap_or_else(|| "q35".into()),
+                machine_type: self
+                    .machine
+                    .machine_type
+                    .unwrap_or_else(|| arch.default_machine().into()),
                 memory_mib,
                 cpus,
                 net_device: self

@@ -86,11 +86,21 @@ impl Backports {
 
     /// Its line in a `sources.list`.
     fn sources_line(&self) -> String {
+        self.sources_line_for(&self.suite)
+    }
+
+    /// The release these are the backports of (`bookworm`).
+    pub fn release(&self) -> &str {
+        self.suite.trim_end_matches("-backports")
+    }
+
+    /// The `sources.list` line of another suite (`bookworm-updates`) on
+    /// the same mirror, signed by the same keyring.
+    pub fn sources_line_for(&self, suite: &str) -> String {
         format!(
-            "deb [signed-by={}] {} {} main\n",
+            "deb [signed-by={}] {} {suite} main\n",
             self.keyring.display(),
             self.mirror,
-            self.suite
         )
     }
 }

@@ -7,7 +7,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use virtest_guest::description::DiskSource;
+use virtest_guest::description::{Arch, DiskSource};
 use virtest_guest::snapshots::SnapshotStore;
 use virtest_guest::{bootstrap, cache, guests, images};
 
@@ -28,8 +28,10 @@ pub(super) async fn prepare(planned: &[Planned]) -> Result<(), RunError> {
         tracing::warn!(error = %e, "the snapshot store cannot be tidied");
     }
     for spec in specs {
-        if spec == guests::DEFAULT && guests::is_unbuilt(spec, &home) {
-            build_default_guest(home.clone()).await?;
+        if let Some(arch) = bootstrap::default_guest_arch(spec)
+            && guests::is_unbuilt(spec, &home)
+        {
+            build_default_guest(home.clone(), arch).await?;
         }
         // A guest that does not load is the tests' error to report.
         let Ok((guest, warnings)) = guests::load(spec) else {
@@ -60,21 +62,23 @@ pub(super) async fn prepare(planned: &[Planned]) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Builds the default guest, which a fresh machine lacks, so that no
-/// separate bootstrap step is needed.
-async fn build_default_guest(home: std::path::PathBuf) -> Result<(), RunError> {
+/// Builds a default guest (of `arch`), which a fresh machine lacks, so
+/// that no separate bootstrap step is needed.
+async fn build_default_guest(home: std::path::PathBuf, arch: Arch) -> Result<(), RunError> {
+    let name = bootstrap::default_guest_name(arch);
     eprintln!(
-        "virtest: building the default guest into {} (once)...",
+        "virtest: building the guest `{name}` into {} (once)...",
         home.display()
     );
     let started = Instant::now();
-    let options = bootstrap::BootstrapOptions::new(home);
-    let built = tokio::task::spawn_blocking(move || bootstrap::bootstrap(&options))
-        .await
-        .expect("bootstrap does not panic")
-        .map_err(RunError::Guest)?;
+    let built = tokio::task::spawn_blocking(move || {
+        bootstrap::bootstrap(&bootstrap::BootstrapOptions::for_arch(home, arch)?)
+    })
+    .await
+    .expect("bootstrap does not panic")
+    .map_err(RunError::Guest)?;
     eprintln!(
-        "virtest: built the default guest in {:.1} s: {}",
+        "virtest: built the guest `{name}` in {:.1} s: {}",
         started.elapsed().as_secs_f64(),
         built.manifest.dir.display()
     );

@@ -12,10 +12,10 @@ pub(crate) fn root_port_id(n: usize) -> String {
     format!("hotplug{n}")
 }
 
-/// Whether `machine_type` has a PCIe root complex, where hot-plugged
+/// Whether `machine_type` has a PCIe root complex (`q35`, Arm's `virt`), where hot-plugged
 /// devices need root ports.
 pub(crate) fn is_pcie(machine_type: &str) -> bool {
-    machine_type.contains("q35")
+    machine_type.contains("q35") || machine_type.starts_with("virt")
 }
 
 /// The `-device` arguments of the spare root ports (none on a PCI

@@ -11,6 +11,7 @@ use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
 use virtest_qemu_cmdline::binary::{self, BinaryKind, Version};
 
+use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
 use virtest_guest::snapshots::{InUse, SnapshotStore};
 
@@ -43,14 +44,24 @@ pub enum PowerOff {
     Killed,
 }
 
-/// The QEMU binary (`explicit`, else `$QEMU`, else PATH), the
-/// accelerator for `asked`, and QEMU's version. Blocking: it spawns QEMU
-/// to probe it (once per binary and process).
-fn resolve_qemu(explicit: Option<&Path>, asked: Accel) -> Result<(PathBuf, Chosen, Version)> {
-    let qemu = binary::find(BinaryKind::System, explicit).map_err(Error::Qemu)?;
+/// The QEMU binary for `guest` (`explicit`, else `$QEMU`, else PATH;
+/// another architecture's guest has its own, [`binary::find_for`]),
+/// checked to offer its machine type; the accelerator for `asked`; and
+/// QEMU's version. Blocking: it spawns QEMU to probe it (once per binary
+/// and process).
+fn resolve_qemu(
+    explicit: Option<&Path>,
+    asked: Accel,
+    guest: &GuestDescription,
+) -> Result<(PathBuf, Chosen, Version)> {
+    let arch = guest.arch;
+    let qemu = binary::find_for(BinaryKind::System, arch, explicit).map_err(Error::Qemu)?;
     let probe = binary::probe(&qemu).map_err(Error::Qemu)?;
-    let decision =
-        accel::choose(asked, &HostKvm::detect(), probe.has_accel("kvm")).map_err(Error::Qemu)?;
+    probe
+        .check_machine(&guest.machine.machine_type, arch)
+        .map_err(Error::Qemu)?;
+    let decision = accel::choose_for(asked, &HostKvm::detect(), probe.has_accel("kvm"), arch)
+        .map_err(Error::Qemu)?;
     tracing::debug!(accel = decision.accel.as_str(), reason = %decision.reason, "accelerator");
     Ok((qemu, decision.accel, probe.version))
 }
@@ -85,8 +96,9 @@ impl Vm {
         // Finding and probing QEMU spawns it and waits: not on the async
         // workers, which other tests' VMs share.
         let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
+        let guest = self.config.guest.clone();
         let (qemu, accel, qemu_version) =
-            tokio::task::spawn_blocking(move || resolve_qemu(explicit.as_deref(), asked))
+            tokio::task::spawn_blocking(move || resolve_qemu(explicit.as_deref(), asked, &guest))
                 .await
                 .map_err(|e| Error::State {
                     what: format!("finding QEMU failed: {e}"),

@@ -1,0 +1,239 @@
+//! The arm64 default guest (`default-arm64`) on `qemu-system-aarch64
+//! -machine virt` under TCG: the guide's boot and migration tests beside
+//! the x86 guest, and what a VM offers besides SSH (the agent, the serial
+//! console, a hot-plugged disk, a ready snapshot, the power button)
+//! through live migrations; and the errors a user can hit with it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use virtest::guest::description::Arch;
+use virtest::harness::Status;
+use virtest::prelude::*;
+use virtest::vm::{PowerOff, Vm, VmConfig};
+
+/// An error and its sources, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+async fn run(vm: &Vm, command: &str) -> String {
+    vm.remote().unwrap().run(command).await.unwrap().stdout
+}
+
+/// Runs `command` in the guest through the agent and returns its output.
+async fn run_by_agent(vm: &mut Vm, command: &[&str]) -> String {
+    let done = vm
+        .agent()
+        .await
+        .unwrap()
+        .exec(command, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.exit_code, Some(0), "{command:?}");
+    String::from_utf8_lossy(&done.stdout).into_owned()
+}
+
+/// What proves the guest is the same boot, and that SSH, the agent and
+/// the serial console all reach it: each reads its boot id.
+async fn same_guest_everywhere(vm: &mut Vm, boot_id: &str) {
+    assert_eq!(
+        run(vm, "cat /proc/sys/kernel/random/boot_id").await,
+        boot_id
+    );
+    assert_eq!(
+        run_by_agent(vm, &["cat", "/proc/sys/kernel/random/boot_id"]).await,
+        boot_id,
+        "the agent's guest"
+    );
+    let serial = vm
+        .serial()
+        .await
+        .unwrap()
+        .run("cat /proc/sys/kernel/random/boot_id")
+        .await
+        .unwrap();
+    assert_eq!(serial.stdout, boot_id, "the serial console's guest");
+}
+
+/// A fresh boot of the arm64 guest: an aarch64 kernel on a Cortex-A72,
+/// its login on the serial port `ttyAMA0`. The agent and the serial
+/// console reach it; a hot-plugged disk (on one of the `virt` machine's
+/// spare PCIe root ports) takes data; two live migrations (tcp, unix)
+/// keep the same boot, the disk's data, the agent and the console; the
+/// disk is then unplugged, and `power_off` presses the power button
+/// (the `virt` machine's GPIO key), on which the guest shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_and_keeps_working_through_migrations_and_powers_off_by_its_button() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let guest = common::default_arm64().clone();
+    assert_eq!(guest.arch, Arch::Aarch64);
+    assert_eq!(guest.machine.machine_type, "virt");
+    let mut config = VmConfig::new(guest);
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.boot = BootMode::Fresh;
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    assert_eq!(run(&vm, "uname -m").await, "aarch64\n");
+    // Cortex-A72 is Arm's part 0xd08.
+    let cpuinfo = run(&vm, "cat /proc/cpuinfo").await;
+    assert!(cpuinfo.contains("CPU part\t: 0xd08"), "{cpuinfo}");
+    assert!(
+        run(&vm, "cat /proc/cmdline")
+            .await
+            .contains("console=ttyAMA0"),
+        "the serial console is the PL011's"
+    );
+    let boot_id = run(&vm, "cat /proc/sys/kernel/random/boot_id").await;
+    same_guest_everywhere(&mut vm, &boot_id).await;
+
+    let device = vm.hotplug().disk("data", 16).await.unwrap();
+    run(
+        &vm,
+        &format!("echo written-before-migrating | dd of={device} conv=fsync 2>/dev/null"),
+    )
+    .await;
+    for mode in [MigrationMode::Tcp, MigrationMode::Unix] {
+        vm.migrate(mode).await.unwrap();
+        vm.login_remote().await.unwrap();
+        same_guest_everywhere(&mut vm, &boot_id).await;
+        assert_eq!(
+            run(&vm, &format!("head -c 25 {device}")).await,
+            "written-before-migrating\n",
+            "the hot-plugged disk after a {mode:?} migration"
+        );
+    }
+    vm.hotplug().unplug("data").await.unwrap();
+    assert_eq!(
+        run(
+            &vm,
+            &format!("test -e {device} && echo present || echo gone")
+        )
+        .await,
+        "gone\n"
+    );
+    assert_eq!(vm.power_off().await.unwrap(), PowerOff::Graceful);
+    let console = std::fs::read_to_string(logs.path().join("console.log")).unwrap();
+    assert!(
+        console.contains("reboot: Power down"),
+        "the guest shut itself down on the power button:\n{console}"
+    );
+}
+
+/// The guide's boot and migration tests in one run, the x86 and the arm64
+/// guests side by side: each migration over tcp, unix, exec and fd, from
+/// each guest's ready snapshot.
+#[test]
+fn the_guides_tests_pass_on_both_guests_in_one_run() {
+    let _slot = common::guest_slots(2);
+    common::guest();
+    common::default_arm64();
+    let dir = tempfile::tempdir().unwrap();
+    let params = dir.path().join("params.toml");
+    std::fs::write(
+        &params,
+        "guest = [\"default\", \"default-arm64\"]\n\
+         migration_mode = [\"tcp\", \"unix\", \"exec\", \"fd\"]\n",
+    )
+    .unwrap();
+    let (output, json) = common::virtest_run(
+        &[
+            "migration",
+            "--params-file",
+            &params.to_string_lossy(),
+            "--max-parallel",
+            "2",
+        ],
+        &dir.path().join("results"),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(json.tests.len(), 8, "{stdout}");
+    for test in &json.tests {
+        assert_eq!(test.status, Status::Pass, "{}: {stdout}", test.name);
+        let start = test.vm_start.as_deref().unwrap_or_default();
+        assert!(start.contains("snapshot"), "{}: {start}", test.name);
+    }
+    let arm: Vec<_> = json
+        .tests
+        .iter()
+        .filter(|t| t.params["guest"] == "default-arm64")
+        .collect();
+    assert_eq!(arm.len(), 4, "{stdout}");
+    let qemu_log = std::fs::read_to_string(arm[0].logdir.join("qemu.log")).unwrap_or_default();
+    let job_log = std::fs::read_to_string(&json.debuglog).unwrap();
+    assert!(
+        job_log.contains("qemu-system-aarch64") || qemu_log.contains("qemu-system-aarch64"),
+        "the arm64 guest ran on qemu-system-aarch64"
+    );
+}
+
+/// The arm64 guest given the x86 emulator is refused before it starts,
+/// naming the emulator and the package it needs; with `accel=kvm`, it
+/// says KVM runs only this machine's architecture. No QEMU is left.
+#[tokio::test]
+async fn the_wrong_emulator_or_kvm_is_refused_with_what_to_do() {
+    let logs = common::test_logs();
+    let mut config = VmConfig::new(common::default_arm64().clone());
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.qemu = Some(
+        virtest::qemu_cmdline::binary::find(
+            virtest::qemu_cmdline::binary::BinaryKind::System,
+            None,
+        )
+        .unwrap(),
+    );
+    let mut vm = Vm::new(config.clone());
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
+    let err = chain(&vm.power_on().await.unwrap_err());
+    for part in [
+        "`virt`",
+        "qemu-system-aarch64",
+        "apt-get install qemu-system-arm",
+    ] {
+        assert!(err.contains(part), "{part} missing from: {err}");
+    }
+    assert!(!vm.is_on());
+    assert!(common::processes_with(&marker).is_empty());
+
+    config.qemu = None;
+    config.accel = "kvm".parse().unwrap();
+    let mut vm = Vm::new(config);
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
+    let err = chain(&vm.power_on().await.unwrap_err());
+    assert!(
+        err.contains("aarch64") && err.contains("KVM runs only the machine's own"),
+        "{err}"
+    );
+    assert!(!vm.is_on());
+    assert!(common::processes_with(&marker).is_empty());
+}
+
+/// A `guest.toml` naming an architecture virtest does not run is refused
+/// when loaded, naming the key and the ones it runs.
+#[test]
+fn an_unknown_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::write_guest_toml(dir.path(), "");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("arch = \"sparc\"\n{text}")).unwrap();
+    let (ok, _, stderr) = common::virtest(&["guest", "check", &file.to_string_lossy()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`arch`")
+            && stderr.contains("`sparc`")
+            && stderr.contains("x86_64, aarch64"),
+        "{stderr}"
+    );
+    assert!(Path::new(&file).exists());
+}
