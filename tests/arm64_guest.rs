@@ -130,6 +130,55 @@ async fn boots_and_keeps_working_through_migrations_and_powers_off_by_its_button
     );
 }
 
+/// A user's own arm64 guest: a `guest.toml` naming `arch = "aarch64"`
+/// and `firmware = "uefi"`, which boots the arm64 kernel through AAVMF
+/// (Arm's UEFI build; the kernel then sees ACPI rather than a device
+/// tree). From its ready snapshot (the variable store frozen with it),
+/// it logs in, runs under UEFI, migrates keeping its boot, and powers
+/// off by its (ACPI) power button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_arm64_guest_boots_through_uefi_and_migrates() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::write_guest_toml_of(
+        common::default_arm64(),
+        dir.path(),
+        "firmware = \"uefi\"",
+        "",
+    );
+    let (guest, warnings) = virtest::guest::GuestDescription::load(&file).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(guest.arch, Arch::Aarch64);
+    let mut config = VmConfig::new(guest);
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.boot = BootMode::Snapshot;
+    let mut vm = Vm::new(config);
+    vm.power_on().await.unwrap();
+    assert!(
+        matches!(
+            vm.start(),
+            Start::FromSnapshot { .. } | Start::MadeSnapshot { .. }
+        ),
+        "{}",
+        vm.start()
+    );
+    vm.login_remote().await.unwrap();
+    assert_eq!(run(&vm, "uname -m").await, "aarch64\n");
+    assert_eq!(
+        run(&vm, "test -d /sys/firmware/efi && echo uefi").await,
+        "uefi\n"
+    );
+    let boot_id = run(&vm, "cat /proc/sys/kernel/random/boot_id").await;
+    vm.migrate(MigrationMode::Tcp).await.unwrap();
+    vm.login_remote().await.unwrap();
+    assert_eq!(
+        run(&vm, "cat /proc/sys/kernel/random/boot_id").await,
+        boot_id
+    );
+    assert_eq!(vm.power_off().await.unwrap(), PowerOff::Graceful);
+}
+
 /// The guide's boot and migration tests in one run, the x86 and the arm64
 /// guests side by side: each migration over tcp, unix, exec and fd, from
 /// each guest's ready snapshot.

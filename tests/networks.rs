@@ -1,7 +1,8 @@
-//! Private networks: two VMs on one L2 segment reach each other by the
-//! addresses the network gave them; then the server migrates over each
-//! transport while the client streams from it, and the stream arrives
-//! whole, its longest stall saved in each migration's report.
+//! Private networks: two VMs on one L2 segment (x86 or arm64 guests)
+//! reach each other by the addresses the network gave them; then the
+//! server migrates over each transport while the client streams from
+//! it, and the stream arrives whole, its longest stall saved in each
+//! migration's report.
 
 mod common;
 
@@ -194,5 +195,13 @@ async fn two_debian_guests_stream_through_four_migrations() {
     let _slots = common::guest_slots(2);
     common::debian();
     let (_tmp, job) = common::run_job(&defs(), &["guest=debian"], 1).await;
+    check_stalls(&job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_arm64_guests_stream_through_four_migrations() {
+    let _slots = common::guest_slots(2);
+    common::default_arm64();
+    let (_tmp, job) = common::run_job(&defs(), &["guest=default-arm64"], 1).await;
     check_stalls(&job);
 }

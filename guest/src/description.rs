@@ -573,6 +573,17 @@ readonly = true
             .to_string();
         assert!(error.contains("`arch`: `sparc`"), "{error}");
         assert!(error.contains("x86_64, aarch64"), "{error}");
+        let error = parse(&format!(
+            "arch = \"aarch64\"\n[boot]\nfirmware = \"uefi-secure\"\n{body}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("is for x86_64 guests"), "{error}");
+        let (guest, _) = parse(&format!(
+            "arch = \"aarch64\"\n[boot]\nfirmware = \"uefi\"\n{body}"
+        ))
+        .unwrap();
+        assert_eq!(guest.boot.firmware, Firmware::Uefi);
     }
 
     #[test]

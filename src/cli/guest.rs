@@ -67,7 +67,12 @@ fn check(spec: &str) -> CliResult {
             base_format: disk.format,
         })
         .collect();
-    let uefi = UefiFiles::of(guest.boot.firmware, None, "<vm>/disks/uefi-vars.fd".into());
+    let uefi = UefiFiles::of(
+        guest.boot.firmware,
+        guest.arch,
+        None,
+        "<vm>/disks/uefi-vars.fd".into(),
+    );
     let console = ConsoleOutput::Connect("<vm>/console.sock".into());
     let launch = GuestLaunch {
         // The installed QEMU's, where there is one: the command line

@@ -73,7 +73,18 @@ pub fn qemu_build(version: &str) -> PathBuf {
 /// it by hand (absolute paths, its key and password), plus `extra` TOML
 /// (say, a `[[disks]]` table).
 pub fn write_guest_toml(dir: &Path, extra: &str) -> PathBuf {
-    let guest = description();
+    write_guest_toml_of(description(), dir, "", extra)
+}
+
+/// [`write_guest_toml`] for a built-in kernel guest `guest` (the default
+/// guest of either architecture, its `arch` written out), with `boot`
+/// lines added to its `[boot]` table (`firmware = "uefi"`, say).
+pub fn write_guest_toml_of(
+    guest: &GuestDescription,
+    dir: &Path,
+    boot: &str,
+    extra: &str,
+) -> PathBuf {
     let kernel = guest
         .boot
         .kernel
@@ -82,8 +93,10 @@ pub fn write_guest_toml(dir: &Path, extra: &str) -> PathBuf {
     let login = &guest.login;
     let text = format!(
         r#"name = "mine"
+arch = "{arch}"
 
 [boot]
+{boot}
 kernel = "{kernel}"
 initrd = "{initrd}"
 cmdline = "{cmdline}"
@@ -99,6 +112,7 @@ line = "virtest-guest-ready"
 
 {extra}
 "#,
+        arch = guest.arch,
         kernel = kernel.kernel.display(),
         initrd = kernel.initrd.as_ref().expect("an initramfs").display(),
         cmdline = kernel.cmdline,

@@ -23,7 +23,9 @@ mod slots;
 mod tmpfs;
 pub mod tpm;
 
-pub use guests::{debian, default_arm64, description, guest, qemu_build, write_guest_toml};
+pub use guests::{
+    debian, default_arm64, description, guest, qemu_build, write_guest_toml, write_guest_toml_of,
+};
 pub use logs::{TestLogs, files_under, test_logs};
 pub use process::{
     Reaped, alive, children_of, eventually, is_qemu, is_root, on_demand, processes_with,

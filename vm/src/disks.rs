@@ -12,21 +12,11 @@ use std::time::{Duration, Instant};
 
 use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
-use virtest_guest::description::{DiskFormat, DiskSource, Firmware};
+use virtest_guest::description::{DiskFormat, DiskSource};
 use virtest_guest::snapshots::InUse;
 
 use crate::error::{Error, Result};
-
-/// Where Debian's `ovmf` package puts the firmware.
-const OVMF_DIR: &str = "/usr/share/OVMF";
-/// The firmware code, mapped read-only.
-const OVMF_CODE: &str = "OVMF_CODE_4M.fd";
-/// The variable store template each VM gets a copy of.
-const OVMF_VARS: &str = "OVMF_VARS_4M.fd";
-/// The firmware code that enforces Secure Boot (built with SMM).
-const OVMF_SECURE_CODE: &str = "OVMF_CODE_4M.secboot.fd";
-/// A variable store with Microsoft's keys enrolled and Secure Boot on.
-const OVMF_MS_VARS: &str = "OVMF_VARS_4M.ms.fd";
+use crate::firmware::UefiFiles;
 
 /// One overlay: the file QEMU writes, over a base it only reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,20 +27,6 @@ pub struct Overlay {
     pub base: PathBuf,
     /// The base image's format.
     pub base_format: DiskFormat,
-}
-
-/// UEFI firmware files of one VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UefiFiles {
-    /// The shared firmware code (read-only).
-    pub code: PathBuf,
-    /// This VM's own variable store.
-    pub vars: PathBuf,
-    /// The store it was copied from.
-    pub template: PathBuf,
-    /// Whether the code enforces Secure Boot (it then needs SMM, and
-    /// flash only SMM code may write).
-    pub secure: bool,
 }
 
 /// The disk state of one VM. Dropping it removes its files unless
@@ -132,7 +108,8 @@ impl VmDisks {
             disks.overlays.push(overlay);
         }
         if guest.boot.firmware.is_uefi() {
-            let uefi = uefi_files(&ovmf_dir(), guest.boot.firmware, dir)?;
+            let uefi = UefiFiles::installed(guest.boot.firmware, guest.arch)?
+                .with_vars(dir.join("uefi-vars.fd"))?;
             disks
                 .sources
                 .extend([uefi.code.clone(), uefi.template.clone()]);
@@ -380,64 +357,4 @@ async fn create_overlay(qemu_img: &Path, overlay: &Overlay) -> Result<()> {
         "overlay created"
     );
     Ok(())
-}
-
-/// Where OVMF is looked for: `$VIRTEST_OVMF_DIR`, else Debian's place.
-fn ovmf_dir() -> PathBuf {
-    std::env::var_os("VIRTEST_OVMF_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from(OVMF_DIR), PathBuf::from)
-}
-
-impl UefiFiles {
-    /// The files of `firmware` in `ovmf` (`$VIRTEST_OVMF_DIR`, else
-    /// Debian's place, when `None`), with the VM's store at `vars`;
-    /// nothing is checked or copied.
-    pub fn of(firmware: Firmware, ovmf: Option<&Path>, vars: PathBuf) -> UefiFiles {
-        let ovmf = ovmf.map_or_else(ovmf_dir, Path::to_path_buf);
-        let (code, template) = match firmware {
-            Firmware::UefiSecure => (OVMF_SECURE_CODE, OVMF_MS_VARS),
-            Firmware::Uefi | Firmware::Bios => (OVMF_CODE, OVMF_VARS),
-        };
-        UefiFiles {
-            code: ovmf.join(code),
-            vars,
-            template: ovmf.join(template),
-            secure: firmware == Firmware::UefiSecure,
-        }
-    }
-}
-
-/// The firmware code in `ovmf` for `firmware`, and a private copy of its
-/// variable store in `dir`.
-fn uefi_files(ovmf: &Path, firmware: Firmware, dir: &Path) -> Result<UefiFiles> {
-    let files = UefiFiles::of(firmware, Some(ovmf), dir.join("uefi-vars.fd"));
-    for file in [&files.code, &files.template] {
-        if !file.is_file() {
-            return Err(Error::Firmware {
-                missing: file.clone(),
-            });
-        }
-    }
-    std::fs::copy(&files.template, &files.vars).map_err(|source| Error::Io {
-        what: "copying the UEFI variable store to",
-        path: files.vars.clone(),
-        source,
-    })?;
-    Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_ovmf_names_the_package() {
-        let empty = tempfile::tempdir().unwrap();
-        let error = uefi_files(empty.path(), Firmware::Uefi, empty.path())
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("OVMF_CODE_4M.fd"), "{error}");
-        assert!(error.contains("apt-get install ovmf"), "{error}");
-    }
 }

@@ -37,11 +37,15 @@ pub enum Error {
     },
     /// The UEFI firmware is not installed.
     #[error(
-        "UEFI firmware `{missing}` not found: install it with `apt-get install ovmf` (or set VIRTEST_OVMF_DIR to a directory holding OVMF_CODE_4M.fd and OVMF_VARS_4M.fd)"
+        "UEFI firmware `{missing}` not found: install it with `apt-get install {package}` (or set {dir_var} to a directory holding it)"
     )]
     Firmware {
         /// The file looked for.
         missing: PathBuf,
+        /// The package that installs it.
+        package: &'static str,
+        /// The environment variable that names another directory.
+        dir_var: &'static str,
     },
     /// The host QEMU runs on failed: its SSH connection, a forward, a
     /// command there.

@@ -13,7 +13,8 @@ use virtest_qemu_cmdline::{
     Arg, FlagOption, HostFwd, Props, PropsOption, QemuCmdline, ValueOption,
 };
 
-use crate::disks::{Overlay, UefiFiles};
+use crate::disks::Overlay;
+use crate::firmware::UefiFiles;
 use crate::network::NetworkNic;
 
 /// Where the guest's serial console goes.

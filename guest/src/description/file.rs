@@ -150,6 +150,12 @@ impl GuestFile {
                 }
             },
         };
+        if boot.firmware == Firmware::UefiSecure && arch != Arch::X86_64 {
+            return Err(format!(
+                "`boot.firmware = \"uefi-secure\"` is for x86_64 guests (OVMF's Secure Boot \
+                 build); an {arch} guest takes `uefi` (AAVMF) or direct kernel boot"
+            ));
+        }
         let mut disks = Vec::new();
         for (i, disk) in self.disks.into_iter().enumerate() {
             let source = match (disk.path, disk.url, disk.sha256) {
