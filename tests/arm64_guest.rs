@@ -25,6 +25,12 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The x86 system emulator.
+fn x86_qemu() -> std::path::PathBuf {
+    use virtest::qemu_cmdline::binary::{BinaryKind, find_for};
+    find_for(BinaryKind::System, Arch::X86_64, None).unwrap()
+}
+
 async fn run(vm: &Vm, command: &str) -> String {
     vm.remote().unwrap().run(command).await.unwrap().stdout
 }
@@ -68,7 +74,8 @@ async fn same_guest_everywhere(vm: &mut Vm, boot_id: &str) {
 /// its login on the serial port `ttyAMA0`. The agent and the serial
 /// console reach it; a hot-plugged disk (on one of the `virt` machine's
 /// spare PCIe root ports) takes data; two live migrations (tcp, unix)
-/// keep the same boot, the disk's data, the agent and the console; the
+/// keep the same boot, the disk's data, the agent and the console (a
+/// migration to the x86 emulator is refused before it starts); the
 /// disk is then unplugged, and `power_off` presses the power button
 /// (the `virt` machine's GPIO key), on which the guest shuts down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,6 +104,16 @@ async fn boots_and_keeps_working_through_migrations_and_powers_off_by_its_button
     let boot_id = run(&vm, "cat /proc/sys/kernel/random/boot_id").await;
     same_guest_everywhere(&mut vm, &boot_id).await;
 
+    // The x86 emulator as the destination: refused before it starts,
+    // and the guest runs on.
+    let pid = vm.pid().unwrap();
+    let mut spec = MigrationSpec::new(MigrationMode::Tcp);
+    spec.destination_qemu = Some(x86_qemu());
+    let error = chain(&vm.migrate_with(&spec).await.unwrap_err());
+    assert!(error.contains("qemu-system-aarch64"), "{error}");
+    assert_eq!(vm.pid().unwrap(), pid);
+    same_guest_everywhere(&mut vm, &boot_id).await;
+
     let device = vm.hotplug().disk("data", 16).await.unwrap();
     run(
         &vm,
@@ -113,6 +130,7 @@ async fn boots_and_keeps_working_through_migrations_and_powers_off_by_its_button
             "the hot-plugged disk after a {mode:?} migration"
         );
     }
+    assert_ne!(vm.pid().unwrap(), pid, "the guest moved to new QEMUs");
     vm.hotplug().unplug("data").await.unwrap();
     assert_eq!(
         run(
@@ -235,13 +253,7 @@ async fn the_wrong_emulator_or_kvm_is_refused_with_what_to_do() {
     let logs = common::test_logs();
     let mut config = VmConfig::new(common::default_arm64().clone());
     config.log_dir = Some(logs.path().to_path_buf());
-    config.qemu = Some(
-        virtest::qemu_cmdline::binary::find(
-            virtest::qemu_cmdline::binary::BinaryKind::System,
-            None,
-        )
-        .unwrap(),
-    );
+    config.qemu = Some(x86_qemu());
     let mut vm = Vm::new(config.clone());
     let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
     let err = chain(&vm.power_on().await.unwrap_err());

@@ -135,7 +135,8 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     spec.validate()?;
     check_migratable(vm)?;
     if let Some(binary) = &spec.destination_qemu {
-        check_destination_qemu(binary).await?;
+        let guest = &vm.config().guest;
+        check_destination_qemu(binary, &guest.machine.machine_type, guest.arch).await?;
     }
     let ended = |exit| {
         Error::Source(virtest_vm::Error::QemuEnded {
@@ -310,15 +311,21 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
     Ok(report)
 }
 
-/// A destination binary the spec names must be a QEMU system emulator,
-/// checked as the source's is (found, then probed), before anything
-/// starts: `/bin/true` is not a QEMU.
-async fn check_destination_qemu(binary: &std::path::Path) -> Result<()> {
+/// A destination binary the spec names must be a QEMU system emulator
+/// for a guest of `arch` on `machine`, checked as the source's is (found,
+/// probed, offering the machine type), before anything starts:
+/// `/bin/true` is not a QEMU, and `qemu-system-x86_64` does not run an
+/// arm64 guest.
+async fn check_destination_qemu(
+    binary: &std::path::Path,
+    machine: &str,
+    arch: virtest_qemu_cmdline::arch::Arch,
+) -> Result<()> {
     use virtest_qemu_cmdline::binary::BinaryKind;
-    let binary = binary.to_path_buf();
+    let (binary, machine) = (binary.to_path_buf(), machine.to_string());
     tokio::task::spawn_blocking(move || {
-        let found = binary::find(BinaryKind::Destination, Some(&binary))?;
-        binary::probe(&found).map(drop)
+        let found = binary::find_for(BinaryKind::Destination, arch, Some(&binary))?;
+        binary::probe(&found)?.check_machine(&machine, arch)
     })
     .await
     .expect("probing does not panic")
