@@ -28,7 +28,10 @@ async fn main() -> Result<()> {
     for arch in [Arch::X86_64, Arch::Aarch64] {
         let options = BootstrapOptions::for_arch(home.clone(), arch)?;
         let guest = bootstrap(&options)?.manifest.description()?;
-        println!("\n{} ({arch}, machine {})", guest.name, guest.machine.machine_type);
+        println!(
+            "\n{} ({arch}, machine {})",
+            guest.name, guest.machine.machine_type
+        );
         let mut builds = Vec::new();
         for _ in 0..runs {
             // A guest of its own, from the packages the cache holds.

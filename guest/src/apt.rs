@@ -507,6 +507,22 @@ mod tests {
     }
 
     #[test]
+    fn another_architecture_is_apt_s_only_one_and_never_the_host_s() {
+        let state = Path::new("/cache/packages/arm64");
+        let apt = Apt::foreign(state, "arm64");
+        let settings = apt.settings().join(" ");
+        assert!(settings.contains("APT::Architecture=arm64"), "{settings}");
+        assert!(settings.contains("APT::Architectures=arm64"), "{settings}");
+        assert!(
+            settings.contains("Dir::State::status=/cache/packages/arm64/status"),
+            "{settings}"
+        );
+        // dpkg knows the host's own packages: none of them is this one.
+        assert!(Apt::system("/tmp".into()).is_installed("dpkg"));
+        assert!(!apt.is_installed("dpkg"));
+    }
+
+    #[test]
     fn stanzas_parse() {
         let text = "Package: dropbear-bin\nVersion: 2022.83-1+deb12u3\nDepends: libc6 (>= 2.34), zlib1g\nDescription: x\n y\n";
         let p = parse_stanza(text).unwrap();

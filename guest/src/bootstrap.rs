@@ -108,7 +108,8 @@ impl BootstrapOptions {
     /// Defaults for the default guest of `arch` in `home`. The host's
     /// own architecture is [`BootstrapOptions::new`]. Another one takes
     /// nothing from the host: its packages come from the host's Debian
-    /// release on the mirror the host's apt sources name for it (as
+    /// release (with its updates, and its security updates where the
+    /// host takes them) on the mirrors the host's apt sources name (as
     /// [`crate::qemu_builds::Backports::of_host`] reads them), fetched
     /// by an apt state of its own for that architecture, under
     /// `home/packages/<arch>`, without touching the host's dpkg.
@@ -129,10 +130,19 @@ impl BootstrapOptions {
         let state = home.join("packages").join(arch.debian());
         std::fs::create_dir_all(&state).io_context("creating", &state)?;
         let release = mirror.release();
-        let sources: String = [release.to_string(), format!("{release}-updates")]
+        let mut sources: String = [release.to_string(), format!("{release}-updates")]
             .iter()
             .map(|suite| mirror.sources_line_for(suite))
             .collect();
+        // Security updates (the kernel's among them), where the host
+        // takes them from.
+        let security = format!("{release}-security");
+        if let Some((mirror, keyring)) = crate::qemu_builds::host_source(&security) {
+            sources.push_str(&format!(
+                "deb [signed-by={}] {mirror} {security} main\n",
+                keyring.display()
+            ));
+        }
         let list = state.join("sources.list");
         if fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
             fs::write(&list, &sources).io_context("writing", &list)?;

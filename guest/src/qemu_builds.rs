@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 mod fetch;
 
 #[cfg(feature = "provision")]
-pub use fetch::{Backports, fetch};
+pub use fetch::{Backports, fetch, host_source};
 
 /// The system emulator a build is run through, in its `bin/`.
 pub const SYSTEM_EMULATOR: &str = "qemu-system-x86_64";

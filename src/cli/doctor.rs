@@ -63,6 +63,28 @@ pub fn run(args: Args) -> CliResult {
         }
     }
 
+    // Other architectures' emulators: each runs that architecture's
+    // guests, and none is needed otherwise.
+    for arch in virtest_qemu_cmdline::arch::ALL
+        .into_iter()
+        .filter(|a| !a.is_host())
+    {
+        let name = arch.system_emulator();
+        match binary::find_for(BinaryKind::System, arch, None)
+            .and_then(|path| Ok((binary::probe(&path)?, path)))
+        {
+            Ok((p, path)) => println!(
+                "  ok       {name:<20} {} {} ({arch} guests)",
+                path.display(),
+                p.version
+            ),
+            Err(_) => println!(
+                "  absent   {name:<20} (only {arch} guests need it: apt-get install {})",
+                arch.emulator_package()
+            ),
+        }
+    }
+
     for build in virtest_guest::qemu_builds::installed(&home) {
         let name = format!("QEMU {}", build.version);
         let probed = build
@@ -115,21 +137,27 @@ pub fn run(args: Args) -> CliResult {
     }
 
     println!("Guest cache {}", home.display());
-    let dir = cache::guest_dir(&home, bootstrap::DEFAULT_GUEST);
-    match Manifest::load(&dir) {
-        Ok(m) => {
-            let initrd = m.initrd_size();
-            println!(
-                "  ok       {:<20} kernel {}, initramfs {:.1} MiB, content {}",
-                m.name,
-                m.kernel_release.as_deref().unwrap_or("?"),
-                initrd as f64 / (1 << 20) as f64,
-                &m.content_hash[..12]
-            );
-        }
-        Err(e) => {
-            println!("  missing  {:<20} {e}", bootstrap::DEFAULT_GUEST);
-            fixes.push("virtest bootstrap".into());
+    for arch in virtest_qemu_cmdline::arch::ALL {
+        let name = bootstrap::default_guest_name(arch);
+        match Manifest::load(&cache::guest_dir(&home, name)) {
+            Ok(m) => {
+                let initrd = m.initrd_size();
+                println!(
+                    "  ok       {:<20} {arch}, kernel {}, initramfs {:.1} MiB, content {}",
+                    m.name,
+                    m.kernel_release.as_deref().unwrap_or("?"),
+                    initrd as f64 / (1 << 20) as f64,
+                    &m.content_hash[..12]
+                );
+            }
+            Err(e) if arch.is_host() => {
+                println!("  missing  {name:<20} {e}");
+                fixes.push("virtest bootstrap".into());
+            }
+            Err(_) => println!(
+                "  absent   {name:<20} (`virtest bootstrap --guest {name}` builds it; \
+                 `virtest run` does when a test names it)"
+            ),
         }
     }
     let debian = virtest_guest::guests::locate(virtest_guest::debian::DEBIAN_GUEST, &home);

@@ -140,7 +140,11 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         for (arch, file, package) in [
             (Arch::X86_64, "OVMF_CODE_4M.fd", "apt-get install ovmf"),
-            (Arch::Aarch64, "AAVMF_CODE.fd", "apt-get install qemu-efi-aarch64"),
+            (
+                Arch::Aarch64,
+                "AAVMF_CODE.fd",
+                "apt-get install qemu-efi-aarch64",
+            ),
         ] {
             let files = UefiFiles::of(Firmware::Uefi, arch, Some(empty.path()), PathBuf::new());
             let error = files.check(build(arch)).unwrap_err().to_string();

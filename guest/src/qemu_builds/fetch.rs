@@ -48,32 +48,12 @@ impl Backports {
                          the backports of a Debian release"
                     .into(),
             })?;
-        let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-        if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
-            let mut parts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            parts.sort();
-            files.extend(parts);
-        }
-        for file in files {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let found = match file.extension().and_then(|e| e.to_str()) {
-                Some("sources") => mirror_in_deb822(&text, &codename),
-                _ if file.ends_with("sources.list")
-                    || file.extension().is_some_and(|e| e == "list") =>
-                {
-                    mirror_in_one_line(&text, &codename)
-                }
-                _ => None,
-            };
-            if let Some((mirror, keyring)) = found {
-                return Ok(Backports {
-                    mirror,
-                    suite: format!("{codename}-backports"),
-                    keyring: keyring.unwrap_or_else(|| DEBIAN_KEYRING.into()),
-                });
-            }
+        if let Some((mirror, keyring)) = host_source(&codename) {
+            return Ok(Backports {
+                mirror,
+                suite: format!("{codename}-backports"),
+                keyring,
+            });
         }
         Err(Error::QemuBuild {
             reason: format!(
@@ -103,6 +83,31 @@ impl Backports {
             self.mirror,
         )
     }
+}
+
+/// The mirror and keyring of the first `deb` entry for `suite`
+/// (`bookworm-security`) in this host's apt sources, in either style;
+/// Debian's keyring where the entry names none.
+pub fn host_source(suite: &str) -> Option<(String, PathBuf)> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut parts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        parts.sort();
+        files.extend(parts);
+    }
+    files.into_iter().find_map(|file| {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let found = match file.extension().and_then(|e| e.to_str()) {
+            Some("sources") => mirror_in_deb822(&text, suite),
+            _ if file.ends_with("sources.list")
+                || file.extension().is_some_and(|e| e == "list") =>
+            {
+                mirror_in_one_line(&text, suite)
+            }
+            _ => None,
+        }?;
+        Some((found.0, found.1.unwrap_or_else(|| DEBIAN_KEYRING.into())))
+    })
 }
 
 /// The mirror (and keyring, if named) of the first `deb` line for suite
