@@ -165,7 +165,7 @@ impl<T: ParamValue, D> Known for Param<T, D> {
 /// `qemu_bin`.
 pub const QEMU_BIN: Param<QemuChoice, NoDefault> = Param::optional(
     "qemu_bin",
-    "`$QEMU`, then `qemu-system-x86_64` on PATH",
+    "`$QEMU`, then `qemu-system-x86_64` on PATH (for an aarch64 guest: `$QEMU_AARCH64`, then `qemu-system-aarch64`)",
     "the QEMU system emulator; a version is the host's QEMU if it is that one, else the cache's (`virtest bootstrap --qemu 10.0` fetches it)",
 );
 /// `qemu_dst_bin`.
@@ -190,7 +190,7 @@ pub const QEMU_IMG_BIN: Param<PathBuf, NoDefault> = Param::optional(
 pub const GUEST: Param<String> = Param::new(
     "guest",
     "default",
-    "a `guest.toml`, its directory, or a built-in guest: `default` (the tiny guest), `debian`",
+    "a `guest.toml`, its directory, or a built-in guest: `default` (the tiny guest), `default-arm64` (the tiny guest for aarch64), `debian`",
 );
 /// `guest_user`.
 pub const GUEST_USER: Param<String, NoDefault> = Param::optional(
