@@ -237,12 +237,17 @@ fn the_guides_tests_pass_on_both_guests_in_one_run() {
         .filter(|t| t.params["guest"] == "default-arm64")
         .collect();
     assert_eq!(arm.len(), 4, "{stdout}");
-    let qemu_log = std::fs::read_to_string(arm[0].logdir.join("qemu.log")).unwrap_or_default();
-    let job_log = std::fs::read_to_string(&json.debuglog).unwrap();
-    assert!(
-        job_log.contains("qemu-system-aarch64") || qemu_log.contains("qemu-system-aarch64"),
-        "the arm64 guest ran on qemu-system-aarch64"
-    );
+    for test in arm {
+        // Its migration ran on Arm's machine, in qemu-system-aarch64.
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(test.logdir.join("migration-1.json")).unwrap(),
+        )
+        .unwrap();
+        let machine = report["machine_type"].as_str().unwrap_or_default();
+        assert!(machine.starts_with("virt"), "{}: {machine}", test.name);
+        let qemu_log = std::fs::read_to_string(test.logdir.join("qemu.log")).unwrap();
+        assert!(qemu_log.contains("qemu-system-aarch64"), "{}", test.name);
+    }
 }
 
 /// The arm64 guest given the x86 emulator is refused before it starts,
