@@ -239,10 +239,9 @@ fn the_guides_tests_pass_on_both_guests_in_one_run() {
     assert_eq!(arm.len(), 4, "{stdout}");
     for test in arm {
         // Its migration ran on Arm's machine, in qemu-system-aarch64.
-        let report: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(test.logdir.join("migration-1.json")).unwrap(),
-        )
-        .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(test.logdir.join("migration-1.json")).unwrap())
+                .unwrap();
         let machine = report["machine_type"].as_str().unwrap_or_default();
         assert!(machine.starts_with("virt"), "{}: {machine}", test.name);
         let qemu_log = std::fs::read_to_string(test.logdir.join("qemu.log")).unwrap();

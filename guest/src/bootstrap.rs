@@ -126,7 +126,11 @@ impl BootstrapOptions {
         if arch.is_host() {
             return Ok(BootstrapOptions::new(home));
         }
-        let mirror = crate::qemu_builds::Backports::of_host()?;
+        let mirror =
+            crate::qemu_builds::Backports::of_host().map_err(|e| Error::NoPackageSource {
+                arch: arch.as_str(),
+                reason: e.to_string(),
+            })?;
         let state = home.join("packages").join(arch.debian());
         std::fs::create_dir_all(&state).io_context("creating", &state)?;
         let release = mirror.release();
@@ -233,8 +237,10 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     let host = opts.host.as_ref().unwrap_or(&empty_host);
     let apt = opts.apt.as_ref();
     let kernel_src = sources::kernel(&opts.user, host, apt, arch.debian())?;
+    // A given file must also run on the guest's architecture.
     let binary = |user: Option<&Path>, host: &[PathBuf], part: &Part| {
-        sources::binary(user, host, part.accept, apt, part.package).map_err(|tried| {
+        let accept = |path: &Path| (part.accept)(path).and_then(|()| elf::check_arch(path, arch));
+        sources::binary(user, host, accept, apt, part.package).map_err(|tried| {
             Error::MissingComponent {
                 what: part.what,
                 flag: part.flag,
@@ -286,7 +292,10 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Bootstrapped> {
     fs::copy(&kernel_image, build.path().join("vmlinuz")).io_context("copying", &kernel_image)?;
     let boot_kernel = match arch {
         // Arm's kernel image boots as it is.
-        Arch::Aarch64 => "vmlinuz",
+        Arch::Aarch64 => {
+            kernel::check_arm64_image(&kernel_image)?;
+            "vmlinuz"
+        }
         // x86's bzImage boots faster from the ELF inside it (its PVH
         // entry).
         Arch::X86_64 => match kernel::extract_vmlinux(&kernel_image)? {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use object::read::elf::{Dyn, ElfFile64, ProgramHeader};
 use object::{Endianness, elf};
 
+use crate::description::Arch;
 use crate::error::{Error, IoContext, Result};
 
 /// The run-time needs of one ELF file.
@@ -64,6 +65,24 @@ fn needs_of(data: &[u8]) -> Result<Needs, String> {
         }
     }
     Ok(needs)
+}
+
+/// Checks that the ELF file at `path` runs on `arch`; the error says
+/// what it is built for (`built for x86_64, not aarch64`).
+pub fn check_arch(path: &Path, arch: Arch) -> Result<(), String> {
+    use object::Object;
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let file = object::File::parse(&*data).map_err(|e| format!("not an ELF file ({e})"))?;
+    let built_for = match file.architecture() {
+        object::Architecture::X86_64 => Some(Arch::X86_64),
+        object::Architecture::Aarch64 => Some(Arch::Aarch64),
+        _ => None,
+    };
+    match built_for {
+        Some(found) if found == arch => Ok(()),
+        Some(found) => Err(format!("built for {found}, not {arch}")),
+        None => Err(format!("built for {:?}, not {arch}", file.architecture())),
+    }
 }
 
 /// One file to copy into the guest.

@@ -163,6 +163,17 @@ pub enum Error {
         /// Why, and what to do.
         reason: String,
     },
+    /// Another architecture's packages have no source: they come from the
+    /// host's Debian release, which its apt sources must name.
+    #[error(
+        "the {arch} guest's packages come from this host's Debian release, on the mirror its apt sources name: {reason}"
+    )]
+    NoPackageSource {
+        /// The guest's architecture.
+        arch: &'static str,
+        /// Why there is none.
+        reason: String,
+    },
     /// A built-in guest was named that is not built yet.
     #[error("guest `{name}` is not built (no `{path}`): run `virtest bootstrap --guest {name}`")]
     NotBuilt {

@@ -154,6 +154,26 @@ pub fn extract_vmlinux(bzimage: &Path) -> Result<Option<Vec<u8>>> {
     Ok(has_pvh_entry(&vmlinux).map_err(bad)?.then_some(vmlinux))
 }
 
+/// Checks that `image` is an arm64 kernel `Image`, which QEMU boots as
+/// it is: its header has the magic `ARM\x64` at offset 0x38 (the Linux
+/// arm64 boot protocol).
+pub fn check_arm64_image(image: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut header = [0u8; 0x40];
+    let read = std::fs::File::open(image).and_then(|mut f| f.read_exact(&mut header));
+    let reason = match read {
+        Err(e) => format!("cannot be read as a kernel image: {e}"),
+        Ok(()) if header[0x38..0x3c] == *b"ARM\x64" => return Ok(()),
+        Ok(()) => "is not an arm64 kernel Image (no `ARM\\x64` magic at 0x38): an aarch64 \
+                   guest boots one, as Debian's linux-image-arm64 installs it"
+            .into(),
+    };
+    Err(Error::KernelImage {
+        path: image.to_path_buf(),
+        reason,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,3 +180,65 @@ fn an_unwritable_cache_dir_is_an_error_that_says_what_to_do() {
     assert!(matches!(err, Error::CacheNotWritable { .. }), "{err}");
     assert!(err.to_string().contains("set VIRTEST_HOME"), "{err}");
 }
+
+/// Options for the arm64 default guest built into `home`, from the
+/// packages the shared cache holds for it.
+fn arm64_options(home: &Path) -> BootstrapOptions {
+    let shared = cache::default_home().expect("a cache dir");
+    let arch = virtest_guest::description::Arch::Aarch64;
+    BootstrapOptions {
+        home: home.to_path_buf(),
+        ..BootstrapOptions::for_arch(shared, arch).expect("the arm64 packages' sources")
+    }
+}
+
+/// An x86 static busybox, unpacked from the package the x86 guest was
+/// built with, into `dir`.
+fn x86_busybox(dir: &Path) -> PathBuf {
+    bootstrap(&options(dir)).unwrap();
+    let packages = cache::default_home().unwrap().join("packages");
+    let deb = std::fs::read_dir(&packages)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("busybox-static_")
+        })
+        .expect("the x86 guest's busybox-static package");
+    let root = dir.join("x86-busybox");
+    Apt::system(packages).unpack(&deb, &root).unwrap();
+    root.join("bin/busybox")
+}
+
+/// An x86 busybox or kernel given for the arm64 guest is refused before
+/// anything is built, saying what it is built for.
+#[test]
+fn another_architectures_binary_or_kernel_is_refused_for_the_arm64_guest() {
+    let home = tempfile::tempdir().unwrap();
+    let busybox = x86_busybox(home.path());
+    let mut opts = arm64_options(&home.path().join("arm"));
+    opts.user.busybox = Some(busybox.clone());
+    opts.apt = None;
+    opts.user.kernel = Some(busybox.clone());
+    let error = bootstrap(&opts).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, Error::MissingComponent { .. }), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: built for x86_64, not aarch64",
+            busybox.display()
+        )),
+        "{text}"
+    );
+
+    let x86_kernel = cache::guest_dir(home.path(), "default").join("vmlinuz");
+    let mut opts = arm64_options(&home.path().join("arm"));
+    opts.user.kernel = Some(x86_kernel.clone());
+    let error = bootstrap(&opts).unwrap_err().to_string();
+    assert!(error.contains(&x86_kernel.display().to_string()), "{error}");
+    assert!(error.contains("is not an arm64 kernel Image"), "{error}");
+    assert!(!cache::guest_dir(&home.path().join("arm"), "default-arm64").exists());
+}
