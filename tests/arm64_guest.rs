@@ -284,6 +284,60 @@ async fn the_wrong_emulator_or_kvm_is_refused_with_what_to_do() {
     assert!(common::processes_with(&marker).is_empty());
 }
 
+/// A TPM asked of the arm64 guest is refused before anything starts:
+/// virtest's TPM is x86's `tpm-tis`.
+#[tokio::test]
+async fn a_tpm_is_refused_for_the_arm64_guest() {
+    let mut config = VmConfig::new(common::default_arm64().clone());
+    config.tpm = true;
+    let mut vm = Vm::new(config);
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
+    let err = chain(&vm.power_on().await.unwrap_err());
+    assert!(
+        err.contains("aarch64") && err.contains("x86_64 guests only"),
+        "{err}"
+    );
+    assert!(!vm.is_on());
+    assert!(common::processes_with(&marker).is_empty());
+}
+
+/// A host folder shared into the arm64 guest (virtio-9p on `virt`):
+/// files cross both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_folder_works_on_the_arm64_guest() {
+    let _slot = common::guest_slots(1);
+    let logs = common::test_logs();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("from-host"), "written on the host\n").unwrap();
+    let mut config = VmConfig::new(common::default_arm64().clone());
+    config.log_dir = Some(logs.path().to_path_buf());
+    config.boot = BootMode::Snapshot;
+    let mut vm = Vm::new(config);
+    vm.share(data.path(), "data").unwrap();
+    vm.power_on().await.unwrap();
+    vm.login_remote().await.unwrap();
+    let share = vm.config().shares[0].clone();
+    run(
+        &vm,
+        &format!("mkdir -p /mnt/data && {}", share.mount_command("/mnt/data")),
+    )
+    .await;
+    assert_eq!(
+        run(&vm, "cat /mnt/data/from-host").await,
+        "written on the host\n"
+    );
+    run(
+        &vm,
+        "echo written in the guest > /mnt/data/from-guest && sync",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("from-guest")).unwrap(),
+        "written in the guest\n"
+    );
+    vm.power_off().await.unwrap();
+}
+
 /// A `guest.toml` naming an architecture virtest does not run is refused
 /// when loaded, naming the key and the ones it runs.
 #[test]

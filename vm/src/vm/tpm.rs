@@ -23,6 +23,16 @@ impl Vm {
         if !self.config.tpm {
             return Ok(());
         }
+        let arch = self.config.guest.arch;
+        if arch != virtest_guest::description::Arch::X86_64 {
+            return Err(Error::Tpm {
+                reason: format!(
+                    "the guest `{}` is {arch}, and virtest gives a TPM (`tpm-tis`, an x86 \
+                     ISA device) to x86_64 guests only",
+                    self.config.guest.name
+                ),
+            });
+        }
         find_swtpm(self.config.swtpm.as_deref(), &self.config.host)?;
         match &self.config.guest.boot.kernel {
             Some(kernel) if kernel.initrd.is_some() => Err(Error::Tpm {
