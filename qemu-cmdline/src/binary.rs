@@ -237,9 +237,12 @@ impl Probe {
         self.accelerators.iter().any(|a| a == accel)
     }
 
-    /// Checks that this QEMU offers `machine` ([`Probe::resolve_machine`])
-    /// for a guest of `arch`; the error says which emulator would.
+    /// Checks that this QEMU offers the machine type `machine` names
+    /// (`q35`, or `q35,smm=off` with its properties) for a guest of
+    /// `arch` ([`Probe::resolve_machine`]); the error says which emulator
+    /// would.
     pub fn check_machine(&self, machine: &str, arch: Arch) -> Result<()> {
+        let machine = machine.split(',').next().unwrap_or_default();
         match self.resolve_machine(machine) {
             Some(_) => Ok(()),
             None => Err(Error::NoMachine {
@@ -538,6 +541,36 @@ mod tests {
             assert!(err.contains(part), "{part} missing from: {err}");
         }
         assert!(!err.contains("qemu-kvm"), "{err}");
+    }
+
+    #[test]
+    fn a_machine_type_is_checked_without_its_properties() {
+        let probe = Probe {
+            path: "/usr/bin/qemu-system-x86_64".into(),
+            version: Version {
+                major: 7,
+                minor: 2,
+                micro: 22,
+            },
+            version_line: String::new(),
+            accelerators: vec!["tcg".into()],
+            machines: vec!["pc-q35-7.2".into()],
+            machine_aliases: vec![("q35".into(), "pc-q35-7.2".into())],
+        };
+        assert!(probe.check_machine("q35,smm=off", Arch::X86_64).is_ok());
+        assert!(probe.check_machine("pc-q35-7.2", Arch::X86_64).is_ok());
+        let err = probe
+            .check_machine("virt", Arch::Aarch64)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "`virt`",
+            "qemu-system-aarch64",
+            "apt-get install qemu-system-arm",
+            "$QEMU_AARCH64",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
     }
 
     #[test]
