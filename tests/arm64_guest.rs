@@ -354,7 +354,7 @@ fn an_unknown_architecture_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = common::write_guest_toml(dir.path(), "");
     let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, format!("arch = \"sparc\"\n{text}")).unwrap();
+    std::fs::write(&file, text.replace("arch = \"x86_64\"", "arch = \"sparc\"")).unwrap();
     let (ok, _, stderr) = common::virtest(&["guest", "check", &file.to_string_lossy()]);
     assert!(!ok);
     assert!(
