@@ -172,14 +172,7 @@ async fn a_users_arm64_guest_boots_through_uefi_and_migrates() {
     config.boot = BootMode::Snapshot;
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
-    assert!(
-        matches!(
-            vm.start(),
-            Start::FromSnapshot { .. } | Start::MadeSnapshot { .. }
-        ),
-        "{}",
-        vm.start()
-    );
+    assert!(vm.start().is_restored(), "{}", vm.start());
     vm.login_remote().await.unwrap();
     assert_eq!(run(&vm, "uname -m").await, "aarch64\n");
     assert_eq!(

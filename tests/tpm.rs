@@ -58,14 +58,7 @@ async fn the_tpm_keeps_its_state_through_migrations_and_a_power_cycle() {
     config.log_dir = Some(logs.path().to_path_buf());
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
-    assert!(
-        matches!(
-            vm.start(),
-            Start::FromSnapshot { .. } | Start::MadeSnapshot { .. }
-        ),
-        "{}",
-        vm.start()
-    );
+    assert!(vm.start().is_restored(), "{}", vm.start());
     vm.login_remote().await.unwrap();
     assert_eq!(
         run(&vm, "cat /sys/class/tpm/tpm0/tpm_version_major")

@@ -122,14 +122,7 @@ async fn the_debian_console_needs_no_password() {
     config.boot = BootMode::Snapshot;
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
-    assert!(
-        matches!(
-            vm.start(),
-            virtest_vm::Start::MadeSnapshot { .. } | virtest_vm::Start::FromSnapshot { .. }
-        ),
-        "{}",
-        vm.start()
-    );
+    assert!(vm.start().is_restored(), "{}", vm.start());
     let root = vm
         .serial()
         .await

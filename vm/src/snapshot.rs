@@ -92,6 +92,23 @@ pub enum Start {
     },
 }
 
+impl Start {
+    /// Whether the VM runs from a ready snapshot's state (one it made,
+    /// or one made before), rather than from a boot.
+    ///
+    /// ```
+    /// use virtest_vm::Start;
+    /// assert!(Start::FromSnapshot { key: "k".into() }.is_restored());
+    /// assert!(!Start::Fresh { why_not_snapshot: None }.is_restored());
+    /// ```
+    pub fn is_restored(&self) -> bool {
+        matches!(
+            self,
+            Start::MadeSnapshot { .. } | Start::FromSnapshot { .. }
+        )
+    }
+}
+
 impl fmt::Display for Start {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -83,14 +83,7 @@ async fn files_cross_a_shared_folder_both_ways_on_a_restored_guest() {
     config.shares.push(docs_share);
     let mut vm = Vm::new(config);
     vm.power_on().await.unwrap();
-    assert!(
-        matches!(
-            vm.start(),
-            Start::FromSnapshot { .. } | Start::MadeSnapshot { .. }
-        ),
-        "{}",
-        vm.start()
-    );
+    assert!(vm.start().is_restored(), "{}", vm.start());
     vm.login_remote().await.unwrap();
     round_trip(&mut vm, data.path(), docs.path()).await;
 

@@ -174,10 +174,7 @@ impl Vm {
                     .await?
             }
         };
-        let restored = matches!(
-            start,
-            Start::MadeSnapshot { .. } | Start::FromSnapshot { .. }
-        );
+        let restored = start.is_restored();
         self.ready_seen = restored;
         self.refresh_pending = restored;
         tracing::info!(
