@@ -24,6 +24,18 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Powers on a VM of `config`, which must be refused with nothing left
+/// running (neither on, nor any process naming its runtime directory);
+/// returns the error and its sources.
+async fn refused(config: VmConfig) -> String {
+    let mut vm = Vm::new(config);
+    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
+    let err = chain(&vm.power_on().await.unwrap_err());
+    assert!(!vm.is_on(), "{err}");
+    assert!(common::processes_with(&marker).is_empty(), "{err}");
+    err
+}
+
 /// The x86 system emulator.
 fn x86_qemu() -> std::path::PathBuf {
     use virtest::qemu_cmdline::binary::{BinaryKind, find_for};
@@ -260,9 +272,7 @@ async fn the_wrong_emulator_or_kvm_is_refused_with_what_to_do() {
     let mut config = VmConfig::new(common::default_arm64().clone());
     config.log_dir = Some(logs.path().to_path_buf());
     config.qemu = Some(x86_qemu());
-    let mut vm = Vm::new(config.clone());
-    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
-    let err = chain(&vm.power_on().await.unwrap_err());
+    let err = refused(config.clone()).await;
     for part in [
         "`virt`",
         "qemu-system-aarch64",
@@ -270,20 +280,14 @@ async fn the_wrong_emulator_or_kvm_is_refused_with_what_to_do() {
     ] {
         assert!(err.contains(part), "{part} missing from: {err}");
     }
-    assert!(!vm.is_on());
-    assert!(common::processes_with(&marker).is_empty());
 
     config.qemu = None;
     config.accel = "kvm".parse().unwrap();
-    let mut vm = Vm::new(config);
-    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
-    let err = chain(&vm.power_on().await.unwrap_err());
+    let err = refused(config).await;
     assert!(
         err.contains("aarch64") && err.contains("KVM runs only the machine's own"),
         "{err}"
     );
-    assert!(!vm.is_on());
-    assert!(common::processes_with(&marker).is_empty());
 }
 
 /// A TPM asked of the arm64 guest is refused before anything starts:
@@ -292,15 +296,11 @@ async fn the_wrong_emulator_or_kvm_is_refused_with_what_to_do() {
 async fn a_tpm_is_refused_for_the_arm64_guest() {
     let mut config = VmConfig::new(common::default_arm64().clone());
     config.tpm = true;
-    let mut vm = Vm::new(config);
-    let marker = vm.files().runtime_dir().to_string_lossy().into_owned();
-    let err = chain(&vm.power_on().await.unwrap_err());
+    let err = refused(config).await;
     assert!(
         err.contains("aarch64") && err.contains("x86_64 guests only"),
         "{err}"
     );
-    assert!(!vm.is_on());
-    assert!(common::processes_with(&marker).is_empty());
 }
 
 /// A host folder shared into the arm64 guest (virtio-9p on `virt`):
