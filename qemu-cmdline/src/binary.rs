@@ -487,13 +487,19 @@ mod tests {
         assert!(!err.contains("on PATH"), "{err}");
     }
 
+    /// An executable file `dir/name` (a shell script doing nothing).
+    fn fake_executable(dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
     #[test]
     fn the_env_var_wins_over_path_and_dst_falls_back_to_qemu() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("my-qemu");
-        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = fake_executable(dir.path(), "my-qemu");
         let env = |name: &str| (name == "QEMU").then(|| fake.clone().into_os_string());
         let path = OsString::from("/nonexistent");
         assert_eq!(
@@ -510,10 +516,7 @@ mod tests {
     #[test]
     fn an_arm_guest_on_this_machine_has_its_own_emulator_and_variable() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("qemu-system-aarch64");
-        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = fake_executable(dir.path(), "qemu-system-aarch64");
         // $QEMU is the host's emulator: an Arm guest never takes it.
         let host_qemu = |name: &str| (name == "QEMU").then(|| OsString::from("/usr/bin/true"));
         let found = find_in(
