@@ -11,8 +11,8 @@ use virtest_qemu_cmdline::QemuCmdline;
 use virtest_qemu_cmdline::accel::{self, Accel, Chosen, HostKvm};
 use virtest_qemu_cmdline::binary::{self, BinaryKind, Version};
 
-use virtest_guest::GuestDescription;
 use virtest_guest::cloud_init::Seed;
+use virtest_guest::description::Arch;
 use virtest_guest::snapshots::{InUse, SnapshotStore};
 
 use crate::config::Login;
@@ -44,22 +44,20 @@ pub enum PowerOff {
     Killed,
 }
 
-/// The QEMU binary for `guest` (`explicit`, else `$QEMU`, else PATH;
-/// another architecture's guest has its own, [`binary::find_for`]),
-/// checked to offer its machine type; the accelerator for `asked`; and
-/// QEMU's version. Blocking: it spawns QEMU to probe it (once per binary
-/// and process).
+/// The QEMU binary for a guest of `arch` (`explicit`, else `$QEMU`, else
+/// PATH; another architecture's guest has its own,
+/// [`binary::find_for`]), checked to offer its `machine` type; the
+/// accelerator for `asked`; and QEMU's version. Blocking: it spawns QEMU
+/// to probe it (once per binary and process).
 fn resolve_qemu(
     explicit: Option<&Path>,
     asked: Accel,
-    guest: &GuestDescription,
+    arch: Arch,
+    machine: &str,
 ) -> Result<(PathBuf, Chosen, Version)> {
-    let arch = guest.arch;
     let qemu = binary::find_for(BinaryKind::System, arch, explicit).map_err(Error::Qemu)?;
     let probe = binary::probe(&qemu).map_err(Error::Qemu)?;
-    probe
-        .check_machine(&guest.machine.machine_type, arch)
-        .map_err(Error::Qemu)?;
+    probe.check_machine(machine, arch).map_err(Error::Qemu)?;
     let decision = accel::choose_for(asked, &HostKvm::detect(), probe.has_accel("kvm"), arch)
         .map_err(Error::Qemu)?;
     tracing::debug!(accel = decision.accel.as_str(), reason = %decision.reason, "accelerator");
@@ -96,13 +94,17 @@ impl Vm {
         // Finding and probing QEMU spawns it and waits: not on the async
         // workers, which other tests' VMs share.
         let (explicit, asked) = (self.config.qemu.clone(), self.config.accel);
-        let guest = self.config.guest.clone();
-        let (qemu, accel, qemu_version) =
-            tokio::task::spawn_blocking(move || resolve_qemu(explicit.as_deref(), asked, &guest))
-                .await
-                .map_err(|e| Error::State {
-                    what: format!("finding QEMU failed: {e}"),
-                })??;
+        let (arch, machine) = (
+            self.config.guest.arch,
+            self.config.guest.machine.machine_type.clone(),
+        );
+        let (qemu, accel, qemu_version) = tokio::task::spawn_blocking(move || {
+            resolve_qemu(explicit.as_deref(), asked, arch, &machine)
+        })
+        .await
+        .map_err(|e| Error::State {
+            what: format!("finding QEMU failed: {e}"),
+        })??;
         // A host that names its QEMU runs that one; the command line is
         // made for the one found here.
         let qemu = self.config.host.qemu().map_or(qemu, Path::to_path_buf);
