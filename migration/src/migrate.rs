@@ -11,7 +11,6 @@ use qapi::qmp::{
 use serde_json::Value;
 use tracing::Instrument;
 use virtest_host::Host;
-use virtest_qemu_cmdline::binary;
 use virtest_qmp::outgoing::{Outgoing, OutgoingError, Target};
 use virtest_vm::{Instance, Vm, VmState};
 
@@ -21,7 +20,8 @@ use crate::mode::MigrationMode;
 use crate::report::{MigrationReport, RamFigures, StatusChange};
 use crate::schema::has_file_transport;
 use crate::setup::{
-    check_capabilities, check_migratable, configure, qemus_and_machine, secure, typed_parameters,
+    check_capabilities, check_destination_qemu, check_migratable, configure, qemus_and_machine,
+    secure, typed_parameters,
 };
 use crate::spec::MigrationSpec;
 use crate::storage::DiskCopy;
@@ -309,27 +309,6 @@ async fn migrate(vm: &mut Vm, spec: &MigrationSpec) -> Result<MigrationReport> {
         "migrated"
     );
     Ok(report)
-}
-
-/// A destination binary the spec names must be a QEMU system emulator
-/// for a guest of `arch` on `machine`, checked as the source's is (found,
-/// probed, offering the machine type), before anything starts:
-/// `/bin/true` is not a QEMU, and `qemu-system-x86_64` does not run an
-/// arm64 guest.
-async fn check_destination_qemu(
-    binary: &std::path::Path,
-    machine: &str,
-    arch: virtest_qemu_cmdline::arch::Arch,
-) -> Result<()> {
-    use virtest_qemu_cmdline::binary::BinaryKind;
-    let (binary, machine) = (binary.to_path_buf(), machine.to_string());
-    tokio::task::spawn_blocking(move || {
-        let found = binary::find_for(BinaryKind::Destination, arch, Some(&binary))?;
-        binary::probe(&found)?.check_machine(&machine, arch)
-    })
-    .await
-    .expect("probing does not panic")
-    .map_err(|e| Error::Destination(virtest_vm::Error::Qemu(e)))
 }
 
 /// Starts the migration on the source and follows its MIGRATION events

@@ -42,6 +42,27 @@ pub(crate) fn check_migratable(vm: &Vm) -> Result<()> {
     })
 }
 
+/// A destination binary the spec names must be a QEMU system emulator
+/// for a guest of `arch` on `machine`, checked as the source's is (found,
+/// probed, offering the machine type), before anything starts:
+/// `/bin/true` is not a QEMU, and `qemu-system-x86_64` does not run an
+/// arm64 guest.
+pub(crate) async fn check_destination_qemu(
+    binary: &std::path::Path,
+    machine: &str,
+    arch: virtest_qemu_cmdline::arch::Arch,
+) -> Result<()> {
+    use virtest_qemu_cmdline::binary::BinaryKind;
+    let (binary, machine) = (binary.to_path_buf(), machine.to_string());
+    tokio::task::spawn_blocking(move || {
+        let found = binary::find_for(BinaryKind::Destination, arch, Some(&binary))?;
+        binary::probe(&found)?.check_machine(&machine, arch)
+    })
+    .await
+    .expect("probing does not panic")
+    .map_err(|e| Error::Destination(virtest_vm::Error::Qemu(e)))
+}
+
 /// The source's and the destination's QEMU versions, and the machine type
 /// the guest runs on (as the destination resolves its `-machine`), for
 /// the report; `?` for what a probe cannot tell.
